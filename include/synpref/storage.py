@@ -1,0 +1,139 @@
+"""Object-storage helpers over pathlib-like fsspec paths (UPath, or Airflow's ObjectStoragePath).
+
+The library never imports Airflow: DAG tasks pass ``ObjectStoragePath`` objects (which resolve
+``s3://conn_id@bucket/...`` through Airflow connections); the CLI passes URIs, turned into
+``UPath`` here (S3 credentials/endpoint from the usual AWS_* env vars).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+PathLike = Union[str, os.PathLike, UPath]
+MANIFEST = "manifest.json"
+
+
+def as_path(uri: PathLike) -> UPath:
+    """A URI or path → a pathlib-like object; plain paths become absolute local paths."""
+    if isinstance(uri, Path):
+        return UPath(uri.absolute())
+    if not isinstance(uri, str) and hasattr(uri, "fs") and hasattr(uri, "open"):
+        return uri  # UPath / Airflow ObjectStoragePath: keep (it carries the connection)
+    s = str(uri)
+    if "://" not in s:
+        return UPath(Path(s).absolute())
+    return UPath(s)
+
+
+def uri(path: PathLike) -> str:
+    return str(path)
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    p = as_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("wb") as f:
+        f.write(data)
+
+
+def read_bytes(path: PathLike) -> bytes:
+    with as_path(path).open("rb") as f:
+        return f.read()
+
+
+def write_parquet(table: pa.Table, path: PathLike) -> str:
+    """Deterministic Parquet bytes (no timestamps), written in one put."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_statistics=True)
+    write_bytes(path, buf.getvalue())
+    return uri(path)
+
+
+def read_parquet(path: PathLike, columns: list[str] | None = None) -> pa.Table:
+    with as_path(path).open("rb") as f:
+        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+
+
+def dumps_json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def write_json(obj: Any, path: PathLike) -> str:
+    write_bytes(path, dumps_json(obj))
+    return uri(path)
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(read_bytes(path))
+
+
+def write_jsonl(rows: Iterable[dict], path: PathLike) -> str:
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    write_bytes(path, data.encode())
+    return uri(path)
+
+
+def write_manifest(directory: PathLike, manifest: dict) -> str:
+    """Write ``manifest.json`` — call it LAST: its presence marks the directory complete."""
+    return write_json(manifest, as_path(directory) / MANIFEST)
+
+
+def read_manifest(directory: PathLike) -> dict | None:
+    p = as_path(directory) / MANIFEST
+    return read_json(p) if p.exists() else None
+
+
+def list_files(directory: PathLike, suffixes: tuple[str, ...] = ()) -> list[UPath]:
+    """Files directly under ``directory`` (sorted, deterministic); empty when it does not exist."""
+    d = as_path(directory)
+    if not d.exists():
+        return []
+    out = [p for p in d.iterdir() if p.is_file() and (not suffixes or p.name.endswith(suffixes))]
+    return sorted(out, key=lambda p: p.name)
+
+
+def remove_tree(directory: PathLike) -> None:
+    d = as_path(directory)
+    if d.exists():
+        d.fs.rm(d.path, recursive=True)
+
+
+def download_dir(src: PathLike, local: Path) -> Path:
+    """Copy a (remote) directory of files to a local folder, e.g. a model checkpoint."""
+    src = as_path(src)
+    if src.protocol in ("", "file", "local"):
+        return Path(src.path)
+    local.mkdir(parents=True, exist_ok=True)
+    for p in src.rglob("*"):
+        if p.is_file():
+            rel = p.path[len(src.path) :].lstrip("/")
+            (local / rel).parent.mkdir(parents=True, exist_ok=True)
+            (local / rel).write_bytes(read_bytes(p))
+    return local
+
+
+def upload_dir(local: Path, dst: PathLike) -> str:
+    """Copy a local folder (e.g. a saved checkpoint) to ``dst``, replacing what was there."""
+    dst = as_path(dst)
+    remove_tree(dst)
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            write_bytes(dst / f.relative_to(local).as_posix(), f.read_bytes())
+    return uri(dst)
+
+
+def local_scratch(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"synpref-{prefix}-"))
+
+
+def cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
