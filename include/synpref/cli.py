@@ -41,6 +41,61 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _read_rows(uris: list[str]) -> list[dict]:
+    from .readers import input_files, read_pairs
+
+    rows = []
+    for uri in uris:
+        for f in input_files(uri):
+            res = read_pairs(f)
+            if res.quarantine:
+                print(f"warning: {len(res.quarantine)} invalid record(s) in {f} skipped: {res.quarantine[0]['reason']}", file=sys.stderr)
+            rows.extend(r.model_dump() for r in res.records)
+    return rows
+
+
+@command
+def cmd_annotate(a: argparse.Namespace) -> int:
+    from .annotation import AnnotateSettings, annotate_pairs, annotator_stats, merged_accuracy, status_counts
+    from .llm_client import load_annotators
+    from .storage import as_path, read_parquet, write_json, write_parquet
+    from .synthetic import truth_agree
+
+    pairs, gold = _read_rows([a.pairs]), (_read_rows([a.gold]) if a.gold else [])
+    annotators = load_annotators(a.annotators)
+    out = as_path(a.out)
+    settings = AnnotateSettings(seed=a.seed, max_examples=a.max_examples, merge_policy=a.merge_policy, budget_usd=a.budget_usd)
+    merged, samples, usage = annotate_pairs(pairs, gold, annotators, a.cache or out / "llm_cache", settings)
+    summary = {"pairs": len(pairs), "gold_examples_available": len(gold), "annotators": [x.model_dump() for x in annotators],
+               "usage": usage, "counts": status_counts(merged), "merge_policy": a.merge_policy}
+    if a.truth:
+        agree = truth_agree(pairs, read_parquet(a.truth))
+        summary["annotator_stats"] = annotator_stats(samples, agree)
+        summary["merged"] = merged_accuracy(merged, agree)
+    else:
+        summary["annotator_stats"] = annotator_stats(samples)
+    write_parquet(samples, out / "samples.parquet")
+    write_parquet(merged, out / "verdicts.parquet")
+    write_json(summary, out / "summary.json")
+    _print({k: v for k, v in summary.items() if k != "annotators"})
+    return 0
+
+
+@command
+def cmd_simulate_annotators(a: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from .simulated import SIMULATION_BANNER, JudgeProfile, SimulatedJudgeServer, load_truth
+
+    logging.basicConfig(level=logging.INFO)
+    profiles = {name: JudgeProfile.parse(spec) for name, spec in (m.split("=", 1) for m in a.model)}
+    server = SimulatedJudgeServer(load_truth(*a.truth), profiles, os.environ.get(a.api_key_env) if a.api_key_env else None, a.host, a.port)
+    print(f"{SIMULATION_BANNER}\nserving {sorted(profiles)} at http://{a.host}:{a.port}/v1", flush=True)
+    server.serve_forever()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synpref", description="SynPref preference-data curation (Skywork-Reward-V2) — run steps by hand.")
     sp = p.add_subparsers(dest="command", required=True)
@@ -59,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-attributes", action="store_true", help="leave the 5 preference attributes empty")
     s.add_argument("--out", required=True, help="output Parquet URI")
     s.add_argument("--truth", required=True, help="hidden-truth Parquet URI (keep it out of the input directory)")
+
+    s = sp.add_parser("annotate", help="preference-aware LLM annotation of pairs (few-shot gold examples, self-consistency, merge)")
+    s.add_argument("--pairs", required=True, help="pairs to judge (any format the readers take)")
+    s.add_argument("--gold", default=None, help="human-verified gold pairs with the 5 attributes (few-shot examples)")
+    s.add_argument("--annotators", required=True, help="YAML/JSON list of annotators: name, base_url, model, api_key_env, samples, ...")
+    s.add_argument("--out", required=True, help="output directory: verdicts.parquet, samples.parquet, summary.json")
+    s.add_argument("--cache", default=None, help="LLM response cache directory (default <out>/llm_cache)")
+    s.add_argument("--truth", default=None, help="hidden truth (synthetic data) to report accuracies")
+    s.add_argument("--merge-policy", default="majority", choices=["majority", "unanimous", "weighted"])
+    s.add_argument("--max-examples", type=int, default=8)
+    s.add_argument("--budget-usd", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sp.add_parser("simulate-annotators", help="serve SIMULATED OpenAI-compatible judges from a synthetic truth (offline demo/tests)")
+    s.add_argument("--truth", action="append", required=True, help="truth Parquet (repeatable)")
+    s.add_argument("--model", action="append", required=True, help="NAME=accuracy[,position_bias[,fault_rate]] (repeatable)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8900)
+    s.add_argument("--api-key-env", default=None, help="require this env var's value as the bearer key")
     return p
 
 

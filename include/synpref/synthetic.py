@@ -199,3 +199,9 @@ def label_accuracy(pairs: pa.Table, truth: pa.Table) -> float | None:
     if not rows:
         return None
     return sum(better[r["pair_id"]] == r["chosen"] for r in rows) / len(rows)
+
+
+def truth_agree(rows: list[dict], truth: pa.Table) -> dict[str, bool]:
+    """pair_id → True when the pair's stored chosen response is the truly better one."""
+    better = {t["pair_id"]: t["better"] for t in truth.select(["pair_id", "better"]).to_pylist()}
+    return {r["pair_id"]: better[r["pair_id"]] == r["chosen"] for r in rows if r["pair_id"] in better}

@@ -1,0 +1,300 @@
+"""Preference-aware LLM annotation (paper §3.2 step 3, appendix D.3).
+
+Prompt = annotation guideline + up to ``max_examples`` similar human-verified gold pairs (with
+attributes and the human verdict) + the target pair, its responses shown as ``Candidate 1`` /
+``Candidate 2`` in an order drawn from a seeded RNG per (pair, annotator, sample) and recorded.
+Each annotator samples several verdicts (self-consistency) → per-annotator majority → a
+cross-model merge. Unparseable or tied verdicts are abstentions, never coin flips.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Iterable, Literal
+
+import jinja2
+import pyarrow as pa
+
+from .llm_client import AnnotatorConfig, Budget, Request, run_requests
+from .schema import prompt_text
+from .storage import PathLike
+
+Verdict = Literal["agree", "disagree", "abstain"]
+MergePolicy = Literal["majority", "unanimous", "weighted"]
+_TOKEN = re.compile(r"\[\[\s*([^\[\]]{0,8}?)\s*\]\]")
+_TRAILING_OK = re.compile(r"^[\s.*_`'\")\]]*$")
+
+
+@dataclass(frozen=True)
+class AnnotateSettings:
+    seed: int = 0
+    max_examples: int = 8
+    merge_policy: MergePolicy = "majority"
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+
+
+@lru_cache(maxsize=None)
+def template(name: str) -> str:
+    return resources.files("synpref").joinpath("templates", name).read_text()
+
+
+@lru_cache(maxsize=None)
+def _jinja(name: str) -> jinja2.Template:
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False).from_string(template(name))
+
+
+def order_swapped(pair_id: str, annotator: str, sample: int, seed: int) -> bool:
+    """Seeded per (pair, annotator, sample): True → the stored chosen is shown as Candidate 2."""
+    h = hashlib.sha256(f"{seed}:{pair_id}:{annotator}:{sample}".encode()).digest()
+    return h[0] & 1 == 1
+
+
+def request_seed(pair_id: str, annotator: str, sample: int, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"req:{seed}:{pair_id}:{annotator}:{sample}".encode()).digest()[:4], "big")
+
+
+def _example_view(ex: dict, swapped: bool) -> dict:
+    a, b = (ex["rejected"], ex["chosen"]) if swapped else (ex["chosen"], ex["rejected"])
+    return {
+        "task_category": ex.get("task_category") or "unknown",
+        "preference_objectivity": ex.get("preference_objectivity") or "unknown",
+        "controversiality": ex.get("controversiality") or "unknown",
+        "desired_attributes": ex.get("desired_attributes") or [],
+        "conversation_text": prompt_text(ex["conversation"]),
+        "candidate_1": a,
+        "candidate_2": b,
+        "verdict": 2 if swapped else 1,
+    }
+
+
+def build_judge_messages(pair: dict, examples: list[dict], swapped: bool, max_examples: int = 8, example_seed: int = 0) -> list[tuple[str, str]]:
+    """System + user messages judging ``pair``; examples first, target pair last."""
+    shown = [_example_view(ex, order_swapped(ex["pair_id"], "example", example_seed, 0)) for ex in examples[:max_examples]]
+    a, b = (pair["rejected"], pair["chosen"]) if swapped else (pair["chosen"], pair["rejected"])
+    user = _jinja("judge_user.jinja").render(
+        guideline=pair.get("annotation_guideline") or "Prefer the response that is more helpful, correct, honest and harmless.",
+        examples=shown,
+        task_category=pair.get("task_category") or "unknown",
+        preference_objectivity=pair.get("preference_objectivity") or "unknown",
+        controversiality=pair.get("controversiality") or "unknown",
+        desired_attributes=pair.get("desired_attributes") or [],
+        conversation_text=prompt_text(pair["conversation"]),
+        candidate_1=a,
+        candidate_2=b,
+    )
+    return [("system", template("judge_system.txt").strip()), ("user", user)]
+
+
+def parse_verdict(text: str | None) -> tuple[int | None, str]:
+    """Judge output → (1 | 2 | None, reason). The LAST ``[[n]]`` token decides; it must end the text."""
+    if not text or not text.strip():
+        return None, "empty"
+    matches = list(_TOKEN.finditer(text))
+    if not matches:
+        return None, "no_verdict"
+    last = matches[-1]
+    if last.group(1) not in ("1", "2"):
+        return None, f"invalid_token:{last.group(1)[:8]}"
+    if not _TRAILING_OK.match(text[last.end() :]):
+        return None, "verdict_not_at_end"
+    final_line = text[: last.start()].rsplit("\n", 1)[-1]
+    if any(m.group(1) in ("1", "2") and m.group(1) != last.group(1) for m in _TOKEN.finditer(final_line)):
+        return None, "ambiguous"
+    return int(last.group(1)), "ok"
+
+
+def slot_to_verdict(slot: int | None, swapped: bool) -> Verdict:
+    """Map a slot verdict back through the recorded order: agree = the stored chosen is better."""
+    if slot is None:
+        return "abstain"
+    chosen_slot = 2 if swapped else 1
+    return "agree" if slot == chosen_slot else "disagree"
+
+
+SAMPLE_SCHEMA = pa.schema([
+    ("pair_id", pa.string()), ("annotator", pa.string()), ("sample", pa.int32()), ("swapped", pa.bool_()),
+    ("slot", pa.int8()), ("verdict", pa.string()), ("reason", pa.string()), ("status", pa.string()),
+])
+
+
+def judge(pairs: list[dict], examples: dict[str, list[dict]], annotator: AnnotatorConfig, cache_dir: PathLike | None,
+          settings: AnnotateSettings = AnnotateSettings(), budget: Budget | None = None) -> tuple[pa.Table, dict]:
+    """All samples of one annotator over ``pairs``; returns one row per (pair, sample) and usage."""
+    requests, meta = [], []
+    for pair in pairs:
+        exs = examples.get(pair["pair_id"], [])
+        for s in range(annotator.samples):
+            swapped = order_swapped(pair["pair_id"], annotator.name, s, settings.seed)
+            msgs = tuple(build_judge_messages(pair, exs, swapped, settings.max_examples, settings.seed))
+            requests.append(Request(f"{pair['pair_id']}:{s}", msgs, s, request_seed(pair["pair_id"], annotator.name, s, settings.seed)))
+            meta.append((pair["pair_id"], s, swapped))
+    budget = budget or Budget(settings.budget_usd, settings.budget_tokens)
+    responses, usage = run_requests(annotator, requests, cache_dir, budget)
+    rows = []
+    for (pid, s, swapped), resp in zip(meta, responses):
+        if resp.status in ("error", "budget"):
+            slot, reason = None, resp.error or "budget"
+        else:
+            slot, reason = parse_verdict(resp.text)
+        rows.append({"pair_id": pid, "annotator": annotator.name, "sample": s, "swapped": swapped, "slot": slot,
+                     "verdict": slot_to_verdict(slot, swapped), "reason": reason, "status": resp.status})
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), {annotator.name: usage.as_dict()}
+
+
+def majority(agree: int, disagree: int) -> Verdict:
+    if agree > disagree:
+        return "agree"
+    if disagree > agree:
+        return "disagree"
+    return "abstain"
+
+
+def annotator_weight(accuracy: float | None) -> float:
+    """Log-odds weight of an annotator from its accuracy on gold (0 when unknown or ≤ chance)."""
+    if accuracy is None:
+        return 1.0
+    acc = min(max(accuracy, 1e-3), 1 - 1e-3)
+    return max(0.0, math.log(acc / (1 - acc)))
+
+
+def merge_verdicts(per_annotator: dict[str, Verdict], policy: MergePolicy = "majority", accuracy: dict[str, float] | None = None) -> Verdict:
+    """Cross-model merge of per-annotator verdicts."""
+    votes = [v for v in per_annotator.values() if v != "abstain"]
+    if policy == "unanimous":
+        if per_annotator and len(votes) == len(per_annotator) and len(set(votes)) == 1:
+            return votes[0]
+        return "abstain"
+    if policy == "weighted":
+        acc = accuracy or {}
+        score = sum((1 if v == "agree" else -1) * annotator_weight(acc.get(n)) for n, v in per_annotator.items() if v != "abstain")
+        return "agree" if score > 1e-9 else "disagree" if score < -1e-9 else "abstain"
+    c = Counter(votes)
+    return majority(c["agree"], c["disagree"])
+
+
+MERGED_SCHEMA = pa.schema([
+    ("pair_id", pa.string()), ("verdict", pa.string()), ("status", pa.string()),
+    ("votes_agree", pa.int32()), ("votes_disagree", pa.int32()), ("votes_abstain", pa.int32()),
+    ("agreement", pa.float32()),
+    ("annotator_verdicts", pa.list_(pa.struct([("annotator", pa.string()), ("verdict", pa.string()),
+                                                ("agree", pa.int32()), ("disagree", pa.int32()), ("abstain", pa.int32())]))),
+])
+
+
+def merge_samples(samples: Iterable[pa.Table], policy: MergePolicy = "majority", accuracy: dict[str, float] | None = None,
+                  pair_ids: list[str] | None = None) -> pa.Table:
+    """Per-pair merged verdicts from the sample tables of all annotators (sorted by pair_id)."""
+    counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    statuses: dict[str, Counter] = defaultdict(Counter)
+    for t in samples:
+        for r in t.select(["pair_id", "annotator", "verdict", "status"]).to_pylist():
+            counts[r["pair_id"]][r["annotator"]][r["verdict"]] += 1
+            statuses[r["pair_id"]][r["status"]] += 1
+    rows = []
+    for pid in sorted(set(counts) | set(pair_ids or [])):
+        per = {a: majority(c["agree"], c["disagree"]) for a, c in sorted(counts[pid].items())}
+        verdict = merge_verdicts(per, policy, accuracy)
+        st = statuses[pid]
+        total = sum(st.values())
+        if total == 0:
+            status = "not_annotated"
+        elif st["budget"] == total:
+            status = "not_annotated_budget"
+        elif st["error"] + st["budget"] == total:
+            status = "abstain_error"
+        else:
+            status = "annotated"
+        voters = [v for v in per.values() if v != "abstain"]
+        agreement = (sum(v == verdict for v in voters) / len(voters)) if voters and verdict != "abstain" else 0.0
+        rows.append({
+            "pair_id": pid, "verdict": verdict, "status": status,
+            "votes_agree": sum(c["agree"] for c in counts[pid].values()),
+            "votes_disagree": sum(c["disagree"] for c in counts[pid].values()),
+            "votes_abstain": sum(c["abstain"] for c in counts[pid].values()),
+            "agreement": agreement,
+            "annotator_verdicts": [{"annotator": a, "verdict": per[a], "agree": c["agree"], "disagree": c["disagree"], "abstain": c["abstain"]}
+                                   for a, c in sorted(counts[pid].items())],
+        })
+    return pa.Table.from_pylist(rows, schema=MERGED_SCHEMA)
+
+
+def annotator_stats(samples: pa.Table, truth_agree: dict[str, bool] | None = None) -> dict[str, dict]:
+    """Per annotator: slot-1 rate, position-flip rate (content verdict changes when the order flips),
+    abstention rate, and accuracy of its majority verdict when ``truth_agree`` (pair_id → stored label correct) is given."""
+    by: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in samples.to_pylist():
+        by[r["annotator"]][r["pair_id"]].append(r)
+    out = {}
+    for name, pairs in sorted(by.items()):
+        all_rows = [r for rows in pairs.values() for r in rows]
+        decided = [r for r in all_rows if r["slot"] is not None]
+        both, flips = 0, 0
+        for rows in pairs.values():
+            seen = {(r["swapped"], r["verdict"]) for r in rows if r["slot"] is not None}
+            orders = {s for s, _ in seen}
+            if len(orders) == 2:
+                both += 1
+                flips += len({v for _, v in seen}) > 1
+        slot1 = sum(r["slot"] == 1 for r in decided) / len(decided) if decided else None
+        stats = {
+            "samples": len(all_rows),
+            "abstain_rate": 1 - len(decided) / len(all_rows) if all_rows else None,
+            "slot1_rate": slot1,
+            "position_bias_estimate": (2 * slot1 - 1) if slot1 is not None else None,
+            "position_flip_rate": flips / both if both else None,
+        }
+        if truth_agree:
+            graded = [(majority(sum(r["verdict"] == "agree" for r in rows), sum(r["verdict"] == "disagree" for r in rows)), truth_agree[pid])
+                      for pid, rows in pairs.items() if pid in truth_agree]
+            decided_g = [(v, t) for v, t in graded if v != "abstain"]
+            stats["accuracy"] = sum((v == "agree") == t for v, t in decided_g) / len(decided_g) if decided_g else None
+            stats["sample_accuracy"] = (sum((r["verdict"] == "agree") == truth_agree[r["pair_id"]] for r in decided if r["pair_id"] in truth_agree)
+                                        / max(1, sum(r["pair_id"] in truth_agree for r in decided)))
+        out[name] = stats
+    return out
+
+
+def merged_accuracy(merged: pa.Table, truth_agree: dict[str, bool]) -> dict:
+    rows = [r for r in merged.select(["pair_id", "verdict"]).to_pylist() if r["pair_id"] in truth_agree]
+    decided = [r for r in rows if r["verdict"] != "abstain"]
+    correct = sum((r["verdict"] == "agree") == truth_agree[r["pair_id"]] for r in decided)
+    return {"pairs": len(rows), "decided": len(decided), "accuracy": correct / len(decided) if decided else None,
+            "coverage": len(decided) / len(rows) if rows else None}
+
+
+def few_shot_examples(pairs: list[dict], gold: list[dict], max_examples: int, cache_uri: PathLike | None = None) -> dict[str, list[dict]]:
+    """The most similar gold pairs of each target pair, by (conversation, attributes) embeddings."""
+    from .adaptive_retrieval import embed_rows, nearest_examples
+
+    if not gold or max_examples <= 0:
+        return {p["pair_id"]: [] for p in pairs}
+    gold_vecs = embed_rows(gold, cache_uri)
+    return nearest_examples(embed_rows(pairs), [p["pair_id"] for p in pairs], gold, gold_vecs, max_examples)
+
+
+def annotate_pairs(pairs: list[dict], gold: list[dict], annotators: list[AnnotatorConfig], cache_dir: PathLike | None,
+                   settings: AnnotateSettings = AnnotateSettings(), accuracy: dict[str, float] | None = None) -> tuple[pa.Table, pa.Table, dict]:
+    """The whole layer in one call: examples → every annotator's samples → merged verdicts, usage."""
+    examples = few_shot_examples(pairs, gold, settings.max_examples)
+    per_budget = Budget(settings.budget_usd / len(annotators) if settings.budget_usd is not None else None,
+                        settings.budget_tokens // len(annotators) if settings.budget_tokens is not None else None)
+    tables, usage = [], {}
+    for a in annotators:
+        t, u = judge(pairs, examples, a, cache_dir, settings, Budget(per_budget.usd, per_budget.tokens))
+        tables.append(t)
+        usage.update(u)
+    samples = pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
+    merged = merge_samples(tables, settings.merge_policy, accuracy, [p["pair_id"] for p in pairs])
+    return merged, samples, usage
+
+
+def status_counts(merged: pa.Table) -> dict[str, int]:
+    c = Counter(merged.column("status").to_pylist())
+    c.update(f"verdict_{v}" for v in merged.column("verdict").to_pylist())
+    return dict(sorted(c.items()))
