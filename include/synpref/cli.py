@@ -96,6 +96,51 @@ def cmd_simulate_annotators(a: argparse.Namespace) -> int:
     return 0
 
 
+def _stage1_config(a: argparse.Namespace):
+    from .reward_model import RMConfig
+    from .stage1 import Stage1Config
+
+    rm = RMConfig(mode=a.rm_mode, backbone=a.rm_backbone, max_length=a.rm_max_length, epochs=a.rm_epochs, learning_rate=a.rm_lr, seed=a.seed)
+    return Stage1Config(k_max=a.k_max, samples=a.samples, merge_policy=a.merge_policy, max_examples=a.max_examples, best_rm=rm, gold_rm=rm,
+                        budget_usd=a.budget_usd, seed=a.seed, spot_check=a.spot_check)
+
+
+@command
+def cmd_stage1(a: argparse.Namespace) -> int:
+    from .llm_client import load_annotators
+    from .stage1 import run_round
+
+    annotators = load_annotators(a.annotators) if a.annotators else []
+    manifest = run_round(a.root, a.date, annotators, _stage1_config(a), inbox=a.inbox, params=vars(a))
+    _print({"round": a.date, **manifest["summary"]})
+    return 0
+
+
+@command
+def cmd_simulate_humans(a: argparse.Namespace) -> int:
+    from .simulated import simulate_human_review
+
+    counts = simulate_human_review(a.queue, a.truth, a.out, a.accuracy, a.seed)
+    print("SIMULATED human verifier (synpref.simulated) answered the review queue from the hidden truth", file=sys.stderr)
+    _print({"export": a.out, **counts})
+    return 0
+
+
+def _add_common_round_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--annotators", default=None, help="YAML/JSON annotator list (see `synpref annotate --help`)")
+    s.add_argument("--k-max", type=int, default=8)
+    s.add_argument("--samples", type=int, default=None, help="self-consistency samples per annotator (overrides the config)")
+    s.add_argument("--merge-policy", default="majority", choices=["majority", "unanimous", "weighted"])
+    s.add_argument("--max-examples", type=int, default=8)
+    s.add_argument("--rm-mode", default="full", choices=["full", "frozen"])
+    s.add_argument("--rm-backbone", default="", help="HF sequence-classification checkpoint (default: packaged all-MiniLM-L6-v2)")
+    s.add_argument("--rm-max-length", type=int, default=256)
+    s.add_argument("--rm-epochs", type=int, default=1)
+    s.add_argument("--rm-lr", type=float, default=3e-5)
+    s.add_argument("--budget-usd", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synpref", description="SynPref preference-data curation (Skywork-Reward-V2) — run steps by hand.")
     sp = p.add_subparsers(dest="command", required=True)
@@ -125,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--merge-policy", default="majority", choices=["majority", "unanimous", "weighted"])
     s.add_argument("--max-examples", type=int, default=8)
     s.add_argument("--budget-usd", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sp.add_parser("stage1", help="run one stage-1 curation round (intake → RMs → retrieval → annotation → silver/review queue)")
+    s.add_argument("--root", required=True, help="storage root: pool under <root>/pool/, verifications under <root>/inbox/<date>/")
+    s.add_argument("--date", required=True, help="the round's date, YYYY-MM-DD")
+    s.add_argument("--inbox", default=None, help="override the inbox directory (default <root>/inbox/<date>/)")
+    s.add_argument("--spot-check", type=int, default=20, help="new silver pairs also queued for human spot-checks")
+    _add_common_round_flags(s)
+
+    s = sp.add_parser("simulate-humans", help="SIMULATED human verifier: answer a review queue from the truth → Label Studio export")
+    s.add_argument("--queue", required=True, help="rounds/<r>/review_queue/tasks.json")
+    s.add_argument("--truth", action="append", required=True)
+    s.add_argument("--out", required=True, help="export path, e.g. <root>/inbox/<next date>/labelstudio.json")
+    s.add_argument("--accuracy", type=float, default=0.97)
     s.add_argument("--seed", type=int, default=0)
 
     s = sp.add_parser("simulate-annotators", help="serve SIMULATED OpenAI-compatible judges from a synthetic truth (offline demo/tests)")

@@ -1,0 +1,279 @@
+"""Bradley-Terry reward models (paper §3.2 step 2): loss ``-log σ(r(x,y_w) − r(x,y_l))``.
+
+Two modes:
+- ``full`` (default): fine-tune a sequence-classification backbone (num_labels=1) with TRL's
+  RewardTrainer; the checkpoint is chosen by accuracy on the selection set (gold) through
+  ``load_best_model_at_end``. Inputs are pre-tokenised as (prompt, response) text pairs with
+  ``longest_first`` truncation so TRL's length filter drops nothing (drops are still counted).
+- ``frozen``: a frozen sentence-transformers encoder + a small MLP head trained with the same
+  BT loss; the epoch with the best selection accuracy is kept. Cheap on CPUs.
+``p = σ(r_w − r_l)`` is computed from the reward difference (``log p = −softplus(−d)``), so it
+never saturates by accident.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from .adaptive_retrieval import bf16_supported, default_embedder
+from .schema import prompt_text
+from .storage import PathLike, as_path, download_dir, local_scratch, read_json, upload_dir, cleanup
+
+RMMode = Literal["full", "frozen"]
+EVAL_SCHEMA = pa.schema([
+    ("pair_id", pa.string()), ("task_category", pa.string()), ("reward_diff", pa.float64()),
+    ("p", pa.float64()), ("log_p", pa.float64()), ("correct", pa.bool_()),
+])
+
+
+@dataclass(frozen=True)
+class RMConfig:
+    mode: RMMode = "full"
+    backbone: str = ""  # HF name/path of a sequence-classification checkpoint; "" = packaged MiniLM
+    max_length: int = 256
+    epochs: int = 1
+    learning_rate: float = 3e-5
+    batch_size: int = 16
+    eval_steps: int = 50
+    head_hidden: int = 256
+    head_epochs: int = 40
+    head_lr: float = 2e-3
+    seed: int = 0
+
+    def resolved_backbone(self) -> str:
+        return self.backbone or default_embedder()
+
+
+def p_from_diff(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(p, log p) for reward differences: stable in both tails."""
+    diff = np.asarray(diff, dtype=np.float64)
+    log_p = -np.logaddexp(0.0, -diff)
+    return np.exp(log_p), log_p
+
+
+def _texts(rows: list[dict], side: str) -> tuple[list[str], list[str]]:
+    return [prompt_text(r["conversation"]) for r in rows], [r[side] for r in rows]
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --- frozen encoder + BT head --------------------------------------------------------------
+
+def _encode_pairs(prompts: list[str], responses: list[str], backbone: str) -> np.ndarray:
+    from .adaptive_retrieval import embed_texts
+
+    return embed_texts([f"{p}\nassistant: {r}" for p, r in zip(prompts, responses)], backbone)
+
+
+def _head(dim: int, hidden: int):
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+
+
+def _bt_accuracy(diff: np.ndarray) -> float:
+    return float((diff > 0).mean()) if len(diff) else float("nan")
+
+
+def _train_frozen(train: list[dict], select: list[dict], cfg: RMConfig, local: Path) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    backbone = cfg.resolved_backbone()
+    enc = lambda rows, side: torch.from_numpy(_encode_pairs(*_texts(rows, side), backbone))  # noqa: E731
+    xw, xl = enc(train, "chosen"), enc(train, "rejected")
+    sw, sl = (enc(select, "chosen"), enc(select, "rejected")) if select else (None, None)
+    _seed_everything(cfg.seed)
+    head = _head(xw.shape[1], cfg.head_hidden)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best = (-1.0, -1, None)
+    history = []
+    for epoch in range(cfg.head_epochs):
+        head.train()
+        perm = torch.randperm(len(xw), generator=gen)
+        for i in range(0, len(perm), max(cfg.batch_size, 64)):
+            b = perm[i : i + max(cfg.batch_size, 64)]
+            loss = -torch.nn.functional.logsigmoid(head(xw[b]) - head(xl[b])).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.inference_mode():
+            acc = _bt_accuracy((head(sw) - head(sl)).squeeze(-1).numpy()) if sw is not None else float(epoch)
+        history.append({"epoch": epoch, "select_accuracy": acc})
+        if acc > best[0]:
+            best = (acc, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
+    save_file(best[2], str(local / "head.safetensors"))
+    return {"best_epoch": best[1], "select_accuracy": best[0] if sw is not None else None, "history": history,
+            "train_pairs_used": len(train), "dropped_too_long": 0}
+
+
+# --- full fine-tuning with TRL --------------------------------------------------------------
+
+def _tokenize(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> list[list[int]]:
+    enc = tokenizer(prompts, responses, truncation="longest_first", max_length=max_length)
+    return enc["input_ids"]
+
+
+def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Path) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    backbone = cfg.resolved_backbone()
+    _seed_everything(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(backbone)
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+
+    def ds(rows: list[dict]) -> Dataset:
+        p, c = _texts(rows, "chosen")
+        _, r = _texts(rows, "rejected")
+        return Dataset.from_dict({"chosen_ids": _tokenize(tok, p, c, cfg.max_length), "rejected_ids": _tokenize(tok, p, r, cfg.max_length)})
+
+    train_ds = ds(train)
+    eval_ds = ds(select) if select else None
+    eos = tok.eos_token or tok.sep_token
+    args = RewardConfig(
+        output_dir=str(local / "trainer"), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=32,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, lr_scheduler_type="linear", use_cpu=True, bf16=False,
+        eos_token=eos, max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
+        logging_steps=max(1, cfg.eval_steps // 2), save_total_limit=2,
+        eval_strategy="steps" if eval_ds is not None else "no", eval_steps=cfg.eval_steps,
+        save_strategy="steps" if eval_ds is not None else "no", save_steps=cfg.eval_steps,
+        load_best_model_at_end=eval_ds is not None, metric_for_best_model="accuracy", greater_is_better=True,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok)
+    used = len(trainer.train_dataset)
+    result = trainer.train()
+    select_acc = trainer.evaluate()["eval_accuracy"] if eval_ds is not None else None
+    trainer.model.save_pretrained(str(local / "model"))
+    tok.save_pretrained(str(local / "model"))
+    cleanup(local / "trainer")
+    return {"train_pairs_used": used, "dropped_too_long": len(train) - used, "select_accuracy": select_acc,
+            "train_loss": result.training_loss, "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name}
+
+
+def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out_dir: PathLike) -> dict:
+    """Train a BT RM on ``train`` (checkpoint chosen on ``select``) and save it with its metrics under ``out_dir``."""
+    if not train:
+        raise ValueError("no training pairs for the reward model")
+    local = local_scratch("rm")
+    try:
+        metrics = (_train_full if cfg.mode == "full" else _train_frozen)(train, select, cfg, local)
+        metrics.update({"train_pairs": len(train), "select_pairs": len(select)})
+        (local / "rm_config.json").write_text(json.dumps({**asdict(cfg), "backbone": cfg.resolved_backbone() if cfg.backbone else ""}, sort_keys=True, indent=2))
+        (local / "metrics.json").write_text(json.dumps(metrics, sort_keys=True, indent=2, default=str))
+        upload_dir(local, out_dir)
+    finally:
+        cleanup(local)
+    return metrics
+
+
+class RewardModel:
+    """A trained RM loaded from storage; ``reward_diff(rows)`` = r(x, chosen) − r(x, rejected)."""
+
+    def __init__(self, rm_dir: PathLike):
+        self.dir = as_path(rm_dir)
+        cfg = read_json(self.dir / "rm_config.json")
+        self.cfg = RMConfig(**cfg)
+        scratch = local_scratch("rm-load")
+        self._local = download_dir(self.dir, scratch)
+        self._owned = self._local == scratch
+        if not self._owned:
+            cleanup(scratch)
+        self._model = None
+
+    def _load(self):
+        import torch
+        from safetensors.torch import load_file
+
+        if self._model is None:
+            if self.cfg.mode == "frozen":
+                state = load_file(str(self._local / "head.safetensors"))
+                head = _head(state["0.weight"].shape[1], self.cfg.head_hidden)
+                head.load_state_dict(state)
+                self._model = head.eval()
+            else:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+                self._tok = AutoTokenizer.from_pretrained(str(self._local / "model"))
+                self._model = AutoModelForSequenceClassification.from_pretrained(str(self._local / "model")).eval()
+            torch.set_grad_enabled(False)
+        return self._model
+
+    def rewards(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> np.ndarray:
+        """Scalar rewards: batched, sorted by length (less padding), inference_mode, bf16 autocast where native."""
+        import torch
+
+        model = self._load()
+        if not prompts:
+            return np.zeros(0)
+        if self.cfg.mode == "frozen":
+            x = torch.from_numpy(_encode_pairs(prompts, responses, self.cfg.resolved_backbone()))
+            with torch.inference_mode():
+                return model(x).squeeze(-1).double().numpy()
+        ids = _tokenize(self._tok, prompts, responses, self.cfg.max_length)
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        out = np.empty(len(ids), dtype=np.float64)
+        pad = self._tok.pad_token_id or 0
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported()):
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                width = max(len(ids[i]) for i in idx)
+                input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                out[idx] = model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().double().numpy()
+        return out
+
+    def reward_diff(self, rows: list[dict]) -> np.ndarray:
+        p, c = _texts(rows, "chosen")
+        _, r = _texts(rows, "rejected")
+        both = self.rewards(p + p, c + r)
+        return both[: len(rows)] - both[len(rows) :]
+
+    def close(self) -> None:
+        if self._owned:
+            cleanup(self._local)
+
+
+def evaluate(rm: RewardModel, rows: list[dict]) -> tuple[pa.Table, dict]:
+    """p for every pair, accuracy overall and per task category, and the errors (p ≤ 0.5)."""
+    diff = rm.reward_diff(rows) if rows else np.zeros(0)
+    p, log_p = p_from_diff(diff)
+    table_rows = [{"pair_id": r["pair_id"], "task_category": r.get("task_category") or "unknown", "reward_diff": float(d),
+                   "p": float(pp), "log_p": float(lp), "correct": bool(pp > 0.5)} for r, d, pp, lp in zip(rows, diff, p, log_p)]
+    per_cat: dict[str, list[bool]] = defaultdict(list)
+    for t in table_rows:
+        per_cat[t["task_category"]].append(t["correct"])
+    metrics = {
+        "pairs": len(rows),
+        "accuracy": float(np.mean([t["correct"] for t in table_rows])) if rows else None,
+        "per_category": {c: {"pairs": len(v), "accuracy": sum(v) / len(v)} for c, v in sorted(per_cat.items())},
+        "errors": [t["pair_id"] for t in table_rows if not t["correct"]],
+        "mean_p": float(np.mean(p)) if rows else None,
+    }
+    return pa.Table.from_pylist(table_rows, schema=EVAL_SCHEMA), metrics

@@ -1,0 +1,62 @@
+"""Silver set and the human review queue (paper §3.2 step 3, end of a round).
+
+Merged LLM verdicts that are decided join silver with provenance ``llm`` — ``agree`` as stored,
+``disagree`` flipped. Contested or failed ones (merged ``abstain``) go to the review queue for
+the humans' next day, ordered objective and low-controversiality first; a seeded spot-check
+sample of new silver pairs is queued too so humans keep auditing the LLM labels. Pairs skipped
+by the budget are deferred (back to the pool for a later round).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import pyarrow as pa
+
+from .schema import PAIR_SCHEMA, flip
+
+QUEUE_SCHEMA = PAIR_SCHEMA.append(pa.field("queue_reason", pa.string()))
+_OBJ = {"objective": 0, "subjective": 1}
+_CONTRO = {"low": 0, "medium": 1, "high": 2}
+
+
+def review_priority(row: dict) -> tuple:
+    """Humans see objective, low-controversiality pairs first."""
+    return (_OBJ.get(row.get("preference_objectivity") or "", 2), _CONTRO.get(row.get("controversiality") or "", 3), row["pair_id"])
+
+
+def _spot_check_key(pair_id: str, seed: int) -> str:
+    return hashlib.sha256(f"spot:{seed}:{pair_id}".encode()).hexdigest()
+
+
+def merge_into_silver(previous_silver: list[dict], retrieved: list[dict], verdicts: pa.Table, round_name: str,
+                      spot_check: int = 0, seed: int = 0) -> tuple[list[dict], list[dict], dict]:
+    """(silver, review queue, counts). Every retrieved pair lands in exactly one of: silver, queue, deferred."""
+    by_id = {r["pair_id"]: r for r in retrieved}
+    added, queue, counts = [], [], Counter()
+    for v in verdicts.select(["pair_id", "verdict", "status"]).to_pylist():
+        row = {k: by_id[v["pair_id"]].get(k) for k in PAIR_SCHEMA.names}
+        row.update(provenance="llm", round=round_name)
+        if v["status"] == "not_annotated_budget":
+            counts["deferred_budget"] += 1
+        elif v["verdict"] == "agree":
+            added.append(row)
+            counts["silver_agree"] += 1
+        elif v["verdict"] == "disagree":
+            added.append(flip(row))
+            counts["silver_flipped"] += 1
+        else:
+            queue.append({**row, "queue_reason": "abstain_error" if v["status"] == "abstain_error" else "contested"})
+            counts["queued_contested"] += 1
+    if sum(counts.values()) != len(retrieved):
+        raise RuntimeError(f"silver merge lost pairs: {dict(counts)} vs {len(retrieved)} retrieved")
+    spots = sorted(added, key=lambda r: _spot_check_key(r["pair_id"], seed))[:spot_check]
+    queue += [{**r, "queue_reason": "spot_check"} for r in spots]
+    counts["queued_spot_check"] = len(spots)
+    queue.sort(key=review_priority)
+    known = {r["pair_id"] for r in added}
+    silver = [r for r in previous_silver if r["pair_id"] not in known] + added
+    silver.sort(key=lambda r: r["pair_id"])
+    counts["silver_total"] = len(silver)
+    counts["review_queue"] = len(queue)
+    return silver, queue, dict(counts)
