@@ -126,6 +126,23 @@ def cmd_simulate_humans(a: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_stage2(a: argparse.Namespace) -> int:
+    from .llm_client import load_annotators
+    from .stage2 import Stage2Config, accuracy_report, run_stage2
+    from .storage import read_parquet
+
+    cfg = Stage2Config(band=a.band, recycle_policy=a.recycle_policy, shard_size=a.shard_size, samples=a.samples, merge_policy=a.merge_policy,
+                       max_examples=a.max_examples, budget_usd=a.budget_usd, seed=a.seed)
+    annotators = load_annotators(a.annotators) if a.annotators else []
+    manifest = run_stage2(a.root, a.out, a.input, annotators, a.round, cfg, a.benchmark, params={k: v for k, v in vars(a).items() if k != "func"})
+    report = {"out": a.out, "round": manifest["round"], **manifest["counts"]}
+    if a.truth:
+        report["label_accuracy_vs_truth"] = accuracy_report(a.out, read_parquet(a.truth))
+    _print(report)
+    return 0
+
+
 def _add_common_round_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--annotators", default=None, help="YAML/JSON annotator list (see `synpref annotate --help`)")
     s.add_argument("--k-max", type=int, default=8)
@@ -178,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inbox", default=None, help="override the inbox directory (default <root>/inbox/<date>/)")
     s.add_argument("--spot-check", type=int, default=20, help="new silver pairs also queued for human spot-checks")
     _add_common_round_flags(s)
+
+    s = sp.add_parser("stage2", help="stage 2: dual-RM consistency filtering, LLM re-annotation, recycling → curated dataset")
+    s.add_argument("--root", required=True, help="storage root holding the stage-1 rounds (rounds/<date>/) and the LLM cache")
+    s.add_argument("--input", required=True, help="raw pairs (file/dir, any reader format) or an existing pool directory")
+    s.add_argument("--out", required=True, help="output directory: kept/ recycled/ dropped/ quarantined.parquet README.md manifest.json")
+    s.add_argument("--round", default="latest", help="stage-1 round supplying the best RM and gold RM")
+    s.add_argument("--annotators", default=None, help="YAML/JSON annotator list; without it no LLM re-annotation happens")
+    s.add_argument("--band", type=float, default=0.0, help="p_best within (0.5, 0.5+band] also goes to the LLM judges")
+    s.add_argument("--recycle-policy", default="both_rms_reject", choices=["both_rms_reject", "all_discarded"])
+    s.add_argument("--shard-size", type=int, default=20_000)
+    s.add_argument("--samples", type=int, default=None)
+    s.add_argument("--merge-policy", default="majority", choices=["majority", "unanimous", "weighted"])
+    s.add_argument("--max-examples", type=int, default=8)
+    s.add_argument("--budget-usd", type=float, default=None)
+    s.add_argument("--benchmark", default=None, help="benchmark prompts for decontamination")
+    s.add_argument("--truth", default=None, help="synthetic hidden truth: report label accuracy of input/kept/recycled")
+    s.add_argument("--seed", type=int, default=0)
 
     s = sp.add_parser("simulate-humans", help="SIMULATED human verifier: answer a review queue from the truth → Label Studio export")
     s.add_argument("--queue", required=True, help="rounds/<r>/review_queue/tasks.json")

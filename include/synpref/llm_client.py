@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .storage import PathLike, as_path, read_json, write_json
+
+for _noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one INFO line per request would drown task logs
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
 class AnnotatorConfig(BaseModel):

@@ -277,3 +277,27 @@ def evaluate(rm: RewardModel, rows: list[dict]) -> tuple[pa.Table, dict]:
         "mean_p": float(np.mean(p)) if rows else None,
     }
     return pa.Table.from_pylist(table_rows, schema=EVAL_SCHEMA), metrics
+
+
+def reward_diffs(models: list[RewardModel], rows: list[dict]) -> list[np.ndarray]:
+    """r_w − r_l of several RMs over the same rows; frozen RMs sharing a backbone encode the texts once."""
+    import torch
+
+    if not rows:
+        return [np.zeros(0) for _ in models]
+    frozen = [m for m in models if m.cfg.mode == "frozen"]
+    features = {}
+    if len({m.cfg.resolved_backbone() for m in frozen}) == 1 and len(frozen) > 1:
+        p, c = _texts(rows, "chosen")
+        _, r = _texts(rows, "rejected")
+        features[frozen[0].cfg.resolved_backbone()] = torch.from_numpy(_encode_pairs(p + p, c + r, frozen[0].cfg.resolved_backbone()))
+    out = []
+    for m in models:
+        x = features.get(m.cfg.resolved_backbone()) if m.cfg.mode == "frozen" else None
+        if x is None:
+            out.append(m.reward_diff(rows))
+            continue
+        with torch.inference_mode():
+            both = m._load()(x).squeeze(-1).double().numpy()
+        out.append(both[: len(rows)] - both[len(rows) :])
+    return out
