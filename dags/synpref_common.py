@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import ObjectStoragePath, Param
+from airflow.sdk import Asset, ObjectStoragePath, Param
 
 DEFAULT_ARGS = {
     "owner": "synpref",
@@ -15,6 +15,12 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=int(os.environ.get("SYNPREF_RETRY_DELAY_S", "60"))),
 }
 TAGS = ["synpref", "skywork-reward-v2"]
+
+# Assets announcing a finished stage-1 round and a curated stage-2 dataset.
+BEST_RM = Asset("synpref_best_rm")
+GOLD_RM = Asset("synpref_gold_rm")
+GOLD_SILVER = Asset("synpref_gold_silver")
+CURATED_DATASET = Asset("synpref_curated_dataset")
 
 
 def root_param() -> Param:

@@ -20,14 +20,10 @@ only under its own prefix, manifest last.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
-from synpref_common import (DEFAULT_ARGS, LLM_POOL, TAGS, TRAIN_QUEUE, annotation_params, annotator_from_connection, rm_config,
-                            rm_params, root_param, round_name, storage_root, sub)
-
-BEST_RM = Asset("synpref_best_rm")
-GOLD_RM = Asset("synpref_gold_rm")
-GOLD_SILVER = Asset("synpref_gold_silver")
+from synpref_common import (BEST_RM, DEFAULT_ARGS, GOLD_RM, GOLD_SILVER, LLM_POOL, TAGS, TRAIN_QUEUE, annotation_params,
+                            annotator_from_connection, rm_config, rm_params, root_param, round_name, storage_root, sub)
 
 
 def _ctx() -> tuple:
