@@ -143,6 +143,21 @@ def cmd_stage2(a: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_report(a: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from .report import all_round_reports, stage2_report
+    from .storage import read_parquet
+
+    truth = pa.concat_tables([read_parquet(t) for t in a.truth]) if a.truth else None
+    out = {"rounds": all_round_reports(a.root, truth)}
+    if a.stage2:
+        out["stage2"] = stage2_report(a.stage2, truth)
+    _print(out)
+    return 0
+
+
 def _add_common_round_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--annotators", default=None, help="YAML/JSON annotator list (see `synpref annotate --help`)")
     s.add_argument("--k-max", type=int, default=8)
@@ -212,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmark", default=None, help="benchmark prompts for decontamination")
     s.add_argument("--truth", default=None, help="synthetic hidden truth: report label accuracy of input/kept/recycled")
     s.add_argument("--seed", type=int, default=0)
+
+    s = sp.add_parser("report", help="per-round stage-1 numbers and the stage-2 funnel (accuracies when a synthetic truth is given)")
+    s.add_argument("--root", required=True)
+    s.add_argument("--stage2", default=None, help="a stage-2 output directory")
+    s.add_argument("--truth", action="append", default=[], help="synthetic truth Parquet (repeatable)")
 
     s = sp.add_parser("simulate-humans", help="SIMULATED human verifier: answer a review queue from the truth → Label Studio export")
     s.add_argument("--queue", required=True, help="rounds/<r>/review_queue/tasks.json")

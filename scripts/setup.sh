@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Idempotent setup: a virtualenv in .venv with requirements.txt and the synpref package (editable),
+# and a project-local Airflow home (SQLite metadata DB, pools). Re-running skips what is done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+STAMP=.venv/.synpref-requirements.sha
+WANT=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q --no-deps -e .
+  echo "$WANT" > "$STAMP"
+fi
+# shellcheck source=/dev/null
+source scripts/env.sh
+mkdir -p "$AIRFLOW_HOME"
+.venv/bin/airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+.venv/bin/airflow pools set llm_api 4 "LLM annotator endpoints (size to the endpoint's rate limit)" > /dev/null
+.venv/bin/airflow pools set gpu 1 "RM training/scoring on GPU workers" > /dev/null
