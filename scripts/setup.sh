@@ -10,9 +10,9 @@ fi
 STAMP=.venv/.synpref-requirements.sha
 WANT=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   .venv/bin/pip install -q -r requirements.txt
-  .venv/bin/pip install -q --no-deps -e .
+  .venv/bin/pip install -q --no-deps -e . 2>&1 | grep -vi "warning\|return\|^ *$" || true
   echo "$WANT" > "$STAMP"
 fi
 # shellcheck source=/dev/null

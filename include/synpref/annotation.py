@@ -144,7 +144,7 @@ def judge(pairs: list[dict], examples: dict[str, list[dict]], annotator: Annotat
             slot, reason = parse_verdict(resp.text)
         rows.append({"pair_id": pid, "annotator": annotator.name, "sample": s, "swapped": swapped, "slot": slot,
                      "verdict": slot_to_verdict(slot, swapped), "reason": reason, "status": resp.status})
-    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), {annotator.name: usage.as_dict()}
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), {annotator.name: {**usage.as_dict(), "work": usage.work_dict()}}
 
 
 def majority(agree: int, disagree: int) -> Verdict:

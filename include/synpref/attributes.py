@@ -50,7 +50,8 @@ def generate_attributes(pairs: list[dict], annotator: AnnotatorConfig, cache_dir
         cfg = annotator.model_copy(update={"temperature": 0.0 if attempt == 0 else 0.7})
         responses, usage = run_requests(cfg, reqs, cache_dir, budget)
         for k, v in usage.as_dict().items():
-            usage_total[k] = usage_total.get(k, 0) + v if not isinstance(v, list) else usage_total.get(k, []) + v
+            if not isinstance(v, list):
+                usage_total[k] = usage_total.get(k, 0) + v
         for p, r in zip(pending, responses):
             result[p["pair_id"]] = parse_attributes(r.text)
     rows = []

@@ -93,11 +93,18 @@ class Usage:
     cost_usd: float = 0.0
     error_messages: list[str] = field(default_factory=list)
 
+    new_cost_usd: float = 0.0
+
     def as_dict(self) -> dict[str, Any]:
+        """Everything, for logs/XCom/CLI summaries (requests vs cache hits differ between runs)."""
         d = dict(self.__dict__)
-        d["cost_usd"] = round(d["cost_usd"], 6)
+        d["cost_usd"], d["new_cost_usd"] = round(d["cost_usd"], 6), round(d["new_cost_usd"], 6)
         d["error_messages"] = sorted(set(self.error_messages))[:10]
         return d
+
+    def work_dict(self) -> dict[str, Any]:
+        """Cache-invariant figures (tokens and cost of the annotations, fresh or cached): safe in artifacts."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6)}
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ class Request:
 class Response:
     key: str
     text: str | None
-    status: str  # ok | cached | error | budget
+    status: str  # ok (fresh or cached) | error | budget
     error: str | None = None
 
 
@@ -170,7 +177,10 @@ async def _run_async(cfg: AnnotatorConfig, requests: list[Request], cache: Respo
         hit = cache.get(h)
         if hit is not None:
             usage.cache_hits += 1
-            return Response(req.key, hit["text"], "cached")
+            usage.prompt_tokens += hit.get("prompt_tokens", 0)
+            usage.completion_tokens += hit.get("completion_tokens", 0)
+            usage.cost_usd += cfg.cost(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
+            return Response(req.key, hit["text"], "ok")
         async with sem:
             if budget.exhausted():
                 usage.budget_skipped += 1
@@ -205,6 +215,7 @@ async def _run_async(cfg: AnnotatorConfig, requests: list[Request], cache: Respo
         usage.prompt_tokens += pt
         usage.completion_tokens += ct
         usage.cost_usd += cost
+        usage.new_cost_usd += cost
         budget.spent_usd += cost
         budget.spent_tokens += pt + ct
         cache.put(h, {"model": cfg.model, "text": text, "prompt_tokens": pt, "completion_tokens": ct})

@@ -241,8 +241,8 @@ def step_annotate(root: PathLike, rnd: str, annotator: AnnotatorConfig, cfg: Sta
     budget = Budget(cfg.budget_usd / n_annotators if cfg.budget_usd is not None else None)
     samples, usage = judge(pairs, _examples_for(out), annotator, root / "cache" / "llm", cfg.annotate_settings(), budget)
     write_parquet(samples, out / "annotations" / annotator.name / "samples.parquet")
-    write_json({"annotator": annotator.model_dump(), "usage": usage[annotator.name]}, out / "annotations" / annotator.name / "usage.json")
-    return {"annotator": annotator.name, "pairs": len(pairs), **{k: usage[annotator.name][k] for k in ("requests", "cache_hits", "errors", "cost_usd")}}
+    write_json({"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}, out / "annotations" / annotator.name / "usage.json")
+    return {"annotator": annotator.name, "pairs": len(pairs), **{k: usage[annotator.name][k] for k in ("requests", "cache_hits", "errors", "new_cost_usd")}}
 
 
 def step_merge(root: PathLike, rnd: str, annotator_names: list[str], cfg: Stage1Config = Stage1Config(),

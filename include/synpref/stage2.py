@@ -176,7 +176,7 @@ def step_annotate_shard(root: PathLike, out_dir: PathLike, rnd: str, shard_uri: 
     samples, usage = judge(pairs, examples, annotator, root / "cache" / "llm", settings, budget)
     out = _shard_dir(out_dir, shard_uri) / "annotations" / annotator.name
     write_parquet(samples, out / "samples.parquet")
-    write_json(usage[annotator.name], out / "usage.json")
+    write_json(usage[annotator.name]["work"], out / "usage.json")
     return {"shard": out.parent.parent.name, "annotator": annotator.name, "pairs": len(pairs), **{k: usage[annotator.name][k] for k in ("requests", "cache_hits", "errors")}}
 
 

@@ -1,0 +1,69 @@
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sim_truth(tmp_path_factory):
+    """Synthetic pairs + truth shared by the simulator tests."""
+    from synpref.storage import write_parquet
+    from synpref.synthetic import generate
+
+    d = tmp_path_factory.mktemp("simdata")
+    pairs, truth = generate(120, seed=7, noise=0.3)
+    gold, gtruth = generate(40, seed=8)
+    for name, t in (("pairs", pairs), ("truth", truth), ("gold", gold), ("gtruth", gtruth)):
+        write_parquet(t, d / f"{name}.parquet")
+    return d, pairs, truth, gold, gtruth
+
+
+@pytest.fixture()
+def sim_server(sim_truth):
+    """SIMULATED OpenAI-compatible judges on loopback (fresh request counters per test)."""
+    from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+
+    _, _, truth, _, gtruth = sim_truth
+    profiles = {"good": JudgeProfile(0.85, 0.1, 0.0), "ok": JudgeProfile(0.8, 0.1, 0.0), "meh": JudgeProfile(0.75, 0.1, 0.0),
+                "faulty": JudgeProfile(0.85, 0.0, 0.2, slow_s=1.5), "biased": JudgeProfile(0.8, 0.4, 0.0)}
+    server = SimulatedJudgeServer(TruthIndex.from_tables(truth, gtruth), profiles, api_key="sk-test")
+    server.start()
+    yield server
+    server.stop()
+
+
+def airflow_env(root: str, extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "SYNPREF_ROOT": root, "SYNPREF_TASK_RETRIES": "0", "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO / "include"),
+    })
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = airflow_env("file:///nonexistent", {"AIRFLOW_HOME": str(home)})
+    subprocess.run([str(REPO / ".venv/bin/airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([str(REPO / ".venv/bin/airflow"), "pools", "set", "llm_api", "4", "llm"], env=env, check=True, capture_output=True)
+    return home
+
+
+def dags_test(airflow_home, dag_id: str, date: str, root: str, conf: dict | None = None, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = airflow_env(root, {"AIRFLOW_HOME": str(airflow_home), **(extra_env or {})})
+    cmd = [str(REPO / ".venv/bin/airflow"), "dags", "test", dag_id, date] + (["-c", json.dumps(conf)] if conf else [])
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def conn_env(server, names=("good", "ok", "meh"), prefix="synpref_judge_") -> dict:
+    return {f"AIRFLOW_CONN_{(prefix + n).upper()}": json.dumps({"conn_type": "openai", "host": server.base_url, "password": "sk-test",
+                                                                 "extra": {"model": n, "timeout_s": 5, "max_concurrency": 8}})
+            for n in names}

@@ -1,0 +1,30 @@
+import subprocess
+import sys
+import time
+
+from conftest import REPO, airflow_env
+
+
+def test_dagbag_integrity(monkeypatch):
+    for k, v in airflow_env("file:///tmp/x").items():
+        monkeypatch.setenv(k, v)
+    from airflow.dag_processing.dagbag import DagBag
+
+    t = time.time()
+    bag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    elapsed = time.time() - t
+    assert not bag.import_errors, bag.import_errors
+    assert set(bag.dag_ids) == {"synpref_prepare", "synpref_stage1", "synpref_stage2"}
+    for dag in bag.dags.values():
+        assert dag.tags and "synpref" in dag.tags and dag.doc_md
+        assert all(task.retries >= 1 for task in dag.tasks), dag.dag_id
+    s1 = bag.dags["synpref_stage1"]
+    assert s1.max_active_runs == 1 and all(t.depends_on_past for t in s1.tasks) and s1.timetable.summary
+    assert all(p.description or p.title for p in s1.params.values() if hasattr(p, "description"))
+    assert elapsed < 2.0, f"loading dags/ took {elapsed:.2f}s"
+
+
+def test_no_heavy_imports_at_dag_top_level():
+    code = ("import sys; sys.path[:0] = ['dags', 'include']; import synpref_prepare, synpref_stage1, synpref_stage2; "
+            "bad = [m for m in ('torch', 'transformers', 'faiss', 'openai', 'sentence_transformers') if m in sys.modules]; print(bad); assert not bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=airflow_env("file:///tmp/x"), check=True, capture_output=True)
