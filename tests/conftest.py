@@ -63,7 +63,8 @@ def dags_test(airflow_home, dag_id: str, date: str, root: str, conf: dict | None
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def conn_env(server, names=("good", "ok", "meh"), prefix="synpref_judge_") -> dict:
-    return {f"AIRFLOW_CONN_{(prefix + n).upper()}": json.dumps({"conn_type": "openai", "host": server.base_url, "password": "sk-test",
-                                                                 "extra": {"model": n, "timeout_s": 5, "max_concurrency": 8}})
-            for n in names}
+def conn_env(server, models=("good", "ok", "meh")) -> dict:
+    """AIRFLOW_CONN_SYNPREF_JUDGE_A/B/C (the DAGs' default annotator ids) pointing at the simulated models."""
+    return {f"AIRFLOW_CONN_SYNPREF_JUDGE_{letter}": json.dumps({"conn_type": "openai", "host": server.base_url, "password": "sk-test",
+                                                                "extra": {"model": m, "timeout_s": 5, "max_concurrency": 8}})
+            for letter, m in zip("ABC", models)}

@@ -8,10 +8,12 @@ from conftest import REPO, airflow_env
 def test_dagbag_integrity(monkeypatch):
     for k, v in airflow_env("file:///tmp/x").items():
         monkeypatch.setenv(k, v)
+    monkeypatch.delenv("SYNPREF_TASK_RETRIES")  # check the shipped defaults
+    monkeypatch.syspath_prepend(str(REPO / "dags"))  # Airflow puts the DAGS_FOLDER on sys.path; do it for this process
     from airflow.dag_processing.dagbag import DagBag
 
     t = time.time()
-    bag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    bag = DagBag(dag_folder=str(REPO / "dags"))
     elapsed = time.time() - t
     assert not bag.import_errors, bag.import_errors
     assert set(bag.dag_ids) == {"synpref_prepare", "synpref_stage1", "synpref_stage2"}
@@ -19,8 +21,12 @@ def test_dagbag_integrity(monkeypatch):
         assert dag.tags and "synpref" in dag.tags and dag.doc_md
         assert all(task.retries >= 1 for task in dag.tasks), dag.dag_id
     s1 = bag.dags["synpref_stage1"]
-    assert s1.max_active_runs == 1 and all(t.depends_on_past for t in s1.tasks) and s1.timetable.summary
-    assert all(p.description or p.title for p in s1.params.values() if hasattr(p, "description"))
+    assert s1.max_active_runs == 1 and all(t.depends_on_past for t in s1.tasks) and type(s1.timetable).__name__ == "CronTriggerTimetable"
+    for dag_id in ("synpref_prepare", "synpref_stage1", "synpref_stage2"):  # the trigger form shows titles for every param
+        params = bag.dags[dag_id].params
+        assert all(params.get_param(k).schema.get("title") for k in params), dag_id
+    assert {"k_max", "annotators", "samples", "merge_policy", "max_examples", "rm_mode", "rm_backbone", "budget_usd", "seed",
+            "pool_uri", "inbox_uri"} <= set(s1.params)
     assert elapsed < 2.0, f"loading dags/ took {elapsed:.2f}s"
 
 

@@ -16,7 +16,9 @@ def _hashes(d: Path) -> dict:
 
 
 def _ok(proc):
-    assert proc.returncode == 0 and "state=success" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-4000:]
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if "Traceback" in line or "Error" in line or "failed" in line.lower()]
+    assert proc.returncode == 0 and "state=success" in out, "\n".join(errors[-30:]) + out[-2000:]
 
 
 def test_prepare_dag_quarantines_malformed_records_and_is_idempotent(airflow_home, tmp_path):
