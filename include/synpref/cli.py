@@ -67,7 +67,8 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     settings = AnnotateSettings(seed=a.seed, max_examples=a.max_examples, merge_policy=a.merge_policy, budget_usd=a.budget_usd)
     merged, samples, usage = annotate_pairs(pairs, gold, annotators, a.cache or out / "llm_cache", settings)
     summary = {"pairs": len(pairs), "gold_examples_available": len(gold), "annotators": [x.model_dump() for x in annotators],
-               "usage": usage, "counts": status_counts(merged), "merge_policy": a.merge_policy}
+               "usage": usage, "counts": status_counts(merged), "merge_policy": a.merge_policy,
+               "mean_agreement": sum(merged.column("agreement").to_pylist()) / max(1, merged.num_rows)}
     if a.truth:
         agree = truth_agree(pairs, read_parquet(a.truth))
         summary["annotator_stats"] = annotator_stats(samples, agree)
