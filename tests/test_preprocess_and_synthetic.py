@@ -2,7 +2,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synpref.preprocess import ConservationError, Decontaminator, PrepareConfig, check_conservation, prepare
-from synpref.schema import records_to_table
+from synpref.schema import PairRecord, records_to_table
 from synpref.storage import read_json, write_parquet
 from synpref.synthetic import CATEGORIES, generate, label_accuracy
 
@@ -21,12 +21,14 @@ def test_prepare_dedups_decontaminates_and_conserves(tmp_path):
     pairs, _ = generate(300, seed=1)
     write_parquet(pairs, tmp_path / "in" / "a.parquet")
     write_parquet(pairs.slice(0, 50), tmp_path / "in" / "b.parquet")  # 50 duplicates across files
-    rows = pairs.to_pylist()
-    contaminated = rows[60]["conversation"][0]["content"]
-    (tmp_path / "bench.txt").write_text(contaminated + " " + BENCH + "\n")
-    m = prepare([str(tmp_path / "in" / "a.parquet"), str(tmp_path / "in" / "b.parquet")], tmp_path / "pool", tmp_path / "bench.txt", PrepareConfig(shard_size=100))
+    leaked = PairRecord(conversation=[{"role": "user", "content": "Please solve: " + BENCH + " now"}], chosen="a", rejected="b")
+    write_parquet(records_to_table([leaked]), tmp_path / "in" / "c.parquet")
+    (tmp_path / "bench.txt").write_text("an unrelated benchmark prompt\n" + BENCH + "\n")
+    inputs = [str(tmp_path / "in" / f) for f in ("a.parquet", "b.parquet", "c.parquet")]
+    m = prepare(inputs, tmp_path / "pool", tmp_path / "bench.txt", PrepareConfig(shard_size=100))
     c = m["counts"]
-    assert c["input"] == 350 and c["duplicates"] == 50 and c["pool"] + c["contaminated"] == 300 and c["contaminated"] >= 1
+    assert c == {"input": 351, "pool": 300, "duplicates": 50, "contaminated": 1, "quarantined": 0}
+    assert "benchmark prompt #1" in pq.read_table(tmp_path / "pool" / "contaminated.parquet").column("reason")[0].as_py()
     assert sum(s["count"] for s in m["shards"]) == c["pool"] and max(s["count"] for s in m["shards"]) == 100
     assert read_json(tmp_path / "pool" / "manifest.json") == m
     assert pq.read_table(tmp_path / "pool" / "duplicates.parquet").column("reason").to_pylist()[0].startswith("duplicate of")

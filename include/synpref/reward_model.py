@@ -219,7 +219,6 @@ class RewardModel:
 
                 self._tok = AutoTokenizer.from_pretrained(str(self._local / "model"))
                 self._model = AutoModelForSequenceClassification.from_pretrained(str(self._local / "model")).eval()
-            torch.set_grad_enabled(False)
         return self._model
 
     def rewards(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> np.ndarray:
