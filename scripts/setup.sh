@@ -10,9 +10,11 @@ fi
 STAMP=.venv/.synpref-requirements.sha
 WANT=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-  .venv/bin/pip install -q -r requirements.txt
-  .venv/bin/pip install -q --no-deps -e . 2>&1 | grep -vi "warning\|return\|^ *$" || true
+  mkdir -p .venv/logs
+  for step in "--upgrade pip" "-r requirements.txt" "--no-deps -e ."; do
+    # shellcheck disable=SC2086
+    .venv/bin/pip install -q $step > .venv/logs/pip.log 2>&1 || { cat .venv/logs/pip.log; echo "setup failed: pip install $step" >&2; exit 1; }
+  done
   echo "$WANT" > "$STAMP"
 fi
 # shellcheck source=/dev/null
