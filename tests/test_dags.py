@@ -32,5 +32,7 @@ def test_dagbag_integrity(monkeypatch):
 
 def test_no_heavy_imports_at_dag_top_level():
     code = ("import sys; sys.path[:0] = ['dags', 'include']; import synpref_prepare, synpref_stage1, synpref_stage2; "
-            "bad = [m for m in ('torch', 'transformers', 'faiss', 'openai', 'sentence_transformers') if m in sys.modules]; print(bad); assert not bad")
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=airflow_env("file:///tmp/x"), check=True, capture_output=True)
+            "print([m for m in ('torch', 'transformers', 'faiss', 'openai', 'sentence_transformers') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=airflow_env("file:///tmp/x"), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout

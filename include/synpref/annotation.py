@@ -282,11 +282,12 @@ def annotate_pairs(pairs: list[dict], gold: list[dict], annotators: list[Annotat
                    settings: AnnotateSettings = AnnotateSettings(), accuracy: dict[str, float] | None = None) -> tuple[pa.Table, pa.Table, dict]:
     """The whole layer in one call: examples → every annotator's samples → merged verdicts, usage."""
     examples = few_shot_examples(pairs, gold, settings.max_examples)
-    per_budget = Budget(settings.budget_usd / len(annotators) if settings.budget_usd is not None else None,
-                        settings.budget_tokens // len(annotators) if settings.budget_tokens is not None else None)
+    n = len(annotators)
     tables, usage = [], {}
-    for a in annotators:
-        t, u = judge(pairs, examples, a, cache_dir, settings, Budget(per_budget.usd, per_budget.tokens))
+    for a in annotators:  # the budget is split evenly across annotators
+        budget = Budget(settings.budget_usd / n if settings.budget_usd is not None else None,
+                        settings.budget_tokens // n if settings.budget_tokens is not None else None)
+        t, u = judge(pairs, examples, a, cache_dir, settings, budget)
         tables.append(t)
         usage.update(u)
     samples = pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
