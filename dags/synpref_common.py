@@ -38,6 +38,9 @@ def storage_root(params: dict) -> ObjectStoragePath:
     uri = params.get("root") or os.environ.get("SYNPREF_ROOT")
     if not uri:
         uri = "file://" + os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "synpref-data")
+    from synpref.storage import use_uri_factory
+
+    use_uri_factory(ObjectStoragePath)  # URIs handed between tasks resolve through Airflow connections
     return ObjectStoragePath(uri)
 
 
@@ -78,7 +81,7 @@ def round_name(context) -> str:
 def rm_params(prefix: str = "rm") -> dict[str, Param]:
     section = "Reward models"
     return {
-        f"{prefix}_mode": Param("full", enum=["full", "frozen"], title="RM training mode", section=section,
+        f"{prefix}_mode": Param(os.environ.get("SYNPREF_RM_MODE", "full"), enum=["full", "frozen"], title="RM training mode", section=section,
                                 description="full: fine-tune the backbone with TRL's RewardTrainer; frozen: frozen encoder + BT head (fast on CPU)."),
         f"{prefix}_backbone": Param("", type="string", title="RM backbone", section=section,
                                     description="HF sequence-classification checkpoint (name or path). Empty: the packaged all-MiniLM-L6-v2 (CPU, offline)."),

@@ -7,6 +7,8 @@ closes the round at night. `max_active_runs=1` + `depends_on_past` make backfill
 date order; each round reads the newest completed round before its date (or the seed) and writes
 only under its own prefix, manifest last.
 
+0. **wait_for_previous_round** — a round starts only once every earlier round it could read is
+   published (backfills may start several runs at once; `depends_on_past` alone orders tasks, not rounds);
 1. **human_verification_intake** — inbox → cumulative gold (+ gold-train/validation), discarded;
 2. **generate_attributes** (mapped over pool shards, LLM, cached) → **embed_pool_shard** (mapped);
 3. **train_best_rm** (Bradley-Terry on silver, checkpoint by gold accuracy) and **train_gold_rm**
@@ -20,7 +22,9 @@ only under its own prefix, manifest last.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+import os
+
+from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
 from synpref_common import (BEST_RM, DEFAULT_ARGS, GOLD_RM, GOLD_SILVER, LLM_POOL, TAGS, TRAIN_QUEUE, annotation_params,
                             annotator_from_connection, rm_config, rm_params, root_param, round_name, storage_root, sub)
@@ -65,6 +69,16 @@ def _config(params: dict):
     },
 )
 def synpref_stage1():
+    @task.sensor(poke_interval=int(os.environ.get("SYNPREF_SENSOR_POKE_S", "60")), timeout=24 * 3600, mode="reschedule")
+    def wait_for_previous_round() -> PokeReturnValue:
+        from synpref.stage1 import rounds_in_progress
+
+        _, root, rnd = _ctx()
+        pending = rounds_in_progress(root, rnd)
+        if pending:
+            print(f"round {rnd} waits for earlier rounds to publish: {pending}")
+        return PokeReturnValue(is_done=not pending, xcom_value=pending)
+
     @task
     def human_verification_intake() -> dict:
         from synpref.stage1 import step_intake
@@ -154,8 +168,10 @@ def synpref_stage1():
             outlet_events[asset].extra = extra
         return {"round": rnd, "manifest": str(round_dir(root, rnd) / "manifest.json"), **manifest["summary"]}
 
-    intake = human_verification_intake()
-    attributes = generate_attributes.expand(shard_uri=list_pool_shards())
+    ready = wait_for_previous_round()
+    intake, shards = human_verification_intake(), list_pool_shards()
+    ready >> [intake, shards]
+    attributes = generate_attributes.expand(shard_uri=shards)
     embedded = embed_pool_shard.expand(attributes=attributes)
     intake >> attributes
     evaluation = evaluate_on_gold(train_best_rm(intake), train_gold_rm(intake))

@@ -15,7 +15,8 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
    per shard and overall, or the run fails;
 6. **export_dataset**: TRL-ready Parquet (`kept/`, `recycled/`), dataset card, manifest, Asset event.
 
-Schedule: manual/UI by default; set `SYNPREF_STAGE2_SCHEDULE=asset` to run after every stage-1 round.
+Schedule: manual/UI by default; set `SYNPREF_STAGE2_SCHEDULE=asset` to run after every stage-1 round
+(an asset-triggered run curates with the triggering round, in its storage root).
 """
 from __future__ import annotations
 
@@ -28,12 +29,29 @@ from synpref_common import (BEST_RM, CURATED_DATASET, DEFAULT_ARGS, LLM_POOL, TA
                             annotator_from_connection, root_param, round_name, storage_root, sub)
 
 
+def _triggering_round(ctx) -> dict:
+    """Extra ({root, round, uri}) of the newest stage-1 round event that triggered this run; {} for manual runs."""
+    events = ctx.get("triggering_asset_events") or {}
+    newest = sorted((e for evs in events.values() for e in evs), key=lambda e: e.timestamp)
+    return dict(newest[-1].extra or {}) if newest else {}
+
+
 def _ctx() -> tuple:
-    """(params, storage root, stage-2 output dir) of the running task."""
+    """(params, storage root, stage-2 output dir) of the running task.
+
+    An asset-triggered run curates with the round that triggered it, in that round's storage root,
+    unless the params name a root or a round explicitly.
+    """
     from synpref.stage2 import run_dir
 
     ctx = get_current_context()
-    params, root = ctx["params"], storage_root(ctx["params"])
+    params = dict(ctx["params"])
+    source = _triggering_round(ctx)
+    if source and not params["root"]:
+        params["root"] = source.get("root", "")
+    if source and params["round"] == "latest":
+        params["round"] = source.get("round", "latest")
+    root = storage_root(params)
     return params, root, run_dir(root, params["run_name"] or round_name(ctx))
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# README command 2: set up (idempotent) and run the test suite.
+# README command 2: set up (idempotent) and run the test suite, including the scheduler-driven
+# integration suite (real Airflow on PostgreSQL, S3 via moto, headless Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/services.sh
 source scripts/env.sh
 exec .venv/bin/python -m pytest -q "$@"

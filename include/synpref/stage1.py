@@ -58,6 +58,14 @@ def completed_rounds(root: PathLike) -> list[str]:
     return sorted(p.name for p in d.iterdir() if (p / "manifest.json").exists())
 
 
+def rounds_in_progress(root: PathLike, rnd: str) -> list[str]:
+    """Rounds dated before ``rnd`` that have started (their prefix exists) but are not published yet."""
+    d = as_path(root) / "rounds"
+    if not d.exists():
+        return []
+    return sorted(p.name for p in d.iterdir() if p.name < rnd and p.name != SEED_ROUND and not (p / "manifest.json").exists())
+
+
 def previous_round(root: PathLike, rnd: str) -> str | None:
     """The newest completed round strictly before ``rnd`` (None → the seed)."""
     earlier = [r for r in completed_rounds(root) if r < rnd and r != SEED_ROUND]

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +20,14 @@ from upath import UPath
 
 PathLike = Union[str, os.PathLike, UPath]
 MANIFEST = "manifest.json"
+_uri_factory: Callable[[str], Any] = UPath
+
+
+def use_uri_factory(factory: Callable[[str], Any]) -> None:
+    """Resolve URI strings with ``factory`` (Airflow tasks pass ``ObjectStoragePath`` so that
+    ``s3://conn_id@bucket/...`` strings handed between tasks keep resolving through the connection)."""
+    global _uri_factory
+    _uri_factory = factory
 
 
 def as_path(uri: PathLike) -> UPath:
@@ -31,7 +39,7 @@ def as_path(uri: PathLike) -> UPath:
     s = str(uri)
     if "://" not in s:
         return UPath(Path(s).absolute())
-    return UPath(s)
+    return _uri_factory(s)
 
 
 def uri(path: PathLike) -> str:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# What the integration tests need outside the virtualenv, installed/started only when missing:
+# PostgreSQL (metadata DB of the test Airflow), Chromium (UI check), docker-compose (config validation).
+# Idempotent; needs root (or sudo) only when something must be installed or started.
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+missing=()
+command -v pg_ctlcluster > /dev/null || missing+=(postgresql)
+command -v chromium > /dev/null || missing+=(chromium)
+command -v docker-compose > /dev/null || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "services.sh: installing ${missing[*]} (apt)" >&2
+  $SUDO apt-get update -qq > /dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" > /dev/null
+fi
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "services.sh: starting PostgreSQL" >&2
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+pg_isready -h 127.0.0.1 -p 5432 > /dev/null || { echo "services.sh: PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1; }

@@ -1,0 +1,191 @@
+"""A real Airflow 3 deployment on loopback for the integration tests.
+
+api-server + scheduler + dag-processor, LocalExecutor, PostgreSQL metadata DB (created fresh),
+SimpleAuthManager with a password so the REST API is used with real token auth. Every process
+runs in its own session and is killed (group-wide) on ``stop()``, even after a failed test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW = str(REPO / ".venv" / "bin" / "airflow")
+PG = {"host": "127.0.0.1", "port": 5432}
+DB_NAME, DB_ROLE = "synpref_airflow_it", "synpref_it"
+TERMINAL = {"success", "failed"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_services() -> None:
+    """PostgreSQL (and Chromium, docker-compose) present and running: scripts/services.sh installs/starts what is missing."""
+    subprocess.run([str(REPO / "scripts" / "services.sh")], check=True)
+
+
+def fresh_database() -> str:
+    """Drop and re-create the test metadata database (and its role if missing); return the SQLAlchemy URL."""
+    import psycopg2
+
+    con = psycopg2.connect(dbname="postgres", user="postgres", **PG)
+    con.autocommit = True
+    with con.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_ROLE,))
+        if not cur.fetchone():
+            cur.execute(f"CREATE ROLE {DB_ROLE} LOGIN")
+        cur.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_ROLE}")
+    con.close()
+    return f"postgresql+psycopg2://{DB_ROLE}@{PG['host']}:{PG['port']}/{DB_NAME}"
+
+
+class AirflowCluster:
+    def __init__(self, home: Path, extra_env: dict[str, str]):
+        self.home = home
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.password = secrets.token_urlsafe(12)
+        self.procs: list[subprocess.Popen] = []
+        self._token: str | None = None
+        self.env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__API__BASE_URL": self.base,
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(REPO / "include"),
+            **extra_env,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def start(self) -> "AirflowCluster":
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "passwords.json").write_text(json.dumps({"admin": self.password}))
+        self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = fresh_database()
+        self.cli("db", "migrate")
+        self.cli("pools", "set", "llm_api", "4", "LLM endpoints")
+        self.cli("pools", "set", "gpu", "1", "GPU workers")
+        for component in (["api-server"], ["scheduler"], ["dag-processor"]):
+            log = open(self.home / f"{component[0]}.log", "w")
+            self.procs.append(subprocess.Popen([AIRFLOW, *component], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+        self._wait_healthy()
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.time() + 30
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+    def _wait_healthy(self, timeout: float = 240) -> None:
+        deadline, last = time.time() + timeout, None
+        while time.time() < deadline:
+            dead = [p.args[1] for p in self.procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"airflow {dead} exited during start-up:\n{self.logs_tail()}")
+            try:
+                last = httpx.get(f"{self.base}/api/v2/monitor/health", timeout=5).json()
+                if all(last.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "dag_processor")):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(2)
+        raise RuntimeError(f"Airflow not healthy after {timeout}s: {last}\n{self.logs_tail()}")
+
+    def logs_tail(self, chars: int = 3000) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-chars:]}" for p in sorted(self.home.glob("*.log")))
+
+    def task_logs_tail(self, dag_id: str, run_id: str, chars: int = 4000) -> str:
+        run_dir = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        logs = sorted(run_dir.rglob("*.log")) if run_dir.exists() else []
+        failed = [p for p in logs if '"level":"error"' in p.read_text() or "Traceback" in p.read_text()] or logs[-2:]
+        return "\n".join(f"--- {p.relative_to(self.home)}\n{p.read_text()[-chars:]}" for p in failed)
+
+    # -- REST API v2 (token auth) --------------------------------------------------------------
+    def token(self) -> str:
+        if self._token is None:
+            r = httpx.post(f"{self.base}/auth/token", json={"username": "admin", "password": self.password}, timeout=30)
+            r.raise_for_status()
+            self._token = r.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, **kwargs) -> dict:
+        r = httpx.request(method, f"{self.base}/api/v2{path}", headers={"Authorization": f"Bearer {self.token()}"}, timeout=60, **kwargs)
+        if r.status_code >= 400:
+            raise RuntimeError(f"{method} {path} → {r.status_code}: {r.text[:2000]}")
+        return r.json() if r.content else {}
+
+    def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = {d["dag_id"] for d in self.api("GET", "/dags", params={"dag_id_pattern": "synpref"})["dags"]}
+            if set(dag_ids) <= found:
+                errors = self.api("GET", "/importErrors")
+                assert errors["total_entries"] == 0, errors
+                return
+            time.sleep(2)
+        raise RuntimeError(f"DAGs {dag_ids} not parsed after {timeout}s:\n{self.logs_tail()}")
+
+    def unpause(self, dag_id: str) -> None:
+        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, logical_date: str | None, conf: dict) -> str:
+        run = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf})
+        return run["dag_run_id"]
+
+    def runs(self, dag_id: str, **params) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "logical_date", **params})["dag_runs"]
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 900) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in TERMINAL:
+                assert run["state"] == "success", f"{dag_id} {run_id} {run['state']}\n{self.task_logs_tail(dag_id, run_id)}"
+                return run
+            time.sleep(3)
+        raise TimeoutError(f"{dag_id} {run_id} not finished after {timeout}s\n{self.logs_tail()}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 500})["task_instances"]
