@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import pendulum
 import os
+from datetime import timedelta
 
 from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
 from synpref_common import (BEST_RM, DEFAULT_ARGS, GOLD_RM, GOLD_SILVER, LLM_POOL, TAGS, TRAIN_QUEUE, annotation_params,
                             annotator_from_connection, rm_config, rm_params, root_param, round_name, storage_root, sub)
+
+
+POKE_S = int(os.environ.get("SYNPREF_SENSOR_POKE_S", "60"))
 
 
 def _ctx() -> tuple:
@@ -69,12 +73,14 @@ def _config(params: dict):
     },
 )
 def synpref_stage1():
-    @task.sensor(poke_interval=int(os.environ.get("SYNPREF_SENSOR_POKE_S", "60")), timeout=24 * 3600, mode="reschedule")
+    # reschedule mode frees the worker slot between pokes; the check is idempotent, so it always gets retries
+    # (a reschedule can race the scheduler's bookkeeping under a short poke interval)
+    @task.sensor(poke_interval=POKE_S, timeout=24 * 3600, mode="reschedule", retries=3, retry_delay=timedelta(seconds=POKE_S))
     def wait_for_previous_round() -> PokeReturnValue:
-        from synpref.stage1 import rounds_in_progress
+        from synpref.stage1 import begin_round
 
         _, root, rnd = _ctx()
-        pending = rounds_in_progress(root, rnd)
+        pending = begin_round(root, rnd)
         if pending:
             print(f"round {rnd} waits for earlier rounds to publish: {pending}")
         return PokeReturnValue(is_done=not pending, xcom_value=pending)

@@ -66,7 +66,7 @@ def deployment(tmp_path_factory):
                                   api_key="sk-it")
     judges.start()
     env = {
-        "SYNPREF_ROOT": f"file://{roots['B']}", "SYNPREF_TASK_RETRIES": "0", "SYNPREF_STAGE2_SCHEDULE": "asset", "SYNPREF_RM_MODE": "frozen", "SYNPREF_SENSOR_POKE_S": "5",
+        "SYNPREF_ROOT": f"file://{roots['B']}", "SYNPREF_TASK_RETRIES": "0", "SYNPREF_STAGE2_SCHEDULE": "asset", "SYNPREF_RM_MODE": "frozen", "SYNPREF_SENSOR_POKE_S": "10",
         f"AIRFLOW_CONN_{S3_CONN.upper()}": json.dumps({"conn_type": "aws", "login": "it-key", "password": "it-secret",
                                                        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}),
         **{f"AIRFLOW_CONN_SYNPREF_JUDGE_{letter}": json.dumps({"conn_type": "openai", "host": judges.base_url, "password": "sk-it",

@@ -66,6 +66,18 @@ def rounds_in_progress(root: PathLike, rnd: str) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name < rnd and p.name != SEED_ROUND and not (p / "manifest.json").exists())
 
 
+def begin_round(root: PathLike, rnd: str) -> list[str]:
+    """Start ``rnd`` unless earlier rounds are still in progress (then return them and start nothing).
+
+    Starting writes ``rounds/<rnd>/started.json``, so a later round checking right after this one
+    started (before it wrote anything else) waits for it too.
+    """
+    pending = rounds_in_progress(root, rnd)
+    if not pending:
+        write_json({"round": rnd}, round_dir(root, rnd) / "started.json")
+    return pending
+
+
 def previous_round(root: PathLike, rnd: str) -> str | None:
     """The newest completed round strictly before ``rnd`` (None → the seed)."""
     earlier = [r for r in completed_rounds(root) if r < rnd and r != SEED_ROUND]
