@@ -25,8 +25,8 @@ CURATED_DATASET = Asset("synpref_curated_dataset")
 
 def root_param() -> Param:
     return Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
         title="Storage root",
         description="file:///... or s3://<conn_id>@<bucket>/<prefix>. Empty: the SYNPREF_ROOT env var of the worker.",
         section="Storage",
@@ -44,7 +44,7 @@ def storage_root(params: dict) -> ObjectStoragePath:
     return ObjectStoragePath(uri)
 
 
-def sub(root: ObjectStoragePath, value: str, default: str) -> ObjectStoragePath:
+def sub(root: ObjectStoragePath, value: str | None, default: str) -> ObjectStoragePath:
     """A param URI if given (absolute), else ``root / default``."""
     return ObjectStoragePath(value) if value else root / default
 
@@ -83,7 +83,7 @@ def rm_params(prefix: str = "rm") -> dict[str, Param]:
     return {
         f"{prefix}_mode": Param(os.environ.get("SYNPREF_RM_MODE", "full"), enum=["full", "frozen"], title="RM training mode", section=section,
                                 description="full: fine-tune the backbone with TRL's RewardTrainer; frozen: frozen encoder + BT head (fast on CPU)."),
-        f"{prefix}_backbone": Param("", type="string", title="RM backbone", section=section,
+        f"{prefix}_backbone": Param(None, type=["null", "string"], title="RM backbone", section=section,
                                     description="HF sequence-classification checkpoint (name or path). Empty: the packaged all-MiniLM-L6-v2 (CPU, offline)."),
         f"{prefix}_max_length": Param(256, type="integer", minimum=32, title="RM max tokens", section=section),
         f"{prefix}_epochs": Param(1, type="integer", minimum=1, title="RM epochs", section=section),
@@ -94,7 +94,7 @@ def rm_params(prefix: str = "rm") -> dict[str, Param]:
 def rm_config(params: dict, seed: int):
     from synpref.reward_model import RMConfig
 
-    return RMConfig(mode=params["rm_mode"], backbone=params["rm_backbone"], max_length=params["rm_max_length"],
+    return RMConfig(mode=params["rm_mode"], backbone=params["rm_backbone"] or "", max_length=params["rm_max_length"],
                     epochs=params["rm_epochs"], learning_rate=params["rm_lr"], seed=seed)
 
 

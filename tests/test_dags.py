@@ -25,6 +25,8 @@ def test_dagbag_integrity(monkeypatch):
     for dag_id in ("synpref_prepare", "synpref_stage1", "synpref_stage2"):  # the trigger form shows titles for every param
         params = bag.dags[dag_id].params
         assert all(params.get_param(k).schema.get("title") for k in params), dag_id
+        # the UI's form flags an empty string as a missing value: optional text params must admit null
+        assert not [k for k in params if params.get_param(k).value == "" and "null" not in params.get_param(k).schema.get("type", [])], dag_id
     assert {"k_max", "annotators", "samples", "merge_policy", "max_examples", "rm_mode", "rm_backbone", "budget_usd", "seed",
             "pool_uri", "inbox_uri"} <= set(s1.params)
     assert elapsed < 2.0, f"loading dags/ took {elapsed:.2f}s"

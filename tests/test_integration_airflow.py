@@ -288,7 +288,9 @@ def test_ui_shows_the_dag_grid_and_the_trigger_form(deployment):
                 text = dialog.inner_text()
                 assert all(t in text for t in titles), (section, text)
             page.screenshot(path=str(ARTIFACTS / "synpref_stage1_trigger_form.png"))
-            dialog.get_by_role("button", name="Trigger").last.click()
+            submit = dialog.get_by_role("button", name="Trigger").last
+            assert submit.is_enabled(), "the trigger form rejects the DAG's own defaults"
+            submit.click()
             page.wait_for_timeout(3000)
         finally:
             browser.close()
