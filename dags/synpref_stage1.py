@@ -21,10 +21,10 @@ only under its own prefix, manifest last.
 """
 from __future__ import annotations
 
-import pendulum
 import os
 from datetime import timedelta
 
+import pendulum
 from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
 from synpref_common import (BEST_RM, DEFAULT_ARGS, GOLD_RM, GOLD_SILVER, LLM_POOL, TAGS, TRAIN_QUEUE, annotation_params,

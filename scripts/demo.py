@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from synpref.report import fmt
+
 REPO = Path(__file__).resolve().parent.parent
 ANNOTATORS = {"synpref_judge_a": "sim-a=0.85,0.1,0.05", "synpref_judge_b": "sim-b=0.8,0.1,0.05", "synpref_judge_c": "sim-c=0.75,0.1,0.05"}
 
@@ -104,9 +106,8 @@ def main() -> int:
             sh([airflow, "dags", "test", "synpref_stage1", str(date), "-c", json.dumps(conf)], logs / f"stage1-{date}.log", env)
             rep = json.loads(subprocess.run(synpref + ["report", "--root", f"file://{storage}"] + truth_args, env=env, capture_output=True, text=True, check=True).stdout)
             r = next(x for x in rep["rounds"] if x["round"] == str(date))
-            f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-            print(f"   {r['round']:10s} {r['gold']:5d} {f(r['best_rm_gold_accuracy']):>15s} {f(r['best_rm_gold_validation_accuracy']):>8s} "
-                  f"{f(r['gold_rm_validation_accuracy']):>10s} {r['retrieved']:9d} {r['silver_added']:7d} {f(r.get('silver_added_accuracy_vs_truth')):>10s} "
+            print(f"   {r['round']:10s} {r['gold']:5d} {fmt(r['best_rm_gold_accuracy']):>15s} {fmt(r['best_rm_gold_validation_accuracy']):>8s} "
+                  f"{fmt(r['gold_rm_validation_accuracy']):>10s} {r['retrieved']:9d} {r['silver_added']:7d} {fmt(r.get('silver_added_accuracy_vs_truth')):>10s} "
                   f"{r['review_queue']:5d} {r['cost_usd']:7.2f}")
             nxt = date + dt.timedelta(days=1)
             sh(synpref + ["simulate-humans", "--queue", str(storage / "rounds" / str(date) / "review_queue" / "tasks.json"), "--out",

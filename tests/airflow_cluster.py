@@ -128,8 +128,8 @@ class AirflowCluster:
                 last = httpx.get(f"{self.base}/api/v2/monitor/health", timeout=5).json()
                 if all(last.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "dag_processor")):
                     return
-            except (httpx.HTTPError, ValueError):
-                pass
+            except (httpx.HTTPError, ValueError) as exc:
+                last = f"api-server not answering yet: {exc!r}"
             time.sleep(2)
         raise RuntimeError(f"Airflow not healthy after {timeout}s: {last}\n{self.logs_tail()}")
 

@@ -37,6 +37,18 @@ def sim_server(sim_truth):
     server.stop()
 
 
+def write_synthetic_sets(root: Path, sets: dict) -> dict:
+    """Write synthetic sets {name: (n, seed, noise, with_attributes, path under root)}; return their hidden truths."""
+    from synpref.storage import write_parquet
+    from synpref.synthetic import generate
+
+    truths = {}
+    for name, (n, seed, noise, attrs, rel) in sets.items():
+        pairs, truths[name] = generate(n, seed=seed, noise=noise, with_attributes=attrs, source=name)
+        write_parquet(pairs, root / rel)
+    return truths
+
+
 def airflow_env(root: str, extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.update({

@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import conn_env, dags_test
+from conftest import conn_env, dags_test, write_synthetic_sets
 from synpref.storage import write_parquet
 from synpref.synthetic import generate, label_accuracy
 
@@ -55,11 +55,7 @@ def world(tmp_path_factory):
     root = d / "root"
     sets = {"gold": (80, 11, 0.0, True, "seed/gold.parquet"), "silver": (300, 12, 0.2, True, "seed/silver.parquet"),
             "pool": (600, 13, 0.3, False, "raw/pool.parquet"), "wild": (400, 14, 0.3, False, "wild/wild.parquet")}
-    truths = {}
-    for name, (n, seed, noise, attrs, rel) in sets.items():
-        pairs, truth = generate(n, seed=seed, noise=noise, with_attributes=attrs, source=name)
-        write_parquet(pairs, root / rel)
-        truths[name] = truth
+    truths = write_synthetic_sets(root, sets)
     server = SimulatedJudgeServer(TruthIndex.from_tables(*truths.values()),
                                   {"good": JudgeProfile(0.9, 0.05, 0.05), "ok": JudgeProfile(0.85, 0.05, 0.05), "meh": JudgeProfile(0.8, 0.05, 0.05)},
                                   api_key="sk-test")

@@ -17,8 +17,7 @@ import boto3
 import pytest
 
 from airflow_cluster import REPO, AirflowCluster, ensure_services, free_port
-from synpref.storage import write_parquet
-from synpref.synthetic import generate
+from conftest import write_synthetic_sets
 
 pytestmark = pytest.mark.integration
 
@@ -27,16 +26,6 @@ ROUND_CONF = {"rm_mode": "frozen", "k_max": 4, "samples": 1, "max_examples": 4, 
 DATASETS = {"gold": (60, 11, 0.0, True, "seed/gold.parquet"), "silver": (200, 12, 0.2, True, "seed/silver.parquet"),
             "pool": (450, 13, 0.3, False, "raw/pool.parquet"), "wild": (300, 14, 0.3, False, "wild/wild.parquet")}
 ARTIFACTS = Path(os.environ.get("SYNPREF_TEST_ARTIFACTS", REPO / ".artifacts"))
-
-
-def write_world(local_root: Path) -> dict:
-    """Seed gold/silver, a raw pool and an in-the-wild set (the same bytes for every root); returns the truths."""
-    truths = {}
-    for name, (n, seed, noise, attrs, rel) in DATASETS.items():
-        pairs, truth = generate(n, seed=seed, noise=noise, with_attributes=attrs, source=name)
-        write_parquet(pairs, local_root / rel)
-        truths[name] = truth
-    return truths
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +38,8 @@ def deployment(tmp_path_factory):
     ensure_services()
     d = tmp_path_factory.mktemp("deployment")
     roots = {"F": d / "root-f", "B": d / "root-b", "S3_local": d / "root-s3-upload"}
-    truths = {k: write_world(roots[k]) for k in ("F", "B")}
-    write_world(roots["S3_local"])
+    truths = {k: write_synthetic_sets(roots[k], DATASETS) for k in ("F", "B")}  # the same bytes in every root
+    write_synthetic_sets(roots["S3_local"], DATASETS)
 
     s3_port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)

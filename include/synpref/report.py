@@ -51,4 +51,5 @@ def stage2_report(out_dir: PathLike, truth: pa.Table | None = None) -> dict:
 
 
 def fmt(x) -> str:
+    """A report value for a table cell: 3 decimals for floats, n/a for missing."""
     return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))

@@ -51,19 +51,18 @@ def round_dir(root: PathLike, rnd: str):
     return as_path(root) / "rounds" / rnd
 
 
-def completed_rounds(root: PathLike) -> list[str]:
+def _round_dirs(root: PathLike) -> list:
     d = as_path(root) / "rounds"
-    if not d.exists():
-        return []
-    return sorted(p.name for p in d.iterdir() if (p / "manifest.json").exists())
+    return list(d.iterdir()) if d.exists() else []
+
+
+def completed_rounds(root: PathLike) -> list[str]:
+    return sorted(p.name for p in _round_dirs(root) if (p / "manifest.json").exists())
 
 
 def rounds_in_progress(root: PathLike, rnd: str) -> list[str]:
     """Rounds dated before ``rnd`` that have started (their prefix exists) but are not published yet."""
-    d = as_path(root) / "rounds"
-    if not d.exists():
-        return []
-    return sorted(p.name for p in d.iterdir() if p.name < rnd and p.name != SEED_ROUND and not (p / "manifest.json").exists())
+    return sorted(p.name for p in _round_dirs(root) if p.name < rnd and p.name != SEED_ROUND and not (p / "manifest.json").exists())
 
 
 def begin_round(root: PathLike, rnd: str) -> list[str]:
