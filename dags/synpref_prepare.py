@@ -11,12 +11,21 @@ Pre-processing from the paper's appendix C, mapped over **input files** (never o
    prompts, Parquet shards under `<root>/pool/`, and a manifest (written last) whose counts
    satisfy `input = pool + duplicates + contaminated + quarantined` (checked; a mismatch fails).
 """
+
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
-from synpref_common import DEFAULT_ARGS, TAGS, root_param, storage_root, sub
+from synpref.settings import PrepareConfig
+from synpref_common import DEFAULT_ARGS, ROOT_PARAM, TAGS, existing, optional_param, path_or, setting_params, storage
+
+
+def _pool(params: dict):
+    from synpref.layout import PoolLayout
+
+    store = storage(params)
+    return store, PoolLayout(path_or(params["pool_uri"], store.pool.dir))
 
 
 @dag(
@@ -29,46 +38,44 @@ from synpref_common import DEFAULT_ARGS, TAGS, root_param, storage_root, sub
     default_args=DEFAULT_ARGS,
     doc_md=__doc__,
     params={
-        "root": root_param(),
-        "input_uri": Param(None, type=["null", "string"], title="Input URI", section="Data",
-                           description="A file or directory of raw pairs. Empty: <root>/raw/."),
-        "benchmark_uri": Param(None, type=["null", "string"], title="Benchmark prompts URI", section="Data",
-                               description="Decontamination list: .txt (one prompt per line) or JSONL with 'prompt'. Empty: <root>/benchmarks/prompts.txt if present."),
-        "pool_uri": Param(None, type=["null", "string"], title="Pool URI", section="Data", description="Output directory. Empty: <root>/pool/."),
-        "shard_size": Param(20000, type="integer", minimum=100, title="Shard size", section="Data",
-                            description="Pairs per pool shard (the unit of every mapped task downstream)."),
+        "root": ROOT_PARAM,
+        "input_uri": optional_param("Input URI", "A file or directory of raw pairs. Empty: <root>/raw/.", "Data"),
+        "benchmark_uri": optional_param(
+            "Benchmark prompts URI",
+            "Decontamination list: .txt (one prompt per line) or JSONL with 'prompt'. "
+            "Empty: <root>/benchmarks/prompts.txt if present.",
+            "Data",
+        ),
+        "pool_uri": optional_param("Pool URI", "Output directory. Empty: <root>/pool/.", "Data"),
+        **setting_params(PrepareConfig),
     },
 )
 def synpref_prepare():
     @task
     def list_inputs(params: dict | None = None) -> list[list]:
+        from synpref.preprocess import clear_staging
         from synpref.readers import input_files
-        from synpref.storage import list_files
 
-        root = storage_root(params)
-        staging = sub(root, params["pool_uri"], "pool") / "_staging"
-        for stale in list_files(staging):  # this task owns the staging dir of the run
-            stale.unlink()
-        files = input_files(sub(root, params["input_uri"], "raw"))
-        return [[i, f] for i, f in enumerate(files)]
+        store, pool = _pool(params)
+        clear_staging(pool)  # this task owns the staging dir of the run
+        return [[i, f] for i, f in enumerate(input_files(path_or(params["input_uri"], store.raw)))]
 
     @task(max_active_tis_per_dagrun=8)
     def normalize(item: list, params: dict | None = None) -> dict:
         from synpref.preprocess import normalize_file
 
         index, file_uri = item
-        staging = sub(storage_root(params), params["pool_uri"], "pool") / "_staging"
-        return normalize_file(file_uri, index, staging)
+        return normalize_file(file_uri, index, _pool(params)[1])
 
     @task
     def finalize_pool(file_counts: list[dict], params: dict | None = None) -> dict:
-        from synpref.preprocess import PrepareConfig, finalize_pool
+        from synpref.preprocess import finalize_pool
+        from synpref.settings import from_flat
 
-        root = storage_root(params)
-        pool = sub(root, params["pool_uri"], "pool")
-        bench = sub(root, params["benchmark_uri"], "benchmarks/prompts.txt")
-        manifest = finalize_pool(pool / "_staging", pool, bench if bench.exists() else None, PrepareConfig(shard_size=params["shard_size"]))
-        return {"pool_uri": str(pool), **manifest["counts"]}
+        store, pool = _pool(params)
+        bench = existing(path_or(params["benchmark_uri"], store.benchmark_prompts))
+        manifest = finalize_pool(pool, bench, from_flat(PrepareConfig, params))
+        return {"pool_uri": str(pool.dir), **manifest["counts"]}
 
     finalize_pool(normalize.expand(item=list_inputs()))
 

@@ -19,33 +19,42 @@ only under its own prefix, manifest last.
 7. **merge_silver_and_review_queue** — agreeing verdicts → silver; contested → review queue;
 8. **publish_round** — manifest + Asset events (best RM, gold RM, gold/silver sets).
 """
+
 from __future__ import annotations
 
 import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk import PokeReturnValue, dag, task
 
-from synpref_common import (BEST_RM, DEFAULT_ARGS, GOLD_RM, GOLD_SILVER, LLM_POOL, TAGS, TRAIN_QUEUE, annotation_params,
-                            annotator_from_connection, rm_config, rm_params, root_param, round_name, storage_root, sub)
-
+from synpref.settings import Stage1Config
+from synpref_common import (
+    ANNOTATORS_PARAM,
+    BEST_RM,
+    DEFAULT_ARGS,
+    GOLD_RM,
+    GOLD_SILVER,
+    LLM_POOL,
+    ROOT_PARAM,
+    TAGS,
+    TRAIN_QUEUE,
+    annotator_from_connection,
+    optional_param,
+    path_or,
+    round_name,
+    setting_params,
+    storage,
+)
 
 POKE_S = int(os.environ.get("SYNPREF_SENSOR_POKE_S", "60"))
 
 
-def _ctx() -> tuple:
-    """(params, storage root, round) of the running task."""
-    ctx = get_current_context()
-    return ctx["params"], storage_root(ctx["params"]), round_name(ctx)
+def _round(params: dict, dag_run) -> tuple:
+    """(StorageLayout, round name, Stage1Config) of the running task."""
+    from synpref.settings import from_flat
 
-
-def _config(params: dict):
-    from synpref.stage1 import Stage1Config
-
-    rm = rm_config(params, params["seed"])
-    return Stage1Config(k_max=params["k_max"], samples=params["samples"], merge_policy=params["merge_policy"], max_examples=params["max_examples"],
-                        best_rm=rm, gold_rm=rm, budget_usd=params["budget_usd"], seed=params["seed"], spot_check=params["spot_check"])
+    return storage(params), round_name(dag_run), from_flat(Stage1Config, params)
 
 
 @dag(
@@ -58,126 +67,124 @@ def _config(params: dict):
     default_args={**DEFAULT_ARGS, "depends_on_past": True},
     doc_md=__doc__,
     params={
-        "root": root_param(),
-        "pool_uri": Param(None, type=["null", "string"], title="Unverified pool URI", section="Storage", description="Empty: <root>/pool/ (made by synpref_prepare)."),
-        "inbox_uri": Param(None, type=["null", "string"], title="Inbox URI", section="Storage",
-                           description="Human verifications of this round. Empty: <root>/inbox/<round date>/."),
-        "k_max": Param(8, type="integer", minimum=1, maximum=64, title="k_max", section="Adaptive retrieval",
-                       description="Neighbours pulled for each gold pair the RM gets wrong (fewer when it is confidently right)."),
-        "spot_check": Param(20, type="integer", minimum=0, title="Spot-check sample", section="Adaptive retrieval",
-                            description="New silver pairs also queued for human review each round."),
-        "attribute_annotator": Param(None, type=["null", "string"], title="Attribute annotator connection", section="LLM annotation",
-                                     description="Connection generating the 5 preference attributes of pool pairs. Empty: the first annotator."),
-        **annotation_params(),
-        **rm_params(),
+        "root": ROOT_PARAM,
+        "pool_uri": optional_param("Unverified pool URI", "Empty: <root>/pool/ (made by synpref_prepare)."),
+        "inbox_uri": optional_param(
+            "Inbox URI", "Human verifications of this round. Empty: <root>/inbox/<round date>/."
+        ),
+        "attribute_annotator": optional_param(
+            "Attribute annotator connection",
+            "Connection generating the 5 preference attributes of pool pairs. Empty: the first annotator.",
+            "LLM annotation",
+        ),
+        "annotators": ANNOTATORS_PARAM,
+        **setting_params(Stage1Config),
     },
 )
 def synpref_stage1():
     # reschedule mode frees the worker slot between pokes; the check is idempotent, so it always gets retries
     # (a reschedule can race the scheduler's bookkeeping under a short poke interval)
-    @task.sensor(poke_interval=POKE_S, timeout=24 * 3600, mode="reschedule", retries=3, retry_delay=timedelta(seconds=POKE_S))
-    def wait_for_previous_round() -> PokeReturnValue:
-        from synpref.stage1 import begin_round
-
-        _, root, rnd = _ctx()
-        pending = begin_round(root, rnd)
+    @task.sensor(
+        poke_interval=POKE_S, timeout=24 * 3600, mode="reschedule", retries=3, retry_delay=timedelta(seconds=POKE_S)
+    )
+    def wait_for_previous_round(params: dict | None = None, dag_run=None) -> PokeReturnValue:
+        store, rnd, _ = _round(params, dag_run)
+        pending = store.begin_round(rnd)
         if pending:
             print(f"round {rnd} waits for earlier rounds to publish: {pending}")
         return PokeReturnValue(is_done=not pending, xcom_value=pending)
 
     @task
-    def human_verification_intake() -> dict:
+    def human_verification_intake(params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_intake
 
-        params, root, rnd = _ctx()
-        inbox = sub(root, params["inbox_uri"], f"inbox/{rnd}")
-        return {"round": rnd, **step_intake(root, rnd, inbox, _config(params))}
+        store, rnd, cfg = _round(params, dag_run)
+        return {"round": rnd, **step_intake(store, rnd, path_or(params["inbox_uri"], store.inbox(rnd)), cfg)}
 
     @task
-    def list_pool_shards() -> list[str]:
-        from synpref.preprocess import pool_shards
+    def list_pool_shards(params: dict | None = None) -> list:
+        from synpref.layout import PoolLayout
 
-        params, root, _ = _ctx()
-        return pool_shards(sub(root, params["pool_uri"], "pool"))
+        store = storage(params)
+        return PoolLayout(path_or(params["pool_uri"], store.pool.dir)).shards()
 
     @task(pool=LLM_POOL, max_active_tis_per_dagrun=4)
-    def generate_attributes(shard_uri: str) -> dict:
+    def generate_attributes(shard, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_attributes
 
-        params, root, rnd = _ctx()
+        store, rnd, cfg = _round(params, dag_run)
         conn = params["attribute_annotator"] or (params["annotators"][0] if params["annotators"] else "")
-        return step_attributes(root, rnd, shard_uri, annotator_from_connection(conn) if conn else None, _config(params))
+        return step_attributes(store, rnd, shard, annotator_from_connection(conn) if conn else None, cfg)
 
     @task(max_active_tis_per_dagrun=4)
-    def embed_pool_shard(attributes: dict) -> dict:
+    def embed_pool_shard(attributes: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_embed_shard
 
-        _, root, rnd = _ctx()
-        return step_embed_shard(root, rnd, attributes["shard"])
+        store, rnd, _ = _round(params, dag_run)
+        return step_embed_shard(store, rnd, attributes["shard"])
 
     @task(queue=TRAIN_QUEUE)
-    def train_best_rm(intake: dict) -> dict:
+    def train_best_rm(intake: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_train
 
-        params, root, rnd = _ctx()
-        return step_train(root, rnd, "best", _config(params))
+        store, rnd, cfg = _round(params, dag_run)
+        return step_train(store, rnd, "best", cfg)
 
     @task(queue=TRAIN_QUEUE)
-    def train_gold_rm(intake: dict) -> dict:
+    def train_gold_rm(intake: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_train
 
-        params, root, rnd = _ctx()
-        return step_train(root, rnd, "gold", _config(params))
+        store, rnd, cfg = _round(params, dag_run)
+        return step_train(store, rnd, "gold", cfg)
 
     @task(queue=TRAIN_QUEUE)
-    def evaluate_on_gold(best: dict, gold: dict) -> dict:
+    def evaluate_on_gold(best: dict, gold: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_evaluate
 
-        _, root, rnd = _ctx()
-        return step_evaluate(root, rnd)
+        store, rnd, _ = _round(params, dag_run)
+        return step_evaluate(store, rnd)
 
     @task
-    def adaptive_retrieval(evaluation: dict, embedded: list[dict]) -> dict:
+    def adaptive_retrieval(evaluation: dict, embedded: list[dict], params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_retrieve
 
-        params, root, rnd = _ctx()
-        return step_retrieve(root, rnd, _config(params))
+        store, rnd, cfg = _round(params, dag_run)
+        return step_retrieve(store, rnd, cfg)
 
     @task
-    def annotator_ids(retrieval: dict) -> list[str]:
-        params, _, _ = _ctx()
+    def annotator_ids(retrieval: dict, params: dict | None = None) -> list[str]:
         return list(params["annotators"])
 
     @task(pool=LLM_POOL, max_active_tis_per_dagrun=8)
-    def annotate(conn_id: str) -> dict:
+    def annotate(conn_id: str, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_annotate
 
-        params, root, rnd = _ctx()
-        return step_annotate(root, rnd, annotator_from_connection(conn_id), _config(params), len(params["annotators"]))
+        store, rnd, cfg = _round(params, dag_run)
+        return step_annotate(store, rnd, annotator_from_connection(conn_id), cfg, len(params["annotators"]))
 
     @task
-    def merge_silver_and_review_queue(annotations: list[dict]) -> dict:
+    def merge_silver_and_review_queue(annotations: list[dict], params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1 import step_merge
 
-        params, root, rnd = _ctx()
-        info = step_merge(root, rnd, [a["annotator"] for a in annotations], _config(params))
+        store, rnd, cfg = _round(params, dag_run)
+        info = step_merge(store, rnd, [a["annotator"] for a in annotations], cfg)
         return {k: info[k] for k in ("silver_total", "review_queue", "cost_usd", "tokens")}
 
     @task(outlets=[BEST_RM, GOLD_RM, GOLD_SILVER])
-    def publish_round(merged: dict, outlet_events=None) -> dict:
-        from synpref.stage1 import round_dir, step_publish
+    def publish_round(merged: dict, params: dict | None = None, dag_run=None, outlet_events=None) -> dict:
+        from synpref.stage1 import step_publish
 
-        params, root, rnd = _ctx()
-        manifest = step_publish(root, rnd, dict(params))
-        extra = {"round": rnd, "root": str(root), "uri": str(round_dir(root, rnd))}
+        store, rnd, _ = _round(params, dag_run)
+        manifest = step_publish(store, rnd, dict(params))
+        extra = {"round": rnd, "root": str(store.root), "uri": str(store.round(rnd).dir)}
         for asset in (BEST_RM, GOLD_RM, GOLD_SILVER):
             outlet_events[asset].extra = extra
-        return {"round": rnd, "manifest": str(round_dir(root, rnd) / "manifest.json"), **manifest["summary"]}
+        return {"round": rnd, "manifest": str(store.round(rnd).manifest), **manifest["summary"]}
 
     ready = wait_for_previous_round()
     intake, shards = human_verification_intake(), list_pool_shards()
     ready >> [intake, shards]
-    attributes = generate_attributes.expand(shard_uri=shards)
+    attributes = generate_attributes.expand(shard=shards)
     embedded = embed_pool_shard.expand(attributes=attributes)
     intake >> attributes
     evaluation = evaluate_on_gold(train_best_rm(intake), train_gold_rm(intake))

@@ -18,48 +18,57 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
 Schedule: manual/UI by default; set `SYNPREF_STAGE2_SCHEDULE=asset` to run after every stage-1 round
 (an asset-triggered run curates with the triggering round, in its storage root).
 """
+
 from __future__ import annotations
 
 import os
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, task
 
-from synpref_common import (BEST_RM, CURATED_DATASET, DEFAULT_ARGS, LLM_POOL, TAGS, TRAIN_QUEUE, annotation_params,
-                            annotator_from_connection, root_param, round_name, storage_root, sub)
+from synpref.settings import Stage2Config, Stage2Source
+from synpref_common import (
+    ANNOTATORS_PARAM,
+    BEST_RM,
+    CURATED_DATASET,
+    DEFAULT_ARGS,
+    LLM_POOL,
+    ROOT_PARAM,
+    TAGS,
+    TRAIN_QUEUE,
+    annotator_from_connection,
+    existing,
+    optional_param,
+    path_or,
+    round_name,
+    setting_params,
+    storage,
+)
 
 
-def _triggering_round(ctx) -> dict:
+def _triggering_round(triggering_asset_events) -> dict:
     """Extra ({root, round, uri}) of the newest stage-1 round event that triggered this run; {} for manual runs."""
-    events = ctx.get("triggering_asset_events") or {}
+    events = triggering_asset_events or {}
     newest = sorted((e for evs in events.values() for e in evs), key=lambda e: e.timestamp)
     return dict(newest[-1].extra or {}) if newest else {}
 
 
-def _ctx() -> tuple:
-    """(params, storage root, stage-2 output dir) of the running task.
+def _run(params: dict, dag_run, triggering_asset_events=None) -> tuple:
+    """(params, StorageLayout, Stage2Layout, Stage2Config) of the running task.
 
     An asset-triggered run curates with the round that triggered it, in that round's storage root,
     unless the params name a root or a round explicitly.
     """
-    from synpref.stage2 import run_dir
+    from synpref.settings import from_flat
 
-    ctx = get_current_context()
-    params = dict(ctx["params"])
-    source = _triggering_round(ctx)
+    params = dict(params)
+    source = _triggering_round(triggering_asset_events)
     if source and not params["root"]:
         params["root"] = source.get("root", "")
     if source and params["round"] == "latest":
         params["round"] = source.get("round", "latest")
-    root = storage_root(params)
-    return params, root, run_dir(root, params["run_name"] or round_name(ctx))
-
-
-def _config(params: dict):
-    from synpref.stage2 import Stage2Config
-
-    return Stage2Config(band=params["band"], recycle_policy=params["recycle_policy"], shard_size=params["shard_size"], samples=params["samples"],
-                        merge_policy=params["merge_policy"], max_examples=params["max_examples"], budget_usd=params["budget_usd"], seed=params["seed"])
+    store = storage(params)
+    return params, store, store.stage2(params["run_name"] or round_name(dag_run)), from_flat(Stage2Config, params)
 
 
 @dag(
@@ -72,107 +81,127 @@ def _config(params: dict):
     default_args=DEFAULT_ARGS,
     doc_md=__doc__,
     params={
-        "root": root_param(),
-        "input_uri": Param(None, type=["null", "string"], title="Input URI", section="Data",
-                           description="In-the-wild pairs: a file/directory in any reader format, or an existing pool directory. Empty: <root>/wild/."),
-        "benchmark_uri": Param(None, type=["null", "string"], title="Benchmark prompts URI", section="Data",
-                               description="Decontamination list. Empty: <root>/benchmarks/prompts.txt if present."),
-        "run_name": Param(None, type=["null", "string"], title="Run name", section="Data",
-                          description="Output under <root>/stage2/<run name>/. Empty: the run's date."),
-        "round": Param("latest", type="string", title="Stage-1 round", section="Consistency filtering",
-                       description="Round (YYYY-MM-DD) supplying the best RM and gold RM; 'latest' = newest completed."),
-        "band": Param(0.0, type="number", minimum=0.0, maximum=0.5, title="Band around 0.5", section="Consistency filtering",
-                      description="Pairs with p_best in (0.5, 0.5+band] also go to LLM re-annotation."),
-        "recycle_policy": Param("both_rms_reject", enum=["both_rms_reject", "all_discarded"], title="Recycle policy", section="Consistency filtering",
-                                description="both_rms_reject: flip pairs both RMs reject (seed rule); all_discarded: flip every discarded pair (paper)."),
-        "shard_size": Param(20000, type="integer", minimum=100, title="Shard size", section="Data"),
-        **annotation_params(),
+        "root": ROOT_PARAM,
+        "input_uri": optional_param(
+            "Input URI",
+            "In-the-wild pairs: a file/directory in any reader format, or an existing pool directory. Empty: "
+            "<root>/wild/.",
+            "Data",
+        ),
+        "benchmark_uri": optional_param(
+            "Benchmark prompts URI", "Decontamination list. Empty: <root>/benchmarks/prompts.txt if present.", "Data"
+        ),
+        "run_name": optional_param(
+            "Run name", "Output under <root>/stage2/<run name>/. Empty: the run's date.", "Data"
+        ),
+        "annotators": ANNOTATORS_PARAM,
+        **setting_params(Stage2Source, Stage2Config),
     },
 )
 def synpref_stage2():
     @task
-    def resolve_source_round() -> str:
-        from synpref.stage2 import resolve_round
+    def resolve_source_round(params: dict | None = None, dag_run=None, triggering_asset_events=None) -> str:
+        from synpref.stage2 import begin_run
 
-        params, root, out = _ctx()
-        if (out / "manifest.json").exists():  # re-run: incomplete until re-exported
-            (out / "manifest.json").unlink()
-        return resolve_round(root, params["round"])
+        params, store, run, _ = _run(params, dag_run, triggering_asset_events)
+        rnd = store.resolve_round(params["round"])
+        begin_run(run)  # a re-run is incomplete until re-exported
+        return rnd
 
     @task
-    def list_input_files(rnd: str) -> list[list]:
+    def list_input_files(
+        rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
+    ) -> list[list]:
         from synpref.stage2 import prepare_inputs
-        from synpref.storage import list_files
 
-        params, root, out = _ctx()
-        for stale in list_files(out / "prepared" / "_staging"):
-            stale.unlink()
-        files, _ = prepare_inputs(sub(root, params["input_uri"], "wild"))
+        params, store, _, _ = _run(params, dag_run, triggering_asset_events)
+        files, _ = prepare_inputs(path_or(params["input_uri"], store.wild))
         return [[i, f] for i, f in enumerate(files)]
 
     @task(max_active_tis_per_dagrun=8)
-    def prepare_file(item: list) -> dict:
+    def prepare_file(item: list, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
         from synpref.stage2 import step_prepare_file
 
-        _, _, out = _ctx()
-        return step_prepare_file(out, item[0], item[1])
+        _, _, run, _ = _run(params, dag_run, triggering_asset_events)
+        return step_prepare_file(run, item[0], item[1])
 
     @task(trigger_rule="none_failed")
-    def finalize_prepare(file_counts: list[dict]) -> list[str]:
+    def finalize_prepare(
+        file_counts: list[dict], params: dict | None = None, dag_run=None, triggering_asset_events=None
+    ) -> list:
         from synpref.stage2 import prepare_inputs, step_finalize_prepare
 
-        params, root, out = _ctx()
-        _, pool = prepare_inputs(sub(root, params["input_uri"], "wild"))
-        bench = sub(root, params["benchmark_uri"], "benchmarks/prompts.txt")
-        return step_finalize_prepare(out, _config(params), bench if bench.exists() else None, pool)
+        params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
+        _, pool = prepare_inputs(path_or(params["input_uri"], store.wild))
+        bench = existing(path_or(params["benchmark_uri"], store.benchmark_prompts))
+        step_finalize_prepare(run, cfg, bench, pool)
+        return run.pool().shards()
 
     @task(queue=TRAIN_QUEUE, max_active_tis_per_dagrun=4)
-    def score_shard(shard_uri: str, rnd: str) -> dict:
+    def score_shard(shard, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
         from synpref.stage2 import step_score
 
-        params, root, out = _ctx()
-        return {"shard_uri": shard_uri, **step_score(root, out, rnd, shard_uri, _config(params))}
+        _, store, run, cfg = _run(params, dag_run, triggering_asset_events)
+        return {"shard_uri": shard, **step_score(store, run, rnd, shard, cfg)}
 
     @task
-    def annotator_ids(rnd: str) -> list[str]:
-        params, _, _ = _ctx()
+    def annotator_ids(rnd: str, params: dict | None = None) -> list[str]:
         return list(params["annotators"])
 
     @task(pool=LLM_POOL, max_active_tis_per_dagrun=8)
-    def annotate_shard(conn_id: str, score: dict, rnd: str) -> dict:
+    def annotate_shard(
+        conn_id: str,
+        score: dict,
+        rnd: str,
+        params: dict | None = None,
+        dag_run=None,
+        triggering_asset_events=None,
+        ti=None,
+    ) -> dict:
         from synpref.stage2 import step_annotate_shard
 
-        params, root, out = _ctx()
-        n_tasks = len(params["annotators"]) * max(1, len(get_current_context()["ti"].xcom_pull(task_ids="finalize_prepare") or []))
-        return step_annotate_shard(root, out, rnd, score["shard_uri"], annotator_from_connection(conn_id), _config(params), n_tasks)
+        params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
+        n_tasks = len(params["annotators"]) * max(1, len(ti.xcom_pull(task_ids="finalize_prepare") or []))
+        annotator = annotator_from_connection(conn_id)
+        return step_annotate_shard(store, run, rnd, score["shard_uri"], annotator, cfg, n_tasks)
 
     @task(trigger_rule="none_failed", max_active_tis_per_dagrun=4)
-    def decide_shard(score: dict, rnd: str) -> dict:
+    def decide_shard(
+        score: dict, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
+    ) -> dict:
         from synpref.stage2 import step_decide
 
-        params, root, out = _ctx()
-        return step_decide(root, out, rnd, score["shard_uri"], list(params["annotators"]), _config(params))
+        params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
+        return step_decide(store, run, rnd, score["shard_uri"], list(params["annotators"]), cfg)
 
     @task(trigger_rule="none_failed")
-    def check_conservation(decisions: list[dict], shards: list[str]) -> dict:
+    def check_conservation(
+        decisions: list[dict], shards: list, params: dict | None = None, dag_run=None, triggering_asset_events=None
+    ) -> dict:
         from synpref.stage2 import step_check_conservation
 
-        _, _, out = _ctx()
-        return step_check_conservation(out, shards)
+        _, _, run, _ = _run(params, dag_run, triggering_asset_events)
+        return step_check_conservation(run, shards)
 
     @task(outlets=[CURATED_DATASET])
-    def export_dataset(counts: dict, rnd: str, outlet_events=None) -> dict:
+    def export_dataset(
+        counts: dict,
+        rnd: str,
+        params: dict | None = None,
+        dag_run=None,
+        triggering_asset_events=None,
+        outlet_events=None,
+    ) -> dict:
         from synpref.stage2 import step_export
 
-        params, _, out = _ctx()
-        ctx = get_current_context()
-        manifest = step_export(out, rnd, counts, _config(params), dict(params), date=round_name(ctx))
-        outlet_events[CURATED_DATASET].extra = {"uri": str(out), "round": rnd, **counts}
-        return {"out": str(out), **manifest["counts"]}
+        params, _, run, cfg = _run(params, dag_run, triggering_asset_events)
+        manifest = step_export(run, rnd, counts, cfg, params, date=round_name(dag_run))
+        outlet_events[CURATED_DATASET].extra = {"uri": str(run.dir), "round": rnd, **counts}
+        return {"out": str(run.dir), **manifest["counts"]}
 
     rnd = resolve_source_round()
     shards = finalize_prepare(prepare_file.expand(item=list_input_files(rnd)))
-    scores = score_shard.partial(rnd=rnd).expand(shard_uri=shards)
+    scores = score_shard.partial(rnd=rnd).expand(shard=shards)
     annotations = annotate_shard.partial(rnd=rnd).expand(conn_id=annotator_ids(rnd), score=scores)
     decisions = decide_shard.partial(rnd=rnd).expand(score=scores)
     annotations >> decisions

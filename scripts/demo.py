@@ -5,6 +5,7 @@ SIMULATED human verifier answers each round's review queue into the next round's
 LLM judges serve the annotation over real HTTP) → `synpref_stage2` on a separate in-the-wild set.
 Every DAG runs with `airflow dags test` on the embedded SQLite metadata DB and `file://` storage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,21 @@ from pathlib import Path
 from synpref.report import fmt
 
 REPO = Path(__file__).resolve().parent.parent
-ANNOTATORS = {"synpref_judge_a": "sim-a=0.85,0.1,0.05", "synpref_judge_b": "sim-b=0.8,0.1,0.05", "synpref_judge_c": "sim-c=0.75,0.1,0.05"}
+ANNOTATORS = {
+    "synpref_judge_a": "sim-a=0.85,0.1,0.05",
+    "synpref_judge_b": "sim-b=0.8,0.1,0.05",
+    "synpref_judge_c": "sim-c=0.75,0.1,0.05",
+}
 
 
 def sh(cmd: list[str], log: Path, env: dict) -> None:
     with log.open("w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     if proc.returncode != 0:
-        sys.exit(f"FAILED: {' '.join(cmd)} (exit {proc.returncode}); log: {log}\n" + "".join(log.read_text().splitlines(True)[-40:]))
+        sys.exit(
+            f"FAILED: {' '.join(cmd)} (exit {proc.returncode}); log: {log}\n"
+            + "".join(log.read_text().splitlines(True)[-40:])
+        )
 
 
 def free_port() -> int:
@@ -65,21 +73,57 @@ def main() -> int:
         "wild": (args.wild, 4, 0.3, False, "wild/wild.parquet"),
     }
     for name, (n, seed, noise, attrs, rel) in datasets.items():
-        cmd = synpref + ["synth", "--n", str(n), "--seed", str(seed), "--noise", str(noise), "--out", str(storage / rel),
-                         "--truth", str(truth_dir / f"{name}.parquet"), "--source", name] + ([] if attrs else ["--no-attributes"])
+        cmd = (
+            synpref
+            + [
+                "synth",
+                "--n",
+                str(n),
+                "--seed",
+                str(seed),
+                "--noise",
+                str(noise),
+                "--out",
+                str(storage / rel),
+                "--truth",
+                str(truth_dir / f"{name}.parquet"),
+                "--source",
+                name,
+            ]
+            + ([] if attrs else ["--no-attributes"])
+        )
         sh(cmd, logs / f"synth-{name}.log", env)
         print(f"   {name:12s} {n:6d} pairs, label noise {noise:.0%}")
 
     port = free_port()
-    sim_cmd = synpref + ["simulate-annotators", "--port", str(port)] + [a for t in datasets for a in ("--truth", str(truth_dir / f"{t}.parquet"))]
+    sim_cmd = (
+        synpref
+        + ["simulate-annotators", "--port", str(port)]
+        + [a for t in datasets for a in ("--truth", str(truth_dir / f"{t}.parquet"))]
+    )
     sim_cmd += [a for spec in ANNOTATORS.values() for a in ("--model", spec)]
     sim_log = (logs / "simulated-annotators.log").open("w")
     sim = subprocess.Popen(sim_cmd, stdout=sim_log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     for conn, spec in ANNOTATORS.items():
-        extra = {"model": spec.split("=")[0], "samples": 3, "timeout_s": 5, "max_concurrency": 8, "price_in_per_1k": 0.0005, "price_out_per_1k": 0.0015}
-        env[f"AIRFLOW_CONN_{conn.upper()}"] = json.dumps({"conn_type": "openai", "host": f"http://127.0.0.1:{port}/v1", "password": "sk-simulated", "extra": extra})
-    print(f"== SIMULATED LLM annotators on http://127.0.0.1:{port}/v1 ({', '.join(ANNOTATORS.values())}; accuracy,position bias,fault rate)")
-    print("   they answer from the synthetic truth. Point the connections synpref_judge_* at real endpoints for real curation (README).")
+        extra = {
+            "model": spec.split("=")[0],
+            "samples": 3,
+            "timeout_s": 5,
+            "max_concurrency": 8,
+            "price_in_per_1k": 0.0005,
+            "price_out_per_1k": 0.0015,
+        }
+        env[f"AIRFLOW_CONN_{conn.upper()}"] = json.dumps(
+            {"conn_type": "openai", "host": f"http://127.0.0.1:{port}/v1", "password": "sk-simulated", "extra": extra}
+        )
+    print(
+        f"== SIMULATED LLM annotators on http://127.0.0.1:{port}/v1 ({', '.join(ANNOTATORS.values())}; "
+        "accuracy,position bias,fault rate)"
+    )
+    print(
+        "   they answer from the synthetic truth. Point the connections synpref_judge_* at real endpoints for "
+        "real curation (README)."
+    )
     try:
         deadline = time.time() + 30
         while True:
@@ -93,36 +137,116 @@ def main() -> int:
 
         first = dt.date.fromisoformat(args.first_date)
         print("== synpref_prepare (airflow dags test)")
-        sh([airflow, "dags", "test", "synpref_prepare", str(first - dt.timedelta(days=1)), "-c", json.dumps({"shard_size": 2000})], logs / "prepare.log", env)
+        sh(
+            [
+                airflow,
+                "dags",
+                "test",
+                "synpref_prepare",
+                str(first - dt.timedelta(days=1)),
+                "-c",
+                json.dumps({"shard_size": 2000}),
+            ],
+            logs / "prepare.log",
+            env,
+        )
         pool = json.loads((storage / "pool" / "manifest.json").read_text())["counts"]
         print(f"   pool {pool}")
 
         conf = {"rm_mode": args.rm_mode, "k_max": 8, "samples": 3}
         truth_args = [a for t in datasets for a in ("--truth", str(truth_dir / f"{t}.parquet"))]
-        print(f"== synpref_stage1: {args.rounds} nightly rounds (airflow dags test), SIMULATED human verifier (accuracy 0.97)")
-        print(f"   {'round':10s} {'gold':>5s} {'bestRM acc gold':>15s} {'gold-val':>8s} {'goldRM val':>10s} {'retrieved':>9s} {'+silver':>7s} {'silver acc':>10s} {'queue':>5s} {'cost $':>7s}")
+        print(
+            f"== synpref_stage1: {args.rounds} nightly rounds (airflow dags test), SIMULATED human verifier "
+            "(accuracy 0.97)"
+        )
+        print(
+            f"   {'round':10s} {'gold':>5s} {'bestRM acc gold':>15s} {'gold-val':>8s} {'goldRM val':>10s} "
+            f"{'retrieved':>9s} {'+silver':>7s} {'silver acc':>10s} {'queue':>5s} {'cost $':>7s}"
+        )
         for i in range(args.rounds):
             date = first + dt.timedelta(days=i)
-            sh([airflow, "dags", "test", "synpref_stage1", str(date), "-c", json.dumps(conf)], logs / f"stage1-{date}.log", env)
-            rep = json.loads(subprocess.run(synpref + ["report", "--root", f"file://{storage}"] + truth_args, env=env, capture_output=True, text=True, check=True).stdout)
+            sh(
+                [airflow, "dags", "test", "synpref_stage1", str(date), "-c", json.dumps(conf)],
+                logs / f"stage1-{date}.log",
+                env,
+            )
+            rep = json.loads(
+                subprocess.run(
+                    synpref + ["report", "--root", f"file://{storage}"] + truth_args,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
             r = next(x for x in rep["rounds"] if x["round"] == str(date))
-            print(f"   {r['round']:10s} {r['gold']:5d} {fmt(r['best_rm_gold_accuracy']):>15s} {fmt(r['best_rm_gold_validation_accuracy']):>8s} "
-                  f"{fmt(r['gold_rm_validation_accuracy']):>10s} {r['retrieved']:9d} {r['silver_added']:7d} {fmt(r.get('silver_added_accuracy_vs_truth')):>10s} "
-                  f"{r['review_queue']:5d} {r['cost_usd']:7.2f}")
+            print(
+                f"   {r['round']:10s} {r['gold']:5d} {fmt(r['best_rm_gold_accuracy']):>15s} "
+                f"{fmt(r['best_rm_gold_validation_accuracy']):>8s} "
+                f"{fmt(r['gold_rm_validation_accuracy']):>10s} {r['retrieved']:9d} {r['silver_added']:7d} "
+                f"{fmt(r.get('silver_added_accuracy_vs_truth')):>10s} "
+                f"{r['review_queue']:5d} {r['cost_usd']:7.2f}"
+            )
             nxt = date + dt.timedelta(days=1)
-            sh(synpref + ["simulate-humans", "--queue", str(storage / "rounds" / str(date) / "review_queue" / "tasks.json"), "--out",
-                          str(storage / "inbox" / str(nxt) / "labelstudio-export.json")] + truth_args, logs / f"humans-{nxt}.log", env)
+            sh(
+                synpref
+                + [
+                    "simulate-humans",
+                    "--queue",
+                    str(storage / "rounds" / str(date) / "review_queue" / "tasks.json"),
+                    "--out",
+                    str(storage / "inbox" / str(nxt) / "labelstudio-export.json"),
+                ]
+                + truth_args,
+                logs / f"humans-{nxt}.log",
+                env,
+            )
 
         stage2_date = first + dt.timedelta(days=args.rounds)
         print(f"== synpref_stage2 on {args.wild} in-the-wild pairs (airflow dags test)")
-        sh([airflow, "dags", "test", "synpref_stage2", str(stage2_date), "-c", json.dumps({"shard_size": 2000, "samples": 3})], logs / "stage2.log", env)
+        sh(
+            [
+                airflow,
+                "dags",
+                "test",
+                "synpref_stage2",
+                str(stage2_date),
+                "-c",
+                json.dumps({"shard_size": 2000, "samples": 3}),
+            ],
+            logs / "stage2.log",
+            env,
+        )
         s2 = storage / "stage2" / str(stage2_date)
-        rep = json.loads(subprocess.run(synpref + ["report", "--root", f"file://{storage}", "--stage2", str(s2), "--truth", str(truth_dir / "wild.parquet")],
-                                        env=env, capture_output=True, text=True, check=True).stdout)["stage2"]
+        rep = json.loads(
+            subprocess.run(
+                synpref
+                + [
+                    "report",
+                    "--root",
+                    f"file://{storage}",
+                    "--stage2",
+                    str(s2),
+                    "--truth",
+                    str(truth_dir / "wild.parquet"),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )["stage2"]
         acc = rep["label_accuracy_vs_truth"]
-        print(f"   funnel: input {rep['input']} = kept {rep['kept']} + recycled {rep['recycled']} + dropped {rep['dropped']} + quarantined {rep['quarantined']}"
-              f" + duplicates {rep['duplicates']} + contaminated {rep['contaminated']}  (routed to LLM judges: {rep['routed_to_llm']})")
-        print(f"   label accuracy vs hidden truth: input {acc['input']:.3f} | kept {acc['kept']:.3f} | recycled {acc['recycled'] or 0:.3f} | dropped {acc['dropped'] or 0:.3f}")
+        print(
+            f"   funnel: input {rep['input']} = kept {rep['kept']} + recycled {rep['recycled']} + dropped "
+            f"{rep['dropped']} + quarantined {rep['quarantined']}"
+            f" + duplicates {rep['duplicates']} + contaminated {rep['contaminated']}  (routed to LLM judges: "
+            f"{rep['routed_to_llm']})"
+        )
+        print(
+            f"   label accuracy vs hidden truth: input {acc['input']:.3f} | kept {acc['kept']:.3f} | recycled "
+            f"{acc['recycled'] or 0:.3f} | dropped {acc['dropped'] or 0:.3f}"
+        )
         print(f"== done in {time.time() - t0:.0f} s. Outputs:")
         print(f"   storage root      {storage}")
         print(f"   stage-1 rounds    {storage / 'rounds'}/<date>/manifest.json")

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/services.sh
 source scripts/env.sh
+.venv/bin/ruff check . && .venv/bin/ruff format --check .   # lint + format (pyproject.toml [tool.ruff])
 exec .venv/bin/python -m pytest -q "$@"

@@ -4,6 +4,7 @@ api-server + scheduler + dag-processor, LocalExecutor, PostgreSQL metadata DB (c
 SimpleAuthManager with a password so the REST API is used with real token auth. Every process
 runs in its own session and is killed (group-wide) on ``stop()``, even after a failed test.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ def free_port() -> int:
 
 
 def ensure_services() -> None:
-    """PostgreSQL (and Chromium, docker-compose) present and running: scripts/services.sh installs/starts what is missing."""
+    """PostgreSQL (and Chromium, docker-compose) present and running: scripts/services.sh installs/starts the rest."""
     subprocess.run([str(REPO / "scripts" / "services.sh")], check=True)
 
 
@@ -91,7 +92,7 @@ class AirflowCluster:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
-    def start(self) -> "AirflowCluster":
+    def start(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "passwords.json").write_text(json.dumps({"admin": self.password}))
         self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = fresh_database()
@@ -100,8 +101,11 @@ class AirflowCluster:
         self.cli("pools", "set", "gpu", "1", "GPU workers")
         for component in (["api-server"], ["scheduler"], ["dag-processor"]):
             log = open(self.home / f"{component[0]}.log", "w")
-            self.procs.append(subprocess.Popen([AIRFLOW, *component], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    [AIRFLOW, *component], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
         self._wait_healthy()
         return self
 
@@ -126,7 +130,9 @@ class AirflowCluster:
                 raise RuntimeError(f"airflow {dead} exited during start-up:\n{self.logs_tail()}")
             try:
                 last = httpx.get(f"{self.base}/api/v2/monitor/health", timeout=5).json()
-                if all(last.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "dag_processor")):
+                if all(
+                    last.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "dag_processor")
+                ):
                     return
             except (httpx.HTTPError, ValueError) as exc:
                 last = f"api-server not answering yet: {exc!r}"
@@ -145,13 +151,21 @@ class AirflowCluster:
     # -- REST API v2 (token auth) --------------------------------------------------------------
     def token(self) -> str:
         if self._token is None:
-            r = httpx.post(f"{self.base}/auth/token", json={"username": "admin", "password": self.password}, timeout=30)
+            r = httpx.post(
+                f"{self.base}/auth/token", json={"username": "admin", "password": self.password}, timeout=30
+            )
             r.raise_for_status()
             self._token = r.json()["access_token"]
         return self._token
 
     def api(self, method: str, path: str, **kwargs) -> dict:
-        r = httpx.request(method, f"{self.base}/api/v2{path}", headers={"Authorization": f"Bearer {self.token()}"}, timeout=60, **kwargs)
+        r = httpx.request(
+            method,
+            f"{self.base}/api/v2{path}",
+            headers={"Authorization": f"Bearer {self.token()}"},
+            timeout=60,
+            **kwargs,
+        )
         if r.status_code >= 400:
             raise RuntimeError(f"{method} {path} → {r.status_code}: {r.text[:2000]}")
         return r.json() if r.content else {}
@@ -175,17 +189,23 @@ class AirflowCluster:
         return run["dag_run_id"]
 
     def runs(self, dag_id: str, **params) -> list[dict]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "logical_date", **params})["dag_runs"]
+        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "logical_date", **params})[
+            "dag_runs"
+        ]
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 900) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
             run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
             if run["state"] in TERMINAL:
-                assert run["state"] == "success", f"{dag_id} {run_id} {run['state']}\n{self.task_logs_tail(dag_id, run_id)}"
+                assert run["state"] == "success", (
+                    f"{dag_id} {run_id} {run['state']}\n{self.task_logs_tail(dag_id, run_id)}"
+                )
                 return run
             time.sleep(3)
         raise TimeoutError(f"{dag_id} {run_id} not finished after {timeout}s\n{self.logs_tail()}")
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 500})["task_instances"]
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 500})[
+            "task_instances"
+        ]

@@ -29,8 +29,13 @@ def sim_server(sim_truth):
     from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
 
     _, _, truth, _, gtruth = sim_truth
-    profiles = {"good": JudgeProfile(0.85, 0.1, 0.0), "ok": JudgeProfile(0.8, 0.1, 0.0), "meh": JudgeProfile(0.75, 0.1, 0.0),
-                "faulty": JudgeProfile(0.85, 0.0, 0.2, slow_s=1.5), "biased": JudgeProfile(0.8, 0.4, 0.0)}
+    profiles = {
+        "good": JudgeProfile(0.85, 0.1, 0.0),
+        "ok": JudgeProfile(0.8, 0.1, 0.0),
+        "meh": JudgeProfile(0.75, 0.1, 0.0),
+        "faulty": JudgeProfile(0.85, 0.0, 0.2, slow_s=1.5),
+        "biased": JudgeProfile(0.8, 0.4, 0.0),
+    }
     server = SimulatedJudgeServer(TruthIndex.from_tables(truth, gtruth), profiles, api_key="sk-test")
     server.start()
     yield server
@@ -51,11 +56,16 @@ def write_synthetic_sets(root: Path, sets: dict) -> dict:
 
 def airflow_env(root: str, extra: dict | None = None) -> dict:
     env = dict(os.environ)
-    env.update({
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "SYNPREF_ROOT": root, "SYNPREF_TASK_RETRIES": "0", "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO / "include"),
-    })
+    env.update(
+        {
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "SYNPREF_ROOT": root,
+            "SYNPREF_TASK_RETRIES": "0",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(REPO / "include"),
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -65,11 +75,18 @@ def airflow_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow_home")
     env = airflow_env("file:///nonexistent", {"AIRFLOW_HOME": str(home)})
     subprocess.run([str(REPO / ".venv/bin/airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([str(REPO / ".venv/bin/airflow"), "pools", "set", "llm_api", "4", "llm"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [str(REPO / ".venv/bin/airflow"), "pools", "set", "llm_api", "4", "llm"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return home
 
 
-def dags_test(airflow_home, dag_id: str, date: str, root: str, conf: dict | None = None, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def dags_test(
+    airflow_home, dag_id: str, date: str, root: str, conf: dict | None = None, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     env = airflow_env(root, {"AIRFLOW_HOME": str(airflow_home), **(extra_env or {})})
     cmd = [str(REPO / ".venv/bin/airflow"), "dags", "test", dag_id, date] + (["-c", json.dumps(conf)] if conf else [])
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -77,6 +94,33 @@ def dags_test(airflow_home, dag_id: str, date: str, root: str, conf: dict | None
 
 def conn_env(server, models=("good", "ok", "meh")) -> dict:
     """AIRFLOW_CONN_SYNPREF_JUDGE_A/B/C (the DAGs' default annotator ids) pointing at the simulated models."""
-    return {f"AIRFLOW_CONN_SYNPREF_JUDGE_{letter}": json.dumps({"conn_type": "openai", "host": server.base_url, "password": "sk-test",
-                                                                "extra": {"model": m, "timeout_s": 5, "max_concurrency": 8}})
-            for letter, m in zip("ABC", models)}
+    return {
+        f"AIRFLOW_CONN_SYNPREF_JUDGE_{letter}": json.dumps(
+            {
+                "conn_type": "openai",
+                "host": server.base_url,
+                "password": "sk-test",
+                "extra": {"model": m, "timeout_s": 5, "max_concurrency": 8},
+            }
+        )
+        for letter, m in zip("ABC", models)
+    }
+
+
+def annotator_cfg(server, model, **kw):
+    """An annotator config for one SIMULATED model of ``server``."""
+    from synpref.llm_client import AnnotatorConfig
+
+    return AnnotatorConfig(
+        name=model,
+        base_url=server.base_url,
+        model=model,
+        api_key="sk-test",
+        samples=kw.pop("samples", 3),
+        timeout_s=kw.pop("timeout_s", 5),
+        max_retries=kw.pop("max_retries", 6),
+        max_concurrency=8,
+        price_in_per_1k=0.001,
+        price_out_per_1k=0.002,
+        **kw,
+    )

@@ -1,32 +1,42 @@
-import collections
-
-import pyarrow as pa
 import pytest
 
-from synpref.annotation import (AnnotateSettings, annotate_pairs, annotator_stats, build_judge_messages, judge, merge_samples,
-                                merge_verdicts, merged_accuracy, order_swapped, parse_verdict, slot_to_verdict)
-from synpref.attributes import generate_attributes
-from synpref.llm_client import AnnotatorConfig, AnnotatorError
-from synpref.synthetic import truth_agree
+from conftest import annotator_cfg
+from synpref.annotation import (
+    annotate_pairs,
+    annotator_stats,
+    build_judge_messages,
+    judge,
+    merge_verdicts,
+    order_swapped,
+    parse_verdict,
+    slot_to_verdict,
+)
+from synpref.evaluation import merged_accuracy, truth_agree
+from synpref.settings import AnnotateSettings
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Candidate 2 is clearer and correct.\n\n[[2]]", 2),
-    ("Early on I thought [[2]] but after checking the maths, Candidate 1 wins.\n[[1]]", 1),
-    ("Both are fine, I cannot decide.", None),
-    ("Neither. [[3]]", None),
-    ("", None),
-    ("[[1]] is my verdict, but more analysis of the style and tone would be needed here.", None),
-    ("Final answer: [[1]] or [[2]]", None),
-    ("Verdict: **[[1]]**.", 1),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Candidate 2 is clearer and correct.\n\n[[2]]", 2),
+        ("Early on I thought [[2]] but after checking the maths, Candidate 1 wins.\n[[1]]", 1),
+        ("Both are fine, I cannot decide.", None),
+        ("Neither. [[3]]", None),
+        ("", None),
+        ("[[1]] is my verdict, but more analysis of the style and tone would be needed here.", None),
+        ("Final answer: [[1]] or [[2]]", None),
+        ("Verdict: **[[1]]**.", 1),
+    ],
+)
 def test_parser_takes_the_last_token_and_abstains_otherwise(text, expected):
     assert parse_verdict(text)[0] == expected
 
 
 def test_slot_mapping_through_recorded_order():
-    assert slot_to_verdict(1, swapped=False) == "agree" and slot_to_verdict(1, swapped=True) == "disagree"
-    assert slot_to_verdict(2, swapped=True) == "agree" and slot_to_verdict(None, swapped=True) == "abstain"
+    assert slot_to_verdict(1, swapped=False) == "agree"
+    assert slot_to_verdict(1, swapped=True) == "disagree"
+    assert slot_to_verdict(2, swapped=True) == "agree"
+    assert slot_to_verdict(None, swapped=True) == "abstain"
 
 
 def test_prompt_has_at_most_max_examples_target_last_and_seeded_order(sim_truth):
@@ -36,37 +46,42 @@ def test_prompt_has_at_most_max_examples_target_last_and_seeded_order(sim_truth)
     assert user.count("### Example") == 8
     target = user.index("## Target pair")
     assert target > user.rindex("### Example")
-    assert user.index(pair["rejected"], target) < user.index(pair["chosen"], target)  # swapped: chosen shown as Candidate 2
+    assert user.index(pair["rejected"], target) < user.index(
+        pair["chosen"], target
+    )  # swapped: chosen shown as Candidate 2
     orders = [order_swapped(p["pair_id"], "judge", 0, 0) for p in pairs.to_pylist()]
-    assert orders == [order_swapped(p["pair_id"], "judge", 0, 0) for p in pairs.to_pylist()] and 0 < sum(orders) < len(orders)
+    assert orders == [order_swapped(p["pair_id"], "judge", 0, 0) for p in pairs.to_pylist()]
+    assert 0 < sum(orders) < len(orders)
 
 
 def test_merge_policies():
     assert merge_verdicts({"a": "agree", "b": "agree", "c": "disagree"}) == "agree"
     assert merge_verdicts({"a": "agree", "b": "disagree"}) == "abstain"  # ties abstain, never a coin flip
     assert merge_verdicts({"a": "agree", "b": "agree", "c": "abstain"}, "unanimous") == "abstain"
-    assert merge_verdicts({"a": "agree", "b": "disagree", "c": "disagree"}, "weighted", {"a": 0.95, "b": 0.6, "c": 0.6}) == "agree"
-
-
-def _cfg(server, model, **kw):
-    return AnnotatorConfig(name=model, base_url=server.base_url, model=model, api_key="sk-test", samples=kw.pop("samples", 3),
-                           timeout_s=kw.pop("timeout_s", 5), max_retries=kw.pop("max_retries", 6), max_concurrency=8,
-                           price_in_per_1k=0.001, price_out_per_1k=0.002, **kw)
+    assert (
+        merge_verdicts({"a": "agree", "b": "disagree", "c": "disagree"}, "weighted", {"a": 0.95, "b": 0.6, "c": 0.6})
+        == "agree"
+    )
 
 
 def test_merged_verdicts_beat_single_samples_and_second_run_is_free(sim_server, sim_truth, tmp_path):
     _, pairs, truth, gold, _ = sim_truth
     rows, gold_rows = pairs.to_pylist(), gold.to_pylist()
-    annotators = [_cfg(sim_server, m) for m in ("good", "ok", "meh")]
-    merged, samples, usage = annotate_pairs(rows, gold_rows, annotators, tmp_path / "cache", AnnotateSettings(max_examples=4))
+    annotators = [annotator_cfg(sim_server, m) for m in ("good", "ok", "meh")]
+    merged, samples, usage = annotate_pairs(
+        rows, gold_rows, annotators, tmp_path / "cache", AnnotateSettings(max_examples=4)
+    )
     agree = truth_agree(rows, truth)
     stats = annotator_stats(samples, agree)
     merged_acc = merged_accuracy(merged, agree)["accuracy"]
     assert merged_acc > max(s["sample_accuracy"] for s in stats.values())
     assert merged_acc > stats["meh"]["accuracy"]
     first_requests = sum(sim_server.counts.values())
-    assert first_requests == len(rows) * 9 and sum(u["cost_usd"] for u in usage.values()) > 0
-    merged2, _, usage2 = annotate_pairs(rows, gold_rows, annotators, tmp_path / "cache", AnnotateSettings(max_examples=4))
+    assert first_requests == len(rows) * 9
+    assert sum(u["cost_usd"] for u in usage.values()) > 0
+    merged2, _, usage2 = annotate_pairs(
+        rows, gold_rows, annotators, tmp_path / "cache", AnnotateSettings(max_examples=4)
+    )
     assert sum(sim_server.counts.values()) == first_requests  # zero new requests
     assert all(u["requests"] == 0 and u["cache_hits"] == len(rows) * 3 for u in usage2.values())
     assert merged2.equals(merged)
@@ -74,45 +89,6 @@ def test_merged_verdicts_beat_single_samples_and_second_run_is_free(sim_server, 
 
 def test_position_bias_is_measured(sim_server, sim_truth, tmp_path):
     _, pairs, _, _, _ = sim_truth
-    samples, _ = judge(pairs.to_pylist(), {}, _cfg(sim_server, "biased", samples=4), tmp_path / "c")
+    samples, _ = judge(pairs.to_pylist(), {}, annotator_cfg(sim_server, "biased", samples=4), tmp_path / "c")
     est = annotator_stats(samples)["biased"]["position_bias_estimate"]
     assert abs(est - 0.4) < 0.12
-
-
-def test_faults_end_in_verdicts_or_recorded_abstentions(sim_server, sim_truth, tmp_path):
-    _, pairs, _, _, _ = sim_truth
-    rows = pairs.to_pylist()[:60]
-    samples, usage = judge(rows, {}, _cfg(sim_server, "faulty", timeout_s=1.0, max_retries=5), tmp_path / "c")
-    merged = merge_samples([samples], pair_ids=[r["pair_id"] for r in rows])
-    assert merged.num_rows == 60 and samples.num_rows == 180
-    reasons = collections.Counter(samples.column("reason").to_pylist())
-    assert reasons["ok"] > 100 and set(merged.column("status").to_pylist()) <= {"annotated", "abstain_error"}
-    assert reasons["verdict_not_at_end"] + reasons["no_verdict"] > 0  # malformed / buried answers abstain
-
-
-def test_budget_cap_stops_early_and_says_so(sim_server, sim_truth, tmp_path):
-    _, pairs, _, _, _ = sim_truth
-    rows = pairs.to_pylist()
-    samples, usage = judge(rows, {}, _cfg(sim_server, "good", samples=1), tmp_path / "c", AnnotateSettings(budget_usd=0.01))
-    merged = merge_samples([samples])
-    statuses = collections.Counter(merged.column("status").to_pylist())
-    assert statuses["not_annotated_budget"] > 0 and usage["good"]["budget_skipped"] > 0
-    assert sum(statuses.values()) == len(rows)
-
-
-def test_misconfigured_endpoint_names_the_annotator_not_the_key(sim_server, sim_truth, tmp_path):
-    _, pairs, _, _, _ = sim_truth
-    bad = AnnotatorConfig(name="judge_x", base_url=sim_server.base_url, model="good", api_key="sk-WRONG-SECRET")
-    with pytest.raises(AnnotatorError) as e:
-        judge(pairs.to_pylist()[:2], {}, bad, None)
-    assert "judge_x" in str(e.value) and "sk-WRONG-SECRET" not in str(e.value)
-    assert "sk-WRONG" not in repr(bad) and "api_key" not in bad.model_dump()
-
-
-def test_attribute_generation_fills_missing_attributes(sim_server, tmp_path):
-    from synpref.synthetic import generate
-
-    pairs, _ = generate(20, seed=7, noise=0.3, with_attributes=False)
-    table, _ = generate_attributes(pairs.to_pylist(), _cfg(sim_server, "good"), tmp_path / "c")
-    assert set(table.column("attributes_status").to_pylist()) <= {"generated", "attributes_missing"}
-    assert table.column("attributes_status").to_pylist().count("generated") >= 18

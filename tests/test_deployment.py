@@ -1,5 +1,6 @@
 """The docker-compose deployment, validated without a Docker engine: `docker-compose config` resolves it,
 its services are the ones the README documents, every variable is documented, no secret is committed."""
+
 from __future__ import annotations
 
 import re
@@ -13,8 +14,15 @@ from airflow_cluster import REPO, ensure_services
 
 COMPOSE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
-AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                    "airflow-worker", "airflow-worker-gpu"}
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-gpu",
+}
 
 
 def compose(*args: str, env_file=ENV_EXAMPLE) -> subprocess.CompletedProcess:
@@ -38,18 +46,27 @@ def test_compose_config_resolves_the_celery_deployment(resolved):
     for name in AIRFLOW_SERVICES:
         s = services[name]
         env = s["environment"]
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" and env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
-        assert env["PYTHONPATH"] == "/opt/synpref/include" and any(":/opt/synpref/include" in v for v in map(_volume, s["volumes"]))
-        assert env["SYNPREF_ROOT"] == "s3://minio@synpref/curation" and '"endpoint_url": "http://minio:9000"' in env["AIRFLOW_CONN_MINIO"]
-        assert "build" in s and s["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+        assert env["PYTHONPATH"] == "/opt/synpref/include"
+        assert any(":/opt/synpref/include" in v for v in map(_volume, s["volumes"]))
+        assert env["SYNPREF_ROOT"] == "s3://minio@synpref/curation"
+        assert '"endpoint_url": "http://minio:9000"' in env["AIRFLOW_CONN_MINIO"]
+        assert "build" in s
+        assert s["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         assert "healthcheck" in services[name], name
     init = _cmd(services["airflow-init"]["command"])
-    assert "airflow db migrate" in init and "users create" in init and "pools set llm_api" in init and "pools set gpu" in init
+    assert "airflow db migrate" in init
+    assert "users create" in init
+    assert "pools set llm_api" in init
+    assert "pools set gpu" in init
     gpu = services["airflow-worker-gpu"]
-    assert "--queues gpu" in _cmd(gpu["command"]) and gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert gpu["profiles"] == ["gpu"] and services["local-llm"]["profiles"] == ["local-llm"]
+    assert "--queues gpu" in _cmd(gpu["command"])
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert services["local-llm"]["profiles"] == ["local-llm"]
     assert _cmd(services["airflow-worker"]["command"]) == "celery worker --queues default"
     assert "mc mb" in _cmd(services["minio-init"]["entrypoint"])
 
@@ -66,12 +83,17 @@ def test_compose_refuses_to_start_without_secrets(tmp_path):
     empty = tmp_path / "empty.env"
     empty.write_text("")
     proc = compose("config", env_file=empty)
-    assert proc.returncode != 0 and re.search(r"set (AIRFLOW_JWT_SECRET|MINIO_ROOT_PASSWORD|_AIRFLOW_WWW_USER_PASSWORD) in \.env", proc.stderr)
+    assert proc.returncode != 0
+    assert re.search(r"set (AIRFLOW_JWT_SECRET|MINIO_ROOT_PASSWORD|_AIRFLOW_WWW_USER_PASSWORD) in \.env", proc.stderr)
 
 
 def test_every_variable_is_documented_and_no_secret_is_committed():
-    used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))  # $${X}: the container's own variable
-    documented = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#"))
+    used = set(
+        re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text())
+    )  # $${X}: the container's own variable
+    documented = dict(
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")
+    )
     assert used - set(documented) == set(), "undocumented in .env.example"
     for key, value in documented.items():
         if re.search(r"PASSWORD|SECRET|API_KEY|TOKEN|FERNET", key):
@@ -89,4 +111,5 @@ def test_readme_services_exist(resolved):
 def test_image_pins_airflow():
     dockerfile = (REPO / "Dockerfile").read_text()
     pinned = re.search(r"^apache-airflow==(\S+)$", (REPO / "requirements.txt").read_text(), flags=re.M).group(1)
-    assert f"FROM apache/airflow:{pinned}-python3.11" in dockerfile and f'"apache-airflow=={pinned}" -r /requirements.txt' in dockerfile
+    assert f"FROM apache/airflow:{pinned}-python3.11" in dockerfile
+    assert f'"apache-airflow=={pinned}" -r /requirements.txt' in dockerfile

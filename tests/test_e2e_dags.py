@@ -1,4 +1,5 @@
 """End to end through Airflow (`airflow dags test`) on tiny synthetic data with SIMULATED judges over real HTTP."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -7,18 +8,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import conn_env, dags_test, write_synthetic_sets
+from synpref.evaluation import label_accuracy
 from synpref.storage import write_parquet
-from synpref.synthetic import generate, label_accuracy
+from synpref.synthetic import generate
 
 
 def _hashes(d: Path) -> dict:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 def _ok(proc):
     out = proc.stdout + proc.stderr
     errors = [line for line in out.splitlines() if "Traceback" in line or "Error" in line or "failed" in line.lower()]
-    assert proc.returncode == 0 and "state=success" in out, "\n".join(errors[-30:]) + out[-2000:]
+    assert proc.returncode == 0, "\n".join(errors[-30:]) + out[-2000:]
+    assert "state=success" in out, "\n".join(errors[-30:]) + out[-2000:]
 
 
 def test_prepare_dag_quarantines_malformed_records_and_is_idempotent(airflow_home, tmp_path):
@@ -26,9 +31,14 @@ def test_prepare_dag_quarantines_malformed_records_and_is_idempotent(airflow_hom
     pairs, _ = generate(500, seed=1)
     write_parquet(pairs, raw / "good.parquet")
     write_parquet(pairs.slice(0, 20), raw / "dups.parquet")
-    rows = ['{"prompt": "hi", "chosen": "a", "rejected": "b"}', "{invalid json", '{"prompt": "hi", "rejected": "b"}',
-            '{"prompt": "hi", "chosen": null, "rejected": "b"}', '{"prompt": ["x"], "chosen": 1, "rejected": "b"}',
-            '{"prompt": "hi", "chosen": "a", "rejected": "b"}']
+    rows = [
+        '{"prompt": "hi", "chosen": "a", "rejected": "b"}',
+        "{invalid json",
+        '{"prompt": "hi", "rejected": "b"}',
+        '{"prompt": "hi", "chosen": null, "rejected": "b"}',
+        '{"prompt": ["x"], "chosen": 1, "rejected": "b"}',
+        '{"prompt": "hi", "chosen": "a", "rejected": "b"}',
+    ]
     (raw / "bad.jsonl").write_text("\n".join(rows) + "\n")
     (raw / "empty.jsonl").write_text("")
     root = f"file://{tmp_path / 'root'}"
@@ -37,8 +47,13 @@ def test_prepare_dag_quarantines_malformed_records_and_is_idempotent(airflow_hom
     m = json.loads((pool / "manifest.json").read_text())["counts"]
     assert m == {"input": 527, "pool": 501, "duplicates": 21, "contaminated": 0, "quarantined": 5}
     q = pq.read_table(pool / "quarantine.parquet").to_pylist()
-    assert len(q) == 5 and all(r["reason"] and r["source_file"] for r in q)
-    assert sorted(p.name for p in pool.glob("shard-*.parquet")) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    assert len(q) == 5
+    assert all(r["reason"] and r["source_file"] for r in q)
+    assert sorted(p.name for p in pool.glob("shard-*.parquet")) == [
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+        "shard-00002.parquet",
+    ]
     before = _hashes(pool)
     _ok(dags_test(airflow_home, "synpref_prepare", "2026-11-02", root, {"shard_size": 200}))
     assert _hashes(pool) == before
@@ -53,14 +68,30 @@ def world(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("world")
     root = d / "root"
-    sets = {"gold": (80, 11, 0.0, True, "seed/gold.parquet"), "silver": (300, 12, 0.2, True, "seed/silver.parquet"),
-            "pool": (600, 13, 0.3, False, "raw/pool.parquet"), "wild": (400, 14, 0.3, False, "wild/wild.parquet")}
+    sets = {
+        "gold": (80, 11, 0.0, True, "seed/gold.parquet"),
+        "silver": (300, 12, 0.2, True, "seed/silver.parquet"),
+        "pool": (600, 13, 0.3, False, "raw/pool.parquet"),
+        "wild": (400, 14, 0.3, False, "wild/wild.parquet"),
+    }
     truths = write_synthetic_sets(root, sets)
-    server = SimulatedJudgeServer(TruthIndex.from_tables(*truths.values()),
-                                  {"good": JudgeProfile(0.9, 0.05, 0.05), "ok": JudgeProfile(0.85, 0.05, 0.05), "meh": JudgeProfile(0.8, 0.05, 0.05)},
-                                  api_key="sk-test")
+    server = SimulatedJudgeServer(
+        TruthIndex.from_tables(*truths.values()),
+        {
+            "good": JudgeProfile(0.9, 0.05, 0.05),
+            "ok": JudgeProfile(0.85, 0.05, 0.05),
+            "meh": JudgeProfile(0.8, 0.05, 0.05),
+        },
+        api_key="sk-test",
+    )
     server.start()
-    yield {"root": root, "uri": f"file://{root}", "truth": pa.concat_tables(truths.values()), "truths": truths, "server": server}
+    yield {
+        "root": root,
+        "uri": f"file://{root}",
+        "truth": pa.concat_tables(truths.values()),
+        "truths": truths,
+        "server": server,
+    }
     server.stop()
 
 
@@ -75,28 +106,41 @@ def test_stage1_rounds_then_stage2(world, airflow_home):
     _ok(dags_test(airflow_home, "synpref_stage1", "2026-11-01", uri, STAGE1_CONF, env))
     r1 = root / "rounds" / "2026-11-01"
     m1 = json.loads((r1 / "manifest.json").read_text())
-    assert m1["previous_round"] == "0000-seed" and m1["summary"]["gold"] == 80 and m1["summary"]["retrieved"] > 0
-    silver_added = pq.read_table(r1 / "silver.parquet").filter(__import__("pyarrow.compute", fromlist=["x"]).equal(pq.read_table(r1 / "silver.parquet")["provenance"], "llm"))
+    assert m1["previous_round"] == "0000-seed"
+    assert m1["summary"]["gold"] == 80
+    assert m1["summary"]["retrieved"] > 0
+    silver_added = pq.read_table(r1 / "silver.parquet").filter(
+        __import__("pyarrow.compute", fromlist=["x"]).equal(pq.read_table(r1 / "silver.parquet")["provenance"], "llm")
+    )
     assert label_accuracy(silver_added, world["truth"]) > 0.8  # better than the pool's 0.7
     tasks = json.loads((r1 / "review_queue" / "tasks.json").read_text())
-    assert tasks and tasks[0]["data"]["pair_id"]
+    assert tasks
+    assert tasks[0]["data"]["pair_id"]
 
     # the simulated humans answer round 1's queue into round 2's inbox
     simulate_human_review(r1 / "review_queue" / "tasks.json", [], root / "inbox" / "2026-11-02" / "export.json")
     truths = [world["root"].parent / f"t_{k}.parquet" for k in world["truths"]]
     for path, t in zip(truths, world["truths"].values()):
         write_parquet(t, path)
-    counts = simulate_human_review(r1 / "review_queue" / "tasks.json", truths, root / "inbox" / "2026-11-02" / "export.json", accuracy=1.0, undecidable_rate=0.0)
+    counts = simulate_human_review(
+        r1 / "review_queue" / "tasks.json",
+        truths,
+        root / "inbox" / "2026-11-02" / "export.json",
+        accuracy=1.0,
+        undecidable_rate=0.0,
+    )
     _ok(dags_test(airflow_home, "synpref_stage1", "2026-11-02", uri, STAGE1_CONF, env))
     r2 = root / "rounds" / "2026-11-02"
     m2 = json.loads((r2 / "manifest.json").read_text())
     assert m2["previous_round"] == "2026-11-01"
-    assert m2["steps"]["intake"]["inbox_verifications"] == counts["tasks"] and m2["summary"]["gold"] > 80
+    assert m2["steps"]["intake"]["inbox_verifications"] == counts["tasks"]
+    assert m2["summary"]["gold"] > 80
 
     # re-running round 1 rewrites it byte-identically and leaves round 2 alone, with no new LLM requests
     before1, before2, requests = _hashes(r1), _hashes(r2), sum(world["server"].counts.values())
     _ok(dags_test(airflow_home, "synpref_stage1", "2026-11-01", uri, STAGE1_CONF, env))
-    assert _hashes(r1) == before1 and _hashes(r2) == before2
+    assert _hashes(r1) == before1
+    assert _hashes(r2) == before2
     assert sum(world["server"].counts.values()) == requests
 
     # stage 2 from the newest round
@@ -105,16 +149,20 @@ def test_stage1_rounds_then_stage2(world, airflow_home):
     out = root / "stage2" / "2026-11-03"
     m = json.loads((out / "manifest.json").read_text())
     c = m["counts"]
-    assert m["round"] == "2026-11-02" and c["input"] == 400
-    assert c["input"] == c["kept"] + c["recycled"] + c["dropped"] + c["quarantined"] + c["duplicates"] + c["contaminated"]
-    from synpref.stage2 import accuracy_report
+    assert m["round"] == "2026-11-02"
+    assert c["input"] == 400
+    assert (
+        c["input"] == c["kept"] + c["recycled"] + c["dropped"] + c["quarantined"] + c["duplicates"] + c["contaminated"]
+    )
+    from synpref.evaluation import accuracy_report
 
     acc = accuracy_report(out, world["truths"]["wild"])
     assert acc["kept"] > acc["input"] + 0.1
     assert (out / "README.md").read_text().count(str(c["kept"])) >= 1
     before, requests = _hashes(out), sum(world["server"].counts.values())
     _ok(dags_test(airflow_home, "synpref_stage2", "2026-11-03", uri, conf2, env))
-    assert _hashes(out) == before and sum(world["server"].counts.values()) == requests
+    assert _hashes(out) == before
+    assert sum(world["server"].counts.values()) == requests
 
     # the export loads with datasets and trains with TRL's RewardTrainer
     import datasets
@@ -123,13 +171,26 @@ def test_stage1_rounds_then_stage2(world, airflow_home):
 
     from synpref.adaptive_retrieval import default_embedder
 
-    ds = datasets.load_dataset("parquet", data_files={"train": str(out / "kept" / "*.parquet"), "recycled": str(out / "recycled" / "*.parquet")})
-    assert ds["train"].num_rows == c["kept"] and ds["recycled"].num_rows == c["recycled"]
+    ds = datasets.load_dataset(
+        "parquet",
+        data_files={"train": str(out / "kept" / "*.parquet"), "recycled": str(out / "recycled" / "*.parquet")},
+    )
+    assert ds["train"].num_rows == c["kept"]
+    assert ds["recycled"].num_rows == c["recycled"]
     tok = AutoTokenizer.from_pretrained(default_embedder())
     tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     model = AutoModelForSequenceClassification.from_pretrained(default_embedder(), num_labels=1)
     train = ds["train"].select(range(16)).select_columns(["chosen", "rejected"])
-    args = RewardConfig(output_dir=str(out.parent / "trl"), max_steps=2, per_device_train_batch_size=4, use_cpu=True, bf16=False,
-                        eos_token="[SEP]", max_length=128, report_to=[], save_strategy="no")
+    args = RewardConfig(
+        output_dir=str(out.parent / "trl"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        bf16=False,
+        eos_token="[SEP]",
+        max_length=128,
+        report_to=[],
+        save_strategy="no",
+    )
     result = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tok).train()
     assert result.global_step == 2

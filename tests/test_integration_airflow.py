@@ -5,6 +5,7 @@ PostgreSQL) on loopback, driven through REST API v2 and `airflow backfill create
 Storage roots: F (REST-triggered round), B (nightly root = SYNPREF_ROOT: the scheduled round and the
 backfill), S3 (same data and conf as F, compared manifest by manifest).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,18 @@ pytestmark = pytest.mark.integration
 
 S3_CONN, BUCKET = "synpref_s3", "synpref-it"
 ROUND_CONF = {"rm_mode": "frozen", "k_max": 4, "samples": 1, "max_examples": 4, "spot_check": 5}
-DATASETS = {"gold": (60, 11, 0.0, True, "seed/gold.parquet"), "silver": (200, 12, 0.2, True, "seed/silver.parquet"),
-            "pool": (450, 13, 0.3, False, "raw/pool.parquet"), "wild": (300, 14, 0.3, False, "wild/wild.parquet")}
+DATASETS = {
+    "gold": (60, 11, 0.0, True, "seed/gold.parquet"),
+    "silver": (200, 12, 0.2, True, "seed/silver.parquet"),
+    "pool": (450, 13, 0.3, False, "raw/pool.parquet"),
+    "wild": (300, 14, 0.3, False, "wild/wild.parquet"),
+}
 ARTIFACTS = Path(os.environ.get("SYNPREF_TEST_ARTIFACTS", REPO / ".artifacts"))
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """Everything a deployment has: PostgreSQL, S3 endpoint, judge endpoints, Airflow services; torn down even on failure."""
+    """Everything a deployment has: PostgreSQL, S3 endpoint, judges, Airflow services; torn down even on failure."""
     from moto.server import ThreadedMotoServer
 
     from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
@@ -45,29 +50,61 @@ def deployment(tmp_path_factory):
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
     moto.start()
     endpoint = f"http://127.0.0.1:{s3_port}"
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="it-key", aws_secret_access_key="it-secret", region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="it-key",
+        aws_secret_access_key="it-secret",
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket=BUCKET)
     for f in roots["S3_local"].rglob("*.parquet"):
         s3.upload_file(str(f), BUCKET, f"root/{f.relative_to(roots['S3_local'])}")
 
-    judges = SimulatedJudgeServer(TruthIndex.from_tables(*truths["F"].values()),
-                                  {"good": JudgeProfile(0.9, 0.05), "ok": JudgeProfile(0.85, 0.05), "meh": JudgeProfile(0.8, 0.05)},
-                                  api_key="sk-it")  # no injected faults: a fault depends on the attempt, so the file and S3 runs would differ
+    judges = SimulatedJudgeServer(
+        TruthIndex.from_tables(*truths["F"].values()),
+        {"good": JudgeProfile(0.9, 0.05), "ok": JudgeProfile(0.85, 0.05), "meh": JudgeProfile(0.8, 0.05)},
+        api_key="sk-it",
+    )  # no injected faults: a fault depends on the attempt, so the file and S3 runs would differ
     judges.start()
     env = {
-        "SYNPREF_ROOT": f"file://{roots['B']}", "SYNPREF_TASK_RETRIES": "0", "SYNPREF_STAGE2_SCHEDULE": "asset", "SYNPREF_RM_MODE": "frozen", "SYNPREF_SENSOR_POKE_S": "10",
-        f"AIRFLOW_CONN_{S3_CONN.upper()}": json.dumps({"conn_type": "aws", "login": "it-key", "password": "it-secret",
-                                                       "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}),
-        **{f"AIRFLOW_CONN_SYNPREF_JUDGE_{letter}": json.dumps({"conn_type": "openai", "host": judges.base_url, "password": "sk-it",
-                                                               "extra": {"model": model, "timeout_s": 10, "max_concurrency": 8}})
-           for letter, model in zip("ABC", ("good", "ok", "meh"))},
+        "SYNPREF_ROOT": f"file://{roots['B']}",
+        "SYNPREF_TASK_RETRIES": "0",
+        "SYNPREF_STAGE2_SCHEDULE": "asset",
+        "SYNPREF_RM_MODE": "frozen",
+        "SYNPREF_SENSOR_POKE_S": "10",
+        f"AIRFLOW_CONN_{S3_CONN.upper()}": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "it-key",
+                "password": "it-secret",
+                "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+            }
+        ),
+        **{
+            f"AIRFLOW_CONN_SYNPREF_JUDGE_{letter}": json.dumps(
+                {
+                    "conn_type": "openai",
+                    "host": judges.base_url,
+                    "password": "sk-it",
+                    "extra": {"model": model, "timeout_s": 10, "max_concurrency": 8},
+                }
+            )
+            for letter, model in zip("ABC", ("good", "ok", "meh"))
+        },
     }
     cluster = AirflowCluster(d / "airflow", env)
     try:
         cluster.start()
         cluster.wait_for_dags(["synpref_prepare", "synpref_stage1", "synpref_stage2"])
-        yield {"cluster": cluster, "roots": roots, "truths": truths, "s3": s3, "judges": judges,
-               "s3_root": f"s3://{S3_CONN}@{BUCKET}/root"}
+        yield {
+            "cluster": cluster,
+            "roots": roots,
+            "truths": truths,
+            "s3": s3,
+            "judges": judges,
+            "s3_root": f"s3://{S3_CONN}@{BUCKET}/root",
+        }
     finally:
         cluster.stop()
         judges.stop()
@@ -99,13 +136,16 @@ def _curated(cluster: AirflowCluster, read_manifest, rnd: str, timeout: float = 
             if manifest and manifest["round"] == rnd:
                 return manifest
         time.sleep(5)
-    raise TimeoutError(f"no stage-2 manifest for round {rnd} (last: {manifest}); runs: {cluster.runs('synpref_stage2')}")
+    raise TimeoutError(
+        f"no stage-2 manifest for round {rnd} (last: {manifest}); runs: {cluster.runs('synpref_stage2')}"
+    )
 
 
 def _local_stage2(root: Path):
     def read() -> dict | None:
         found = sorted((root / "stage2").glob("*/manifest.json"))
         return _manifest(found[0]) if found else None
+
     return read
 
 
@@ -115,11 +155,13 @@ def _prepare(cluster: AirflowCluster, root: str, logical_date: str) -> None:
 
 
 def _check_stage2(s2: dict, out: Path, truth) -> None:
-    from synpref.stage2 import accuracy_report
+    from synpref.evaluation import accuracy_report
 
     counts = s2["counts"]
     assert counts["input"] == 300
-    assert counts["input"] == sum(counts[k] for k in ("kept", "recycled", "dropped", "quarantined", "duplicates", "contaminated"))
+    assert counts["input"] == sum(
+        counts[k] for k in ("kept", "recycled", "dropped", "quarantined", "duplicates", "contaminated")
+    )
     acc = accuracy_report(out, truth)
     assert acc["kept"] > acc["input"]
 
@@ -134,13 +176,17 @@ def test_nightly_schedule_runs_last_nights_round_and_stage2_follows(deployment):
     c.unpause("synpref_stage2")
     c.unpause("synpref_stage1")
     deadline = time.time() + 60
-    while not (scheduled := [r for r in c.runs("synpref_stage1") if r["run_type"] == "scheduled"]) and time.time() < deadline:
+    while (
+        not (scheduled := [r for r in c.runs("synpref_stage1") if r["run_type"] == "scheduled"])
+        and time.time() < deadline
+    ):
         time.sleep(2)
     assert len(scheduled) == 1, c.runs("synpref_stage1")
     c.wait_run("synpref_stage1", scheduled[0]["dag_run_id"])
     nightly = datetime.fromisoformat(scheduled[0]["logical_date"]).strftime("%Y-%m-%d")
     m = _manifest(roots["B"] / "rounds" / nightly / "manifest.json")
-    assert m["previous_round"] == "0000-seed" and m["params"]["rm_mode"] == "frozen"  # SYNPREF_RM_MODE sets the default
+    assert m["previous_round"] == "0000-seed"
+    assert m["params"]["rm_mode"] == "frozen"  # SYNPREF_RM_MODE sets the default
     s2 = _curated(c, _local_stage2(roots["B"]), nightly)
     (out,) = [p.parent for p in (roots["B"] / "stage2").glob("*/manifest.json")]
     _check_stage2(s2, out, deployment["truths"]["B"]["wild"])
@@ -151,10 +197,14 @@ def test_rest_triggered_round_with_conf(deployment):
     c, roots = deployment["cluster"], deployment["roots"]
     run_id = c.trigger("synpref_stage1", "2026-10-20T00:00:00Z", {"root": f"file://{roots['F']}", **ROUND_CONF})
     run = c.wait_run("synpref_stage1", run_id)
-    assert run["run_type"] == "manual" and run["conf"]["k_max"] == 4
+    assert run["run_type"] == "manual"
+    assert run["conf"]["k_max"] == 4
     m = _manifest(roots["F"] / "rounds" / "2026-10-20" / "manifest.json")
-    assert m["previous_round"] == "0000-seed" and m["summary"]["gold"] == 60 and m["summary"]["retrieved"] > 0
-    assert m["params"]["k_max"] == 4 and m["params"]["samples"] == 1
+    assert m["previous_round"] == "0000-seed"
+    assert m["summary"]["gold"] == 60
+    assert m["summary"]["retrieved"] > 0
+    assert m["params"]["k_max"] == 4
+    assert m["params"]["samples"] == 1
     s2 = _curated(c, _local_stage2(roots["F"]), "2026-10-20")
     (out,) = [p.parent for p in (roots["F"] / "stage2").glob("*/manifest.json")]
     _check_stage2(s2, out, deployment["truths"]["F"]["wild"])
@@ -164,21 +214,40 @@ def test_backfill_runs_rounds_in_date_order(deployment):
     """`airflow backfill create` over 3 dates: rounds run one at a time in date order, each reading its
     predecessor's artifacts, with the mapped shard tasks of a round running side by side."""
     c, root = deployment["cluster"], deployment["roots"]["B"]
-    c.cli("backfill", "create", "--dag-id", "synpref_stage1", "--from-date", "2026-11-01", "--to-date", "2026-11-04",
-          "--reprocess-behavior", "failed", "--dag-run-conf", json.dumps(ROUND_CONF))
+    c.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        "synpref_stage1",
+        "--from-date",
+        "2026-11-01",
+        "--to-date",
+        "2026-11-04",
+        "--reprocess-behavior",
+        "failed",
+        "--dag-run-conf",
+        json.dumps(ROUND_CONF),
+    )
     deadline = time.time() + 1200
     while time.time() < deadline:
         runs = [r for r in c.runs("synpref_stage1") if r["run_type"] == "backfill"]
         if len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs):
             break
         time.sleep(5)
-    assert [r["state"] for r in runs] == ["success"] * 3, [c.task_logs_tail("synpref_stage1", r["dag_run_id"]) for r in runs]
+    assert [r["state"] for r in runs] == ["success"] * 3, [
+        c.task_logs_tail("synpref_stage1", r["dag_run_id"]) for r in runs
+    ]
     runs.sort(key=lambda r: r["logical_date"])
     rounds = [datetime.fromisoformat(r["logical_date"]).strftime("%Y-%m-%d") for r in runs]
     assert rounds == ["2026-11-01", "2026-11-02", "2026-11-03"]
     # Backfill starts several runs at once; wait_for_previous_round makes each round begin (intake)
     # only after its predecessor published (publish_round ended).
-    tis = {r["dag_run_id"]: {(t["task_id"], t["map_index"]): t for t in c.task_instances("synpref_stage1", r["dag_run_id"])} for r in runs}
+    tis = {
+        r["dag_run_id"]: {
+            (t["task_id"], t["map_index"]): t for t in c.task_instances("synpref_stage1", r["dag_run_id"])
+        }
+        for r in runs
+    }
     for earlier, later in zip(runs, runs[1:]):
         published = tis[earlier["dag_run_id"]][("publish_round", -1)]["end_date"]
         assert tis[later["dag_run_id"]][("human_verification_intake", -1)]["start_date"] >= published, (earlier, later)
@@ -188,8 +257,13 @@ def test_backfill_runs_rounds_in_date_order(deployment):
         assert cur["steps"]["intake"]["silver_in"] == prev["summary"]["silver"]
     overlaps = 0
     for r in runs:
-        mapped = [t for (task_id, _), t in tis[r["dag_run_id"]].items() if task_id in ("generate_attributes", "embed_pool_shard")]
-        assert len(mapped) == 6 and all(t["state"] == "success" for t in mapped)  # 3 pool shards × 2 mapped steps
+        mapped = [
+            t
+            for (task_id, _), t in tis[r["dag_run_id"]].items()
+            if task_id in ("generate_attributes", "embed_pool_shard")
+        ]
+        assert len(mapped) == 6
+        assert all(t["state"] == "success" for t in mapped)  # 3 pool shards × 2 mapped steps
         for task_id in ("generate_attributes", "embed_pool_shard"):
             spans = sorted((t["start_date"], t["end_date"]) for t in mapped if t["task_id"] == task_id)
             overlaps += sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
@@ -205,7 +279,11 @@ def _comparable(manifest: dict) -> dict:
 
     def clean(x):
         if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items() if k not in drop and not (isinstance(v, str) and ("://" in v or v.startswith("/")))}
+            return {
+                k: clean(v)
+                for k, v in x.items()
+                if k not in drop and not (isinstance(v, str) and ("://" in v or v.startswith("/")))
+            }
         if isinstance(x, list):
             return [clean(v) for v in x if not (isinstance(v, str) and ("://" in v or v.startswith("/")))]
         return x
@@ -214,7 +292,7 @@ def _comparable(manifest: dict) -> dict:
 
 
 def test_s3_storage_matches_file_storage(deployment):
-    """The same prepare → round → stage 2 on s3://conn@bucket (moto, S3 wire protocol) gives the file run's manifests."""
+    """The same prepare → round → stage 2 on s3://conn@bucket (moto, S3 wire protocol) gives the file run's results."""
     c, s3, roots, s3_root = deployment["cluster"], deployment["s3"], deployment["roots"], deployment["s3_root"]
     _prepare(c, s3_root, "2026-10-03T00:00:00Z")
     run_id = c.trigger("synpref_stage1", "2026-10-19T00:00:00Z", {"root": s3_root, **ROUND_CONF})
@@ -228,19 +306,34 @@ def test_s3_storage_matches_file_storage(deployment):
     s_s2 = _curated(c, s3_stage2, "2026-10-19")
 
     f_pool, s_pool = _manifest(roots["F"] / "pool" / "manifest.json"), _s3_manifest(s3, "root/pool/manifest.json")
-    assert s_pool["counts"] == f_pool["counts"] and _comparable(s_pool) == _comparable(f_pool)
+    assert s_pool["counts"] == f_pool["counts"]
+    assert _comparable(s_pool) == _comparable(f_pool)
     f_round = _manifest(roots["F"] / "rounds" / "2026-10-20" / "manifest.json")
     s_round = _s3_manifest(s3, "root/rounds/2026-10-19/manifest.json")
     assert s_round["summary"] == f_round["summary"]
     assert s_s2["counts"] == _local_stage2(roots["F"])()["counts"]
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-FORM_SECTIONS = {"Storage": ["Storage root", "Unverified pool URI", "Inbox URI"],
-                 "Adaptive retrieval": ["k_max", "Spot-check sample"],
-                 "LLM annotation": ["Annotator connections", "Self-consistency samples", "Cross-model merge policy", "LLM budget (USD)"],
-                 "Reward models": ["RM training mode", "RM backbone", "RM max tokens"]}
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FORM_SECTIONS = {
+    "Storage": ["Storage root", "Unverified pool URI", "Inbox URI"],
+    "Adaptive retrieval": ["k_max", "Spot-check sample"],
+    "LLM annotation": [
+        "Annotator connections",
+        "Self-consistency samples",
+        "Cross-model merge policy",
+        "LLM budget (USD)",
+    ],
+    "Reward models": ["RM training mode", "RM backbone", "RM max tokens"],
+}
 
 
 def test_ui_shows_the_dag_grid_and_the_trigger_form(deployment):
@@ -263,9 +356,16 @@ def test_ui_shows_the_dag_grid_and_the_trigger_form(deployment):
             grid.wait_for(timeout=30000)
             page.screenshot(path=str(ARTIFACTS / "synpref_stage1_grid.png"))
             body = page.inner_text("body")
-            for task_id in ("human_verification_intake", "generate_attributes", "adaptive_retrieval", "annotate", "publish_round"):
+            for task_id in (
+                "human_verification_intake",
+                "generate_attributes",
+                "adaptive_retrieval",
+                "annotate",
+                "publish_round",
+            ):
                 assert task_id in body
-            assert "0 2 * * *" in body and "skywork-reward-v2" in body
+            assert "0 2 * * *" in body
+            assert "skywork-reward-v2" in body
 
             page.get_by_role("button", name="Trigger").first.click()
             dialog = page.get_by_role("dialog")
@@ -284,4 +384,5 @@ def test_ui_shows_the_dag_grid_and_the_trigger_form(deployment):
             browser.close()
     new = [r for r in c.runs("synpref_stage1") if r["dag_run_id"] not in runs_before and r["run_type"] == "manual"]
     assert len(new) == 1, new
-    assert new[0]["conf"]["k_max"] == 8 and new[0]["conf"]["rm_mode"] == "frozen"
+    assert new[0]["conf"]["k_max"] == 8
+    assert new[0]["conf"]["rm_mode"] == "frozen"

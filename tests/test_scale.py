@@ -4,6 +4,7 @@ A shard task's peak memory must not grow with the total input: the same 20k-pair
 measured (peak RSS of its own process, as an Airflow task process would be) in a 20k-pair run and
 in a 200k-pair run.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from synpref.storage import write_manifest, write_parquet
+from synpref.storage import write_json, write_parquet
 from synpref.synthetic import generate
 
 pytestmark = pytest.mark.slow
@@ -23,11 +24,11 @@ SHARD_TASK = """
 import json, resource, sys
 from synpref.stage2 import Stage2Config, step_decide, step_score
 root, out, shard = sys.argv[1:4]
-cfg = Stage2Config(shard_size=%d)
+cfg = Stage2Config(shard_size={shard})
 score = step_score(root, out, "2026-01-01", shard, cfg)
 decided = step_decide(root, out, "2026-01-01", shard, [], cfg)
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **decided}))
-""" % SHARD
+""".replace("{shard}", str(SHARD))
 
 
 def _tiny_backbone(path: Path) -> str:
@@ -37,8 +38,14 @@ def _tiny_backbone(path: Path) -> str:
     from synpref.adaptive_retrieval import default_embedder
 
     tok = AutoTokenizer.from_pretrained(default_embedder())
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                     max_position_embeddings=256)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     BertModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
@@ -46,20 +53,21 @@ def _tiny_backbone(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def scale_root(tmp_path_factory):
+    from synpref.layout import StorageLayout
     from synpref.reward_model import RMConfig, train_reward_model
-    from synpref.stage1 import round_dir
 
     d = tmp_path_factory.mktemp("scale")
     root = d / "root"
     backbone = _tiny_backbone(d / "tiny-bert")
     gold, _ = generate(300, seed=1)
     silver, _ = generate(2000, seed=2, noise=0.2)
-    rnd = round_dir(str(root), "2026-01-01")
+    rnd = StorageLayout(root).round("2026-01-01").dir
     cfg = RMConfig(mode="frozen", backbone=backbone, max_length=128, epochs=1)
     train_reward_model(silver.to_pylist(), gold.to_pylist(), cfg, rnd / "rm")
     train_reward_model(gold.to_pylist()[:240], gold.to_pylist()[240:], cfg, rnd / "gold_rm")
     write_parquet(gold, rnd / "gold.parquet")
-    write_manifest(rnd, {"kind": "stage1_round", "round": "2026-01-01", "note": "scale-test round with a tiny RM"})
+    manifest = {"kind": "stage1_round", "round": "2026-01-01", "note": "scale-test round with a tiny RM"}
+    write_json(manifest, rnd / "manifest.json")
     shards = []
     for i in range(10):
         pairs, _ = generate(SHARD, seed=100 + i, noise=0.3, with_attributes=False)
@@ -69,7 +77,9 @@ def scale_root(tmp_path_factory):
 
 
 def _run_shard_task(root: Path, out: Path, shard: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", SHARD_TASK, str(root), str(out), shard], capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARD_TASK, str(root), str(out), shard], capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -83,5 +93,8 @@ def test_shard_task_peak_memory_does_not_grow_with_total_input(scale_root, tmp_p
         assert r["input"] == r["kept"] + r["recycled"] + r["dropped"] == SHARD
     peak_small = small[0]["peak_mb"]
     peak_large = max(r["peak_mb"] for r in large)
-    print(f"peak RSS of a shard task: 20k-pair run {peak_small:.0f} MB, 200k-pair run {peak_large:.0f} MB (max over 10 shards)")
+    print(
+        f"peak RSS of a shard task: 20k-pair run {peak_small:.0f} MB, 200k-pair run {peak_large:.0f} MB (max "
+        "over 10 shards)"
+    )
     assert peak_large <= peak_small * 1.15 + 50, (peak_small, [r["peak_mb"] for r in large])

@@ -6,14 +6,15 @@ hash), index the pool with FAISS (exact below ``ivf_threshold`` vectors, IVF abo
 ``k(p)`` neighbours for every gold pair: ``k_max`` where the RM errs (p ≤ 0.5), fewer the more
 confident it is right. The union is de-duplicated and already-labelled pairs are excluded.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -21,13 +22,23 @@ import pyarrow as pa
 from .schema import prompt_text
 from .storage import PathLike, as_path, read_parquet, write_parquet
 
-RETRIEVAL_SCHEMA = pa.schema([
-    ("pair_id", pa.string()), ("pulled_by", pa.string()), ("gold_p", pa.float64()), ("k", pa.int32()),
-    ("rank", pa.int32()), ("score", pa.float32()), ("pulled_by_count", pa.int32()),
-])
+RETRIEVAL_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("pulled_by", pa.string()),
+        ("gold_p", pa.float64()),
+        ("k", pa.int32()),
+        ("rank", pa.int32()),
+        ("score", pa.float32()),
+        ("pulled_by_count", pa.int32()),
+    ]
+)
 
 
-def k_for_p(p: float, k_max: int = 8) -> int:
+IVF_THRESHOLD = 200_000  # pool vectors above which the index is IVF instead of exact
+
+
+def k_for_p(p: float, k_max: int) -> int:
     """``k_max`` if p ≤ 0.5 else ``ceil(k_max · (1 − p))``."""
     if p <= 0.5:
         return k_max
@@ -44,8 +55,11 @@ def embedding_text(row: dict) -> str:
     """What is embedded: the conversation plus the preference attributes (x, a)."""
     parts = [prompt_text(row["conversation"])]
     if row.get("task_category"):
-        parts.append(f"category: {row['task_category']}; {row.get('preference_objectivity') or ''}; "
-                     f"controversiality {row.get('controversiality') or ''}; wants: {', '.join(row.get('desired_attributes') or [])}")
+        parts.append(
+            f"category: {row['task_category']}; {row.get('preference_objectivity') or ''}; "
+            f"controversiality {row.get('controversiality') or ''}; wants: "
+            f"{', '.join(row.get('desired_attributes') or [])}"
+        )
     if row.get("annotation_guideline"):
         parts.append(f"guideline: {row['annotation_guideline']}")
     return "\n".join(parts)
@@ -71,7 +85,9 @@ def bf16_supported() -> bool:
         return False
 
 
-def embed_texts(texts: list[str], model_name: str | None = None, batch_size: int = 64, bf16: bool | None = None) -> np.ndarray:
+def embed_texts(
+    texts: list[str], model_name: str | None = None, batch_size: int = 64, bf16: bool | None = None
+) -> np.ndarray:
     """L2-normalised float32 embeddings, batched and sorted by length, under inference_mode (+bf16 autocast)."""
     import torch
 
@@ -81,7 +97,13 @@ def embed_texts(texts: list[str], model_name: str | None = None, batch_size: int
     use_bf16 = bf16_supported() if bf16 is None else bf16
     order = np.argsort([len(t) for t in texts], kind="stable")
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-        vecs = model.encode([texts[i] for i in order], batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        vecs = model.encode(
+            [texts[i] for i in order],
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
     out = np.empty_like(vecs, dtype=np.float32)
     out[order] = vecs.astype(np.float32)
     return out
@@ -105,16 +127,25 @@ def embed_rows(rows: list[dict], cache_uri: PathLike | None = None, model_name: 
     fresh = embed_texts([texts[i] for i in missing], model_name)
     for j, i in enumerate(missing):
         cached[(rows[i]["pair_id"], shas[i])] = fresh[j]
-    out = np.stack([cached[(r["pair_id"], shas[i])] for i, r in enumerate(rows)]) if rows else np.zeros((0, 384), np.float32)
+    out = (
+        np.stack([cached[(r["pair_id"], shas[i])] for i, r in enumerate(rows)])
+        if rows
+        else np.zeros((0, 384), np.float32)
+    )
     if cache_uri is not None and (missing or not as_path(cache_uri).exists()):
         dim = out.shape[1]
-        table = pa.table({"pair_id": [r["pair_id"] for r in rows], "text_sha": shas,
-                          "vector": pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1), pa.float32()), dim)})
+        table = pa.table(
+            {
+                "pair_id": [r["pair_id"] for r in rows],
+                "text_sha": shas,
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1), pa.float32()), dim),
+            }
+        )
         write_parquet(table, cache_uri)
     return out
 
 
-def build_index(vectors: np.ndarray, ivf_threshold: int = 200_000, seed: int = 0):
+def build_index(vectors: np.ndarray, ivf_threshold: int = IVF_THRESHOLD, seed: int = 0):
     """FAISS inner-product index: exact (Flat) for small pools, IVF for large ones."""
     import faiss
 
@@ -134,12 +165,19 @@ def build_index(vectors: np.ndarray, ivf_threshold: int = 200_000, seed: int = 0
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    k_max: int = 8
-    ivf_threshold: int = 200_000
+    k_max: int
+    ivf_threshold: int = IVF_THRESHOLD
 
 
-def adaptive_retrieve(gold_ids: list[str], gold_p: list[float], gold_vecs: np.ndarray, pool_ids: list[str], pool_vecs: np.ndarray,
-                      exclude: Iterable[str] = (), config: RetrievalConfig = RetrievalConfig()) -> pa.Table:
+def adaptive_retrieve(
+    gold_ids: list[str],
+    gold_p: list[float],
+    gold_vecs: np.ndarray,
+    pool_ids: list[str],
+    pool_vecs: np.ndarray,
+    exclude: Iterable[str],
+    config: RetrievalConfig,
+) -> pa.Table:
     """For each gold pair, its k(p) nearest unlabelled pool pairs; union de-duplicated (best score wins)."""
     excluded = set(exclude)
     if not gold_ids or not pool_ids:
@@ -167,7 +205,9 @@ def adaptive_retrieve(gold_ids: list[str], gold_p: list[float], gold_vecs: np.nd
     return pa.Table.from_pylist(rows, schema=RETRIEVAL_SCHEMA)
 
 
-def nearest_examples(query_vecs: np.ndarray, query_ids: list[str], gold_rows: list[dict], gold_vecs: np.ndarray, max_examples: int = 8) -> dict[str, list[dict]]:
+def nearest_examples(
+    query_vecs: np.ndarray, query_ids: list[str], gold_rows: list[dict], gold_vecs: np.ndarray, max_examples: int
+) -> dict[str, list[dict]]:
     """Few-shot examples: the ``max_examples`` most similar gold pairs of each query (never itself)."""
     if not gold_rows or max_examples <= 0 or len(query_ids) == 0:
         return {q: [] for q in query_ids}

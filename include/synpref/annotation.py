@@ -6,47 +6,41 @@ attributes and the human verdict) + the target pair, its responses shown as ``Ca
 Each annotator samples several verdicts (self-consistency) → per-annotator majority → a
 cross-model merge. Unparseable or tied verdicts are abstentions, never coin flips.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache
 from importlib import resources
-from typing import Iterable, Literal
+from typing import Literal
 
 import jinja2
 import pyarrow as pa
 
 from .llm_client import AnnotatorConfig, Budget, Request, run_requests
 from .schema import prompt_text
+from .settings import AnnotateSettings, MergePolicy
 from .storage import PathLike
 
 Verdict = Literal["agree", "disagree", "abstain"]
-MergePolicy = Literal["majority", "unanimous", "weighted"]
 _TOKEN = re.compile(r"\[\[\s*([^\[\]]{0,8}?)\s*\]\]")
 _TRAILING_OK = re.compile(r"^[\s.*_`'\")\]]*$")
 
 
-@dataclass(frozen=True)
-class AnnotateSettings:
-    seed: int = 0
-    max_examples: int = 8
-    merge_policy: MergePolicy = "majority"
-    budget_usd: float | None = None
-    budget_tokens: int | None = None
-
-
-@lru_cache(maxsize=None)
+@cache
 def template(name: str) -> str:
     return resources.files("synpref").joinpath("templates", name).read_text()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _jinja(name: str) -> jinja2.Template:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False).from_string(template(name))
+    return jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    ).from_string(template(name))
 
 
 def order_swapped(pair_id: str, annotator: str, sample: int, seed: int) -> bool:
@@ -73,12 +67,17 @@ def _example_view(ex: dict, swapped: bool) -> dict:
     }
 
 
-def build_judge_messages(pair: dict, examples: list[dict], swapped: bool, max_examples: int = 8, example_seed: int = 0) -> list[tuple[str, str]]:
+def build_judge_messages(
+    pair: dict, examples: list[dict], swapped: bool, max_examples: int, example_seed: int = 0
+) -> list[tuple[str, str]]:
     """System + user messages judging ``pair``; examples first, target pair last."""
-    shown = [_example_view(ex, order_swapped(ex["pair_id"], "example", example_seed, 0)) for ex in examples[:max_examples]]
+    shown = [
+        _example_view(ex, order_swapped(ex["pair_id"], "example", example_seed, 0)) for ex in examples[:max_examples]
+    ]
     a, b = (pair["rejected"], pair["chosen"]) if swapped else (pair["chosen"], pair["rejected"])
     user = _jinja("judge_user.jinja").render(
-        guideline=pair.get("annotation_guideline") or "Prefer the response that is more helpful, correct, honest and harmless.",
+        guideline=pair.get("annotation_guideline")
+        or "Prefer the response that is more helpful, correct, honest and harmless.",
         examples=shown,
         task_category=pair.get("task_category") or "unknown",
         preference_objectivity=pair.get("preference_objectivity") or "unknown",
@@ -117,14 +116,28 @@ def slot_to_verdict(slot: int | None, swapped: bool) -> Verdict:
     return "agree" if slot == chosen_slot else "disagree"
 
 
-SAMPLE_SCHEMA = pa.schema([
-    ("pair_id", pa.string()), ("annotator", pa.string()), ("sample", pa.int32()), ("swapped", pa.bool_()),
-    ("slot", pa.int8()), ("verdict", pa.string()), ("reason", pa.string()), ("status", pa.string()),
-])
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("annotator", pa.string()),
+        ("sample", pa.int32()),
+        ("swapped", pa.bool_()),
+        ("slot", pa.int8()),
+        ("verdict", pa.string()),
+        ("reason", pa.string()),
+        ("status", pa.string()),
+    ]
+)
 
 
-def judge(pairs: list[dict], examples: dict[str, list[dict]], annotator: AnnotatorConfig, cache_dir: PathLike | None,
-          settings: AnnotateSettings = AnnotateSettings(), budget: Budget | None = None) -> tuple[pa.Table, dict]:
+def judge(
+    pairs: list[dict],
+    examples: dict[str, list[dict]],
+    annotator: AnnotatorConfig,
+    cache_dir: PathLike | None,
+    settings: AnnotateSettings = AnnotateSettings(),
+    budget: Budget | None = None,
+) -> tuple[pa.Table, dict]:
     """All samples of one annotator over ``pairs``; returns one row per (pair, sample) and usage."""
     requests, meta = [], []
     for pair in pairs:
@@ -132,9 +145,13 @@ def judge(pairs: list[dict], examples: dict[str, list[dict]], annotator: Annotat
         for s in range(annotator.samples):
             swapped = order_swapped(pair["pair_id"], annotator.name, s, settings.seed)
             msgs = tuple(build_judge_messages(pair, exs, swapped, settings.max_examples, settings.seed))
-            requests.append(Request(f"{pair['pair_id']}:{s}", msgs, s, request_seed(pair["pair_id"], annotator.name, s, settings.seed)))
+            requests.append(
+                Request(
+                    f"{pair['pair_id']}:{s}", msgs, s, request_seed(pair["pair_id"], annotator.name, s, settings.seed)
+                )
+            )
             meta.append((pair["pair_id"], s, swapped))
-    budget = budget or Budget(settings.budget_usd, settings.budget_tokens)
+    budget = budget or settings.budget()
     responses, usage = run_requests(annotator, requests, cache_dir, budget)
     rows = []
     for (pid, s, swapped), resp in zip(meta, responses):
@@ -142,9 +159,21 @@ def judge(pairs: list[dict], examples: dict[str, list[dict]], annotator: Annotat
             slot, reason = None, resp.error or "budget"
         else:
             slot, reason = parse_verdict(resp.text)
-        rows.append({"pair_id": pid, "annotator": annotator.name, "sample": s, "swapped": swapped, "slot": slot,
-                     "verdict": slot_to_verdict(slot, swapped), "reason": reason, "status": resp.status})
-    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), {annotator.name: {**usage.as_dict(), "work": usage.work_dict()}}
+        rows.append(
+            {
+                "pair_id": pid,
+                "annotator": annotator.name,
+                "sample": s,
+                "swapped": swapped,
+                "slot": slot,
+                "verdict": slot_to_verdict(slot, swapped),
+                "reason": reason,
+                "status": resp.status,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), {
+        annotator.name: {**usage.as_dict(), "work": usage.work_dict()}
+    }
 
 
 def majority(agree: int, disagree: int) -> Verdict:
@@ -156,14 +185,16 @@ def majority(agree: int, disagree: int) -> Verdict:
 
 
 def annotator_weight(accuracy: float | None) -> float:
-    """Log-odds weight of an annotator from its accuracy on gold (0 when unknown or ≤ chance)."""
+    """Log-odds weight of an annotator from its accuracy on gold: 1.0 when unknown, 0 at or below chance."""
     if accuracy is None:
         return 1.0
     acc = min(max(accuracy, 1e-3), 1 - 1e-3)
     return max(0.0, math.log(acc / (1 - acc)))
 
 
-def merge_verdicts(per_annotator: dict[str, Verdict], policy: MergePolicy = "majority", accuracy: dict[str, float] | None = None) -> Verdict:
+def merge_verdicts(
+    per_annotator: dict[str, Verdict], policy: MergePolicy = "majority", accuracy: dict[str, float] | None = None
+) -> Verdict:
     """Cross-model merge of per-annotator verdicts."""
     votes = [v for v in per_annotator.values() if v != "abstain"]
     if policy == "unanimous":
@@ -172,23 +203,49 @@ def merge_verdicts(per_annotator: dict[str, Verdict], policy: MergePolicy = "maj
         return "abstain"
     if policy == "weighted":
         acc = accuracy or {}
-        score = sum((1 if v == "agree" else -1) * annotator_weight(acc.get(n)) for n, v in per_annotator.items() if v != "abstain")
+        score = sum(
+            (1 if v == "agree" else -1) * annotator_weight(acc.get(n))
+            for n, v in per_annotator.items()
+            if v != "abstain"
+        )
         return "agree" if score > 1e-9 else "disagree" if score < -1e-9 else "abstain"
     c = Counter(votes)
     return majority(c["agree"], c["disagree"])
 
 
-MERGED_SCHEMA = pa.schema([
-    ("pair_id", pa.string()), ("verdict", pa.string()), ("status", pa.string()),
-    ("votes_agree", pa.int32()), ("votes_disagree", pa.int32()), ("votes_abstain", pa.int32()),
-    ("agreement", pa.float32()),
-    ("annotator_verdicts", pa.list_(pa.struct([("annotator", pa.string()), ("verdict", pa.string()),
-                                                ("agree", pa.int32()), ("disagree", pa.int32()), ("abstain", pa.int32())]))),
-])
+MERGED_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("verdict", pa.string()),
+        ("status", pa.string()),
+        ("votes_agree", pa.int32()),
+        ("votes_disagree", pa.int32()),
+        ("votes_abstain", pa.int32()),
+        ("agreement", pa.float32()),
+        (
+            "annotator_verdicts",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("annotator", pa.string()),
+                        ("verdict", pa.string()),
+                        ("agree", pa.int32()),
+                        ("disagree", pa.int32()),
+                        ("abstain", pa.int32()),
+                    ]
+                )
+            ),
+        ),
+    ]
+)
 
 
-def merge_samples(samples: Iterable[pa.Table], policy: MergePolicy = "majority", accuracy: dict[str, float] | None = None,
-                  pair_ids: list[str] | None = None) -> pa.Table:
+def merge_samples(
+    samples: Iterable[pa.Table],
+    policy: MergePolicy = "majority",
+    accuracy: dict[str, float] | None = None,
+    pair_ids: list[str] | None = None,
+) -> pa.Table:
     """Per-pair merged verdicts from the sample tables of all annotators (sorted by pair_id)."""
     counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     statuses: dict[str, Counter] = defaultdict(Counter)
@@ -212,21 +269,34 @@ def merge_samples(samples: Iterable[pa.Table], policy: MergePolicy = "majority",
             status = "annotated"
         voters = [v for v in per.values() if v != "abstain"]
         agreement = (sum(v == verdict for v in voters) / len(voters)) if voters and verdict != "abstain" else 0.0
-        rows.append({
-            "pair_id": pid, "verdict": verdict, "status": status,
-            "votes_agree": sum(c["agree"] for c in counts[pid].values()),
-            "votes_disagree": sum(c["disagree"] for c in counts[pid].values()),
-            "votes_abstain": sum(c["abstain"] for c in counts[pid].values()),
-            "agreement": agreement,
-            "annotator_verdicts": [{"annotator": a, "verdict": per[a], "agree": c["agree"], "disagree": c["disagree"], "abstain": c["abstain"]}
-                                   for a, c in sorted(counts[pid].items())],
-        })
+        rows.append(
+            {
+                "pair_id": pid,
+                "verdict": verdict,
+                "status": status,
+                "votes_agree": sum(c["agree"] for c in counts[pid].values()),
+                "votes_disagree": sum(c["disagree"] for c in counts[pid].values()),
+                "votes_abstain": sum(c["abstain"] for c in counts[pid].values()),
+                "agreement": agreement,
+                "annotator_verdicts": [
+                    {
+                        "annotator": a,
+                        "verdict": per[a],
+                        "agree": c["agree"],
+                        "disagree": c["disagree"],
+                        "abstain": c["abstain"],
+                    }
+                    for a, c in sorted(counts[pid].items())
+                ],
+            }
+        )
     return pa.Table.from_pylist(rows, schema=MERGED_SCHEMA)
 
 
 def annotator_stats(samples: pa.Table, truth_agree: dict[str, bool] | None = None) -> dict[str, dict]:
     """Per annotator: slot-1 rate, position-flip rate (content verdict changes when the order flips),
-    abstention rate, and accuracy of its majority verdict when ``truth_agree`` (pair_id → stored label correct) is given."""
+    abstention rate, and accuracy of its majority verdict when ``truth_agree``
+    (pair_id → stored label correct) is given."""
     by: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in samples.to_pylist():
         by[r["annotator"]][r["pair_id"]].append(r)
@@ -250,25 +320,28 @@ def annotator_stats(samples: pa.Table, truth_agree: dict[str, bool] | None = Non
             "position_flip_rate": flips / both if both else None,
         }
         if truth_agree:
-            graded = [(majority(sum(r["verdict"] == "agree" for r in rows), sum(r["verdict"] == "disagree" for r in rows)), truth_agree[pid])
-                      for pid, rows in pairs.items() if pid in truth_agree]
+            graded = [
+                (
+                    majority(
+                        sum(r["verdict"] == "agree" for r in rows), sum(r["verdict"] == "disagree" for r in rows)
+                    ),
+                    truth_agree[pid],
+                )
+                for pid, rows in pairs.items()
+                if pid in truth_agree
+            ]
             decided_g = [(v, t) for v, t in graded if v != "abstain"]
             stats["accuracy"] = sum((v == "agree") == t for v, t in decided_g) / len(decided_g) if decided_g else None
-            stats["sample_accuracy"] = (sum((r["verdict"] == "agree") == truth_agree[r["pair_id"]] for r in decided if r["pair_id"] in truth_agree)
-                                        / max(1, sum(r["pair_id"] in truth_agree for r in decided)))
+            stats["sample_accuracy"] = sum(
+                (r["verdict"] == "agree") == truth_agree[r["pair_id"]] for r in decided if r["pair_id"] in truth_agree
+            ) / max(1, sum(r["pair_id"] in truth_agree for r in decided))
         out[name] = stats
     return out
 
 
-def merged_accuracy(merged: pa.Table, truth_agree: dict[str, bool]) -> dict:
-    rows = [r for r in merged.select(["pair_id", "verdict"]).to_pylist() if r["pair_id"] in truth_agree]
-    decided = [r for r in rows if r["verdict"] != "abstain"]
-    correct = sum((r["verdict"] == "agree") == truth_agree[r["pair_id"]] for r in decided)
-    return {"pairs": len(rows), "decided": len(decided), "accuracy": correct / len(decided) if decided else None,
-            "coverage": len(decided) / len(rows) if rows else None}
-
-
-def few_shot_examples(pairs: list[dict], gold: list[dict], max_examples: int, cache_uri: PathLike | None = None) -> dict[str, list[dict]]:
+def few_shot_examples(
+    pairs: list[dict], gold: list[dict], max_examples: int, cache_uri: PathLike | None = None
+) -> dict[str, list[dict]]:
     """The most similar gold pairs of each target pair, by (conversation, attributes) embeddings."""
     from .adaptive_retrieval import embed_rows, nearest_examples
 
@@ -278,16 +351,19 @@ def few_shot_examples(pairs: list[dict], gold: list[dict], max_examples: int, ca
     return nearest_examples(embed_rows(pairs), [p["pair_id"] for p in pairs], gold, gold_vecs, max_examples)
 
 
-def annotate_pairs(pairs: list[dict], gold: list[dict], annotators: list[AnnotatorConfig], cache_dir: PathLike | None,
-                   settings: AnnotateSettings = AnnotateSettings(), accuracy: dict[str, float] | None = None) -> tuple[pa.Table, pa.Table, dict]:
+def annotate_pairs(
+    pairs: list[dict],
+    gold: list[dict],
+    annotators: list[AnnotatorConfig],
+    cache_dir: PathLike | None,
+    settings: AnnotateSettings = AnnotateSettings(),
+    accuracy: dict[str, float] | None = None,
+) -> tuple[pa.Table, pa.Table, dict]:
     """The whole layer in one call: examples → every annotator's samples → merged verdicts, usage."""
     examples = few_shot_examples(pairs, gold, settings.max_examples)
-    n = len(annotators)
     tables, usage = [], {}
-    for a in annotators:  # the budget is split evenly across annotators
-        budget = Budget(settings.budget_usd / n if settings.budget_usd is not None else None,
-                        settings.budget_tokens // n if settings.budget_tokens is not None else None)
-        t, u = judge(pairs, examples, a, cache_dir, settings, budget)
+    for a in annotators:
+        t, u = judge(pairs, examples, settings.for_annotator(a), cache_dir, settings, settings.budget(len(annotators)))
         tables.append(t)
         usage.update(u)
     samples = pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()

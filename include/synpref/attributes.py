@@ -3,6 +3,7 @@
 The answer must be one JSON object valid against ``schema.Attributes``; an invalid answer gets
 one retry (a new sample), then the pair is marked ``attributes_missing`` and continues.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ _OBJECT = re.compile(r"\{.*\}", re.S)
 
 
 def attribute_messages(pair: dict) -> tuple[tuple[str, str], ...]:
-    user = _jinja("attributes_user.jinja").render(conversation_text=prompt_text(pair["conversation"]), response_a=pair["chosen"], response_b=pair["rejected"])
+    user = _jinja("attributes_user.jinja").render(
+        conversation_text=prompt_text(pair["conversation"]), response_a=pair["chosen"], response_b=pair["rejected"]
+    )
     return (("system", template("attributes_system.txt").strip()), ("user", user))
 
 
@@ -36,8 +39,13 @@ def parse_attributes(text: str | None) -> dict | None:
         return None
 
 
-def generate_attributes(pairs: list[dict], annotator: AnnotatorConfig, cache_dir: PathLike | None, seed: int = 0,
-                        budget: Budget | None = None) -> tuple[pa.Table, dict]:
+def generate_attributes(
+    pairs: list[dict],
+    annotator: AnnotatorConfig,
+    cache_dir: PathLike | None,
+    seed: int = 0,
+    budget: Budget | None = None,
+) -> tuple[pa.Table, dict]:
     """Fill missing attributes; rows that already have them are kept as they are (status ``present``)."""
     todo = [p for p in pairs if not has_attributes(p)]
     result: dict[str, dict | None] = {}
@@ -46,7 +54,12 @@ def generate_attributes(pairs: list[dict], annotator: AnnotatorConfig, cache_dir
         pending = [p for p in todo if result.get(p["pair_id"]) is None]
         if not pending:
             break
-        reqs = [Request(p["pair_id"], attribute_messages(p), attempt, request_seed(p["pair_id"], "attributes", attempt, seed)) for p in pending]
+        reqs = [
+            Request(
+                p["pair_id"], attribute_messages(p), attempt, request_seed(p["pair_id"], "attributes", attempt, seed)
+            )
+            for p in pending
+        ]
         cfg = annotator.model_copy(update={"temperature": 0.0 if attempt == 0 else 0.7})
         responses, usage = run_requests(cfg, reqs, cache_dir, budget)
         for k, v in usage.as_dict().items():

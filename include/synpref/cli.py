@@ -1,4 +1,5 @@
 """``synpref`` command line: every pipeline step runnable by hand, on the same storage layout as the DAGs."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,9 @@ import json
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
+
+from .settings import from_flat, specs
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -22,11 +25,13 @@ def _print(obj: object) -> None:
 
 @command
 def cmd_prepare(a: argparse.Namespace) -> int:
-    from .preprocess import PrepareConfig, prepare
+    from .layout import PoolLayout
+    from .preprocess import prepare
     from .readers import input_files
+    from .settings import PrepareConfig
 
     files = [f for uri in a.input for f in input_files(uri)]
-    manifest = prepare(files, a.out, a.benchmark, PrepareConfig(shard_size=a.shard_size))
+    manifest = prepare(files, PoolLayout(a.out), a.benchmark, from_flat(PrepareConfig, vars(a)))
     _print({"pool": a.out, **manifest["counts"], "shards": len(manifest["shards"])})
     return 0
 
@@ -51,26 +56,36 @@ def _read_rows(uris: list[str]) -> list[dict]:
         for f in input_files(uri):
             res = read_pairs(f)
             if res.quarantine:
-                print(f"warning: {len(res.quarantine)} invalid record(s) in {f} skipped: {res.quarantine[0]['reason']}", file=sys.stderr)
+                print(
+                    f"warning: {len(res.quarantine)} invalid record(s) in {f} skipped: {res.quarantine[0]['reason']}",
+                    file=sys.stderr,
+                )
             rows.extend(r.model_dump() for r in res.records)
     return rows
 
 
 @command
 def cmd_annotate(a: argparse.Namespace) -> int:
-    from .annotation import AnnotateSettings, annotate_pairs, annotator_stats, merged_accuracy, status_counts
+    from .annotation import annotate_pairs, annotator_stats, status_counts
+    from .evaluation import merged_accuracy, truth_agree
     from .llm_client import load_annotators
+    from .settings import AnnotateSettings
     from .storage import as_path, read_parquet, write_json, write_parquet
-    from .synthetic import truth_agree
 
     pairs, gold = _read_rows([a.pairs]), (_read_rows([a.gold]) if a.gold else [])
     annotators = load_annotators(a.annotators)
     out = as_path(a.out)
-    settings = AnnotateSettings(seed=a.seed, max_examples=a.max_examples, merge_policy=a.merge_policy, budget_usd=a.budget_usd)
+    settings = from_flat(AnnotateSettings, vars(a))
     merged, samples, usage = annotate_pairs(pairs, gold, annotators, a.cache or out / "llm_cache", settings)
-    summary = {"pairs": len(pairs), "gold_examples_available": len(gold), "annotators": [x.model_dump() for x in annotators],
-               "usage": usage, "counts": status_counts(merged), "merge_policy": a.merge_policy,
-               "mean_agreement": sum(merged.column("agreement").to_pylist()) / max(1, merged.num_rows)}
+    summary = {
+        "pairs": len(pairs),
+        "gold_examples_available": len(gold),
+        "annotators": [x.model_dump() for x in annotators],
+        "usage": usage,
+        "counts": status_counts(merged),
+        "merge_policy": a.merge_policy,
+        "mean_agreement": sum(merged.column("agreement").to_pylist()) / max(1, merged.num_rows),
+    }
     if a.truth:
         agree = truth_agree(pairs, read_parquet(a.truth))
         summary["annotator_stats"] = annotator_stats(samples, agree)
@@ -93,28 +108,23 @@ def cmd_simulate_annotators(a: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO)
     profiles = {name: JudgeProfile.parse(spec) for name, spec in (m.split("=", 1) for m in a.model)}
-    server = SimulatedJudgeServer(load_truth(*a.truth), profiles, os.environ.get(a.api_key_env) if a.api_key_env else None, a.host, a.port)
+    server = SimulatedJudgeServer(
+        load_truth(*a.truth), profiles, os.environ.get(a.api_key_env) if a.api_key_env else None, a.host, a.port
+    )
     print(f"{SIMULATION_BANNER}\nserving {sorted(profiles)} at http://{a.host}:{a.port}/v1", flush=True)
     server.serve_forever()
     return 0
 
 
-def _stage1_config(a: argparse.Namespace):
-    from .reward_model import RMConfig
-    from .stage1 import Stage1Config
-
-    rm = RMConfig(mode=a.rm_mode, backbone=a.rm_backbone, max_length=a.rm_max_length, epochs=a.rm_epochs, learning_rate=a.rm_lr, seed=a.seed)
-    return Stage1Config(k_max=a.k_max, samples=a.samples, merge_policy=a.merge_policy, max_examples=a.max_examples, best_rm=rm, gold_rm=rm,
-                        budget_usd=a.budget_usd, seed=a.seed, spot_check=a.spot_check)
-
-
 @command
 def cmd_stage1(a: argparse.Namespace) -> int:
     from .llm_client import load_annotators
+    from .settings import Stage1Config
     from .stage1 import run_round
 
     annotators = load_annotators(a.annotators) if a.annotators else []
-    manifest = run_round(a.root, a.date, annotators, _stage1_config(a), inbox=a.inbox, params=vars(a))
+    cfg = from_flat(Stage1Config, vars(a))
+    manifest = run_round(a.root, a.date, annotators, cfg, inbox=a.inbox, params=vars(a))
     _print({"round": a.date, **manifest["summary"]})
     return 0
 
@@ -124,21 +134,33 @@ def cmd_simulate_humans(a: argparse.Namespace) -> int:
     from .simulated import simulate_human_review
 
     counts = simulate_human_review(a.queue, a.truth, a.out, a.accuracy, a.seed)
-    print("SIMULATED human verifier (synpref.simulated) answered the review queue from the hidden truth", file=sys.stderr)
+    print(
+        "SIMULATED human verifier (synpref.simulated) answered the review queue from the hidden truth", file=sys.stderr
+    )
     _print({"export": a.out, **counts})
     return 0
 
 
 @command
 def cmd_stage2(a: argparse.Namespace) -> int:
+    from .evaluation import accuracy_report
     from .llm_client import load_annotators
-    from .stage2 import Stage2Config, accuracy_report, run_stage2
+    from .settings import Stage2Config
+    from .stage2 import run_stage2
     from .storage import read_parquet
 
-    cfg = Stage2Config(band=a.band, recycle_policy=a.recycle_policy, shard_size=a.shard_size, samples=a.samples, merge_policy=a.merge_policy,
-                       max_examples=a.max_examples, budget_usd=a.budget_usd, seed=a.seed)
+    cfg = from_flat(Stage2Config, vars(a))
     annotators = load_annotators(a.annotators) if a.annotators else []
-    manifest = run_stage2(a.root, a.out, a.input, annotators, a.round, cfg, a.benchmark, params={k: v for k, v in vars(a).items() if k != "func"})
+    manifest = run_stage2(
+        a.root,
+        a.out,
+        a.input,
+        annotators,
+        a.round,
+        cfg,
+        a.benchmark,
+        params={k: v for k, v in vars(a).items() if k != "func"},
+    )
     report = {"out": a.out, "round": manifest["round"], **manifest["counts"]}
     if a.truth:
         report["label_accuracy_vs_truth"] = accuracy_report(a.out, read_parquet(a.truth))
@@ -161,30 +183,44 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_common_round_flags(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--annotators", default=None, help="YAML/JSON annotator list (see `synpref annotate --help`)")
-    s.add_argument("--k-max", type=int, default=8)
-    s.add_argument("--samples", type=int, default=None, help="self-consistency samples per annotator (overrides the config)")
-    s.add_argument("--merge-policy", default="majority", choices=["majority", "unanimous", "weighted"])
-    s.add_argument("--max-examples", type=int, default=8)
-    s.add_argument("--rm-mode", default="full", choices=["full", "frozen"])
-    s.add_argument("--rm-backbone", default="", help="HF sequence-classification checkpoint (default: packaged all-MiniLM-L6-v2)")
-    s.add_argument("--rm-max-length", type=int, default=256)
-    s.add_argument("--rm-epochs", type=int, default=1)
-    s.add_argument("--rm-lr", type=float, default=3e-5)
-    s.add_argument("--budget-usd", type=float, default=None)
-    s.add_argument("--seed", type=int, default=0)
+_PY_TYPES = {"integer": int, "number": float, "string": str}
+
+
+def add_settings(parser: argparse.ArgumentParser, model: type) -> None:
+    """One flag per exposed setting of a config model: ``--k-max``, ``--rm-lr``, ... (see ``synpref.settings``)."""
+    for spec in specs(model):
+        help_text = spec.title + (f": {spec.description}" if spec.description else "")
+        kw: dict = {"dest": spec.name, "default": spec.default, "help": help_text.replace("%", "%%")}
+        if spec.kind == "boolean":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _PY_TYPES[spec.kind]
+        if spec.enum:
+            kw["choices"] = list(spec.enum)
+        parser.add_argument("--" + spec.name.replace("_", "-"), **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="synpref", description="SynPref preference-data curation (Skywork-Reward-V2) — run steps by hand.")
+    from .settings import AnnotateSettings, PrepareConfig, Stage1Config, Stage2Config, Stage2Source
+
+    p = argparse.ArgumentParser(
+        prog="synpref", description="SynPref preference-data curation (Skywork-Reward-V2) — run steps by hand."
+    )
     sp = p.add_subparsers(dest="command", required=True)
 
     s = sp.add_parser("prepare", help="raw pairs → quarantine, dedup, decontamination → unverified pool shards")
-    s.add_argument("--input", action="append", required=True, help="file or directory URI (repeatable); jsonl/json/parquet/csv")
-    s.add_argument("--out", required=True, help="pool directory URI, e.g. file:///data/root/pool or s3://bucket/root/pool")
-    s.add_argument("--benchmark", default=None, help="benchmark prompts (.txt one per line, or JSONL with 'prompt') for 13-gram decontamination")
-    s.add_argument("--shard-size", type=int, default=20_000)
+    s.add_argument(
+        "--input", action="append", required=True, help="file or directory URI (repeatable); jsonl/json/parquet/csv"
+    )
+    s.add_argument(
+        "--out", required=True, help="pool directory URI, e.g. file:///data/root/pool or s3://bucket/root/pool"
+    )
+    s.add_argument(
+        "--benchmark",
+        default=None,
+        help="benchmark prompts (.txt one per line, or JSONL with 'prompt') for 13-gram decontamination",
+    )
+    add_settings(s, PrepareConfig)
 
     s = sp.add_parser("synth", help="generate synthetic objective preference pairs with a separate hidden-truth table")
     s.add_argument("--n", type=int, default=1000)
@@ -195,57 +231,80 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output Parquet URI")
     s.add_argument("--truth", required=True, help="hidden-truth Parquet URI (keep it out of the input directory)")
 
-    s = sp.add_parser("annotate", help="preference-aware LLM annotation of pairs (few-shot gold examples, self-consistency, merge)")
+    s = sp.add_parser(
+        "annotate", help="preference-aware LLM annotation of pairs (few-shot gold examples, self-consistency, merge)"
+    )
     s.add_argument("--pairs", required=True, help="pairs to judge (any format the readers take)")
     s.add_argument("--gold", default=None, help="human-verified gold pairs with the 5 attributes (few-shot examples)")
-    s.add_argument("--annotators", required=True, help="YAML/JSON list of annotators: name, base_url, model, api_key_env, samples, ...")
+    s.add_argument(
+        "--annotators",
+        required=True,
+        help="YAML/JSON list of annotators: name, base_url, model, api_key_env, samples, ...",
+    )
     s.add_argument("--out", required=True, help="output directory: verdicts.parquet, samples.parquet, summary.json")
     s.add_argument("--cache", default=None, help="LLM response cache directory (default <out>/llm_cache)")
     s.add_argument("--truth", default=None, help="hidden truth (synthetic data) to report accuracies")
-    s.add_argument("--merge-policy", default="majority", choices=["majority", "unanimous", "weighted"])
-    s.add_argument("--max-examples", type=int, default=8)
-    s.add_argument("--budget-usd", type=float, default=None)
-    s.add_argument("--seed", type=int, default=0)
+    add_settings(s, AnnotateSettings)
 
-    s = sp.add_parser("stage1", help="run one stage-1 curation round (intake → RMs → retrieval → annotation → silver/review queue)")
-    s.add_argument("--root", required=True, help="storage root: pool under <root>/pool/, verifications under <root>/inbox/<date>/")
+    s = sp.add_parser(
+        "stage1", help="run one stage-1 curation round (intake → RMs → retrieval → annotation → silver/review queue)"
+    )
+    s.add_argument(
+        "--root", required=True, help="storage root: pool under <root>/pool/, verifications under <root>/inbox/<date>/"
+    )
     s.add_argument("--date", required=True, help="the round's date, YYYY-MM-DD")
     s.add_argument("--inbox", default=None, help="override the inbox directory (default <root>/inbox/<date>/)")
-    s.add_argument("--spot-check", type=int, default=20, help="new silver pairs also queued for human spot-checks")
-    _add_common_round_flags(s)
+    s.add_argument("--annotators", default=None, help="YAML/JSON annotator list (see `synpref annotate --help`)")
+    add_settings(s, Stage1Config)
 
-    s = sp.add_parser("stage2", help="stage 2: dual-RM consistency filtering, LLM re-annotation, recycling → curated dataset")
-    s.add_argument("--root", required=True, help="storage root holding the stage-1 rounds (rounds/<date>/) and the LLM cache")
-    s.add_argument("--input", required=True, help="raw pairs (file/dir, any reader format) or an existing pool directory")
-    s.add_argument("--out", required=True, help="output directory: kept/ recycled/ dropped/ quarantined.parquet README.md manifest.json")
-    s.add_argument("--round", default="latest", help="stage-1 round supplying the best RM and gold RM")
-    s.add_argument("--annotators", default=None, help="YAML/JSON annotator list; without it no LLM re-annotation happens")
-    s.add_argument("--band", type=float, default=0.0, help="p_best within (0.5, 0.5+band] also goes to the LLM judges")
-    s.add_argument("--recycle-policy", default="both_rms_reject", choices=["both_rms_reject", "all_discarded"])
-    s.add_argument("--shard-size", type=int, default=20_000)
-    s.add_argument("--samples", type=int, default=None)
-    s.add_argument("--merge-policy", default="majority", choices=["majority", "unanimous", "weighted"])
-    s.add_argument("--max-examples", type=int, default=8)
-    s.add_argument("--budget-usd", type=float, default=None)
+    s = sp.add_parser(
+        "stage2", help="stage 2: dual-RM consistency filtering, LLM re-annotation, recycling → curated dataset"
+    )
+    s.add_argument(
+        "--root", required=True, help="storage root holding the stage-1 rounds (rounds/<date>/) and the LLM cache"
+    )
+    s.add_argument(
+        "--input", required=True, help="raw pairs (file/dir, any reader format) or an existing pool directory"
+    )
+    s.add_argument(
+        "--out",
+        required=True,
+        help="output directory: kept/ recycled/ dropped/ quarantined.parquet README.md manifest.json",
+    )
+    s.add_argument(
+        "--annotators", default=None, help="YAML/JSON annotator list; without it no LLM re-annotation happens"
+    )
     s.add_argument("--benchmark", default=None, help="benchmark prompts for decontamination")
-    s.add_argument("--truth", default=None, help="synthetic hidden truth: report label accuracy of input/kept/recycled")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--truth", default=None, help="synthetic hidden truth: report label accuracy of input/kept/recycled"
+    )
+    add_settings(s, Stage2Source)
+    add_settings(s, Stage2Config)
 
-    s = sp.add_parser("report", help="per-round stage-1 numbers and the stage-2 funnel (accuracies when a synthetic truth is given)")
+    s = sp.add_parser(
+        "report", help="per-round stage-1 numbers and the stage-2 funnel (accuracies when a synthetic truth is given)"
+    )
     s.add_argument("--root", required=True)
     s.add_argument("--stage2", default=None, help="a stage-2 output directory")
     s.add_argument("--truth", action="append", default=[], help="synthetic truth Parquet (repeatable)")
 
-    s = sp.add_parser("simulate-humans", help="SIMULATED human verifier: answer a review queue from the truth → Label Studio export")
+    s = sp.add_parser(
+        "simulate-humans", help="SIMULATED human verifier: answer a review queue from the truth → Label Studio export"
+    )
     s.add_argument("--queue", required=True, help="rounds/<r>/review_queue/tasks.json")
     s.add_argument("--truth", action="append", required=True)
     s.add_argument("--out", required=True, help="export path, e.g. <root>/inbox/<next date>/labelstudio.json")
     s.add_argument("--accuracy", type=float, default=0.97)
     s.add_argument("--seed", type=int, default=0)
 
-    s = sp.add_parser("simulate-annotators", help="serve SIMULATED OpenAI-compatible judges from a synthetic truth (offline demo/tests)")
+    s = sp.add_parser(
+        "simulate-annotators",
+        help="serve SIMULATED OpenAI-compatible judges from a synthetic truth (offline demo/tests)",
+    )
     s.add_argument("--truth", action="append", required=True, help="truth Parquet (repeatable)")
-    s.add_argument("--model", action="append", required=True, help="NAME=accuracy[,position_bias[,fault_rate]] (repeatable)")
+    s.add_argument(
+        "--model", action="append", required=True, help="NAME=accuracy[,position_bias[,fault_rate]] (repeatable)"
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8900)
     s.add_argument("--api-key-env", default=None, help="require this env var's value as the bearer key")

@@ -6,6 +6,7 @@ and ``human_label`` ∈ {chosen, rejected, undecidable}. ``chosen``: the stored 
 better; ``rejected``: it is worse (the pair is flipped); ``undecidable``: discarded, reason kept.
 A later verdict on the same pair supersedes an earlier one; the history keeps every verdict.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,13 @@ from .schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, QUARANTINE_SCHEMA, flip
 from .storage import PathLike, as_path
 
 HUMAN_LABELS = ("chosen", "rejected", "undecidable")
-HISTORY_SCHEMA = PAIR_SCHEMA.append(pa.field("human_label", pa.string())).append(pa.field("annotator", pa.string())) \
-    .append(pa.field("verified_at", pa.string())).append(pa.field("inbox_file", pa.string())).append(pa.field("seq", pa.int64()))
+HISTORY_SCHEMA = (
+    PAIR_SCHEMA.append(pa.field("human_label", pa.string()))
+    .append(pa.field("annotator", pa.string()))
+    .append(pa.field("verified_at", pa.string()))
+    .append(pa.field("inbox_file", pa.string()))
+    .append(pa.field("seq", pa.int64()))
+)
 DISCARDED_SCHEMA = HISTORY_SCHEMA.append(pa.field("reason", pa.string()))
 
 
@@ -77,7 +83,9 @@ def _verification(raw: dict, inbox_file: str, seq: int) -> dict:
     if label not in HUMAN_LABELS:
         raise RecordError(f"human_label must be one of {HUMAN_LABELS}, got {label!r}")
     given_id = raw.get("pair_id")
-    rec = normalize({k: v for k, v in raw.items() if k not in ("human_label", "annotator", "verified_at", "pair_id")}, "inbox")
+    rec = normalize(
+        {k: v for k, v in raw.items() if k not in ("human_label", "annotator", "verified_at", "pair_id")}, "inbox"
+    )
     if given_id and given_id != rec.pair_id:
         raise RecordError(f"pair_id {given_id} does not match the pair's content ({rec.pair_id})")
     if label != "undecidable":
@@ -85,8 +93,15 @@ def _verification(raw: dict, inbox_file: str, seq: int) -> dict:
         if missing:
             raise RecordError(f"verified pair lacks preference attributes: {', '.join(missing)}")
     row = rec.model_dump()
-    return {**row, "provenance": "human", "human_label": label, "annotator": str(raw.get("annotator") or ""),
-            "verified_at": str(raw.get("verified_at") or ""), "inbox_file": inbox_file, "seq": seq}
+    return {
+        **row,
+        "provenance": "human",
+        "human_label": label,
+        "annotator": str(raw.get("annotator") or ""),
+        "verified_at": str(raw.get("verified_at") or ""),
+        "inbox_file": inbox_file,
+        "seq": seq,
+    }
 
 
 def read_inbox(inbox: PathLike) -> Intake:
@@ -95,7 +110,11 @@ def read_inbox(inbox: PathLike) -> Intake:
     if not as_path(inbox).exists():
         return Intake([], [])
     for f in input_files(inbox):
-        is_ls = f.endswith(".json") and as_path(f).read_text().lstrip().startswith("[") and '"annotations"' in as_path(f).read_text()
+        is_ls = (
+            f.endswith(".json")
+            and as_path(f).read_text().lstrip().startswith("[")
+            and '"annotations"' in as_path(f).read_text()
+        )
         for index, raw, error in iter_raw(f):
             if error:
                 quarantine.append(quarantine_row(f, index, error, raw))
@@ -148,8 +167,19 @@ def build_gold(history: list[dict], validation_fraction: float = 0.2) -> dict[st
 
 def seed_history(seed_gold: list[dict]) -> list[dict]:
     """Seed gold pairs (already human-verified) as history rows of round ``0000-seed``."""
-    return [{**{k: r.get(k) for k in PAIR_SCHEMA.names}, "provenance": "human", "round": "0000-seed", "human_label": "chosen",
-             "annotator": "seed", "verified_at": "", "inbox_file": "seed", "seq": i} for i, r in enumerate(seed_gold)]
+    return [
+        {
+            **{k: r.get(k) for k in PAIR_SCHEMA.names},
+            "provenance": "human",
+            "round": "0000-seed",
+            "human_label": "chosen",
+            "annotator": "seed",
+            "verified_at": "",
+            "inbox_file": "seed",
+            "seq": i,
+        }
+        for i, r in enumerate(seed_gold)
+    ]
 
 
 def tables(parts: dict[str, list[dict]], history: list[dict], quarantine: list[dict]) -> dict[str, pa.Table]:
@@ -162,10 +192,22 @@ def tables(parts: dict[str, list[dict]], history: list[dict], quarantine: list[d
 
 def label_studio_tasks(rows: list[dict]) -> list[dict]:
     """Review-queue rows → Label Studio import tasks (data fields match labelstudio/pairwise.xml)."""
-    return [{"id": i + 1, "data": {"pair_id": r["pair_id"], "conversation": r["conversation"], "response_chosen": r["chosen"],
-                                   "response_rejected": r["rejected"], "flipped": bool(r.get("flipped")), "source": r.get("source"),
-                                   **{f: r.get(f) for f in ATTRIBUTE_FIELDS}, "queue_reason": r.get("queue_reason")}}
-            for i, r in enumerate(rows)]
+    return [
+        {
+            "id": i + 1,
+            "data": {
+                "pair_id": r["pair_id"],
+                "conversation": r["conversation"],
+                "response_chosen": r["chosen"],
+                "response_rejected": r["rejected"],
+                "flipped": bool(r.get("flipped")),
+                "source": r.get("source"),
+                **{f: r.get(f) for f in ATTRIBUTE_FIELDS},
+                "queue_reason": r.get("queue_reason"),
+            },
+        }
+        for i, r in enumerate(rows)
+    ]
 
 
 def dumps_tasks(rows: list[dict]) -> str:

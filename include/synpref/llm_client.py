@@ -4,6 +4,7 @@ errors), a response cache in object storage, token/cost accounting and a budget 
 
 The library takes plain ``AnnotatorConfig`` objects; only the DAG layer reads Airflow connections.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +33,7 @@ class AnnotatorConfig(BaseModel):
     name: str
     base_url: str
     model: str
+    backend: str = Field(default="openai", exclude_if=lambda v: v == "openai")  # a key of BACKENDS
     api_key_env: str | None = None
     api_key: str | None = Field(default=None, exclude=True, repr=False)
     samples: int = Field(default=3, ge=1)
@@ -50,7 +53,9 @@ class AnnotatorConfig(BaseModel):
             key = os.environ.get(self.api_key_env)
             if key:
                 return key
-            raise AnnotatorError(f"annotator '{self.name}': environment variable {self.api_key_env} (its API key) is not set")
+            raise AnnotatorError(
+                f"annotator '{self.name}': environment variable {self.api_key_env} (its API key) is not set"
+            )
         return "no-key"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -79,7 +84,9 @@ class Budget:
     spent_tokens: int = 0
 
     def exhausted(self) -> bool:
-        return (self.usd is not None and self.spent_usd >= self.usd) or (self.tokens is not None and self.spent_tokens >= self.tokens)
+        return (self.usd is not None and self.spent_usd >= self.usd) or (
+            self.tokens is not None and self.spent_tokens >= self.tokens
+        )
 
 
 @dataclass
@@ -104,7 +111,11 @@ class Usage:
 
     def work_dict(self) -> dict[str, Any]:
         """Cache-invariant figures (tokens and cost of the annotations, fresh or cached): safe in artifacts."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6)}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,9 @@ class Response:
     error: str | None = None
 
 
-def cache_key(model: str, messages: tuple[tuple[str, str], ...], temperature: float, max_tokens: int, sample: int, seed: int) -> str:
+def cache_key(
+    model: str, messages: tuple[tuple[str, str], ...], temperature: float, max_tokens: int, sample: int, seed: int
+) -> str:
     blob = json.dumps([model, messages, temperature, max_tokens, sample, seed], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -165,21 +178,127 @@ class _RateLimiter:
             await asyncio.sleep(delay)
 
 
-async def _run_async(cfg: AnnotatorConfig, requests: list[Request], cache: ResponseCache, budget: Budget, usage: Usage) -> list[Response]:
-    import openai
+# --- judge backends: one async ``complete`` each; cache, budget, rate limit, retries and accounting wrap them ---
 
-    client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.resolved_key(), max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion, as a backend receives it."""
+
+    model: str
+    messages: tuple[tuple[str, str], ...]
+    temperature: float
+    max_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class BackendError(RuntimeError):
+    """A request that failed: ``kind`` is recorded as the sample's reason; ``retryable`` asks the wrapper to retry."""
+
+    def __init__(self, kind: str, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.kind, self.retryable = kind, retryable
+
+
+class JudgeBackend(Protocol):
+    """An LLM endpoint. Raise ``AnnotatorError`` for misconfiguration (fails the task), ``BackendError`` otherwise."""
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, ...) via the ``openai`` client, its retries."""
+
+    def __init__(self, cfg: AnnotatorConfig) -> None:
+        import openai
+
+        self.cfg, self.openai = cfg, openai
+        self.client = openai.AsyncOpenAI(
+            base_url=cfg.base_url, api_key=cfg.resolved_key(), max_retries=cfg.max_retries, timeout=cfg.timeout_s
+        )
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        openai, cfg = self.openai, self.cfg
+        try:
+            out = await self.client.chat.completions.create(
+                model=request.model,
+                messages=[{"role": r, "content": c} for r, c in request.messages],
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+                seed=request.seed,
+            )
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+            raise AnnotatorError(
+                f"annotator '{cfg.name}' (base_url {cfg.base_url}, model {cfg.model}) is misconfigured: "
+                f"HTTP {e.status_code} {type(e).__name__} — check the URL, model name and API key of its connection"
+            ) from None
+        except openai.APIConnectionError as e:  # already retried by the client
+            raise BackendError(type(e).__name__, f"{type(e).__name__}: cannot reach {cfg.base_url}") from None
+        except openai.APIError as e:
+            raise BackendError(type(e).__name__, f"{type(e).__name__}: {getattr(e, 'status_code', '')}") from None
+        text = out.choices[0].message.content if out.choices else None
+        pt = out.usage.prompt_tokens if out.usage else 0
+        ct = out.usage.completion_tokens if out.usage else 0
+        return Completion(text, pt, ct)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+BACKENDS: dict[str, Callable[[AnnotatorConfig], JudgeBackend]] = {"openai": OpenAIBackend}
+
+
+def register_backend(name: str, factory: Callable[[AnnotatorConfig], JudgeBackend]) -> None:
+    """Make ``backend: <name>`` usable in annotator configs (connections' extra, YAML)."""
+    BACKENDS[name] = factory
+
+
+def make_backend(cfg: AnnotatorConfig) -> JudgeBackend:
+    if cfg.backend not in BACKENDS:
+        raise AnnotatorError(f"annotator '{cfg.name}': unknown backend {cfg.backend!r} (known: {sorted(BACKENDS)})")
+    return BACKENDS[cfg.backend](cfg)
+
+
+async def _complete_with_retries(backend: JudgeBackend, request: ChatRequest, max_retries: int) -> Completion:
+    for attempt in range(max_retries + 1):
+        try:
+            return await backend.complete(request)
+        except BackendError as e:
+            if not e.retryable or attempt == max_retries:
+                raise
+            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+async def _run_async(
+    cfg: AnnotatorConfig, requests: list[Request], cache: ResponseCache, budget: Budget, usage: Usage
+) -> list[Response]:
+    backend = make_backend(cfg)
     sem = asyncio.Semaphore(cfg.max_concurrency)
     limiter = _RateLimiter(cfg.requests_per_minute)
+
+    def account(pt: int, ct: int) -> float:
+        cost = cfg.cost(pt, ct)
+        usage.prompt_tokens += pt
+        usage.completion_tokens += ct
+        usage.cost_usd += cost
+        return cost
 
     async def one(req: Request) -> Response:
         h = cache_key(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.sample, req.seed)
         hit = cache.get(h)
         if hit is not None:
             usage.cache_hits += 1
-            usage.prompt_tokens += hit.get("prompt_tokens", 0)
-            usage.completion_tokens += hit.get("completion_tokens", 0)
-            usage.cost_usd += cfg.cost(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
+            account(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
             return Response(req.key, hit["text"], "ok")
         async with sem:
             if budget.exhausted():
@@ -187,47 +306,35 @@ async def _run_async(cfg: AnnotatorConfig, requests: list[Request], cache: Respo
                 return Response(req.key, None, "budget")
             await limiter.wait()
             usage.requests += 1
+            chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed)
             try:
-                out = await client.chat.completions.create(
-                    model=cfg.model,
-                    messages=[{"role": r, "content": c} for r, c in req.messages],
-                    temperature=cfg.temperature,
-                    max_tokens=cfg.max_tokens,
-                    seed=req.seed,
-                )
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                raise AnnotatorError(
-                    f"annotator '{cfg.name}' (base_url {cfg.base_url}, model {cfg.model}) is misconfigured: "
-                    f"HTTP {e.status_code} {type(e).__name__} — check the URL, model name and API key of its connection"
-                ) from None
-            except openai.APIConnectionError as e:
+                out = await _complete_with_retries(backend, chat, cfg.max_retries)
+            except BackendError as e:
                 usage.errors += 1
-                usage.error_messages.append(f"{type(e).__name__}: cannot reach {cfg.base_url}")
-                return Response(req.key, None, "error", f"{type(e).__name__}")
-            except openai.APIError as e:
-                usage.errors += 1
-                usage.error_messages.append(f"{type(e).__name__}: {getattr(e, 'status_code', '')}")
-                return Response(req.key, None, "error", type(e).__name__)
-        text = out.choices[0].message.content if out.choices else None
-        pt = out.usage.prompt_tokens if out.usage else 0
-        ct = out.usage.completion_tokens if out.usage else 0
-        cost = cfg.cost(pt, ct)
-        usage.prompt_tokens += pt
-        usage.completion_tokens += ct
-        usage.cost_usd += cost
+                usage.error_messages.append(str(e))
+                return Response(req.key, None, "error", e.kind)
+        cost = account(out.prompt_tokens, out.completion_tokens)
         usage.new_cost_usd += cost
         budget.spent_usd += cost
-        budget.spent_tokens += pt + ct
-        cache.put(h, {"model": cfg.model, "text": text, "prompt_tokens": pt, "completion_tokens": ct})
-        return Response(req.key, text, "ok")
+        budget.spent_tokens += out.prompt_tokens + out.completion_tokens
+        value = {
+            "model": cfg.model,
+            "text": out.text,
+            "prompt_tokens": out.prompt_tokens,
+            "completion_tokens": out.completion_tokens,
+        }
+        cache.put(h, value)
+        return Response(req.key, out.text, "ok")
 
     try:
         return list(await asyncio.gather(*(one(r) for r in requests)))
     finally:
-        await client.close()
+        await backend.aclose()
 
 
-def run_requests(cfg: AnnotatorConfig, requests: list[Request], cache_dir: PathLike | None, budget: Budget | None = None) -> tuple[list[Response], Usage]:
+def run_requests(
+    cfg: AnnotatorConfig, requests: list[Request], cache_dir: PathLike | None, budget: Budget | None = None
+) -> tuple[list[Response], Usage]:
     """Issue (or read from cache) every request of one annotator; order of results = order of requests."""
     usage = Usage()
     responses = asyncio.run(_run_async(cfg, requests, ResponseCache(cache_dir), budget or Budget(), usage))

@@ -1,25 +1,27 @@
 """Pre-processing (paper appendix C): structural check → quarantine, global de-duplication,
 13-gram decontamination against benchmark prompts, and sharding into the unverified pool.
 
-Two steps so the heavy part maps over input files:
-``normalize_file`` (one per input file) → ``finalize_pool`` (global dedup, decontam, shards).
+Two steps so the heavy part maps over input files: ``normalize_file`` (the structural check, one
+per input file) → ``finalize_pool``, which runs the rules of ``FILTERS`` top to bottom (global exact
+dedup, 13-gram decontamination; a new rule is one ``PairFilter`` class) and writes the shards.
 Invariant, checked in code: ``input = pool + duplicates + contaminated + quarantined``.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 
+from .layout import PoolLayout
 from .readers import read_pairs
 from .schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, records_to_table
-from .storage import PathLike, as_path, list_files, read_json, read_parquet, write_json, write_manifest, write_parquet
+from .settings import NGRAM, PrepareConfig
+from .storage import PathLike, as_path, list_files, read_json, read_parquet, write_json, write_parquet
 
-NGRAM = 13
 _WORD = re.compile(r"\w+", re.UNICODE)
 DROPPED_SCHEMA = PAIR_SCHEMA.append(pa.field("reason", pa.string()))
 
@@ -28,28 +30,34 @@ class ConservationError(RuntimeError):
     """Counts do not add up: a pair was lost or double-counted."""
 
 
-@dataclass(frozen=True)
-class PrepareConfig:
-    shard_size: int = 20_000
-    ngram: int = NGRAM
-
-
 def file_key(index: int, file_uri: str) -> str:
     """Deterministic per-input-file key used for staging paths."""
     digest = hashlib.sha256(file_uri.encode()).hexdigest()[:10]
     return f"{index:05d}-{digest}"
 
 
-def normalize_file(file_uri: str, index: int, staging: PathLike, source: str | None = None) -> dict:
-    """Read + validate one input file; write its valid records and its quarantine rows."""
-    staging = as_path(staging)
+def normalize_file(file_uri: str, index: int, pool: PoolLayout, source: str | None = None) -> dict:
+    """Structural check of one input file: its valid records and its quarantine rows (with reasons)."""
     key = file_key(index, file_uri)
     result = read_pairs(file_uri, source=source)
-    write_parquet(records_to_table(result.records), staging / f"{key}.pairs.parquet")
-    write_parquet(pa.Table.from_pylist(result.quarantine, schema=QUARANTINE_SCHEMA), staging / f"{key}.quarantine.parquet")
-    counts = {"file": file_uri, "key": key, "input": result.total, "valid": len(result.records), "quarantined": len(result.quarantine)}
-    write_json(counts, staging / f"{key}.counts.json")
+    write_parquet(records_to_table(result.records), pool.staged(key, "pairs.parquet"))
+    quarantine = pa.Table.from_pylist(result.quarantine, schema=QUARANTINE_SCHEMA)
+    write_parquet(quarantine, pool.staged(key, "quarantine.parquet"))
+    counts = {
+        "file": file_uri,
+        "key": key,
+        "input": result.total,
+        "valid": len(result.records),
+        "quarantined": len(result.quarantine),
+    }
+    write_json(counts, pool.staged(key, "counts.json"))
     return counts
+
+
+def clear_staging(pool: PoolLayout) -> None:
+    """Remove a previous run's per-file outputs (the listing task owns the staging directory)."""
+    for stale in list_files(pool.staging):
+        stale.unlink()
 
 
 def ngrams(text: str, n: int = NGRAM) -> set[int]:
@@ -99,69 +107,135 @@ class Decontaminator:
         return None
 
 
-def _staged(staging: PathLike) -> list[str]:
-    return [p.name[: -len(".counts.json")] for p in list_files(staging, (".counts.json",))]
+# --- pre-processing rules: each one class; a pool records one table and one count per rule ---------
 
 
-def finalize_pool(staging: PathLike, out_dir: PathLike, benchmark_uri: PathLike | None = None, config: PrepareConfig = PrepareConfig()) -> dict:
-    """Global dedup (first occurrence wins, in input-file order), decontamination, sharding.
+class PairFilter:
+    """A pre-processing rule over valid pairs, in input order: ``None`` keeps the pair, a string drops it.
 
-    Writes ``shard-XXXXX.parquet``, ``duplicates.parquet``, ``contaminated.parquet``,
-    ``quarantine.parquet`` and, last, ``manifest.json`` under ``out_dir``.
+    ``name`` is the rule's table (``<pool>/<name>.parquet``) and count in the pool manifest;
+    ``decision`` is the recorded state of the pairs it drops. Subclasses implement ``reason``.
     """
-    staging, out_dir = as_path(staging), as_path(out_dir)
-    keys = _staged(staging)
-    decon = Decontaminator(load_benchmark_prompts(benchmark_uri), config.ngram)
-    for old in list_files(out_dir, (".parquet",)):
+
+    name: str = ""
+    decision: str = ""
+
+    @classmethod
+    def create(cls, config: PrepareConfig, benchmark_prompts: list[str]) -> PairFilter:
+        return cls()
+
+    def reason(self, row: dict, source_file: str) -> str | None:
+        raise NotImplementedError
+
+
+class ExactDuplicate(PairFilter):
+    """Global de-duplication on (conversation, chosen, rejected): the first occurrence in input-file order wins."""
+
+    name, decision = "duplicates", "duplicate"
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def reason(self, row: dict, source_file: str) -> str | None:
+        pid = row["pair_id"]
+        if pid in self.seen:
+            return f"duplicate of {pid} first seen in {self.seen[pid]}"
+        self.seen[pid] = source_file
+        return None
+
+
+class Decontamination(PairFilter):
+    """Drop pairs whose user turns share an n-gram (13 by default) with a benchmark prompt."""
+
+    name, decision = "contaminated", "contaminated"
+
+    def __init__(self, prompts: Iterable[str], n: int = NGRAM) -> None:
+        self.decontaminator = Decontaminator(prompts, n)
+
+    @classmethod
+    def create(cls, config: PrepareConfig, benchmark_prompts: list[str]) -> PairFilter:
+        return cls(benchmark_prompts, config.ngram)
+
+    def reason(self, row: dict, source_file: str) -> str | None:
+        hit = self.decontaminator.match(row["conversation"])
+        return None if hit is None else f"shares a {self.decontaminator.n}-gram with benchmark prompt #{hit}"
+
+
+# The pre-processing pipeline after the structural check (``normalize_file``), top to bottom.
+FILTERS: tuple[type[PairFilter], ...] = (ExactDuplicate, Decontamination)
+
+
+def build_filters(config: PrepareConfig, benchmark_uri: PathLike | None = None) -> list[PairFilter]:
+    prompts = load_benchmark_prompts(benchmark_uri)
+    return [f.create(config, prompts) for f in FILTERS]
+
+
+def _staged(pool: PoolLayout) -> list[str]:
+    return [p.name[: -len(".counts.json")] for p in list_files(pool.staging, (".counts.json",))]
+
+
+class _ShardWriter:
+    """Buffers kept pairs and writes full shards as they fill."""
+
+    def __init__(self, pool: PoolLayout, shard_size: int) -> None:
+        self.pool, self.size, self.buffer, self.shards = pool, shard_size, [], []
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        if len(self.buffer) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.buffer:
+            chunk, self.buffer = self.buffer[: self.size], self.buffer[self.size :]
+            path = self.pool.shard(len(self.shards))
+            write_parquet(pa.Table.from_pylist(chunk, schema=PAIR_SCHEMA), path)
+            self.shards.append({"name": path.name, "count": len(chunk)})
+
+
+def finalize_pool(
+    pool: PoolLayout,
+    benchmark_uri: PathLike | None = None,
+    config: PrepareConfig = PrepareConfig(),
+    filters: list[PairFilter] | None = None,
+) -> dict:
+    """Run the rules over the staged pairs (in input-file order) and shard what passes.
+
+    Writes the shards, one table per rule (``duplicates.parquet``, ``contaminated.parquet``),
+    ``quarantine.parquet`` and, last, ``manifest.json``.
+    """
+    filters = build_filters(config, benchmark_uri) if filters is None else filters
+    keys = _staged(pool)
+    for old in list_files(pool.dir, (".parquet",)):
         if old.name.startswith("shard-"):
             old.unlink()
+    dropped: dict[str, list[dict]] = {f.name: [] for f in filters}
+    writer = _ShardWriter(pool, config.shard_size)
+    files = [read_json(pool.staged(key, "counts.json")) for key in keys]
+    for key, counts in zip(keys, files):
+        for row in read_parquet(pool.staged(key, "pairs.parquet")).to_pylist():
+            for f in filters:
+                why = f.reason(row, counts["file"])
+                if why is not None:
+                    dropped[f.name].append({**row, "reason": why})
+                    break
+            else:
+                writer.add(row)
+    writer.flush()
 
-    seen: dict[str, str] = {}
-    duplicates, contaminated, buffer, shards = [], [], [], []
-    input_total = quarantined = 0
-    quarantine_tables = []
-
-    def flush(final: bool = False) -> None:
-        while len(buffer) >= config.shard_size or (final and buffer):
-            chunk = buffer[: config.shard_size]
-            del buffer[: config.shard_size]
-            path = out_dir / f"shard-{len(shards):05d}.parquet"
-            write_parquet(pa.Table.from_pylist(chunk, schema=PAIR_SCHEMA), path)
-            shards.append({"name": path.name, "count": len(chunk)})
-
-    for key in keys:
-        counts = read_json(staging / f"{key}.counts.json")
-        input_total += counts["input"]
-        quarantined += counts["quarantined"]
-        quarantine_tables.append(read_parquet(staging / f"{key}.quarantine.parquet"))
-        for row in read_parquet(staging / f"{key}.pairs.parquet").to_pylist():
-            pid = row["pair_id"]
-            if pid in seen:
-                duplicates.append({**row, "reason": f"duplicate of {pid} first seen in {seen[pid]}"})
-                continue
-            seen[pid] = counts["file"]
-            hit = decon.match(row["conversation"])
-            if hit is not None:
-                contaminated.append({**row, "reason": f"shares a {config.ngram}-gram with benchmark prompt #{hit}"})
-                continue
-            buffer.append(row)
-            flush()
-    flush(final=True)
-
-    write_parquet(pa.Table.from_pylist(duplicates, schema=DROPPED_SCHEMA), out_dir / "duplicates.parquet")
-    write_parquet(pa.Table.from_pylist(contaminated, schema=DROPPED_SCHEMA), out_dir / "contaminated.parquet")
-    quarantine = pa.concat_tables(quarantine_tables) if quarantine_tables else QUARANTINE_SCHEMA.empty_table()
-    write_parquet(quarantine, out_dir / "quarantine.parquet")
+    for name, rows in dropped.items():
+        write_parquet(pa.Table.from_pylist(rows, schema=DROPPED_SCHEMA), pool.table(name))
+    tables = [read_parquet(pool.staged(key, "quarantine.parquet")) for key in keys]
+    write_parquet(pa.concat_tables(tables) if tables else QUARANTINE_SCHEMA.empty_table(), pool.quarantine)
     counts = {
-        "input": input_total,
-        "pool": sum(s["count"] for s in shards),
-        "duplicates": len(duplicates),
-        "contaminated": len(contaminated),
-        "quarantined": quarantined,
+        "input": sum(c["input"] for c in files),
+        "pool": sum(s["count"] for s in writer.shards),
+        **{name: len(rows) for name, rows in dropped.items()},
+        "quarantined": sum(c["quarantined"] for c in files),
     }
-    check_conservation(counts["input"], {k: v for k, v in counts.items() if k != "input"}, where=str(out_dir))
-    manifest = {"kind": "pool", "counts": counts, "shards": shards, "files": [read_json(staging / f"{k}.counts.json") for k in keys]}
-    write_manifest(out_dir, manifest)
+    check_conservation(counts["input"], {k: v for k, v in counts.items() if k != "input"}, where=str(pool.dir))
+    manifest = {"kind": "pool", "counts": counts, "shards": writer.shards, "files": files}
+    write_json(manifest, pool.manifest)
     return manifest
 
 
@@ -172,18 +246,14 @@ def check_conservation(total: int, parts: dict[str, int], where: str = "") -> No
         raise ConservationError(f"{where}: input {total} != {' + '.join(f'{k} {v}' for k, v in parts.items())} = {s}")
 
 
-def prepare(inputs: Iterable[str], out_dir: PathLike, benchmark_uri: PathLike | None = None, config: PrepareConfig = PrepareConfig()) -> dict:
+def prepare(
+    inputs: Iterable[str],
+    pool: PoolLayout,
+    benchmark_uri: PathLike | None = None,
+    config: PrepareConfig = PrepareConfig(),
+) -> dict:
     """The whole pre-processing step in one call (CLI / tests); the DAG maps normalize_file."""
-    staging = as_path(out_dir) / "_staging"
-    for old in list_files(staging):
-        old.unlink()
+    clear_staging(pool)
     for i, f in enumerate(inputs):
-        normalize_file(f, i, staging)
-    return finalize_pool(staging, out_dir, benchmark_uri, config)
-
-
-def pool_shards(pool_dir: PathLike) -> list[str]:
-    """URIs of the shards of a completed pool (from its manifest)."""
-    pool_dir = as_path(pool_dir)
-    manifest = read_json(pool_dir / "manifest.json")
-    return [str(pool_dir / s["name"]) for s in manifest["shards"]]
+        normalize_file(f, i, pool)
+    return finalize_pool(pool, benchmark_uri, config)

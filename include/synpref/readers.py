@@ -7,14 +7,16 @@ Formats (detected per record):
 - ours: ``conversation`` message list + ``chosen``/``rejected`` strings (+ attributes, provenance).
 Files: ``.jsonl``, ``.json`` (a list or JSON lines), ``.parquet``, ``.csv``.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.parquet as pq
 from pydantic import ValidationError
@@ -104,7 +106,9 @@ def normalize(raw: Any, default_source: str) -> PairRecord:
         chosen, rejected = _text(chosen_raw, "chosen"), _text(rejected_raw, "rejected")
     elif "prompt" in raw and raw["prompt"] is not None:
         p = raw["prompt"]
-        conversation = _messages(p, "prompt") if isinstance(p, list) else [{"role": "user", "content": _text(p, "prompt")}]
+        conversation = (
+            _messages(p, "prompt") if isinstance(p, list) else [{"role": "user", "content": _text(p, "prompt")}]
+        )
         chosen, rejected = _text(chosen_raw, "chosen"), _text(rejected_raw, "rejected")
     elif isinstance(chosen_raw, list) and isinstance(rejected_raw, list):
         conv_c, chosen = _split_final(_messages(chosen_raw, "chosen"), "chosen")
@@ -112,7 +116,11 @@ def normalize(raw: Any, default_source: str) -> PairRecord:
         if conv_c != conv_r:
             raise RecordError("chosen and rejected carry different conversations")
         conversation = conv_c
-    elif isinstance(chosen_raw, str) and isinstance(rejected_raw, str) and chosen_raw.lstrip(" ").startswith("\n\nHuman:"):
+    elif (
+        isinstance(chosen_raw, str)
+        and isinstance(rejected_raw, str)
+        and chosen_raw.lstrip(" ").startswith("\n\nHuman:")
+    ):
         conv_c, chosen = _split_final(parse_hh(chosen_raw), "chosen")
         conv_r, rejected = _split_final(parse_hh(rejected_raw), "rejected")
         if conv_c != conv_r:
@@ -121,7 +129,9 @@ def normalize(raw: Any, default_source: str) -> PairRecord:
     else:
         if chosen_raw is None or rejected_raw is None:
             raise RecordError("chosen or rejected is None")
-        raise RecordError("unrecognised format: need conversation/prompt + chosen/rejected, message lists, or HH-RLHF text")
+        raise RecordError(
+            "unrecognised format: need conversation/prompt + chosen/rejected, message lists, or HH-RLHF text"
+        )
     fields = {k: raw[k] for k in _OPTIONAL if k in raw and raw[k] is not None}
     fields.setdefault("source", default_source)
     try:

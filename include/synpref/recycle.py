@@ -4,14 +4,13 @@ Policies: ``both_rms_reject`` (default, the seed summary's rule): flip pairs tha
 models reject (p_best < 0.5 and p_gold < 0.5); ``all_discarded`` (the paper's): flip every
 discarded pair. Flipped pairs keep their pair_id, get ``flipped`` toggled and provenance ``recycled``.
 """
+
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 from .schema import flip
-
-RecyclePolicy = Literal["both_rms_reject", "all_discarded"]
-RECYCLE_POLICIES = ("both_rms_reject", "all_discarded")
+from .settings import RecyclePolicy
 
 
 def should_recycle(p_best: float, p_gold: float, policy: RecyclePolicy) -> bool:
@@ -20,7 +19,7 @@ def should_recycle(p_best: float, p_gold: float, policy: RecyclePolicy) -> bool:
         return True
     if policy == "both_rms_reject":
         return p_best < 0.5 and p_gold < 0.5
-    raise ValueError(f"unknown recycle policy {policy!r}; expected one of {RECYCLE_POLICIES}")
+    raise ValueError(f"unknown recycle policy {policy!r}; expected one of {get_args(RecyclePolicy)}")
 
 
 def recycled(row: dict) -> dict:

@@ -1,22 +1,23 @@
 """Curation reports: per-round numbers of stage 1 and the funnel of stage 2 (with accuracies
 against a hidden truth when the data is synthetic)."""
+
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .evaluation import accuracy_report, label_accuracy
 from .gold import is_validation
-from .stage1 import completed_rounds, round_dir
-from .storage import PathLike, as_path, read_json, read_parquet
-from .synthetic import label_accuracy
+from .layout import Stage2Layout, StorageLayout, layout
+from .storage import PathLike, read_json, read_parquet
 
 
-def round_report(root: PathLike, rnd: str, truth: pa.Table | None = None) -> dict:
-    out = round_dir(root, rnd)
-    manifest = read_json(out / "manifest.json")
-    ev = read_parquet(out / "gold_eval.parquet").to_pylist()
+def round_report(root: PathLike | StorageLayout, rnd: str, truth: pa.Table | None = None) -> dict:
+    out = layout(root).round(rnd)
+    manifest = read_json(out.manifest)
+    ev = read_parquet(out.gold_eval).to_pylist()
     val = [e for e in ev if is_validation(e["pair_id"])]
-    silver = read_parquet(out / "silver.parquet")
+    silver = read_parquet(out.silver)
     added = silver.filter(pc.and_(pc.equal(silver["provenance"], "llm"), pc.equal(silver["round"], rnd)))
     report = {
         "round": rnd,
@@ -36,14 +37,13 @@ def round_report(root: PathLike, rnd: str, truth: pa.Table | None = None) -> dic
     return report
 
 
-def all_round_reports(root: PathLike, truth: pa.Table | None = None) -> list[dict]:
-    return [round_report(root, r, truth) for r in completed_rounds(root)]
+def all_round_reports(root: PathLike | StorageLayout, truth: pa.Table | None = None) -> list[dict]:
+    store = layout(root)
+    return [round_report(store, r, truth) for r in store.completed_rounds()]
 
 
 def stage2_report(out_dir: PathLike, truth: pa.Table | None = None) -> dict:
-    from .stage2 import accuracy_report
-
-    manifest = read_json(as_path(out_dir) / "manifest.json")
+    manifest = read_json(Stage2Layout(out_dir).manifest)
     report = {"round": manifest["round"], **manifest["counts"]}
     if truth is not None:
         report["label_accuracy_vs_truth"] = accuracy_report(out_dir, truth)

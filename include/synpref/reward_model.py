@@ -10,45 +10,32 @@ Two modes:
 ``p = σ(r_w − r_l)`` is computed from the reward difference (``log p = −softplus(−d)``), so it
 never saturates by accident.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
-from .adaptive_retrieval import bf16_supported, default_embedder
+from .adaptive_retrieval import bf16_supported
 from .schema import prompt_text
-from .storage import PathLike, as_path, download_dir, local_scratch, read_json, upload_dir, cleanup
+from .settings import RMConfig
+from .storage import PathLike, as_path, cleanup, download_dir, local_scratch, read_json, upload_dir
 
-RMMode = Literal["full", "frozen"]
-EVAL_SCHEMA = pa.schema([
-    ("pair_id", pa.string()), ("task_category", pa.string()), ("reward_diff", pa.float64()),
-    ("p", pa.float64()), ("log_p", pa.float64()), ("correct", pa.bool_()),
-])
-
-
-@dataclass(frozen=True)
-class RMConfig:
-    mode: RMMode = "full"
-    backbone: str = ""  # HF name/path of a sequence-classification checkpoint; "" = packaged MiniLM
-    max_length: int = 256
-    epochs: int = 1
-    learning_rate: float = 3e-5
-    batch_size: int = 16
-    eval_steps: int = 50
-    head_hidden: int = 256
-    head_epochs: int = 40
-    head_lr: float = 2e-3
-    seed: int = 0
-
-    def resolved_backbone(self) -> str:
-        return self.backbone or default_embedder()
+EVAL_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("task_category", pa.string()),
+        ("reward_diff", pa.float64()),
+        ("p", pa.float64()),
+        ("log_p", pa.float64()),
+        ("correct", pa.bool_()),
+    ]
+)
 
 
 def p_from_diff(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,10 +61,17 @@ def _seed_everything(seed: int) -> None:
 
 # --- frozen encoder + BT head --------------------------------------------------------------
 
+_last_encoding: list = [None, None]  # (key, features) of the latest call: two RMs on one backbone encode once
+
+
 def _encode_pairs(prompts: list[str], responses: list[str], backbone: str) -> np.ndarray:
     from .adaptive_retrieval import embed_texts
 
-    return embed_texts([f"{p}\nassistant: {r}" for p, r in zip(prompts, responses)], backbone)
+    key = (backbone, tuple(prompts), tuple(responses))
+    if _last_encoding[0] != key:
+        texts = [f"{p}\nassistant: {r}" for p, r in zip(prompts, responses)]
+        _last_encoding[:] = [key, embed_texts(texts, backbone)]
+    return _last_encoding[1]
 
 
 def _head(dim: int, hidden: int):
@@ -120,11 +114,17 @@ def _train_frozen(train: list[dict], select: list[dict], cfg: RMConfig, local: P
         if acc > best[0]:
             best = (acc, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
     save_file(best[2], str(local / "head.safetensors"))
-    return {"best_epoch": best[1], "select_accuracy": best[0] if sw is not None else None, "history": history,
-            "train_pairs_used": len(train), "dropped_too_long": 0}
+    return {
+        "best_epoch": best[1],
+        "select_accuracy": best[0] if sw is not None else None,
+        "history": history,
+        "train_pairs_used": len(train),
+        "dropped_too_long": 0,
+    }
 
 
 # --- full fine-tuning with TRL --------------------------------------------------------------
+
 
 def _tokenize(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> list[list[int]]:
     enc = tokenizer(prompts, responses, truncation="longest_first", max_length=max_length)
@@ -148,19 +148,37 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
     def ds(rows: list[dict]) -> Dataset:
         p, c = _texts(rows, "chosen")
         _, r = _texts(rows, "rejected")
-        return Dataset.from_dict({"chosen_ids": _tokenize(tok, p, c, cfg.max_length), "rejected_ids": _tokenize(tok, p, r, cfg.max_length)})
+        return Dataset.from_dict(
+            {"chosen_ids": _tokenize(tok, p, c, cfg.max_length), "rejected_ids": _tokenize(tok, p, r, cfg.max_length)}
+        )
 
     train_ds = ds(train)
     eval_ds = ds(select) if select else None
     eos = tok.eos_token or tok.sep_token
     args = RewardConfig(
-        output_dir=str(local / "trainer"), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=32,
-        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, lr_scheduler_type="linear", use_cpu=True, bf16=False,
-        eos_token=eos, max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed, report_to=[], disable_tqdm=True,
-        logging_steps=max(1, cfg.eval_steps // 2), save_total_limit=2,
-        eval_strategy="steps" if eval_ds is not None else "no", eval_steps=cfg.eval_steps,
-        save_strategy="steps" if eval_ds is not None else "no", save_steps=cfg.eval_steps,
-        load_best_model_at_end=eval_ds is not None, metric_for_best_model="accuracy", greater_is_better=True,
+        output_dir=str(local / "trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=32,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        lr_scheduler_type="linear",
+        use_cpu=True,
+        bf16=False,
+        eos_token=eos,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=max(1, cfg.eval_steps // 2),
+        save_total_limit=2,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps" if eval_ds is not None else "no",
+        save_steps=cfg.eval_steps,
+        load_best_model_at_end=eval_ds is not None,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok)
     used = len(trainer.train_dataset)
@@ -169,8 +187,13 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
     trainer.model.save_pretrained(str(local / "model"))
     tok.save_pretrained(str(local / "model"))
     cleanup(local / "trainer")
-    return {"train_pairs_used": used, "dropped_too_long": len(train) - used, "select_accuracy": select_acc,
-            "train_loss": result.training_loss, "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name}
+    return {
+        "train_pairs_used": used,
+        "dropped_too_long": len(train) - used,
+        "select_accuracy": select_acc,
+        "train_loss": result.training_loss,
+        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+    }
 
 
 def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out_dir: PathLike) -> dict:
@@ -181,7 +204,13 @@ def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out
     try:
         metrics = (_train_full if cfg.mode == "full" else _train_frozen)(train, select, cfg, local)
         metrics.update({"train_pairs": len(train), "select_pairs": len(select)})
-        (local / "rm_config.json").write_text(json.dumps({**asdict(cfg), "backbone": cfg.resolved_backbone() if cfg.backbone else ""}, sort_keys=True, indent=2))
+        (local / "rm_config.json").write_text(
+            json.dumps(
+                {**cfg.model_dump(), "backbone": cfg.resolved_backbone() if cfg.backbone else ""},
+                sort_keys=True,
+                indent=2,
+            )
+        )
         (local / "metrics.json").write_text(json.dumps(metrics, sort_keys=True, indent=2, default=str))
         upload_dir(local, out_dir)
     finally:
@@ -204,7 +233,6 @@ class RewardModel:
         self._model = None
 
     def _load(self):
-        import torch
         from safetensors.torch import load_file
 
         if self._model is None:
@@ -263,8 +291,17 @@ def evaluate(rm: RewardModel, rows: list[dict]) -> tuple[pa.Table, dict]:
     """p for every pair, accuracy overall and per task category, and the errors (p ≤ 0.5)."""
     diff = rm.reward_diff(rows) if rows else np.zeros(0)
     p, log_p = p_from_diff(diff)
-    table_rows = [{"pair_id": r["pair_id"], "task_category": r.get("task_category") or "unknown", "reward_diff": float(d),
-                   "p": float(pp), "log_p": float(lp), "correct": bool(pp > 0.5)} for r, d, pp, lp in zip(rows, diff, p, log_p)]
+    table_rows = [
+        {
+            "pair_id": r["pair_id"],
+            "task_category": r.get("task_category") or "unknown",
+            "reward_diff": float(d),
+            "p": float(pp),
+            "log_p": float(lp),
+            "correct": bool(pp > 0.5),
+        }
+        for r, d, pp, lp in zip(rows, diff, p, log_p)
+    ]
     per_cat: dict[str, list[bool]] = defaultdict(list)
     for t in table_rows:
         per_cat[t["task_category"]].append(t["correct"])
@@ -276,27 +313,3 @@ def evaluate(rm: RewardModel, rows: list[dict]) -> tuple[pa.Table, dict]:
         "mean_p": float(np.mean(p)) if rows else None,
     }
     return pa.Table.from_pylist(table_rows, schema=EVAL_SCHEMA), metrics
-
-
-def reward_diffs(models: list[RewardModel], rows: list[dict]) -> list[np.ndarray]:
-    """r_w − r_l of several RMs over the same rows; frozen RMs sharing a backbone encode the texts once."""
-    import torch
-
-    if not rows:
-        return [np.zeros(0) for _ in models]
-    frozen = [m for m in models if m.cfg.mode == "frozen"]
-    features = {}
-    if len({m.cfg.resolved_backbone() for m in frozen}) == 1 and len(frozen) > 1:
-        p, c = _texts(rows, "chosen")
-        _, r = _texts(rows, "rejected")
-        features[frozen[0].cfg.resolved_backbone()] = torch.from_numpy(_encode_pairs(p + p, c + r, frozen[0].cfg.resolved_backbone()))
-    out = []
-    for m in models:
-        x = features.get(m.cfg.resolved_backbone()) if m.cfg.mode == "frozen" else None
-        if x is None:
-            out.append(m.reward_diff(rows))
-            continue
-        with torch.inference_mode():
-            both = m._load()(x).squeeze(-1).double().numpy()
-        out.append(both[: len(rows)] - both[len(rows) :])
-    return out

@@ -1,18 +1,17 @@
 """The canonical preference-pair record: pydantic validation, Arrow schema, stable pair_id."""
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant"]
 Provenance = Literal["unverified", "seed", "human", "llm", "rm", "recycled"]
-PROVENANCES: tuple[str, ...] = ("unverified", "seed", "human", "llm", "rm", "recycled")
-OBJECTIVITY = ("objective", "subjective")
-CONTROVERSIALITY = ("low", "medium", "high")
 
 
 class Message(BaseModel):
@@ -68,7 +67,7 @@ class PairRecord(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "PairRecord":
+    def _check(self) -> PairRecord:
         if self.conversation[-1].role != "user":
             raise ValueError("conversation must end with a user turn (the final assistant turn is chosen/rejected)")
         if self.chosen == self.rejected:
@@ -80,7 +79,10 @@ class PairRecord(BaseModel):
 
 
 def _canonical(conversation: Iterable[Message | dict], chosen: str, rejected: str) -> str:
-    conv = [m.model_dump() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]} for m in conversation]
+    conv = [
+        m.model_dump() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]}
+        for m in conversation
+    ]
     return json.dumps([conv, chosen, rejected], ensure_ascii=False, separators=(",", ":"))
 
 
@@ -130,16 +132,8 @@ def records_to_table(records: Iterable[PairRecord | dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 
 
-def table_to_records(table: pa.Table) -> list[PairRecord]:
-    return [PairRecord.model_validate(row) for row in table.to_pylist()]
-
-
 def has_attributes(row: dict[str, Any]) -> bool:
     return all(row.get(f) not in (None, "", []) for f in ATTRIBUTE_FIELDS)
-
-
-def attributes_of(row: dict[str, Any]) -> dict[str, Any]:
-    return {f: row.get(f) for f in ATTRIBUTE_FIELDS}
 
 
 def flip(row: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ the humans' next day, ordered objective and low-controversiality first; a seeded
 sample of new silver pairs is queued too so humans keep auditing the LLM labels. Pairs skipped
 by the budget are deferred (back to the pool for a later round).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,15 +23,25 @@ _CONTRO = {"low": 0, "medium": 1, "high": 2}
 
 def review_priority(row: dict) -> tuple:
     """Humans see objective, low-controversiality pairs first."""
-    return (_OBJ.get(row.get("preference_objectivity") or "", 2), _CONTRO.get(row.get("controversiality") or "", 3), row["pair_id"])
+    return (
+        _OBJ.get(row.get("preference_objectivity") or "", 2),
+        _CONTRO.get(row.get("controversiality") or "", 3),
+        row["pair_id"],
+    )
 
 
 def _spot_check_key(pair_id: str, seed: int) -> str:
     return hashlib.sha256(f"spot:{seed}:{pair_id}".encode()).hexdigest()
 
 
-def merge_into_silver(previous_silver: list[dict], retrieved: list[dict], verdicts: pa.Table, round_name: str,
-                      spot_check: int = 0, seed: int = 0) -> tuple[list[dict], list[dict], dict]:
+def merge_into_silver(
+    previous_silver: list[dict],
+    retrieved: list[dict],
+    verdicts: pa.Table,
+    round_name: str,
+    spot_check: int = 0,
+    seed: int = 0,
+) -> tuple[list[dict], list[dict], dict]:
     """(silver, review queue, counts). Every retrieved pair lands in exactly one of: silver, queue, deferred."""
     by_id = {r["pair_id"]: r for r in retrieved}
     added, queue, counts = [], [], Counter()

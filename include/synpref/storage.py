@@ -4,6 +4,7 @@ The library never imports Airflow: DAG tasks pass ``ObjectStoragePath`` objects 
 ``s3://conn_id@bucket/...`` through Airflow connections); the CLI passes URIs, turned into
 ``UPath`` here (S3 credentials/endpoint from the usual AWS_* env vars).
 """
+
 from __future__ import annotations
 
 import io
@@ -11,15 +12,15 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-PathLike = Union[str, os.PathLike, UPath]
-MANIFEST = "manifest.json"
+PathLike = str | os.PathLike | UPath
 _uri_factory: Callable[[str], Any] = UPath
 
 
@@ -88,16 +89,6 @@ def write_jsonl(rows: Iterable[dict], path: PathLike) -> str:
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
     write_bytes(path, data.encode())
     return uri(path)
-
-
-def write_manifest(directory: PathLike, manifest: dict) -> str:
-    """Write ``manifest.json`` — call it LAST: its presence marks the directory complete."""
-    return write_json(manifest, as_path(directory) / MANIFEST)
-
-
-def read_manifest(directory: PathLike) -> dict | None:
-    p = as_path(directory) / MANIFEST
-    return read_json(p) if p.exists() else None
 
 
 def list_files(directory: PathLike, suffixes: tuple[str, ...] = ()) -> list[UPath]:

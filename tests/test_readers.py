@@ -1,35 +1,14 @@
+"""Readers: every input format → canonical pairs, bad records → quarantine rows with reasons."""
+
 import json
 
 import datasets
-import pyarrow.parquet as pq
-import pytest
 
 from synpref.readers import read_pairs
-from synpref.schema import PairRecord, compute_pair_id, flip, records_to_table, to_trl
+from synpref.schema import compute_pair_id, records_to_table, to_trl
 from synpref.storage import write_parquet
 
 CONV = [{"role": "user", "content": "What is 2+2?"}]
-
-
-def test_pair_id_is_stable_and_content_sensitive():
-    a = PairRecord(conversation=CONV, chosen="4", rejected="5")
-    b = PairRecord(conversation=CONV, chosen="4", rejected="5", source="other")
-    assert a.pair_id == b.pair_id == compute_pair_id(CONV, "4", "5")
-    assert PairRecord(conversation=CONV, chosen="5", rejected="4").pair_id != a.pair_id
-    flipped = flip(a.model_dump())
-    assert flipped["chosen"] == "5" and flipped["flipped"] is True
-    assert PairRecord(**{**flipped, "pair_id": ""}).pair_id == a.pair_id  # identity survives a flip
-
-
-@pytest.mark.parametrize("bad,msg", [
-    ({"conversation": [{"role": "assistant", "content": "hi"}], "chosen": "a", "rejected": "b"}, "user turn"),
-    ({"conversation": CONV, "chosen": "   ", "rejected": "b"}, "empty"),
-    ({"conversation": CONV, "chosen": "a", "rejected": "a"}, "identical"),
-    ({"conversation": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"}, "role"),
-])
-def test_validation_rejects_bad_records(bad, msg):
-    with pytest.raises(Exception, match=msg):
-        PairRecord(**bad)
 
 
 def _write_jsonl(path, rows):
@@ -37,7 +16,10 @@ def _write_jsonl(path, rows):
 
 
 def test_each_reader_format_round_trips(tmp_path):
-    trl = {"chosen": CONV + [{"role": "assistant", "content": "4"}], "rejected": CONV + [{"role": "assistant", "content": "5"}]}
+    trl = {
+        "chosen": CONV + [{"role": "assistant", "content": "4"}],
+        "rejected": CONV + [{"role": "assistant", "content": "5"}],
+    }
     pcr = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
     hh = {"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: 4", "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: 5"}
     for name, row in (("trl", trl), ("pcr", pcr), ("hh", hh)):
@@ -60,14 +42,24 @@ def test_each_reader_format_round_trips(tmp_path):
 
 
 def test_malformed_records_are_quarantined_with_reasons(tmp_path):
-    _write_jsonl(tmp_path / "bad.jsonl", [
-        "{not json", {"prompt": "q"}, {"prompt": "q", "chosen": None, "rejected": "b"}, {"prompt": 3, "chosen": "a", "rejected": "b"},
-        {"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "user", "content": "q"}]},
-    ])
+    _write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            "{not json",
+            {"prompt": "q"},
+            {"prompt": "q", "chosen": None, "rejected": "b"},
+            {"prompt": 3, "chosen": "a", "rejected": "b"},
+            {"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "user", "content": "q"}]},
+        ],
+    )
     res = read_pairs(tmp_path / "bad.jsonl")
     reasons = [q["reason"] for q in res.quarantine]
-    assert len(res.records) == 0 and len(reasons) == 5
-    assert "invalid JSON" in reasons[0] and "missing field 'chosen'" in reasons[1] and "None" in reasons[2]
-    assert "expected a string" in reasons[3] and "no final assistant turn" in reasons[4]
+    assert len(res.records) == 0
+    assert len(reasons) == 5
+    assert "invalid JSON" in reasons[0]
+    assert "missing field 'chosen'" in reasons[1]
+    assert "None" in reasons[2]
+    assert "expected a string" in reasons[3]
+    assert "no final assistant turn" in reasons[4]
     (tmp_path / "empty.jsonl").write_text("")
     assert read_pairs(tmp_path / "empty.jsonl").quarantine[0]["reason"].startswith("empty file")

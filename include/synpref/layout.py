@@ -1,0 +1,343 @@
+"""The storage layout, named once: every artifact path of every stage lives here.
+
+Steps receive layout objects instead of rebuilding paths from a root. ``StorageLayout`` is the
+root (pool, seed, inbox, rounds, stage-2 runs, caches) and owns round discovery, so stage 1 and
+stage 2 are siblings that both ask it which rounds exist. The README's storage-layout block is
+checked against these objects (``tests/test_layout.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .storage import PathLike, as_path, read_json, write_json
+
+MANIFEST = "manifest.json"
+SEED_ROUND = "0000-seed"
+
+
+def _dir(path: PathLike) -> Any:
+    return as_path(path)
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """A prepared pool: shards + what pre-processing set aside, manifest last (``pool/``, stage-2 ``prepared/``)."""
+
+    dir: Any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dir", _dir(self.dir))
+
+    @staticmethod
+    def shard_name(index: int) -> str:
+        return f"shard-{index:05d}.parquet"
+
+    def shard(self, index: int) -> Any:
+        return self.dir / self.shard_name(index)
+
+    def table(self, name: str) -> Any:
+        """``duplicates`` / ``contaminated`` / ``quarantine`` (one table per pre-processing outcome)."""
+        return self.dir / f"{name}.parquet"
+
+    @property
+    def quarantine(self) -> Any:
+        return self.table("quarantine")
+
+    @property
+    def manifest(self) -> Any:
+        return self.dir / MANIFEST
+
+    @property
+    def staging(self) -> Any:
+        """Per-input-file outputs of the mapped normalize step."""
+        return self.dir / "_staging"
+
+    def staged(self, key: str, kind: str) -> Any:
+        """``<key>.pairs.parquet`` / ``<key>.quarantine.parquet`` / ``<key>.counts.json`` of one input file."""
+        return self.staging / f"{key}.{kind}"
+
+    @property
+    def source(self) -> Any:
+        """Stage 2 only: ``{"source_pool": uri}`` when the run adopted an existing pool instead of preparing one."""
+        return self.dir / "source.json"
+
+    def is_complete(self) -> bool:
+        return self.manifest.exists()
+
+    def shards(self) -> list[Any]:
+        """Paths of the shards of a completed pool (from its manifest)."""
+        return [self.dir / s["name"] for s in read_json(self.manifest)["shards"]]
+
+    def shard_uris(self) -> list[str]:
+        return [str(p) for p in self.shards()]
+
+
+@dataclass(frozen=True)
+class RoundLayout:
+    """One stage-1 round: ``<root>/rounds/<date>/``. Its manifest, written last, marks it complete."""
+
+    dir: Any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dir", _dir(self.dir))
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    def table(self, name: str) -> Any:
+        """``<name>.parquet`` directly under the round (gold, gold_train, silver, retrieval, ...)."""
+        return self.dir / f"{name}.parquet"
+
+    gold = property(lambda self: self.table("gold"))
+    gold_train = property(lambda self: self.table("gold_train"))
+    gold_validation = property(lambda self: self.table("gold_validation"))
+    discarded = property(lambda self: self.table("discarded"))
+    human_verifications = property(lambda self: self.table("human_verifications"))
+    intake_quarantine = property(lambda self: self.table("intake_quarantine"))
+    silver_in = property(lambda self: self.table("silver_in"))
+    gold_eval = property(lambda self: self.table("gold_eval"))
+    retrieval = property(lambda self: self.table("retrieval"))
+    retrieved = property(lambda self: self.table("retrieved"))
+    examples = property(lambda self: self.table("examples"))
+    verdicts = property(lambda self: self.table("verdicts"))
+    silver = property(lambda self: self.table("silver"))
+
+    @property
+    def gold_eval_metrics(self) -> Any:
+        return self.dir / "gold_eval_metrics.json"
+
+    @property
+    def pool_attributes(self) -> Any:
+        return self.dir / "pool_attributes"
+
+    def pool_attributes_shard(self, shard_name: str) -> Any:
+        return self.pool_attributes / shard_name
+
+    @property
+    def best_rm(self) -> Any:
+        return self.dir / "rm"
+
+    @property
+    def gold_rm(self) -> Any:
+        return self.dir / "gold_rm"
+
+    def rm(self, which: str) -> Any:
+        """``best`` → rm/, ``gold`` → gold_rm/."""
+        return {"best": self.best_rm, "gold": self.gold_rm}[which]
+
+    def annotator_dir(self, annotator: str) -> Any:
+        return self.dir / "annotations" / annotator
+
+    def samples(self, annotator: str) -> Any:
+        return self.annotator_dir(annotator) / "samples.parquet"
+
+    def usage(self, annotator: str) -> Any:
+        return self.annotator_dir(annotator) / "usage.json"
+
+    @property
+    def review_queue(self) -> Any:
+        return self.dir / "review_queue"
+
+    @property
+    def review_tasks(self) -> Any:
+        """Label Studio import of the review queue."""
+        return self.review_queue / "tasks.json"
+
+    @property
+    def review_queue_jsonl(self) -> Any:
+        return self.review_queue / "queue.jsonl"
+
+    @property
+    def review_queue_table(self) -> Any:
+        return self.review_queue / "queue.parquet"
+
+    @property
+    def steps(self) -> Any:
+        return self.dir / "steps"
+
+    def step(self, name: str) -> Any:
+        return self.steps / f"{name}.json"
+
+    @property
+    def started(self) -> Any:
+        return self.dir / "started.json"
+
+    @property
+    def manifest(self) -> Any:
+        return self.dir / MANIFEST
+
+    def is_complete(self) -> bool:
+        return self.manifest.exists()
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Per-shard work of a stage-2 run: ``shards/<shard>/``."""
+
+    dir: Any
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def scores(self) -> Any:
+        return self.dir / "scores.parquet"
+
+    @property
+    def scores_marker(self) -> Any:
+        """Counts + input fingerprint of the scores: a re-run skips scoring when it matches."""
+        return self.dir / "scores.json"
+
+    def samples(self, annotator: str) -> Any:
+        return self.dir / "annotations" / annotator / "samples.parquet"
+
+    def usage(self, annotator: str) -> Any:
+        return self.dir / "annotations" / annotator / "usage.json"
+
+    @property
+    def success(self) -> Any:
+        """Written last by the decide step: the shard's decisions are complete."""
+        return self.dir / "_SUCCESS.json"
+
+
+DECISIONS = ("kept", "recycled", "dropped")
+
+
+@dataclass(frozen=True)
+class Stage2Layout:
+    """One stage-2 run: ``<root>/stage2/<run>/`` (or any ``--out``)."""
+
+    dir: Any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dir", _dir(self.dir))
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def prepared(self) -> PoolLayout:
+        return PoolLayout(self.dir / "prepared")
+
+    def pool(self) -> PoolLayout:
+        """The pool this run curates: its own ``prepared/``, or the existing pool it adopted."""
+        src = self.prepared.source
+        return PoolLayout(read_json(src)["source_pool"]) if src.exists() else self.prepared
+
+    def shard(self, shard_uri: PathLike) -> ShardLayout:
+        return ShardLayout(self.dir / "shards" / as_path(shard_uri).name.removesuffix(".parquet"))
+
+    def split_dir(self, decision: str) -> Any:
+        """``kept/``, ``recycled/`` or ``dropped/``."""
+        if decision not in DECISIONS:
+            raise ValueError(f"unknown decision {decision!r}; expected one of {DECISIONS}")
+        return self.dir / decision
+
+    def part(self, decision: str, shard_name: str) -> Any:
+        return self.split_dir(decision) / f"part-{shard_name}.parquet"
+
+    @property
+    def quarantined(self) -> Any:
+        return self.dir / "quarantined.parquet"
+
+    @property
+    def dataset_card(self) -> Any:
+        return self.dir / "README.md"
+
+    @property
+    def manifest(self) -> Any:
+        return self.dir / MANIFEST
+
+    def is_complete(self) -> bool:
+        return self.manifest.exists()
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """A storage root (``file://`` or ``s3://<conn>@<bucket>/<prefix>``) and everything under it."""
+
+    root: Any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", _dir(self.root))
+
+    raw = property(lambda self: self.root / "raw")
+    wild = property(lambda self: self.root / "wild")
+    benchmark_prompts = property(lambda self: self.root / "benchmarks" / "prompts.txt")
+    seed = property(lambda self: self.root / "seed")
+    llm_cache = property(lambda self: self.root / "cache" / "llm")
+
+    @property
+    def pool(self) -> PoolLayout:
+        return PoolLayout(self.root / "pool")
+
+    def inbox(self, rnd: str) -> Any:
+        return self.root / "inbox" / rnd
+
+    def embedding_cache(self, shard_name: str) -> Any:
+        """Pool embeddings of one shard, keyed by pair_id + text hash."""
+        return self.root / "cache" / "embeddings" / shard_name
+
+    @property
+    def rounds_dir(self) -> Any:
+        return self.root / "rounds"
+
+    def round(self, rnd: str) -> RoundLayout:
+        return RoundLayout(self.rounds_dir / rnd)
+
+    def stage2(self, run: str) -> Stage2Layout:
+        return Stage2Layout(self.root / "stage2" / run)
+
+    # --- round discovery (shared by stage 1, stage 2 and the reports) --------------------
+
+    def _round_names(self) -> list[str]:
+        d = self.rounds_dir
+        return [p.name for p in d.iterdir()] if d.exists() else []
+
+    def completed_rounds(self) -> list[str]:
+        return sorted(r for r in self._round_names() if self.round(r).is_complete())
+
+    def rounds_in_progress(self, rnd: str) -> list[str]:
+        """Rounds dated before ``rnd`` that have started (their prefix exists) but are not published yet."""
+        return sorted(
+            r for r in self._round_names() if r < rnd and r != SEED_ROUND and not self.round(r).is_complete()
+        )
+
+    def begin_round(self, rnd: str) -> list[str]:
+        """Start ``rnd`` unless earlier rounds are still in progress (then return them and start nothing).
+
+        Starting writes ``rounds/<rnd>/started.json``, so a later round checking right after this one
+        started (before it wrote anything else) waits for it too.
+        """
+        pending = self.rounds_in_progress(rnd)
+        if not pending:
+            write_json({"round": rnd}, self.round(rnd).started)
+        return pending
+
+    def previous_round(self, rnd: str) -> str | None:
+        """The newest completed round strictly before ``rnd`` (None → the seed)."""
+        earlier = [r for r in self.completed_rounds() if r < rnd and r != SEED_ROUND]
+        return earlier[-1] if earlier else None
+
+    def resolve_round(self, rnd: str = "latest") -> str:
+        """A completed round by name, or the newest one for ``latest``/empty."""
+        rounds = [r for r in self.completed_rounds() if r != SEED_ROUND]
+        if rnd in ("", "latest"):
+            if not rounds:
+                raise FileNotFoundError(
+                    f"no completed stage-1 round under {self.rounds_dir}: run synpref_stage1 first"
+                )
+            return rounds[-1]
+        if rnd not in rounds:
+            raise FileNotFoundError(f"stage-1 round {rnd} is not completed (have: {rounds})")
+        return rnd
+
+
+def layout(root: PathLike | StorageLayout) -> StorageLayout:
+    """A ``StorageLayout`` from a root URI/path (or the layout itself)."""
+    return root if isinstance(root, StorageLayout) else StorageLayout(root)

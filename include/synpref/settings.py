@@ -1,0 +1,323 @@
+"""Settings declared once: a typed field (default, bounds, title, section, description) per setting.
+
+The library's configs (``PrepareConfig``, ``AnnotateSettings``, ``Stage1Config``, ``RMConfig``,
+``Stage2Config``, ...) are pydantic models, all declared in this module (it imports nothing heavy,
+so DAG files use it at parse time), their user-facing fields declared with ``setting(...)``. From
+them the DAGs derive their ``Param``s (``dags/synpref_common.py``), the CLI derives its flags
+(``synpref.cli``) and both build the config back with ``from_flat``. A nested config
+(``Stage1Config.rm``) is flattened under its ``prefix`` (``rm_mode``, ``rm_lr``, ...). Fields
+without a title are internal: they keep their default and are not exposed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+if TYPE_CHECKING:
+    from .consistency import DecisionRule
+    from .layout import StorageLayout
+    from .llm_client import AnnotatorConfig, Budget
+
+RMMode = Literal["full", "frozen"]
+MergePolicy = Literal["majority", "unanimous", "weighted"]
+RecyclePolicy = Literal["both_rms_reject", "all_discarded"]
+NGRAM = 13  # decontamination n-gram length (paper appendix C)
+
+SECTION_DATA = "Data"
+SECTION_RETRIEVAL = "Adaptive retrieval"
+SECTION_ANNOTATION = "LLM annotation"
+SECTION_RM = "Reward models"
+SECTION_CONSISTENCY = "Consistency filtering"
+
+
+def setting(
+    default: Any, *, title: str, section: str, description: str = "", param: str | None = None, **constraints: Any
+) -> Any:
+    """A user-facing setting; ``param`` renames it in the DAG params / CLI flags (e.g. ``learning_rate`` → ``lr``)."""
+    extra: dict[str, Any] = {"section": section}
+    if param:
+        extra["param"] = param
+    return Field(default, title=title, description=description or None, json_schema_extra=extra, **constraints)
+
+
+def nested(default_factory: Any, *, prefix: str) -> Any:
+    """A nested config whose settings are exposed flat under ``prefix``."""
+    return Field(default_factory=default_factory, json_schema_extra={"prefix": prefix})
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One exposed setting, flattened: what a DAG Param or a CLI flag is made from."""
+
+    name: str  # flat name: DAG param key, CLI flag dest
+    path: tuple[str, ...]  # attribute path in the config model
+    default: Any
+    kind: str  # integer | number | string | boolean
+    nullable: bool
+    enum: tuple[Any, ...] | None
+    minimum: float | None
+    maximum: float | None
+    title: str
+    description: str
+    section: str
+
+
+_KINDS = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _extra(info: FieldInfo) -> dict[str, Any]:
+    return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+
+
+def _kind(annotation: Any) -> tuple[str, bool, tuple[Any, ...] | None]:
+    """(json kind, nullable, enum) of a field annotation."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        kind, _, enum = _kind(inner[0])
+        return kind, type(None) in args, enum
+    if typing.get_origin(annotation) is Literal:
+        return _KINDS[type(args[0])], False, tuple(args)
+    return _KINDS[annotation], False, None
+
+
+def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
+    lo = hi = None
+    for m in info.metadata:
+        if isinstance(m, annotated_types.Ge):
+            lo = m.ge
+        elif isinstance(m, annotated_types.Le):
+            hi = m.le
+    return lo, hi
+
+
+def specs(model: type[BaseModel], prefix: str = "", path: tuple[str, ...] = ()) -> list[SettingSpec]:
+    """The exposed settings of a config model (nested configs flattened), in declaration order."""
+    out: list[SettingSpec] = []
+    for name, info in model.model_fields.items():
+        extra = _extra(info)
+        if "prefix" in extra and isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            out += specs(info.annotation, prefix + extra["prefix"], path + (name,))
+            continue
+        if not info.title:
+            continue
+        kind, nullable, enum = _kind(info.annotation)
+        lo, hi = _bounds(info)
+        out.append(
+            SettingSpec(
+                name=prefix + extra.get("param", name),
+                path=path + (name,),
+                default=info.get_default(call_default_factory=True),
+                kind=kind,
+                nullable=nullable,
+                enum=enum,
+                minimum=lo,
+                maximum=hi,
+                title=info.title,
+                description=info.description or "",
+                section=extra["section"],
+            )
+        )
+    return out
+
+
+def from_flat(model: type[BaseModel], values: Mapping[str, Any], **fixed: Any) -> Any:
+    """Build ``model`` from flat settings (DAG params, CLI namespace); keys it does not declare are ignored."""
+    data: dict[str, Any] = {}
+    for spec in specs(model):
+        if spec.name in values:
+            target = data
+            for part in spec.path[:-1]:
+                target = target.setdefault(part, {})
+            target[spec.path[-1]] = values[spec.name]
+    return model.model_validate({**data, **fixed})
+
+
+def to_flat(config: BaseModel) -> dict[str, Any]:
+    """The exposed settings of a config instance, flat (the inverse of ``from_flat``)."""
+    out = {}
+    for spec in specs(type(config)):
+        value: Any = config
+        for part in spec.path:
+            value = getattr(value, part)
+        out[spec.name] = value
+    return out
+
+
+# --- the configs ---------------------------------------------------------------------
+
+# Declared once, used by more than one config (the pool's and stage 2's sharding).
+SHARD_SIZE: Any = setting(
+    20_000,
+    ge=100,
+    title="Shard size",
+    section=SECTION_DATA,
+    description="Pairs per shard (the unit of every mapped task downstream).",
+)
+
+
+class PrepareConfig(BaseModel):
+    """Pre-processing into a pool of shards."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    shard_size: int = SHARD_SIZE
+    ngram: int = NGRAM
+
+
+class RMConfig(BaseModel):
+    """A Bradley-Terry reward model's training setup (the titled fields are DAG params / CLI flags ``rm_*``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    mode: RMMode = setting(
+        "full",
+        title="RM training mode",
+        section=SECTION_RM,
+        description="full: fine-tune the backbone with TRL's RewardTrainer; "
+        "frozen: frozen encoder + BT head (fast on CPU).",
+    )
+    backbone: str | None = setting(
+        None,
+        title="RM backbone",
+        section=SECTION_RM,
+        description="HF sequence-classification checkpoint (name or path). "
+        "Empty: the packaged all-MiniLM-L6-v2 (CPU, offline).",
+    )
+    max_length: int = setting(256, ge=32, title="RM max tokens", section=SECTION_RM)
+    epochs: int = setting(1, ge=1, title="RM epochs", section=SECTION_RM)
+    learning_rate: float = setting(3e-5, title="RM learning rate (full mode)", section=SECTION_RM, param="lr")
+    batch_size: int = 16
+    eval_steps: int = 50
+    head_hidden: int = 256
+    head_epochs: int = 40
+    head_lr: float = 2e-3
+    seed: int = 0
+
+    def resolved_backbone(self) -> str:
+        from .adaptive_retrieval import default_embedder
+
+        return self.backbone or default_embedder()
+
+
+class AnnotateSettings(BaseModel):
+    """How pairs are judged (shared by stage 1, stage 2 and ``synpref annotate``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    samples: int | None = setting(
+        None,
+        ge=1,
+        title="Self-consistency samples",
+        section=SECTION_ANNOTATION,
+        description="Verdicts sampled per annotator per pair (separate requests). "
+        "Empty: each annotator's own setting.",
+    )
+    merge_policy: MergePolicy = setting("majority", title="Cross-model merge policy", section=SECTION_ANNOTATION)
+    max_examples: int = setting(
+        8,
+        ge=0,
+        le=32,
+        title="Few-shot gold examples",
+        section=SECTION_ANNOTATION,
+        description="Similar human-verified pairs shown in each judging prompt.",
+    )
+    budget_usd: float | None = setting(
+        None,
+        title="LLM budget (USD)",
+        section=SECTION_ANNOTATION,
+        description="Stop issuing new requests once spent (split evenly across annotator tasks); "
+        "the rest is marked not_annotated_budget.",
+    )
+    seed: int = setting(
+        0, title="Seed", section=SECTION_ANNOTATION, description="Seeds candidate order, sampling and training."
+    )
+
+    def for_annotator(self, annotator: AnnotatorConfig) -> AnnotatorConfig:
+        """The annotator with this run's self-consistency samples, when set."""
+        return annotator.model_copy(update={"samples": self.samples}) if self.samples else annotator
+
+    def budget(self, tasks: int = 1) -> Budget:
+        """One task's share of the budget (split evenly across annotator × shard tasks)."""
+        from .llm_client import Budget
+
+        return Budget(self.budget_usd / tasks if self.budget_usd is not None else None)
+
+
+class Stage1Config(AnnotateSettings):
+    """A round's settings: annotation (inherited), adaptive retrieval, reward models."""
+
+    k_max: int = setting(
+        8,
+        ge=1,
+        le=64,
+        title="k_max",
+        section=SECTION_RETRIEVAL,
+        description="Neighbours pulled for each gold pair the RM gets wrong (fewer when it is confidently right).",
+    )
+    spot_check: int = setting(
+        20,
+        ge=0,
+        title="Spot-check sample",
+        section=SECTION_RETRIEVAL,
+        description="New silver pairs also queued for human review each round.",
+    )
+    rm: RMConfig = nested(RMConfig, prefix="rm_")
+    validation_fraction: float = 0.2
+
+    @property
+    def rm_config(self) -> RMConfig:
+        """Both RMs of a round train with the round's seed."""
+        return self.rm.model_copy(update={"seed": self.seed})
+
+
+class Stage2Source(BaseModel):
+    """Which stage-1 round supplies the reward models and the gold set."""
+
+    round: str = setting(
+        "latest",
+        title="Stage-1 round",
+        section=SECTION_CONSISTENCY,
+        description="Round (YYYY-MM-DD) supplying the best RM and gold RM; 'latest' = newest completed.",
+    )
+
+
+class Stage2Config(AnnotateSettings):
+    """A stage-2 run's settings: annotation (inherited), sharding, the paper rule's band and recycle policy."""
+
+    band: float = setting(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        title="Band around 0.5",
+        section=SECTION_CONSISTENCY,
+        description="Pairs with p_best in (0.5, 0.5+band] also go to LLM re-annotation.",
+    )
+    recycle_policy: RecyclePolicy = setting(
+        "both_rms_reject",
+        title="Recycle policy",
+        section=SECTION_CONSISTENCY,
+        description="both_rms_reject: flip pairs both RMs reject (seed rule); "
+        "all_discarded: flip every discarded pair (paper).",
+    )
+    shard_size: int = SHARD_SIZE
+
+    def rule(self) -> DecisionRule:
+        from .consistency import PaperRule
+
+        return PaperRule(self.band, self.recycle_policy)
+
+    def fingerprint(self, store: StorageLayout, rnd: str) -> str:
+        """Identity of a shard's inputs (config + round manifest): a finished shard is skipped only if it matches."""
+        from .storage import read_bytes
+
+        round_manifest = hashlib.sha256(read_bytes(store.round(rnd).manifest)).hexdigest()
+        blob = json.dumps([self.model_dump(), rnd, round_manifest], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

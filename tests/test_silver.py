@@ -1,0 +1,82 @@
+"""The silver set and the human review queue at the end of a round."""
+
+import pyarrow as pa
+import pytest
+
+from synpref.annotation import MERGED_SCHEMA
+from synpref.silver import merge_into_silver, review_priority
+from synpref.synthetic import generate
+
+
+def _verdicts(pairs: list[dict], outcomes: list[tuple[str, str]]) -> pa.Table:
+    rows = [{"pair_id": p["pair_id"], "verdict": v, "status": s} for p, (v, s) in zip(pairs, outcomes)]
+    return pa.Table.from_pylist(rows, schema=MERGED_SCHEMA)
+
+
+@pytest.fixture()
+def pairs():
+    table, _ = generate(10, seed=9)
+    return table.to_pylist()
+
+
+OUTCOMES = [
+    ("agree", "annotated"),
+    ("agree", "annotated"),
+    ("disagree", "annotated"),
+    ("abstain", "annotated"),
+    ("abstain", "abstain_error"),
+    ("abstain", "not_annotated_budget"),
+]
+
+
+def test_every_retrieved_pair_lands_in_exactly_one_place(pairs):
+    silver, queue, counts = merge_into_silver([], pairs[:6], _verdicts(pairs[:6], OUTCOMES), "2026-11-01")
+    assert counts["silver_agree"] == 2
+    assert counts["silver_flipped"] == 1
+    assert counts["queued_contested"] == 2
+    assert counts["deferred_budget"] == 1
+    assert len(silver) == 3
+    assert len(queue) == 2
+
+
+def test_disagreeing_verdicts_join_silver_flipped(pairs):
+    silver, _, _ = merge_into_silver([], pairs[:6], _verdicts(pairs[:6], OUTCOMES), "2026-11-01")
+    flipped = next(s for s in silver if s["pair_id"] == pairs[2]["pair_id"])
+    assert flipped["chosen"] == pairs[2]["rejected"]
+    assert flipped["flipped"] is True
+    assert flipped["provenance"] == "llm"
+
+
+def test_failed_annotations_are_queued_with_their_reason(pairs):
+    _, queue, _ = merge_into_silver([], pairs[:6], _verdicts(pairs[:6], OUTCOMES), "2026-11-01")
+    reasons = {q["pair_id"]: q["queue_reason"] for q in queue}
+    assert reasons == {pairs[3]["pair_id"]: "contested", pairs[4]["pair_id"]: "abstain_error"}
+
+
+def test_spot_checks_sample_new_silver_deterministically(pairs):
+    verdicts = _verdicts(pairs, [("agree", "annotated")] * 10)
+    _, q1, c1 = merge_into_silver([], pairs, verdicts, "2026-11-01", spot_check=3, seed=1)
+    _, q2, _ = merge_into_silver([], pairs, verdicts, "2026-11-01", spot_check=3, seed=1)
+    assert c1["queued_spot_check"] == 3
+    assert [q["pair_id"] for q in q1] == [q["pair_id"] for q in q2]
+    assert {q["queue_reason"] for q in q1} == {"spot_check"}
+
+
+def test_new_verdicts_replace_previous_silver_rows(pairs):
+    old = [{**pairs[0], "round": "old"}]
+    silver, _, _ = merge_into_silver(old, pairs[:1], _verdicts(pairs[:1], [("agree", "annotated")]), "2026-11-02")
+    assert [s["round"] for s in silver] == ["2026-11-02"]
+
+
+def test_a_lost_pair_fails_the_merge(pairs):
+    with pytest.raises(RuntimeError, match="lost pairs"):
+        merge_into_silver([], pairs[:6], _verdicts(pairs[:5], OUTCOMES[:5]), "2026-11-01")
+
+
+def test_humans_see_objective_low_controversy_pairs_first():
+    rows = [
+        {"pair_id": "c", "preference_objectivity": "subjective", "controversiality": "low"},
+        {"pair_id": "b", "preference_objectivity": "objective", "controversiality": "high"},
+        {"pair_id": "a", "preference_objectivity": "objective", "controversiality": "low"},
+    ]
+    assert [r["pair_id"] for r in sorted(rows, key=review_priority)] == ["a", "b", "c"]
