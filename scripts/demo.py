@@ -72,6 +72,7 @@ def main() -> int:
         "pool": (args.pool, 3, 0.3, False, "raw/pool.parquet"),
         "wild": (args.wild, 4, 0.3, False, "wild/wild.parquet"),
     }
+    made: list[Path] = []  # every set is disjoint from the earlier ones (no shared or mirrored pair)
     for name, (n, seed, noise, attrs, rel) in datasets.items():
         cmd = (
             synpref
@@ -91,7 +92,9 @@ def main() -> int:
                 name,
             ]
             + ([] if attrs else ["--no-attributes"])
+            + [a for earlier in made for a in ("--disjoint-from", str(earlier))]
         )
+        made.append(storage / rel)
         sh(cmd, logs / f"synth-{name}.log", env)
         print(f"   {name:12s} {n:6d} pairs, label noise {noise:.0%}")
 
@@ -247,6 +250,17 @@ def main() -> int:
             f"   label accuracy vs hidden truth: input {acc['input']:.3f} | kept {acc['kept']:.3f} | recycled "
             f"{acc['recycled'] or 0:.3f} | dropped {acc['dropped'] or 0:.3f}"
         )
+        quality = json.loads((s2 / "manifest.json").read_text())["quality_estimates"]
+        if quality.get("canaries"):
+            est = {k: quality[k] for k in ("kept_precision", "retention", "recycled_precision")}
+            print(
+                f"   estimated without the truth, from {quality['canaries']} blind canaries (95% intervals): "
+                + " | ".join(
+                    f"{k.replace('_', ' ')} {fmt(v['estimate'])} [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]"
+                    for k, v in est.items()
+                )
+            )
+        print(f"   decision rule: {json.loads((s2 / 'manifest.json').read_text())['config']['decision_rule']}")
         print(f"== done in {time.time() - t0:.0f} s. Outputs:")
         print(f"   storage root      {storage}")
         print(f"   stage-1 rounds    {storage / 'rounds'}/<date>/manifest.json")

@@ -88,6 +88,8 @@ def _relative_artifacts(root) -> set[str]:
         shard.scores_marker,
         shard.samples("<annotator>"),
         shard.success,
+        shard.canary_scores,
+        shard.canaries,
         *(run.part(d, "<shard>") for d in ("kept", "recycled", "dropped")),
     ]
     out = set()

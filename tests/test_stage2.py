@@ -35,7 +35,7 @@ def test_gold_rm_never_scores_gold_pairs(world, tmp_path):
     """Stage-2 scoring marks pairs already in gold and leaves their gold-RM p empty."""
     store, shard, rows = world
     run = store.stage2("scored")
-    info = step_score(store, run, RND, shard, Stage2Config())
+    info = step_score(store, run, RND, shard, Stage2Config(decision_rule="paper"))
     scores = {r["pair_id"]: r for r in pq.read_table(run.shard(shard).scores).to_pylist()}
     assert info["in_gold"] == 20
     assert all(scores[r["pair_id"]]["in_gold"] for r in rows[:20])
@@ -54,3 +54,9 @@ def test_a_new_signal_and_rule_run_through_the_shard_steps(world):
     longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows[20:])
     assert info["kept"] == 20 + longer  # gold pairs keep their label
     assert info["dropped"] == 40 - longer
+
+
+def test_the_reliability_rule_refuses_a_round_without_calibration(world):
+    store, shard, _ = world
+    with pytest.raises(FileNotFoundError, match="decision_rule=paper"):
+        step_score(store, store.stage2("old-round"), RND, shard, Stage2Config())

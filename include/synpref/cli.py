@@ -38,10 +38,13 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 @command
 def cmd_synth(a: argparse.Namespace) -> int:
-    from .storage import write_parquet
-    from .synthetic import generate
+    from .storage import read_parquet, write_parquet
+    from .synthetic import generate_disjoint
 
-    pairs, truth = generate(a.n, seed=a.seed, noise=a.noise, source=a.source, with_attributes=not a.no_attributes)
+    exclude = [read_parquet(p) for p in a.disjoint_from]
+    pairs, truth = generate_disjoint(
+        a.n, exclude, seed=a.seed, noise=a.noise, source=a.source, with_attributes=not a.no_attributes
+    )
     write_parquet(pairs, a.out)
     write_parquet(truth, a.truth)
     _print({"pairs": a.out, "truth": a.truth, "n": pairs.num_rows, "noise": a.noise})
@@ -230,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-attributes", action="store_true", help="leave the 5 preference attributes empty")
     s.add_argument("--out", required=True, help="output Parquet URI")
     s.add_argument("--truth", required=True, help="hidden-truth Parquet URI (keep it out of the input directory)")
+    s.add_argument(
+        "--disjoint-from",
+        action="append",
+        default=[],
+        help="pairs file the new set must share no pair with, in either orientation (repeatable)",
+    )
 
     s = sp.add_parser(
         "annotate", help="preference-aware LLM annotation of pairs (few-shot gold examples, self-consistency, merge)"

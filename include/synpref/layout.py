@@ -110,6 +110,16 @@ class RoundLayout:
         return self.dir / "gold_eval_metrics.json"
 
     @property
+    def calibration(self) -> Any:
+        """Both RMs' temperature, reliability on held-out gold, ECE/Brier before and after, joint weights."""
+        return self.dir / "calibration.json"
+
+    @property
+    def judges(self) -> Any:
+        """Each annotator's accuracy and position bias, measured on blind gold probes."""
+        return self.dir / "judges.json"
+
+    @property
     def pool_attributes(self) -> Any:
         return self.dir / "pool_attributes"
 
@@ -136,6 +146,10 @@ class RoundLayout:
 
     def usage(self, annotator: str) -> Any:
         return self.annotator_dir(annotator) / "usage.json"
+
+    def probe(self, annotator: str) -> Any:
+        """The annotator's samples on the blind gold probe."""
+        return self.annotator_dir(annotator) / "probe.parquet"
 
     @property
     def review_queue(self) -> Any:
@@ -197,6 +211,16 @@ class ShardLayout:
 
     def usage(self, annotator: str) -> Any:
         return self.dir / "annotations" / annotator / "usage.json"
+
+    @property
+    def canary_scores(self) -> Any:
+        """Scores and routing of the canaries assigned to this shard."""
+        return self.dir / "canary_scores.parquet"
+
+    @property
+    def canaries(self) -> Any:
+        """The canaries' decisions (never exported)."""
+        return self.dir / "canaries.parquet"
 
     @property
     def success(self) -> Any:

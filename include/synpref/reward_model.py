@@ -14,6 +14,7 @@ never saturates by accident.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -92,6 +93,31 @@ def _train_frozen(train: list[dict], select: list[dict], cfg: RMConfig, local: P
     enc = lambda rows, side: torch.from_numpy(_encode_pairs(*_texts(rows, side), backbone))  # noqa: E731
     xw, xl = enc(train, "chosen"), enc(train, "rejected")
     sw, sl = (enc(select, "chosen"), enc(select, "rejected")) if select else (None, None)
+    state, metrics = fit_bt_head(xw, xl, sw, sl, cfg)
+    save_file(state, str(local / "head.safetensors"))
+    return {**metrics, "train_pairs_used": len(train), "dropped_too_long": 0}
+
+
+def pair_features(rows: list[dict], backbone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen-encoder features of (prompt + chosen) and (prompt + rejected) for every row."""
+    name = backbone or RMConfig().resolved_backbone()
+    return _encode_pairs(*_texts(rows, "chosen"), name).copy(), _encode_pairs(*_texts(rows, "rejected"), name).copy()
+
+
+def head_scores(state: dict, x) -> np.ndarray:
+    """Rewards of a BT head (``fit_bt_head``'s state) on features ``x``."""
+    import torch
+
+    head = _head(state["0.weight"].shape[1], state["0.weight"].shape[0])
+    head.load_state_dict(state)
+    with torch.inference_mode():
+        return head(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).double().numpy()
+
+
+def fit_bt_head(xw, xl, sw, sl, cfg: RMConfig) -> tuple[dict, dict]:
+    """A BT head on frozen features of (chosen, rejected); the epoch with the best selection accuracy is kept."""
+    import torch
+
     _seed_everything(cfg.seed)
     head = _head(xw.shape[1], cfg.head_hidden)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=0.01)
@@ -113,14 +139,7 @@ def _train_frozen(train: list[dict], select: list[dict], cfg: RMConfig, local: P
         history.append({"epoch": epoch, "select_accuracy": acc})
         if acc > best[0]:
             best = (acc, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
-    save_file(best[2], str(local / "head.safetensors"))
-    return {
-        "best_epoch": best[1],
-        "select_accuracy": best[0] if sw is not None else None,
-        "history": history,
-        "train_pairs_used": len(train),
-        "dropped_too_long": 0,
-    }
+    return best[2], {"best_epoch": best[1], "select_accuracy": best[0] if sw is not None else None, "history": history}
 
 
 # --- full fine-tuning with TRL --------------------------------------------------------------
@@ -131,10 +150,13 @@ def _tokenize(tokenizer, prompts: list[str], responses: list[str], max_length: i
     return enc["input_ids"]
 
 
+CURVE = ("step", "loss", "eval_loss", "eval_accuracy")  # what a training curve records per logged step
+
+
 def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Path) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, EarlyStoppingCallback
     from trl import RewardConfig, RewardTrainer
 
     backbone = cfg.resolved_backbone()
@@ -155,12 +177,16 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
     train_ds = ds(train)
     eval_ds = ds(select) if select else None
     eos = tok.eos_token or tok.sep_token
+    # small sets (a few hundred gold pairs) get enough updates: at least min_steps, with the checkpoint
+    # chosen on the selection set and early stopping once it stops improving
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / max(1, math.ceil(len(train) / cfg.batch_size))))
+    steps = max(1, min(cfg.eval_steps, math.ceil(len(train) / cfg.batch_size)))
     args = RewardConfig(
         output_dir=str(local / "trainer"),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=32,
         learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
+        num_train_epochs=epochs,
         lr_scheduler_type="linear",
         use_cpu=True,
         bf16=False,
@@ -170,17 +196,20 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
         data_seed=cfg.seed,
         report_to=[],
         disable_tqdm=True,
-        logging_steps=max(1, cfg.eval_steps // 2),
+        logging_steps=steps,
         save_total_limit=2,
         eval_strategy="steps" if eval_ds is not None else "no",
-        eval_steps=cfg.eval_steps,
+        eval_steps=steps,
         save_strategy="steps" if eval_ds is not None else "no",
-        save_steps=cfg.eval_steps,
+        save_steps=steps,
         load_best_model_at_end=eval_ds is not None,
         metric_for_best_model="accuracy",
         greater_is_better=True,
     )
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok)
+    stop = [EarlyStoppingCallback(early_stopping_patience=cfg.patience)] if eval_ds is not None else []
+    trainer = RewardTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok, callbacks=stop
+    )
     used = len(trainer.train_dataset)
     result = trainer.train()
     select_acc = trainer.evaluate()["eval_accuracy"] if eval_ds is not None else None
@@ -193,6 +222,11 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
         "select_accuracy": select_acc,
         "train_loss": result.training_loss,
         "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+        "steps": trainer.state.global_step,
+        "history": [
+            {k: h[k] for k in ("step", "loss", "eval_loss", "eval_accuracy") if k in h}
+            for h in trainer.state.log_history
+        ],
     }
 
 

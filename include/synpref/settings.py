@@ -25,12 +25,13 @@ from pydantic.fields import FieldInfo
 
 if TYPE_CHECKING:
     from .consistency import DecisionRule
-    from .layout import StorageLayout
+    from .layout import RoundLayout, StorageLayout
     from .llm_client import AnnotatorConfig, Budget
 
 RMMode = Literal["full", "frozen"]
 MergePolicy = Literal["majority", "unanimous", "weighted"]
-RecyclePolicy = Literal["both_rms_reject", "all_discarded"]
+RecyclePolicy = Literal["rule_default", "positive_evidence", "both_rms_reject", "all_discarded"]
+DecisionRuleName = Literal["reliability", "paper"]
 NGRAM = 13  # decontamination n-gram length (paper appendix C)
 
 SECTION_DATA = "Data"
@@ -196,7 +197,9 @@ class RMConfig(BaseModel):
     epochs: int = setting(1, ge=1, title="RM epochs", section=SECTION_RM)
     learning_rate: float = setting(3e-5, title="RM learning rate (full mode)", section=SECTION_RM, param="lr")
     batch_size: int = 16
-    eval_steps: int = 50
+    eval_steps: int = 50  # at most; at least once per epoch
+    min_steps: int = 200  # full mode: optimizer updates however small the training set
+    patience: int = 3  # full mode: evaluations without improvement before stopping
     head_hidden: int = 256
     head_epochs: int = 40
     head_lr: float = 2e-3
@@ -269,6 +272,14 @@ class Stage1Config(AnnotateSettings):
         section=SECTION_RETRIEVAL,
         description="New silver pairs also queued for human review each round.",
     )
+    judge_probe: int = setting(
+        64,
+        ge=0,
+        title="Judge probe (gold pairs)",
+        section=SECTION_ANNOTATION,
+        description="Gold pairs each annotator judges blind every round, to measure its accuracy and "
+        "position bias (weighted merge, stage-2 decisions). 0: none.",
+    )
     rm: RMConfig = nested(RMConfig, prefix="rm_")
     validation_fraction: float = 0.2
 
@@ -290,29 +301,69 @@ class Stage2Source(BaseModel):
 
 
 class Stage2Config(AnnotateSettings):
-    """A stage-2 run's settings: annotation (inherited), sharding, the paper rule's band and recycle policy."""
+    """A stage-2 run's settings: annotation (inherited), sharding, the decision rule and its parameters."""
 
+    decision_rule: DecisionRuleName = setting(
+        "reliability",
+        title="Decision rule",
+        section=SECTION_CONSISTENCY,
+        description="reliability: every source counts by its reliability measured on gold, decisions reach "
+        "the target precision (default); paper: Skywork-Reward-V2's rule as published (reproduction).",
+    )
+    target_precision: float = setting(
+        0.98,
+        ge=0.5,
+        le=0.999,
+        title="Target precision",
+        section=SECTION_CONSISTENCY,
+        description="reliability rule: keep (or flip) a pair only when the confidence in its label reaches "
+        "this; pairs below it go to the LLM judges, least certain first.",
+    )
+    canaries: int = setting(
+        200,
+        ge=0,
+        title="Canary pairs",
+        section=SECTION_CONSISTENCY,
+        description="Held-out gold pairs sent through stage 2 blind, in both orientations, to estimate kept "
+        "precision, retention and recycled precision with intervals (never exported). 0: none.",
+    )
+    min_confidence: float = setting(
+        0.9,
+        ge=0.5,
+        le=0.999,
+        title="Minimum pair confidence",
+        section=SECTION_CONSISTENCY,
+        description="reliability rule: no pair is kept below this confidence, even when the kept set's "
+        "expected precision would still reach the target.",
+    )
     band: float = setting(
         0.0,
         ge=0.0,
         le=0.5,
         title="Band around 0.5",
         section=SECTION_CONSISTENCY,
-        description="Pairs with p_best in (0.5, 0.5+band] also go to LLM re-annotation.",
+        description="paper rule: pairs with p_best in (0.5, 0.5+band] also go to LLM re-annotation.",
     )
     recycle_policy: RecyclePolicy = setting(
-        "both_rms_reject",
+        "rule_default",
         title="Recycle policy",
         section=SECTION_CONSISTENCY,
-        description="both_rms_reject: flip pairs both RMs reject (seed rule); "
-        "all_discarded: flip every discarded pair (paper).",
+        description="positive_evidence: flip only when the confidence in the flipped label reaches the target "
+        "and the judges disagree with the stored label; both_rms_reject: flip pairs both RMs reject (seed rule); "
+        "all_discarded: flip every discarded pair (paper); rule_default: positive_evidence for the reliability "
+        "rule, both_rms_reject for the paper rule.",
     )
     shard_size: int = SHARD_SIZE
 
-    def rule(self) -> DecisionRule:
-        from .consistency import PaperRule
+    def rule(self, rnd: RoundLayout) -> DecisionRule:
+        """The configured decision rule, with the round's calibration and judge reliability."""
+        from .consistency import PaperRule, ReliabilityRule
 
-        return PaperRule(self.band, self.recycle_policy)
+        if self.decision_rule == "paper":
+            policy = "both_rms_reject" if self.recycle_policy == "rule_default" else self.recycle_policy
+            return PaperRule(self.band, policy)
+        policy = "positive_evidence" if self.recycle_policy == "rule_default" else self.recycle_policy
+        return ReliabilityRule.for_round(rnd, self.target_precision, policy, self.min_confidence)
 
     def fingerprint(self, store: StorageLayout, rnd: str) -> str:
         """Identity of a shard's inputs (config + round manifest): a finished shard is skipped only if it matches."""

@@ -72,18 +72,32 @@ CATEGORY_ATTRIBUTES = {
 
 @dataclass(frozen=True)
 class JudgeProfile:
-    """A simulated judge model: P(correct verdict), P(answers Candidate 1 regardless), fault rate."""
+    """A simulated judge model: P(correct verdict), P(answers Candidate 1 regardless), fault rate, and how
+    strongly its errors concentrate on hard pairs (``difficulty`` 0: independent errors; 1: a pair's
+    accuracy ranges over accuracy ± (1 − accuracy) by a difficulty every judge shares, mean unchanged)."""
 
     accuracy: float = 0.85
     position_bias: float = 0.0
     fault_rate: float = 0.0
+    difficulty: float = 0.0
     slow_s: float = 3.0
 
     @classmethod
     def parse(cls, spec: str) -> JudgeProfile:
-        """``accuracy[,position_bias[,fault_rate]]``"""
+        """``accuracy[,position_bias[,fault_rate[,difficulty]]]``"""
         vals = [float(x) for x in spec.split(",") if x]
         return cls(*vals)
+
+    def accuracy_on(self, conversation: str, c1: str, c2: str) -> float:
+        """This judge's accuracy on one pair: shared difficulty, the same whatever the candidates' order."""
+        if not self.difficulty:
+            return self.accuracy
+        a, b = sorted((c1, c2))
+        u = (
+            int(hashlib.sha256(f"difficulty\x00{conversation}\x00{a}\x00{b}".encode()).hexdigest()[:8], 16)
+            / 0xFFFFFFFF
+        )
+        return self.accuracy + self.difficulty * (1 - self.accuracy) * (1 - 2 * u)
 
 
 def _key(prompt: str, response: str) -> str:
@@ -137,7 +151,7 @@ class SimulatedJudgeServer:
         elif correct_slot is None:
             slot = rng.choice([1, 2])
         else:
-            slot = correct_slot if rng.random() < profile.accuracy else 3 - correct_slot
+            slot = correct_slot if rng.random() < profile.accuracy_on(conv, c1, c2) else 3 - correct_slot
         return (
             f"Both candidates address the request. Weighing the guideline, Candidate {slot} is better.\n\n[[{slot}]]"
         )

@@ -9,6 +9,7 @@ gathers them into the manifest.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import numpy as np
@@ -16,10 +17,11 @@ import pyarrow as pa
 
 from . import gold as gold_mod
 from .adaptive_retrieval import RetrievalConfig, adaptive_retrieve, embed_rows, k_for_p, nearest_examples
-from .annotation import annotator_stats, judge, merge_samples, status_counts
+from .annotation import annotator_stats, few_shot_examples, judge, merge_samples, status_counts
 from .attributes import generate_attributes
 from .layout import MANIFEST, SEED_ROUND, RoundLayout, StorageLayout, layout
 from .llm_client import AnnotatorConfig
+from .reliability import calibrate, joint_weights, judge_reliability, judge_warnings, rm_warnings
 from .reward_model import RewardModel, evaluate, train_reward_model
 from .schema import PAIR_SCHEMA, has_attributes
 from .settings import Stage1Config
@@ -152,25 +154,45 @@ def step_train(root: PathLike | StorageLayout, rnd: str, which: str, cfg: Stage1
     train, select = {"best": (out.silver_in, out.gold), "gold": (out.gold_train, out.gold_validation)}[which]
     dest = out.rm(which)
     metrics = train_reward_model(_rows(train), _rows(select), cfg.rm_config, dest)
-    info = {"uri": str(dest), **{k: v for k, v in metrics.items() if k != "history"}}
+    info = {"uri": str(dest), **metrics}  # with the training curve ("history")
     return _step_record(out, f"train_{which}_rm", info)
 
 
 def step_evaluate(root: PathLike | StorageLayout, rnd: str) -> dict:
-    """p = σ(r_w − r_l) of the best RM for every gold pair; accuracy overall/per category; errors."""
+    """p = σ(r_w − r_l) of the best RM for every gold pair; accuracy overall/per category; errors.
+
+    Also calibrates both RMs on gold they did not train on (the best RM on all gold, the gold RM on
+    gold-validation) and fits their joint weights on gold-validation → calibration.json.
+    """
     out = layout(root).round(rnd)
     rm = RewardModel(out.best_rm)
     table, metrics = evaluate(rm, _rows(out.gold))
     rm.close()
     write_parquet(table, out.gold_eval)
     gold_rm = RewardModel(out.gold_rm)
-    _, gold_rm_metrics = evaluate(gold_rm, _rows(out.gold_validation))
+    gold_table, gold_rm_metrics = evaluate(gold_rm, _rows(out.gold_validation))
     gold_rm.close()
+    best_diff = dict(zip(table.column("pair_id").to_pylist(), table.column("reward_diff").to_pylist()))
+    validation = gold_table.column("pair_id").to_pylist()
+    shared = {
+        "best": np.array([best_diff[p] for p in validation]),
+        "gold": np.array(gold_table.column("reward_diff").to_pylist()),
+    }
+    calibration = {"best": calibrate(np.array(list(best_diff.values()))), "gold": calibrate(shared["gold"])}
+    weights, warnings = joint_weights(shared, calibration), rm_warnings(calibration)
+    write_json({**calibration, "joint_weights": weights, "warnings": warnings}, out.calibration)
     info = {
         "best_rm_gold_accuracy": metrics["accuracy"],
         "per_category": metrics["per_category"],
         "errors": len(metrics["errors"]),
         "gold_rm_validation_accuracy": gold_rm_metrics["accuracy"],
+        "calibration": {
+            name: {k: c[k] for k in ("weight", "n", "ci_low", "ci_high", "significant", "ece_before", "ece_after")}
+            | {"brier_before": c["brier_before"], "brier_after": c["brier_after"]}
+            for name, c in calibration.items()
+        },
+        "rm_joint_weights": weights,
+        "warnings": warnings,
     }
     write_json({**metrics, "gold_rm_validation": gold_rm_metrics}, out.gold_eval_metrics)
     return _step_record(out, "evaluate", info)
@@ -244,18 +266,31 @@ def step_annotate(
     cfg: Stage1Config = Stage1Config(),
     n_annotators: int = 1,
 ) -> dict:
-    """Preference-aware annotation of the retrieved pairs by ONE annotator (the DAG maps over annotators)."""
+    """Preference-aware annotation of the retrieved pairs by ONE annotator (the DAG maps over annotators),
+    then of a blind probe of gold pairs that measures the annotator (accuracy, position bias)."""
     store = layout(root)
     out = store.round(rnd)
     annotator = cfg.for_annotator(annotator)
     pairs = _rows(out.retrieved)
-    samples, usage = judge(pairs, _examples_for(out), annotator, store.llm_cache, cfg, cfg.budget(n_annotators))
+    budget = cfg.budget(n_annotators)
+    samples, usage = judge(pairs, _examples_for(out), annotator, store.llm_cache, cfg, budget)
     write_parquet(samples, out.samples(annotator.name))
-    write_json(
-        {"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}, out.usage(annotator.name)
-    )
-    counts = {k: usage[annotator.name][k] for k in ("requests", "cache_hits", "errors", "new_cost_usd")}
-    return {"annotator": annotator.name, "pairs": len(pairs), **counts}
+    gold = _rows(out.gold)
+    probe = probe_pairs(gold, cfg.judge_probe, cfg.seed)
+    examples = few_shot_examples(probe, gold, cfg.max_examples)
+    probe_samples, probe_usage = judge(probe, examples, annotator, store.llm_cache, cfg, budget)
+    write_parquet(probe_samples, out.probe(annotator.name))
+    work = {"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}
+    write_json({**work, "probe_usage": probe_usage[annotator.name]["work"]}, out.usage(annotator.name))
+    keys = ("requests", "cache_hits", "errors", "new_cost_usd")
+    counts = {k: usage[annotator.name][k] + probe_usage[annotator.name][k] for k in keys}
+    return {"annotator": annotator.name, "pairs": len(pairs), "probe_pairs": len(probe), **counts}
+
+
+def probe_pairs(gold: list[dict], n: int, seed: int) -> list[dict]:
+    """A seeded sample of ``n`` gold pairs for measuring the judges."""
+    key = lambda g: hashlib.sha256(f"probe:{seed}:{g['pair_id']}".encode()).hexdigest()  # noqa: E731
+    return sorted(gold, key=key)[:n]
 
 
 def step_merge(
@@ -263,12 +298,18 @@ def step_merge(
     rnd: str,
     annotator_names: list[str],
     cfg: Stage1Config = Stage1Config(),
-    accuracy: dict[str, float] | None = None,
 ) -> dict:
-    """Merge annotators → silver (agreeing labels) + review queue (contested) for the humans' next day."""
+    """Merge annotators → silver (agreeing labels) + review queue (contested) for the humans' next day.
+
+    The judges' reliability measured on the gold probe is written to judges.json (the ``weighted`` merge
+    and stage 2 use it)."""
     out = layout(root).round(rnd)
     names = sorted(annotator_names)
     sample_tables = [read_parquet(out.samples(n)) for n in names]
+    probes = [read_parquet(out.probe(n)) for n in names if out.probe(n).exists()]
+    judges = judge_reliability(pa.concat_tables(probes)) if probes else {}
+    write_json(judges, out.judges)
+    accuracy = {n: j["accuracy"] for n, j in judges.get("annotators", {}).items() if j["accuracy"] is not None}
     retrieved = _rows(out.retrieved)
     merged = merge_samples(sample_tables, cfg.merge_policy, accuracy, [r["pair_id"] for r in retrieved])
     write_parquet(merged, out.verdicts)
@@ -277,16 +318,23 @@ def step_merge(
     _write_table(queue, QUEUE_SCHEMA, out.review_queue_table)
     write_jsonl(queue, out.review_queue_jsonl)
     write_bytes(out.review_tasks, gold_mod.dumps_tasks(queue).encode())
-    usage = {n: read_json(out.usage(n))["usage"] for n in names}
+    usage = {n: _total_usage(read_json(out.usage(n))) for n in names}
     info = {
         **counts,
         "verdicts": status_counts(merged),
         "annotator_stats": annotator_stats(pa.concat_tables(sample_tables)) if sample_tables else {},
+        "judges": judges,
         "usage": usage,
         "cost_usd": round(sum(u.get("cost_usd", 0) for u in usage.values()), 6),
         "tokens": sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values()),
     }
     return _step_record(out, "merge", info)
+
+
+def _total_usage(record: dict) -> dict:
+    """Tokens and cost of an annotator's work in the round: the retrieved pairs plus its gold probe."""
+    parts = [record["usage"], record.get("probe_usage", {})]
+    return {k: round(sum(p.get(k, 0) for p in parts), 6) for k in ("prompt_tokens", "completion_tokens", "cost_usd")}
 
 
 def step_publish(root: PathLike | StorageLayout, rnd: str, params: dict | None = None) -> dict:
@@ -296,6 +344,7 @@ def step_publish(root: PathLike | StorageLayout, rnd: str, params: dict | None =
     for required in STEPS:
         if required not in steps:
             raise RuntimeError(f"round {rnd}: step {required} has not completed; refusing to publish")
+    judges = steps["merge"].get("judges", {})
     prefix = len(str(out.dir.path)) + 1
     artifacts = sorted(str(p.path)[prefix:] for p in out.dir.rglob("*") if p.is_file() and p.name != MANIFEST)
     summary = {
@@ -307,6 +356,11 @@ def step_publish(root: PathLike | StorageLayout, rnd: str, params: dict | None =
         "review_queue": steps["merge"]["review_queue"],
         "cost_usd": steps["merge"]["cost_usd"],
         "tokens": steps["merge"]["tokens"],
+        "judges": {
+            n: {k: j[k] for k in ("accuracy", "ci_low", "ci_high", "n")}
+            for n, j in judges.get("annotators", {}).items()
+        },
+        "warnings": steps["evaluate"].get("warnings", []) + judge_warnings(judges),
     }
     manifest = {
         "kind": "stage1_round",

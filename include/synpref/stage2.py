@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from .annotation import few_shot_examples, judge, merge_samples, template
-from .consistency import DecisionRule, RewardModelSignal, Signal, score_rows, scores_schema
+from .canaries import OUTCOME_SCHEMA, canary_rows, estimates, label_right
+from .consistency import Decided, DecisionRule, RewardModelSignal, Signal, score_rows, scores_schema
 from .layout import DECISIONS, PoolLayout, RoundLayout, Stage2Layout, StorageLayout, layout
 from .llm_client import AnnotatorConfig
 from .preprocess import (
@@ -29,7 +30,7 @@ from .preprocess import (
 )
 from .readers import input_files
 from .recycle import recycled
-from .schema import PAIR_SCHEMA, to_trl
+from .schema import PAIR_SCHEMA, has_attributes, to_trl
 from .settings import PrepareConfig, Stage2Config
 from .storage import (
     PathLike,
@@ -52,6 +53,8 @@ DECISION_FIELDS = [
     pa.field("votes_agree", pa.int32()),
     pa.field("votes_disagree", pa.int32()),
     pa.field("votes_abstain", pa.int32()),
+    pa.field("confidence", pa.float64()),
+    pa.field("evidence", pa.string()),
 ]
 QUARANTINED_SCHEMA = pa.schema(
     [
@@ -68,6 +71,14 @@ QUARANTINED_SCHEMA = pa.schema(
 def round_signals(rnd: RoundLayout) -> list[Signal]:
     """The paper's two signals: the round's best RM and gold RM."""
     return [RewardModelSignal("best", rnd.best_rm), RewardModelSignal("gold", rnd.gold_rm)]
+
+
+def judge_accuracy(rnd: RoundLayout) -> dict[str, float] | None:
+    """Each annotator's accuracy measured on the round's gold probes (for the ``weighted`` merge)."""
+    if not rnd.judges.exists():
+        return None
+    judges = read_json(rnd.judges)["annotators"]
+    return {name: j["accuracy"] for name, j in judges.items() if j["accuracy"] is not None}
 
 
 def _run(out_dir: PathLike | Stage2Layout) -> Stage2Layout:
@@ -129,7 +140,7 @@ def step_score(
     if shard.scores_marker.exists() and read_json(shard.scores_marker).get("fingerprint") == fingerprint:
         return read_json(shard.scores_marker)
     signals = round_signals(store.round(rnd)) if signals is None else signals
-    rule = rule or cfg.rule()
+    rule = rule or cfg.rule(store.round(rnd))
     rows = read_parquet(shard_uri).to_pylist()
     gold_ids = set(_gold(store, rnd))
     to_score = [r for r in rows if r["pair_id"] not in gold_ids]
@@ -142,24 +153,56 @@ def step_score(
         row: dict[str, Any] = {"pair_id": r["pair_id"], "in_gold": i is None, "routed_to_llm": False}
         if i is not None:
             row.update({col: float(values[i]) for col, values in scores.items()})
-            row["routed_to_llm"] = rule.needs_judges(row)
         table_rows.append(row)
+    fitted = rule.prepare(table_rows)
+    for row in table_rows:
+        row["routed_to_llm"] = not row["in_gold"] and rule.needs_judges(row)
     write_parquet(pa.Table.from_pylist(table_rows, schema=schema), shard.scores)
+    canaries, _ = _canaries(store, _run(out_dir), rnd, shard_uri, rows, cfg)
+    canary_scores = score_rows(signals, canaries)
+    canary_table = []
+    for i, c in enumerate(canaries):
+        row = {"pair_id": c["pair_id"], "in_gold": False, **{k: float(v[i]) for k, v in canary_scores.items()}}
+        canary_table.append({**row, "routed_to_llm": rule.needs_judges(row)})
+    write_parquet(pa.Table.from_pylist(canary_table, schema=schema), shard.canary_scores)
     info = {
         "shard": shard.name,
         "pairs": len(rows),
         "in_gold": len(rows) - len(to_score),
         "routed_to_llm": sum(t["routed_to_llm"] for t in table_rows),
+        "canaries": len(canaries),
+        **fitted,
         "fingerprint": fingerprint,
     }
     write_json(info, shard.scores_marker)
     return info
 
 
-def _routed(run: Stage2Layout, shard_uri: PathLike) -> list[dict]:
-    scores = read_parquet(run.shard(shard_uri).scores, ["pair_id", "routed_to_llm"]).to_pylist()
-    wanted = {s["pair_id"] for s in scores if s["routed_to_llm"]}
-    return [r for r in read_parquet(shard_uri).to_pylist() if r["pair_id"] in wanted]
+def _canaries(
+    store: StorageLayout, run: Stage2Layout, rnd: str, shard_uri: PathLike, rows: list[dict], cfg: Stage2Config
+) -> tuple[list[dict], dict[str, str]]:
+    """The canaries assigned to this shard, and their gold pair ids (see ``synpref.canaries``)."""
+    held_out = store.round(rnd).gold_validation
+    if not cfg.canaries or not held_out.exists():
+        return [], {}
+    pool = run.pool()
+    name = as_path(shard_uri).name
+    names = [s["name"] for s in read_json(pool.manifest)["shards"]] if pool.is_complete() else [name]
+    with_attributes = sum(map(has_attributes, rows)) * 2 > len(rows)
+    return canary_rows(read_parquet(held_out).to_pylist(), name, names, cfg.canaries, with_attributes)
+
+
+def _routed(run: Stage2Layout, shard_uri: PathLike, rule: DecisionRule) -> list[dict]:
+    """The shard's pairs routed to the judges, least certain first (a budget then skips the most certain)."""
+    scores = read_parquet(run.shard(shard_uri).scores).to_pylist()
+    rule.prepare(scores)
+    priority = {}
+    for s in scores:
+        if s["routed_to_llm"]:
+            confidence = rule.decide(s, None).confidence
+            priority[s["pair_id"]] = abs(confidence - 0.5) if confidence is not None else 0.0
+    rows = [r for r in read_parquet(shard_uri).to_pylist() if r["pair_id"] in priority]
+    return sorted(rows, key=lambda r: priority[r["pair_id"]])  # stable: shard order among equals
 
 
 def step_annotate_shard(
@@ -171,17 +214,24 @@ def step_annotate_shard(
     cfg: Stage2Config = Stage2Config(),
     n_tasks: int = 1,
 ) -> dict:
-    """LLM re-annotation (no humans) of one shard's routed pairs by one annotator, few-shot gold examples retrieved."""
+    """LLM re-annotation (no humans) of one shard's routed pairs (and canaries) by one annotator, few-shot gold
+    examples retrieved; a canary never sees its own gold pair among its examples."""
     store, run = layout(root), _run(out_dir)
-    annotator = cfg.for_annotator(annotator)
-    pairs = _routed(run, shard_uri)
-    examples = few_shot_examples(pairs, list(_gold(store, rnd).values()), cfg.max_examples)
-    samples, usage = judge(pairs, examples, annotator, store.llm_cache, cfg, cfg.budget(n_tasks))
     shard = run.shard(shard_uri)
+    annotator = cfg.for_annotator(annotator)
+    pairs = _routed(run, shard_uri, cfg.rule(store.round(rnd)))
+    canaries, sources = _canaries(store, run, rnd, shard_uri, read_parquet(shard_uri).to_pylist(), cfg)
+    routed = {s["pair_id"] for s in read_parquet(shard.canary_scores).to_pylist() if s["routed_to_llm"]}
+    canaries = [c for c in canaries if c["pair_id"] in routed]
+    gold = list(_gold(store, rnd).values())
+    examples = few_shot_examples(pairs, gold, cfg.max_examples)
+    blind = [g for g in gold if g["pair_id"] not in set(sources.values())]
+    examples.update(few_shot_examples(canaries, blind, cfg.max_examples))
+    samples, usage = judge(canaries + pairs, examples, annotator, store.llm_cache, cfg, cfg.budget(n_tasks))
     write_parquet(samples, shard.samples(annotator.name))
     write_json(usage[annotator.name]["work"], shard.usage(annotator.name))
     counts = {k: usage[annotator.name][k] for k in ("requests", "cache_hits", "errors")}
-    return {"shard": shard.name, "annotator": annotator.name, "pairs": len(pairs), **counts}
+    return {"shard": shard.name, "annotator": annotator.name, "pairs": len(pairs), "canaries": len(canaries), **counts}
 
 
 def _decision_schema() -> pa.Schema:
@@ -197,9 +247,11 @@ def _decided_row(r: dict, s: dict, gold: dict[str, dict], rule: DecisionRule, m:
     if s["in_gold"]:
         g = gold[r["pair_id"]]
         label = {"chosen": g["chosen"], "rejected": g["rejected"], "flipped": g["flipped"], "provenance": "human"}
-        decision, reason, row = "kept", "human-verified gold pair (label from gold)", {**r, **label}
+        decided = Decided("kept", "human-verified gold pair (label from gold)")
+        decision, row = decided.decision, {**r, **label}
     else:
-        decision, reason = rule.decide(s, verdict)
+        decided = rule.decide(s, m or None)
+        decision = decided.decision
         if decision == "recycled":
             row = recycled(r)
         elif decision == "kept":
@@ -208,8 +260,11 @@ def _decided_row(r: dict, s: dict, gold: dict[str, dict], rule: DecisionRule, m:
             row = r
     trl = to_trl(pa.Table.from_pylist([row], schema=PAIR_SCHEMA)).to_pylist()[0]
     votes = {k: m.get(k) for k in ("votes_agree", "votes_disagree", "votes_abstain")}
-    evidence = {"p_best": s.get("p_best"), "p_gold": s.get("p_gold"), "routed_to_llm": s["routed_to_llm"]}
-    return decision, {**trl, "decision": decision, "reason": reason, **evidence, "llm_verdict": verdict, **votes}
+    scores = {"p_best": s.get("p_best"), "p_gold": s.get("p_gold"), "routed_to_llm": s["routed_to_llm"]}
+    evidence = json.dumps(decided.evidence, sort_keys=True) if decided.evidence else None
+    confidence = {"confidence": decided.confidence, "evidence": evidence}
+    row = {**trl, "decision": decision, "reason": decided.reason, **scores, "llm_verdict": verdict, **votes}
+    return decision, {**row, **confidence}
 
 
 def step_decide(
@@ -227,8 +282,12 @@ def step_decide(
     rows = read_parquet(shard_uri).to_pylist()
     scores = {s["pair_id"]: s for s in read_parquet(shard.scores).to_pylist()}
     samples = [read_parquet(shard.samples(a)) for a in sorted(annotator_names) if shard.samples(a).exists()]
-    merged = {m["pair_id"]: m for m in merge_samples(samples, cfg.merge_policy).to_pylist()} if samples else {}
-    gold, rule = _gold(store, rnd), rule or cfg.rule()
+    accuracy = judge_accuracy(store.round(rnd))
+    merged = merge_samples(samples, cfg.merge_policy, accuracy).to_pylist() if samples else []
+    merged = {m["pair_id"]: m for m in merged}
+    gold, rule = _gold(store, rnd), rule or cfg.rule(store.round(rnd))
+    routed = {pid: m for pid, m in merged.items() if scores.get(pid, {}).get("routed_to_llm")}
+    fitted = rule.prepare(list(scores.values()), routed)
     out: dict[str, list[dict]] = {d: [] for d in DECISIONS}
     for r in rows:
         decision, row = _decided_row(r, scores[r["pair_id"]], gold, rule, merged.get(r["pair_id"], {}))
@@ -238,11 +297,21 @@ def step_decide(
         write_parquet(pa.Table.from_pylist(decided, schema=schema), run.part(decision, shard.name))
     counts = {k: len(v) for k, v in out.items()}
     check_conservation(len(rows), counts, where=f"shard {shard.name}")
+    _, sources = _canaries(store, run, rnd, shard_uri, rows, cfg)
+    outcomes = []
+    for s in read_parquet(shard.canary_scores).to_pylist():
+        d = rule.decide(s, merged.get(s["pair_id"]) if s["routed_to_llm"] else None)
+        outcome = {"decision": d.decision, "confidence": d.confidence, "routed_to_llm": s["routed_to_llm"]}
+        outcomes.append({"pair_id": s["pair_id"], "source_pair_id": sources[s["pair_id"]], **outcome})
+        outcomes[-1]["label_right"] = label_right(s["pair_id"])
+    write_parquet(pa.Table.from_pylist(outcomes, schema=OUTCOME_SCHEMA), shard.canaries)
     info = {
         "shard": shard.name,
         "input": len(rows),
         **counts,
+        "canaries": len(outcomes),
         "routed_to_llm": sum(s["routed_to_llm"] for s in scores.values()),
+        **fitted,
         "fingerprint": cfg.fingerprint(store, rnd),
     }
     write_json(info, shard.success)
@@ -323,11 +392,18 @@ def step_export(
     """Quarantined table, dataset card and manifest (last)."""
     run = _run(out_dir)
     write_parquet(_quarantined_table(run), run.quarantined)
+    shards = [run.shard(s) for s in run.pool().shard_uris()]
+    outcomes = [o for s in shards if s.canaries.exists() for o in read_parquet(s.canaries).to_pylist()]
+    decided = sum(counts[d] for d in DECISIONS)
+    quality = estimates(outcomes, counts["kept"] / decided if decided else 0.0)
     card = template("dataset_card.md").format(
         run=run.name,
         round=rnd,
+        decision_rule=cfg.decision_rule,
+        target_precision=cfg.target_precision,
         recycle_policy=cfg.recycle_policy,
         band=cfg.band,
+        quality=quality_lines(quality),
         date=date,
         params=json.dumps(params or cfg.model_dump(), sort_keys=True, default=str),
         **counts,
@@ -338,6 +414,7 @@ def step_export(
         "run": run.name,
         "round": rnd,
         "counts": counts,
+        "quality_estimates": quality,
         "config": cfg.model_dump(),
         "params": params or {},
         "splits": {d: sorted(p.name for p in list_files(run.split_dir(d), (".parquet",))) for d in DECISIONS},
@@ -346,6 +423,28 @@ def step_export(
     }
     write_json(manifest, run.manifest)
     return manifest
+
+
+def quality_lines(quality: dict) -> str:
+    """The canary estimates as markdown lines for the dataset card."""
+    if not quality.get("canaries"):
+        return "- No canaries (no held-out gold in the source round, or `canaries` = 0): no estimates."
+
+    def fmt(name: str) -> str:
+        q = quality[name]
+        if q["estimate"] is None:
+            return "n/a"
+        return f"{q['estimate']:.3f} (95% interval {q['ci_low'] or 0:.3f}–{q['ci_high'] or 0:.3f})"
+
+    return "\n".join(
+        [
+            f"- Blind canaries: {quality['canaries']} (held-out gold pairs, both orientations; never exported)",
+            f"- Estimated precision of the kept pairs: {fmt('kept_precision')}",
+            f"- Estimated retention of pairs with a right label: {fmt('retention')}",
+            f"- Estimated precision of the recycled (flipped) pairs: {fmt('recycled_precision')}",
+            f"- Estimated share of right labels in the input: {quality['label_accuracy_of_input']:.3f}",
+        ]
+    )
 
 
 def begin_run(out_dir: PathLike | Stage2Layout) -> Stage2Layout:

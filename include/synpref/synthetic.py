@@ -9,6 +9,7 @@ curation quality can be scored without the pipeline ever seeing it. Deterministi
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -418,3 +419,20 @@ def generate(
             }
         )
     return records_to_table(pairs), pa.Table.from_pylist(truth, schema=TRUTH_SCHEMA)
+
+
+def content_key(row: dict) -> tuple:
+    """A pair's content regardless of orientation: mirrored copies share it."""
+    return json.dumps(row["conversation"], sort_keys=True), frozenset((row["chosen"], row["rejected"]))
+
+
+def generate_disjoint(n: int, exclude: list[pa.Table], seed: int = 0, **kwargs) -> tuple[pa.Table, pa.Table]:
+    """``generate`` with no pair (in either orientation) in common with the ``exclude`` tables."""
+    taken = {content_key(r) for t in exclude for r in t.select(["conversation", "chosen", "rejected"]).to_pylist()}
+    size = n
+    while True:
+        pairs, truth = generate(size, seed=seed, **kwargs)
+        keep = [i for i, r in enumerate(pairs.to_pylist()) if content_key(r) not in taken][:n]
+        if len(keep) == n:
+            return pairs.take(keep), truth.take(keep)
+        size = int(size * 1.5) + 10

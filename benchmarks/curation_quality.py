@@ -1,0 +1,420 @@
+"""Curation quality, measured against a hidden truth: the decision rules side by side, and cleanlab.
+
+One command (README, "Curation quality") builds, per setting (label noise, judge accuracy, RM mode), a
+synthetic world: seed gold and silver, an unverified pool, an in-the-wild set with exact and mirrored
+duplicates (conflicting labels), and a clean test set, all disjoint. It runs two stage-1 rounds
+(SIMULATED judges over real HTTP, SIMULATED human review between rounds) and stage 2's scoring, then
+judges every in-the-wild pair once so that every rule can be evaluated on the same saved evidence: a
+rule only sees the verdicts of the pairs it routes to the judges. Each curated set (kept + recycled)
+also trains a BT head on frozen MiniLM features; its accuracy on the clean test set is compared with
+the raw set's and the truth's ("oracle").
+
+The baseline is what a user would run without this project: cleanlab's ``find_label_issues`` on
+out-of-fold ``LogisticRegression`` probabilities (5-fold) over embedding(prompt + A) − embedding(prompt
++ B) in a random orientation, with the gold pairs as extra training data; its curated set is the input
+with the flagged labels flipped.
+
+    python benchmarks/curation_quality.py                # the README sweep (~45 minutes on 2 cores)
+    python benchmarks/curation_quality.py --quick        # one small setting (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from synpref.canaries import estimates
+from synpref.consistency import PaperRule, ReliabilityRule
+from synpref.evaluation import truth_agree
+from synpref.layout import StorageLayout
+from synpref.llm_client import AnnotatorConfig
+from synpref.preprocess import prepare
+from synpref.reward_model import fit_bt_head, head_scores, pair_features
+from synpref.settings import PrepareConfig, RMConfig, Stage1Config, Stage2Config
+from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex, simulate_human_review
+from synpref.stage1 import run_round
+from synpref.stage2 import (
+    begin_run,
+    judge_accuracy,
+    step_annotate_shard,
+    step_finalize_prepare,
+    step_prepare_file,
+    step_score,
+)
+from synpref.storage import read_json, read_parquet, write_parquet
+from synpref.synthetic import generate_disjoint
+
+log = logging.getLogger("curation_quality")
+
+
+@dataclass(frozen=True)
+class Setting:
+    noise: float
+    judge_accuracy: float
+    rm_mode: str
+    wild: int = 2000
+    pool: int = 1500
+
+    @property
+    def name(self) -> str:
+        return f"noise {self.noise:.0%}, judges {self.judge_accuracy}, RM {self.rm_mode}"
+
+
+SWEEP = [
+    Setting(0.30, 0.8, "frozen"),
+    Setting(0.30, 0.8, "full"),
+    Setting(0.10, 0.8, "frozen"),
+    Setting(0.45, 0.8, "frozen"),
+    Setting(0.30, 0.7, "frozen"),
+    Setting(0.30, 0.9, "frozen"),
+]
+QUICK = [Setting(0.30, 0.8, "frozen", wild=800, pool=800)]
+
+
+# --- the world -------------------------------------------------------------------------------
+
+
+def _with_copies(wild: pa.Table, truth: pa.Table, share: float, rng: np.random.Generator) -> tuple:
+    """Exact copies and mirrored copies (same conversation, responses swapped: the opposite label)."""
+    from synpref.schema import PairRecord, records_to_table
+
+    rows, truths = wild.to_pylist(), truth.to_pylist()
+    n = int(len(rows) * share)
+    picks = rng.choice(len(rows), size=2 * n, replace=False)
+    extra, extra_truth = [], []
+    for j, i in enumerate(picks):
+        r, t = rows[i], truths[i]
+        if j < n:  # an exact copy: the same pair_id, caught by exact dedup
+            extra.append(r)
+            extra_truth.append(t)
+            continue
+        mirrored = PairRecord(
+            conversation=r["conversation"], chosen=r["rejected"], rejected=r["chosen"], source=r["source"]
+        )
+        extra.append(mirrored.model_dump())
+        extra_truth.append(
+            {**t, "pair_id": mirrored.pair_id, "noisy": not t["noisy"], "chosen_is_correct": t["noisy"]}
+        )
+    return pa.concat_tables([wild, records_to_table(extra)]), pa.concat_tables(
+        [truth, pa.Table.from_pylist(extra_truth, schema=truth.schema)]
+    )
+
+
+def build_world(root: Path, s: Setting) -> dict:
+    sets = {}
+    for name, (n, seed, noise, attrs) in {
+        "gold": (200, 1, 0.0, True),
+        "silver": (800, 2, 0.2, True),
+        "pool": (s.pool, 3, s.noise, False),
+        "wild": (s.wild, 4, s.noise, False),
+        "test": (1500, 5, 0.0, False),
+    }.items():
+        earlier = [pairs for pairs, _ in sets.values()]
+        sets[name] = generate_disjoint(n, earlier, seed=seed, noise=noise, with_attributes=attrs, source=name)
+    sets["wild"] = _with_copies(*sets["wild"], 0.05, np.random.default_rng(7))
+    store = StorageLayout(root / "storage")
+    for name, rel in (("gold", "seed/gold.parquet"), ("silver", "seed/silver.parquet"), ("pool", "raw/pool.parquet")):
+        write_parquet(sets[name][0], store.root / rel)
+    write_parquet(sets["wild"][0], store.wild / "wild.parquet")
+    for name, (_, truth) in sets.items():
+        write_parquet(truth, root / "truth" / f"{name}.parquet")
+    return sets
+
+
+# --- running the pipeline -------------------------------------------------------------------
+
+
+def judges_for(s: Setting, server: SimulatedJudgeServer) -> list[AnnotatorConfig]:
+    names = [f"judge-{i}" for i in range(3)]
+    return [
+        AnnotatorConfig(
+            name=n, base_url=server.base_url, model=n, api_key="sk-sim", samples=3, max_concurrency=16, timeout_s=10
+        )
+        for n in names
+    ]
+
+
+def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str, object, list[str]]:
+    store = StorageLayout(root / "storage")
+    truths = [root / "truth" / f"{n}.parquet" for n in sets]
+    profiles = {f"judge-{i}": JudgeProfile(s.judge_accuracy, 0.1, 0.0, 0.5) for i in range(3)}
+    server = SimulatedJudgeServer(TruthIndex.from_tables(*(t for _, t in sets.values())), profiles, api_key="sk-sim")
+    server.start()
+    try:
+        annotators = judges_for(s, server)
+        prepare([str(store.raw / "pool.parquet")], store.pool, None, PrepareConfig(shard_size=1000))
+        cfg = Stage1Config(rm={"mode": s.rm_mode, "epochs": 2}, spot_check=20)
+        day = dt.date(2026, 11, 1)
+        for i in range(2):
+            rnd = str(day + dt.timedelta(days=i))
+            run_round(store, rnd, annotators, cfg)
+            nxt = str(day + dt.timedelta(days=i + 1))
+            simulate_human_review(store.round(rnd).review_tasks, truths, store.inbox(nxt) / "export.json")
+            log.info("round %s: %s", rnd, json.dumps(read_json(store.round(rnd).manifest)["summary"]))
+        rnd = store.resolve_round()
+        run = begin_run(store.stage2("eval"))
+        step_prepare_file(run, 0, str(store.wild / "wild.parquet"))
+        cfg2 = Stage2Config(shard_size=2000)
+        shards = step_finalize_prepare(run, cfg2)
+        everything = PaperRule(band=0.5)  # routes every pair: each rule is then evaluated on the same verdicts
+        for shard in shards:
+            step_score(store, run, rnd, shard, cfg2, rule=everything)
+            for a in annotators:
+                step_annotate_shard(store, run, rnd, shard, a, cfg2, len(annotators) * len(shards))
+        return store, rnd, run, shards
+    finally:
+        server.stop()
+
+
+# --- rules and metrics ----------------------------------------------------------------------
+
+
+def rule_variants(store: StorageLayout, rnd: str) -> dict[str, tuple[object, bool]]:
+    """name → (rule, uses judges)."""
+    r = store.round(rnd)
+    cal = read_json(r.calibration)
+    judges = read_json(r.judges) if r.judges.exists() else {}
+    best_only = {"best": cal["best"]["weight"] if cal["best"]["significant"] else 0.0, "gold": 0.0}
+    return {
+        "paper (both_rms_reject)": (PaperRule(0.0, "both_rms_reject"), True),
+        "paper (all_discarded)": (PaperRule(0.0, "all_discarded"), True),
+        "reliability (default)": (ReliabilityRule.for_round(r, 0.98, "positive_evidence"), True),
+        "reliability, no gold RM": (ReliabilityRule(best_only, judges, 0.98, "positive_evidence"), True),
+        "reliability, no judges": (ReliabilityRule(cal["joint_weights"], judges, 0.98, "positive_evidence"), False),
+        "reliability, both_rms_reject": (ReliabilityRule(cal["joint_weights"], judges, 0.98, "both_rms_reject"), True),
+        "reliability, all_discarded": (ReliabilityRule(cal["joint_weights"], judges, 0.98, "all_discarded"), True),
+    }
+
+
+def decide_all(store, rnd, run, shards, rule, use_judges: bool) -> tuple[dict, list[dict]]:
+    """Decisions of one rule over the saved scores and verdicts, and its canaries' outcomes."""
+    from synpref.annotation import merge_samples
+    from synpref.canaries import label_right
+
+    accuracy = judge_accuracy(store.round(rnd))
+    out, canaries = {}, []
+    for shard in shards:
+        sl = run.shard(shard)
+        scores = read_parquet(sl.scores).to_pylist()
+        tables = [read_parquet(p) for p in sorted((sl.dir / "annotations").glob("*/samples.parquet"))]
+        merged = {m["pair_id"]: m for m in merge_samples(tables, "majority", accuracy).to_pylist()}
+        rule.prepare(scores)
+        routed = {s["pair_id"] for s in scores if use_judges and rule.needs_judges(s)}
+        rule.prepare(scores, {p: m for p, m in merged.items() if p in routed})
+        for s in scores:
+            d = rule.decide(s, merged.get(s["pair_id"]) if s["pair_id"] in routed else None)
+            out[s["pair_id"]] = (d.decision, s["pair_id"] in routed)
+        for c in read_parquet(sl.canary_scores).to_pylist():
+            d = rule.decide(c, merged.get(c["pair_id"]) if use_judges and rule.needs_judges(c) else None)
+            canaries.append({"label_right": label_right(c["pair_id"]), "decision": d.decision})
+    return out, canaries
+
+
+def metrics(decisions: dict[str, tuple[str, bool]], correct: dict[str, bool]) -> dict:
+    ids = [p for p in decisions if p in correct]
+    kept = [p for p in ids if decisions[p][0] == "kept"]
+    recycled = [p for p in ids if decisions[p][0] == "recycled"]
+    flagged = {p for p in ids if decisions[p][0] != "kept"}
+    noisy = {p for p in ids if not correct[p]}
+    tp = len(flagged & noisy)
+    precision = tp / len(flagged) if flagged else 0.0
+    recall = tp / len(noisy) if noisy else 0.0
+    return {
+        "noise_precision": precision,
+        "noise_recall": recall,
+        "noise_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "kept_accuracy": sum(correct[p] for p in kept) / len(kept) if kept else None,
+        "retention": sum(correct[p] for p in kept) / max(1, sum(correct[p] for p in ids)),
+        "recycled_precision": sum(not correct[p] for p in recycled) / len(recycled) if recycled else None,
+        "curated": len(kept) + len(recycled),
+        "judged_share": sum(decisions[p][1] for p in ids) / len(ids),
+    }
+
+
+class Features:
+    """Frozen MiniLM features of (prompt + response) for both responses of every pair, computed once."""
+
+    def __init__(self, rows: list[dict]):
+        self.index = {r["pair_id"]: i for i, r in enumerate(rows)}
+        self.w, self.l = pair_features(rows)
+
+    def pairs(self, ids: list[str], flip: set[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.array([self.index[p] for p in ids])
+        swap = np.array([p in flip for p in ids])
+        w = np.where(swap[:, None], self.l[idx], self.w[idx])
+        lose = np.where(swap[:, None], self.w[idx], self.l[idx])
+        return w, lose
+
+
+def rm_test_accuracy(
+    feats: Features, train_ids: list[str], flip: set[str], gold_ids: list[str], test_ids: list[str]
+) -> float:
+    import torch
+
+    xw, xl = (torch.from_numpy(a.astype(np.float32)) for a in feats.pairs(train_ids, flip))
+    sw, sl = (torch.from_numpy(a.astype(np.float32)) for a in feats.pairs(gold_ids))
+    state, _ = fit_bt_head(xw, xl, sw, sl, RMConfig(mode="frozen"))
+    tw, tl = feats.pairs(test_ids)
+    return float(np.mean(head_scores(state, tw) - head_scores(state, tl) > 0))
+
+
+def cleanlab_flags(feats: Features, wild_ids: list[str], gold_ids: list[str], seed: int = 0) -> set[str]:
+    from cleanlab.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    rng = np.random.default_rng(seed)
+    ids = wild_ids + gold_ids
+    w, lose = feats.pairs(ids)
+    a_is_chosen = rng.random(len(ids)) < 0.5
+    x = np.where(a_is_chosen[:, None], w - lose, lose - w)
+    labels = a_is_chosen.astype(int)
+    probs = cross_val_predict(LogisticRegression(max_iter=2000, C=1.0), x, labels, cv=5, method="predict_proba")
+    issues = find_label_issues(labels, probs)
+    return {p for p, bad in zip(ids, issues) if bad and p in set(wild_ids)}
+
+
+def refresh_evidence(store: StorageLayout, rnd: str) -> None:
+    """Re-derive the round's calibration and judge reliability from its saved RMs and probes (``--reuse``)."""
+    import pyarrow as pa
+
+    from synpref.reliability import judge_reliability
+    from synpref.stage1 import step_evaluate
+    from synpref.storage import write_json
+
+    step_evaluate(store, rnd)
+    r = store.round(rnd)
+    probes = [read_parquet(p) for p in sorted((r.dir / "annotations").glob("*/probe.parquet"))]
+    write_json(judge_reliability(pa.concat_tables(probes)), r.judges)
+
+
+def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dict]:
+    root = workdir / s.name.replace(" ", "_").replace(",", "").replace("%", "pct")
+    t0 = time.time()
+    if reuse and (root / "storage" / "stage2" / "eval" / "prepared" / "manifest.json").exists():
+        sets = {n: (None, read_parquet(root / "truth" / f"{n}.parquet")) for n in ("gold", "silver", "pool", "wild")}
+        store = StorageLayout(root / "storage")
+        rnd, run = store.resolve_round(), store.stage2("eval")
+        shards = run.pool().shard_uris()
+        refresh_evidence(store, rnd)
+        sets["test"] = (read_parquet(root / "test.parquet"), None)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        sets = build_world(root, s)
+        write_parquet(sets["test"][0], root / "test.parquet")
+        store, rnd, run, shards = run_pipeline(root, s, sets)
+    pool = run.pool()
+    wild_rows = [r for shard in pool.shards() for r in read_parquet(shard).to_pylist()]
+    correct = truth_agree(wild_rows, sets["wild"][1])
+    gold_rows = read_parquet(store.round(rnd).gold).to_pylist()
+    test_rows = sets["test"][0].to_pylist()
+    feats = Features(wild_rows + gold_rows + test_rows)
+    wild_ids, gold_ids, test_ids = ([r["pair_id"] for r in rows] for rows in (wild_rows, gold_rows, test_rows))
+    noisy = {p for p, ok in correct.items() if not ok}
+    results = []
+    base = {"setting": s.name, "rm_test_raw": rm_test_accuracy(feats, wild_ids, set(), gold_ids, test_ids)}
+    base["rm_test_oracle"] = rm_test_accuracy(feats, wild_ids, noisy, gold_ids, test_ids)
+    for name, (rule, use_judges) in rule_variants(store, rnd).items():
+        decisions, canaries = decide_all(store, rnd, run, shards, rule, use_judges)
+        m = metrics(decisions, correct)
+        kept_share = sum(d == "kept" for d, _ in decisions.values()) / len(decisions)
+        m["canary"] = estimates(canaries, kept_share)
+        kept = [p for p, (d, _) in decisions.items() if d in ("kept", "recycled")]
+        flip = {p for p, (d, _) in decisions.items() if d == "recycled"}
+        m["rm_test"] = rm_test_accuracy(feats, kept, flip, gold_ids, test_ids) if kept else None
+        results.append({**base, "method": name, **m})
+    flags = cleanlab_flags(feats, wild_ids, gold_ids)
+    cl = metrics({p: ("recycled" if p in flags else "kept", False) for p in wild_ids}, correct)
+    cl["rm_test"] = rm_test_accuracy(feats, wild_ids, flags, gold_ids, test_ids)
+    cl["recycled_precision"] = sum(not correct[p] for p in flags) / len(flags) if flags else None
+    results.append({**base, "method": "cleanlab find_label_issues (flip flagged)", **cl})
+    log.info("%s done in %.0f s", s.name, time.time() - t0)
+    return results
+
+
+def gap_closed(r: dict) -> float | None:
+    if r["rm_test"] is None or r["rm_test_oracle"] <= r["rm_test_raw"]:
+        return None
+    return (r["rm_test"] - r["rm_test_raw"]) / (r["rm_test_oracle"] - r["rm_test_raw"])
+
+
+def _within(estimate: dict, truth: float | None) -> str:
+    if truth is None or estimate.get("estimate") is None:
+        return "—"
+    ok = (estimate["ci_low"] or 0) <= truth <= (estimate["ci_high"] or 1)
+    return f"{estimate['estimate']:.3f} [{estimate['ci_low'] or 0:.3f}, {estimate['ci_high'] or 1:.3f}]" + (
+        "" if ok else " ✗"
+    )
+
+
+def table(results: list[dict]) -> str:
+    def f(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    lines = []
+    for setting in dict.fromkeys(r["setting"] for r in results):
+        rows = [r for r in results if r["setting"] == setting]
+        cleanlab_f1 = next(r["noise_f1"] for r in rows if r["method"].startswith("cleanlab"))
+        lines += [
+            f"\n**{setting}** — RM test accuracy: raw {rows[0]['rm_test_raw']:.3f}, "
+            f"oracle {rows[0]['rm_test_oracle']:.3f}; cleanlab F1 {cleanlab_f1:.3f}\n",
+            "| method | kept acc | correct kept | recycled prec | noise P / R / F1 | curated | judged | RM test "
+            "| gap closed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['method']} | {f(r['kept_accuracy'])} | {f(r['retention'])} | {f(r['recycled_precision'])} | "
+                f"{f(r['noise_precision'])} / {f(r['noise_recall'])} / {f(r['noise_f1'])} | {r['curated']} | "
+                f"{f(r['judged_share'])} | {f(r['rm_test'])} | {f(gap_closed(r))} |"
+            )
+        canary_rows = [r for r in rows if r.get("canary", {}).get("canaries")]
+        if canary_rows:
+            lines += [
+                "\nCanary estimates (95% interval; ✗ = the truth is outside it):\n",
+                "| method | canaries | kept precision | retention | recycled precision |",
+                "|---|---|---|---|---|",
+            ]
+            for r in canary_rows:
+                c = r["canary"]
+                lines.append(
+                    f"| {r['method']} | {c['canaries']} | {_within(c['kept_precision'], r['kept_accuracy'])} | "
+                    f"{_within(c['retention'], r['retention'])} | "
+                    f"{_within(c['recycled_precision'], r['recycled_precision'])} |"
+                )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one small setting")
+    ap.add_argument("--out", default=None, help="keep the worlds and write results.json here")
+    ap.add_argument("--reuse", action="store_true", help="re-evaluate the rules on the worlds kept in --out")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "synpref", "sentence_transformers", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    workdir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="synpref-quality-"))
+    results = []
+    for s in QUICK if args.quick else SWEEP:
+        results += evaluate_setting(s, workdir, args.reuse)
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+    if not args.out:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""How much each source of evidence can be trusted, measured on human-verified gold.
+
+- **Reward models** are calibrated on gold pairs they did not train on: temperature scaling of the
+  reward difference, fitted on both orientations of every pair (a Bradley-Terry score is
+  antisymmetric, so ``p(y_w ≻ y_l) = σ(d / T)``). ECE and Brier score before and after are recorded.
+  Their joint weights (two RMs on one backbone make correlated errors, so their logits must not
+  simply be added) are fitted the same way on both features.
+- **LLM judges** are measured by judging gold pairs blind (seeded random order, like any pair): the
+  accuracy of each annotator's majority verdict and its position bias.
+- A source counts only when it is **significantly better than chance**: the lower end of its 95%
+  Wilson interval is above 0.5. Otherwise it neither keeps nor vetoes anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+
+Z95 = 1.959964
+DEFAULT_JUDGE_ACCURACY = 0.7  # assumed for an annotator never measured on gold (a round without gold probes)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion ((0, 1) when n = 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def reliability(successes: int, n: int) -> dict:
+    """Accuracy with its interval; ``significant`` when the interval excludes chance (0.5)."""
+    low, high = wilson_interval(successes, n)
+    return {
+        "n": n,
+        "accuracy": successes / n if n else None,
+        "ci_low": round(low, 6),
+        "ci_high": round(high, 6),
+        "significant": n > 0 and low > 0.5,
+    }
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64)))
+
+
+def logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def fit_weights(features: np.ndarray, l2: float = 1.0, iterations: int = 50) -> np.ndarray:
+    """Weights ``w`` of ``p(chosen better) = σ(features · w)``, fitted on both orientations of each pair.
+
+    ``features`` (n × k) are antisymmetric scores of correctly oriented pairs (reward differences);
+    the mirrored pairs are ``-features`` with label 0. No intercept (orientation carries no signal).
+    Newton's method with an L2 penalty that keeps small or separable sets from making a source
+    overconfident; one feature is temperature scaling (``T = 1 / w``).
+    """
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    if len(x) == 0:
+        return np.ones(x.shape[1])
+    xs = np.concatenate([x, -x])
+    ys = np.concatenate([np.ones(len(x)), np.zeros(len(x))])
+    w = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        p = sigmoid(xs @ w)
+        grad = xs.T @ (p - ys) + l2 * w
+        hess = (xs * (p * (1 - p))[:, None]).T @ xs + l2 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return w
+
+
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(p) == 0:
+        return 0.0
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() / len(p) * abs(p[m].mean() - y[m].mean())
+    return float(total)
+
+
+def brier(p: np.ndarray, y: np.ndarray) -> float:
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return float(np.mean((p - y) ** 2)) if len(p) else 0.0
+
+
+def calibrate(diffs: np.ndarray) -> dict:
+    """Temperature scaling of one RM from its reward differences on held-out, correctly oriented gold pairs."""
+    d = np.asarray(diffs, dtype=np.float64)
+    w = float(fit_weights(d[:, None])[0]) if len(d) else 1.0
+    both = np.concatenate([d, -d])
+    y = np.concatenate([np.ones(len(d)), np.zeros(len(d))])
+    raw, scaled = sigmoid(both), sigmoid(both * w)
+    return {
+        "weight": w,  # calibrated logit = weight · reward difference (temperature = 1 / weight)
+        **reliability(int((d > 0).sum()), len(d)),
+        "ece_before": round(ece(raw, y), 6),
+        "ece_after": round(ece(scaled, y), 6),
+        "brier_before": round(brier(raw, y), 6),
+        "brier_after": round(brier(scaled, y), 6),
+    }
+
+
+def joint_weights(shared: dict[str, np.ndarray], calibration: dict[str, dict]) -> dict[str, float]:
+    """Weights of the RMs' reward differences in one combined logit; RMs not better than chance get 0.
+
+    Each significant RM keeps its own temperature; together they are scaled by one shrink factor in
+    (0, 1], fitted on ``shared`` (the gold pairs neither trained on), so that two correlated RMs are not
+    counted twice and never make the pair more certain than their sum.
+    """
+    names = [n for n in sorted(shared) if calibration[n]["significant"]]
+    out = {n: 0.0 for n in shared}
+    if not names:
+        return out
+    own = {n: max(0.0, calibration[n]["weight"]) for n in names}
+    combined = sum(own[n] * shared[n] for n in names)
+    shrink = min(1.0, float(fit_weights(combined[:, None])[0])) if len(names) > 1 and len(combined) else 1.0
+    out.update({n: own[n] * max(shrink, 0.0) for n in names})
+    return out
+
+
+def rm_warnings(calibration: dict[str, dict]) -> list[str]:
+    """One line per RM that is not significantly better than chance on gold (it then counts zero)."""
+    return [
+        f"{name} RM is not significantly better than chance on {c['n']} held-out gold pairs "
+        f"(accuracy {c['accuracy'] if c['accuracy'] is None else round(c['accuracy'], 3)}, "
+        f"95% CI [{c['ci_low']:.3f}, {c['ci_high']:.3f}]): it counts zero in stage-2 decisions"
+        for name, c in sorted(calibration.items())
+        if not c["significant"]
+    ]
+
+
+def verdict_sign(agree: int, disagree: int) -> tuple[int, bool]:
+    """(+1 agree / −1 disagree / 0 abstain, unanimous) of one annotator's samples on one pair."""
+    sign = (agree > disagree) - (disagree > agree)
+    return sign, sign != 0 and min(agree, disagree) == 0
+
+
+def judge_reliability(samples: pa.Table) -> dict:
+    """From the judges' samples on correctly oriented gold pairs (the blind probe).
+
+    Per annotator: the accuracy of its majority verdict, overall and separately for unanimous verdicts
+    (all its samples agree) and split ones, and its position bias. ``shrink`` scales the judges' summed
+    log-odds so that their correlated errors (hard pairs are hard for every judge) are not counted as
+    independent evidence; fitted like a temperature on the probe, at most 1.
+    """
+    by: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in samples.select(["pair_id", "annotator", "verdict", "slot"]).to_pylist():
+        by[r["annotator"]][r["pair_id"]].append(r)
+    annotators, signs = {}, defaultdict(dict)
+    for name, pairs in sorted(by.items()):
+        tally = {True: [0, 0], False: [0, 0]}  # unanimous → [right, wrong]
+        for pid, rows in pairs.items():
+            sign, unanimous = verdict_sign(
+                sum(r["verdict"] == "agree" for r in rows), sum(r["verdict"] == "disagree" for r in rows)
+            )
+            if sign:
+                tally[unanimous][0 if sign > 0 else 1] += 1
+                signs[pid][name] = (sign, unanimous)
+        right, wrong = tally[True][0] + tally[False][0], tally[True][1] + tally[False][1]
+        slots = [r["slot"] for rows in pairs.values() for r in rows if r["slot"] is not None]
+        annotators[name] = {
+            **reliability(right, right + wrong),
+            "unanimous": reliability(*_pair(tally[True])),
+            "split": reliability(*_pair(tally[False])),
+            "pairs": len(pairs),
+            "abstained": len(pairs) - right - wrong,
+            "position_bias": round(2 * sum(s == 1 for s in slots) / len(slots) - 1, 6) if slots else None,
+        }
+    evidence = np.array([sum(s * judge_weight(annotators[n], u) for n, (s, u) in v.items()) for v in signs.values()])
+    shrink = min(1.0, float(fit_weights(evidence[:, None])[0])) if len(evidence) and evidence.any() else 1.0
+    return {"annotators": annotators, "shrink": max(shrink, 0.0)}
+
+
+def _pair(tally: list[int]) -> tuple[int, int]:
+    return tally[0], tally[0] + tally[1]
+
+
+def judge_warnings(judges: dict) -> list[str]:
+    """One line per annotator that is not significantly better than chance on the gold probe."""
+    return [
+        f"annotator {name} is not significantly better than chance on {j['n']} gold probe pairs "
+        f"(95% CI [{j['ci_low']:.3f}, {j['ci_high']:.3f}]): it counts zero in stage-2 decisions"
+        for name, j in sorted(judges.get("annotators", {}).items())
+        if not j["significant"]
+    ]
+
+
+def judge_weight(stats: dict | None, unanimous: bool = True) -> float:
+    """Log-odds weight of one annotator's verdict, from its measured accuracy on verdicts of the same kind
+    (unanimous or split), Laplace-smoothed; 0 unless significantly better than chance."""
+    if stats is None:
+        return logit(DEFAULT_JUDGE_ACCURACY)
+    kind = stats.get("unanimous" if unanimous else "split", stats)
+    if not kind["significant"]:
+        return 0.0
+    accuracy = (kind["accuracy"] * kind["n"] + 1) / (kind["n"] + 2)
+    return logit(accuracy)
+
+
+def estimate_prior(evidence: np.ndarray, iterations: int = 100) -> float:
+    """Share of stored labels that are right, by EM over calibrated per-pair log-odds (content evidence only)."""
+    e = np.asarray(evidence, dtype=np.float64)
+    if len(e) == 0 or not np.any(e):
+        return 0.5
+    pi = 0.5
+    for _ in range(iterations):
+        new = float(np.mean(sigmoid(logit(pi) + e)))
+        if abs(new - pi) < 1e-7:
+            break
+        pi = new
+    return min(max(pi, 0.02), 0.98)

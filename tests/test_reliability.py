@@ -1,0 +1,83 @@
+"""Measuring sources on gold: intervals, calibration, judge reliability, the prior."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from synpref.annotation import SAMPLE_SCHEMA
+from synpref.reliability import (
+    calibrate,
+    estimate_prior,
+    joint_weights,
+    judge_reliability,
+    judge_weight,
+    reliability,
+    wilson_interval,
+)
+
+
+def test_wilson_interval_brackets_the_proportion_and_is_wide_for_small_n():
+    low, high = wilson_interval(8, 10)
+    assert low < 0.8 < high
+    assert high - low > 0.3
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("k,n,significant", [(30, 32, True), (6, 10, False), (0, 0, False), (55, 100, False)])
+def test_a_source_is_significant_only_when_its_interval_excludes_chance(k, n, significant):
+    assert reliability(k, n)["significant"] is significant
+
+
+def test_temperature_scaling_tames_an_overconfident_rm():
+    rng = np.random.default_rng(0)
+    right = rng.random(400) < 0.8  # an 80%-accurate RM that says ±6 every time
+    diffs = np.where(right, 6.0, -6.0)
+    cal = calibrate(diffs)
+    assert cal["ece_after"] < cal["ece_before"]
+    assert cal["brier_after"] < cal["brier_before"]
+    assert 1 / (1 + np.exp(-6.0 * cal["weight"])) == pytest.approx(right.mean(), abs=0.01)
+
+
+def test_two_correlated_rms_are_not_counted_twice():
+    rng = np.random.default_rng(1)
+    d = rng.normal(1.0, 1.0, 300)
+    cal = {n: calibrate(d) for n in ("best", "gold")}
+    weights = joint_weights({"best": d, "gold": d}, cal)
+    assert weights["best"] + weights["gold"] < 1.5 * cal["best"]["weight"]
+
+
+def test_an_rm_at_chance_gets_zero_weight():
+    rng = np.random.default_rng(2)
+    noise = rng.normal(0, 1, 60)
+    cal = {"best": calibrate(noise + 2.0), "gold": calibrate(noise)}
+    assert joint_weights({"best": noise + 2.0, "gold": noise}, cal)["gold"] == 0.0
+
+
+def _samples(verdicts: dict[str, list[str]]) -> pa.Table:
+    rows = [
+        {"pair_id": f"g{i}", "annotator": name, "sample": s, "verdict": v, "slot": 1 if s % 2 else 2}
+        for name, per_pair in verdicts.items()
+        for i, pair in enumerate(per_pair)
+        for s, v in enumerate(pair.split())
+    ]
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+
+def test_judges_are_measured_separately_when_unanimous_and_when_split():
+    judges = judge_reliability(_samples({"a": ["agree agree agree"] * 40 + ["agree disagree agree"] * 10}))
+    a = judges["annotators"]["a"]
+    assert a["unanimous"]["n"] == 40
+    assert a["split"]["n"] == 10
+    assert judge_weight(a, unanimous=True) > judge_weight(a, unanimous=False)
+
+
+def test_a_judge_at_chance_counts_zero():
+    judges = judge_reliability(_samples({"a": ["agree agree agree", "disagree disagree disagree"] * 10}))
+    assert judge_weight(judges["annotators"]["a"]) == 0.0
+
+
+def test_the_prior_recovers_the_share_of_right_labels():
+    rng = np.random.default_rng(3)
+    right = rng.random(2000) < 0.7
+    evidence = np.where(right, 1.0, -1.0) * 2.5 + rng.normal(0, 0.5, 2000)
+    assert estimate_prior(evidence) == pytest.approx(0.7, abs=0.04)
