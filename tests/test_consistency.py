@@ -38,7 +38,16 @@ def test_inside_the_band_the_best_rm_does_not_count():
 
 def test_scores_schema_keeps_the_paper_column_order():
     names = scores_schema(["best", "gold"]).names
-    assert names == ["pair_id", "in_gold", "p_best", "p_gold", "log_p_best", "log_p_gold", "routed_to_llm"]
+    assert names == [
+        "pair_id",
+        "in_gold",
+        "p_best",
+        "p_gold",
+        "log_p_best",
+        "log_p_gold",
+        "routed_to_llm",
+        "label_conflict",
+    ]
 
 
 class LongerIsBetter:
@@ -143,3 +152,12 @@ def test_the_keep_threshold_keeps_the_largest_set_whose_expected_precision_reach
     assert rule.set_threshold([0.999] * 90 + [0.95] * 10) == pytest.approx(0.95)  # mean 0.9941
     assert rule.set_threshold([0.99] * 10 + [0.95] * 10) == pytest.approx(0.98)  # all 0.95s: mean 0.97, too low
     assert rule.set_threshold([0.999] * 100 + [0.85] * 5) == pytest.approx(0.98)  # never below the floor
+
+
+def test_a_label_conflict_takes_the_prior_away():
+    rule = ReliabilityRule({"best": 1.0}, {}, 0.98)
+    rule.prior = 0.8
+    plain = rule.decide(_scores(1.0, 0.0), None)
+    conflicted = rule.decide({**_scores(1.0, 0.0), "label_conflict": True}, None)
+    assert plain.evidence["prior"] > 0
+    assert conflicted.evidence["prior"] == 0.0

@@ -76,6 +76,7 @@ def _relative_artifacts(root) -> set[str]:
         pool.shard(0),
         pool.table("duplicates"),
         pool.table("contaminated"),
+        pool.table("label_conflicts"),
         pool.quarantine,
         pool.manifest,
         *(getattr(rnd, name) for name in _properties(RoundLayout)),

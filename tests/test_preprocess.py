@@ -81,3 +81,20 @@ def test_a_new_rule_is_one_class_with_its_own_table_count_and_conservation(tmp_p
     assert m["counts"]["too_short"] == short
     assert pq.read_table(pool.table("too_short")).num_rows == short
     assert m["counts"]["pool"] == 200 - short
+
+
+def test_a_mirrored_copy_is_a_duplicate_and_its_pair_is_a_recorded_label_conflict(tmp_path):
+    pairs, _ = generate(50, seed=6)
+    rows = pairs.to_pylist()
+    mirrored = PairRecord(conversation=rows[0]["conversation"], chosen=rows[0]["rejected"], rejected=rows[0]["chosen"])
+    write_parquet(pairs, tmp_path / "in" / "a.parquet")
+    write_parquet(records_to_table([mirrored]), tmp_path / "in" / "b.parquet")
+    inputs = [str(tmp_path / "in" / f) for f in ("a.parquet", "b.parquet")]
+    m = prepare(inputs, PoolLayout(tmp_path / "pool"))
+    assert m["counts"]["duplicates"] == 1
+    assert m["counts"]["pool"] == 50
+    assert m["label_conflicts"] == 1
+    reason = pq.read_table(tmp_path / "pool" / "duplicates.parquet").column("reason")[0].as_py()
+    assert reason.startswith(f"mirrored copy of {rows[0]['pair_id']}")
+    conflicts = pq.read_table(tmp_path / "pool" / "label_conflicts.parquet").to_pylist()
+    assert conflicts == [{"pair_id": rows[0]["pair_id"], "mirrored_copies": [mirrored.pair_id]}]

@@ -71,12 +71,12 @@ class RewardModelSignal:
 
 
 def scores_schema(signal_names: list[str]) -> pa.Schema:
-    """pair_id, in_gold, p_<signal>..., log_p_<signal>..., routed_to_llm."""
+    """pair_id, in_gold, p_<signal>..., log_p_<signal>..., routed_to_llm, label_conflict."""
     return pa.schema(
         [("pair_id", pa.string()), ("in_gold", pa.bool_())]
         + [(f"p_{n}", pa.float64()) for n in signal_names]
         + [(f"log_p_{n}", pa.float64()) for n in signal_names]
-        + [("routed_to_llm", pa.bool_())]
+        + [("routed_to_llm", pa.bool_()), ("label_conflict", pa.bool_())]
     )
 
 
@@ -211,9 +211,13 @@ class ReliabilityRule:
     def _confidence(self, evidence: dict[str, float]) -> float:
         return float(sigmoid(sum(evidence.values())))
 
+    def prior_evidence(self, scores: dict) -> float:
+        """The stored label's prior log-odds; none when the input also held its mirrored copy (a label conflict)."""
+        return 0.0 if scores.get("label_conflict") else logit(self.prior)
+
     def needs_judges(self, scores: dict) -> bool:
         """Judges are asked unless the RMs alone already reach the target precision for the stored label."""
-        evidence = {"prior": logit(self.prior), **self.rm_evidence(scores)}
+        evidence = {"prior": self.prior_evidence(scores), **self.rm_evidence(scores)}
         return self._confidence(evidence) < self.target
 
     def judge_evidence(self, judgement: dict | None) -> dict[str, float]:
@@ -226,7 +230,7 @@ class ReliabilityRule:
         return out
 
     def _evidence(self, scores: dict, judgement: dict | None) -> dict[str, float]:
-        return {"prior": logit(self.prior), **self.rm_evidence(scores), **self.judge_evidence(judgement)}
+        return {"prior": self.prior_evidence(scores), **self.rm_evidence(scores), **self.judge_evidence(judgement)}
 
     def decide(self, scores: dict, judgement: dict | None) -> Decided:
         evidence = self._evidence(scores, judgement)

@@ -38,7 +38,8 @@ class PoolLayout:
         return self.dir / self.shard_name(index)
 
     def table(self, name: str) -> Any:
-        """``duplicates`` / ``contaminated`` / ``quarantine`` (one table per pre-processing outcome)."""
+        """``duplicates`` / ``contaminated`` / ``quarantine`` (one table per pre-processing outcome), and the
+        rules' side tables (``label_conflicts``)."""
         return self.dir / f"{name}.parquet"
 
     @property

@@ -3,7 +3,8 @@
 
 Two steps so the heavy part maps over input files: ``normalize_file`` (the structural check, one
 per input file) → ``finalize_pool``, which runs the rules of ``FILTERS`` top to bottom (global exact
-dedup, 13-gram decontamination; a new rule is one ``PairFilter`` class) and writes the shards.
+dedup, mirrored copies = label conflicts, 13-gram decontamination; a new rule is one ``PairFilter``
+class) and writes the shards.
 Invariant, checked in code: ``input = pool + duplicates + contaminated + quarantined``.
 """
 
@@ -24,6 +25,7 @@ from .storage import PathLike, as_path, list_files, read_json, read_parquet, wri
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 DROPPED_SCHEMA = PAIR_SCHEMA.append(pa.field("reason", pa.string()))
+CONFLICT_SCHEMA = pa.schema([("pair_id", pa.string()), ("mirrored_copies", pa.list_(pa.string()))])
 
 
 class ConservationError(RuntimeError):
@@ -127,6 +129,10 @@ class PairFilter:
     def reason(self, row: dict, source_file: str) -> str | None:
         raise NotImplementedError
 
+    def side_tables(self) -> dict[str, pa.Table]:
+        """Extra tables the rule records about the pairs it kept (written next to the shards)."""
+        return {}
+
 
 class ExactDuplicate(PairFilter):
     """Global de-duplication on (conversation, chosen, rejected): the first occurrence in input-file order wins."""
@@ -142,6 +148,40 @@ class ExactDuplicate(PairFilter):
             return f"duplicate of {pid} first seen in {self.seen[pid]}"
         self.seen[pid] = source_file
         return None
+
+
+class MirroredCopy(PairFilter):
+    """Conflict-aware de-duplication: the same conversation and responses with chosen and rejected swapped.
+
+    The sources disagree on the label, so the later copy is set aside as a duplicate (its reason names
+    the pair it mirrors) and the pair kept is listed in the pool's ``label_conflicts`` table: stage 2
+    then gives its stored label no prior weight, and the evidence (RMs, judges) decides it.
+    """
+
+    name, decision = "duplicates", "duplicate"
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[str, str]] = {}  # orientation-free content → (pair id, file)
+        self.conflicts: dict[str, list[str]] = {}
+
+    @staticmethod
+    def content(row: dict) -> str:
+        conv = [{"role": m["role"], "content": m["content"]} for m in row["conversation"]]
+        blob = json.dumps([conv, sorted((row["chosen"], row["rejected"]))], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def reason(self, row: dict, source_file: str) -> str | None:
+        key = self.content(row)
+        if key not in self.first:
+            self.first[key] = (row["pair_id"], source_file)
+            return None
+        kept, file = self.first[key]
+        self.conflicts.setdefault(kept, []).append(row["pair_id"])
+        return f"mirrored copy of {kept} (opposite label) first seen in {file}; the label conflict is recorded"
+
+    def side_tables(self) -> dict[str, pa.Table]:
+        rows = [{"pair_id": k, "mirrored_copies": v} for k, v in sorted(self.conflicts.items())]
+        return {"label_conflicts": pa.Table.from_pylist(rows, schema=CONFLICT_SCHEMA)}
 
 
 class Decontamination(PairFilter):
@@ -162,7 +202,7 @@ class Decontamination(PairFilter):
 
 
 # The pre-processing pipeline after the structural check (``normalize_file``), top to bottom.
-FILTERS: tuple[type[PairFilter], ...] = (ExactDuplicate, Decontamination)
+FILTERS: tuple[type[PairFilter], ...] = (ExactDuplicate, MirroredCopy, Decontamination)
 
 
 def build_filters(config: PrepareConfig, benchmark_uri: PathLike | None = None) -> list[PairFilter]:
@@ -225,6 +265,9 @@ def finalize_pool(
 
     for name, rows in dropped.items():
         write_parquet(pa.Table.from_pylist(rows, schema=DROPPED_SCHEMA), pool.table(name))
+    side = {name: table for f in filters for name, table in f.side_tables().items()}
+    for name, table in side.items():
+        write_parquet(table, pool.table(name))
     tables = [read_parquet(pool.staged(key, "quarantine.parquet")) for key in keys]
     write_parquet(pa.concat_tables(tables) if tables else QUARANTINE_SCHEMA.empty_table(), pool.quarantine)
     counts = {
@@ -235,6 +278,7 @@ def finalize_pool(
     }
     check_conservation(counts["input"], {k: v for k, v in counts.items() if k != "input"}, where=str(pool.dir))
     manifest = {"kind": "pool", "counts": counts, "shards": writer.shards, "files": files}
+    manifest.update({name: table.num_rows for name, table in side.items()})
     write_json(manifest, pool.manifest)
     return manifest
 

@@ -147,10 +147,12 @@ def step_score(
     scores = score_rows(signals, to_score)
     schema = scores_schema([s.name for s in signals])
     position = {r["pair_id"]: i for i, r in enumerate(to_score)}
+    conflicts = _label_conflicts(_run(out_dir))
     table_rows = []
     for r in rows:
         i = position.get(r["pair_id"])
         row: dict[str, Any] = {"pair_id": r["pair_id"], "in_gold": i is None, "routed_to_llm": False}
+        row["label_conflict"] = r["pair_id"] in conflicts
         if i is not None:
             row.update({col: float(values[i]) for col, values in scores.items()})
         table_rows.append(row)
@@ -176,6 +178,12 @@ def step_score(
     }
     write_json(info, shard.scores_marker)
     return info
+
+
+def _label_conflicts(run: Stage2Layout) -> set[str]:
+    """Pairs whose mirrored copy was also in the input (``MirroredCopy``): their stored label carries no prior."""
+    table = run.pool().table("label_conflicts")
+    return set(read_parquet(table, ["pair_id"]).column("pair_id").to_pylist()) if table.exists() else set()
 
 
 def _canaries(
@@ -365,12 +373,12 @@ def _quarantined_table(run: Stage2Layout) -> pa.Table:
         }
         for q in read_parquet(pool.quarantine).to_pylist()
     ]
-    for f in FILTERS:
-        t = read_parquet(pool.table(f.name)) if pool.table(f.name).exists() else DROPPED_SCHEMA.empty_table()
+    for name, decision in dict.fromkeys((f.name, f.decision) for f in FILTERS):
+        t = read_parquet(pool.table(name)) if pool.table(name).exists() else DROPPED_SCHEMA.empty_table()
         rows += [
             {
                 "pair_id": r["pair_id"],
-                "decision": f.decision,
+                "decision": decision,
                 "reason": r["reason"],
                 "source_file": r["source"],
                 "record_index": None,
