@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from synpref.canaries import estimates
-from synpref.consistency import PaperRule, ReliabilityRule
+from synpref.consistency import PaperRule
 from synpref.evaluation import truth_agree
 from synpref.layout import StorageLayout
 from synpref.llm_client import AnnotatorConfig
@@ -167,7 +167,8 @@ def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str
         step_prepare_file(run, 0, str(store.wild / "wild.parquet"))
         cfg2 = Stage2Config(shard_size=2000)
         shards = step_finalize_prepare(run, cfg2)
-        everything = PaperRule(band=0.5)  # routes every pair: each rule is then evaluated on the same verdicts
+        everything = PaperRule(band=0.5, recycle_policy="both_rms_reject")  # routes every pair: every rule is
+        # then evaluated on the same verdicts
         for shard in shards:
             step_score(store, run, rnd, shard, cfg2, rule=everything)
             for a in annotators:
@@ -184,16 +185,16 @@ def rule_variants(store: StorageLayout, rnd: str) -> dict[str, tuple[object, boo
     """name → (rule, uses judges)."""
     r = store.round(rnd)
     cal = read_json(r.calibration)
-    judges = read_json(r.judges) if r.judges.exists() else {}
-    best_only = {"best": cal["best"]["weight"] if cal["best"]["significant"] else 0.0, "gold": 0.0}
+    no_gold_rm = Stage2Config().rule(r)
+    no_gold_rm.rm_weights = {"best": cal["best"]["weight"]} if cal["best"]["significant"] else {}
     return {
-        "paper (both_rms_reject)": (PaperRule(0.0, "both_rms_reject"), True),
-        "paper (all_discarded)": (PaperRule(0.0, "all_discarded"), True),
-        "reliability (default)": (ReliabilityRule.for_round(r, 0.98, "positive_evidence"), True),
-        "reliability, no gold RM": (ReliabilityRule(best_only, judges, 0.98, "positive_evidence"), True),
-        "reliability, no judges": (ReliabilityRule(cal["joint_weights"], judges, 0.98, "positive_evidence"), False),
-        "reliability, both_rms_reject": (ReliabilityRule(cal["joint_weights"], judges, 0.98, "both_rms_reject"), True),
-        "reliability, all_discarded": (ReliabilityRule(cal["joint_weights"], judges, 0.98, "all_discarded"), True),
+        "paper (both_rms_reject)": (Stage2Config(decision_rule="paper").rule(r), True),
+        "paper (all_discarded)": (Stage2Config(decision_rule="paper", recycle_policy="all_discarded").rule(r), True),
+        "reliability (default)": (Stage2Config().rule(r), True),
+        "reliability, no gold RM": (no_gold_rm, True),
+        "reliability, no judges": (Stage2Config().rule(r), False),
+        "reliability, both_rms_reject": (Stage2Config(recycle_policy="both_rms_reject").rule(r), True),
+        "reliability, all_discarded": (Stage2Config(recycle_policy="all_discarded").rule(r), True),
     }
 
 

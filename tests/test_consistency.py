@@ -7,6 +7,7 @@ import pytest
 
 from synpref.consistency import Decided, PaperRule, ReliabilityRule, score_rows, scores_schema, signal_logit
 from synpref.reward_model import p_from_diff
+from synpref.settings import Stage2Config
 
 
 @pytest.mark.parametrize("gold_ok,best_ok,llm_ok", list(itertools.product([True, False], repeat=3)))
@@ -29,11 +30,11 @@ def test_decision_table(gold_ok, best_ok, llm_ok, policy):
     "p_best,band,routed", [(0.5, 0.0, True), (0.51, 0.0, False), (0.55, 0.1, True), (0.61, 0.1, False)]
 )
 def test_band_routing(p_best, band, routed):
-    assert PaperRule(band).needs_judges({"p_best": p_best}) is routed
+    assert PaperRule(band, "both_rms_reject").needs_judges({"p_best": p_best}) is routed
 
 
 def test_inside_the_band_the_best_rm_does_not_count():
-    assert PaperRule(band=0.1).decide({"p_best": 0.55, "p_gold": 0.9}, None).decision == "dropped"
+    assert PaperRule(0.1, "both_rms_reject").decide({"p_best": 0.55, "p_gold": 0.9}, None).decision == "dropped"
 
 
 def test_scores_schema_keeps_the_paper_column_order():
@@ -99,6 +100,9 @@ def _judge(accuracy: float, significant: bool = True) -> dict:
     return {**stats, "unanimous": stats, "split": stats}
 
 
+DEFAULTS = {  # the settings' defaults
+    k: getattr(Stage2Config(), k) for k in ("target_precision", "min_confidence", "rm_only_confidence")
+} | {"recycle_policy": "positive_evidence"}
 GOOD_JUDGES = {"annotators": {f"j{i}": _judge(0.9) for i in range(3)}, "shrink": 1.0}
 BAD_JUDGE = _judge(0.55, significant=False)
 
@@ -109,13 +113,13 @@ def test_signal_logit_inverts_the_stored_log_p():
 
 
 def test_confident_rms_keep_a_pair_without_the_judges():
-    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, 0.98)
+    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, **DEFAULTS)
     assert not rule.needs_judges(_scores(4.0, 4.0))
     assert rule.decide(_scores(4.0, 4.0), None).decision == "kept"
 
 
 def test_uncertain_pairs_go_to_the_judges_and_agreeing_judges_keep_them():
-    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, 0.98)
+    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, **DEFAULTS)
     s = _scores(0.5, -0.2)
     assert rule.needs_judges(s)
     decided = rule.decide(s, _judgement("agree", "agree", "agree"))
@@ -125,7 +129,7 @@ def test_uncertain_pairs_go_to_the_judges_and_agreeing_judges_keep_them():
 
 
 def test_a_flip_needs_the_judges_to_disagree():
-    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, 0.98)
+    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, **DEFAULTS)
     s = _scores(-4.0, -4.0)
     assert rule.decide(s, None).decision == "dropped"  # RM evidence alone never flips
     assert rule.decide(s, _judgement("disagree", "disagree", "disagree")).decision == "recycled"
@@ -133,7 +137,7 @@ def test_a_flip_needs_the_judges_to_disagree():
 
 def test_a_source_not_better_than_chance_can_not_veto():
     judges = {"annotators": {**GOOD_JUDGES["annotators"], "j2": BAD_JUDGE}, "shrink": 1.0}
-    rule = ReliabilityRule({"best": 1.0, "gold": 0.0}, judges, 0.98)
+    rule = ReliabilityRule({"best": 1.0, "gold": 0.0}, judges, **DEFAULTS)
     decided = rule.decide(_scores(0.3, -9.0), _judgement("agree", "agree", "disagree"))
     assert decided.evidence["judge_j2"] == 0.0
     assert "rm_gold" not in decided.evidence
@@ -141,21 +145,21 @@ def test_a_source_not_better_than_chance_can_not_veto():
 
 
 def test_the_prior_is_the_estimated_share_of_right_labels():
-    rule = ReliabilityRule({"best": 1.0}, {}, 0.98)
+    rule = ReliabilityRule({"best": 1.0}, {}, **DEFAULTS)
     rows = [{"log_p_best": p_from_diff([d])[1][0]} for d in [3.0] * 70 + [-3.0] * 30]
     info = rule.prepare(rows)
     assert info["prior_label_accuracy"] == pytest.approx(0.7, abs=0.05)
 
 
 def test_the_keep_threshold_keeps_the_largest_set_whose_expected_precision_reaches_the_target():
-    rule = ReliabilityRule({"best": 1.0}, {}, target_precision=0.98, min_confidence=0.9)
+    rule = ReliabilityRule({"best": 1.0}, {}, **DEFAULTS)
     assert rule.set_threshold([0.999] * 90 + [0.95] * 10) == pytest.approx(0.95)  # mean 0.9941
     assert rule.set_threshold([0.99] * 10 + [0.95] * 10) == pytest.approx(0.98)  # all 0.95s: mean 0.97, too low
     assert rule.set_threshold([0.999] * 100 + [0.85] * 5) == pytest.approx(0.98)  # never below the floor
 
 
 def test_a_label_conflict_takes_the_prior_away():
-    rule = ReliabilityRule({"best": 1.0}, {}, 0.98)
+    rule = ReliabilityRule({"best": 1.0}, {}, **DEFAULTS)
     rule.prior = 0.8
     plain = rule.decide(_scores(1.0, 0.0), None)
     conflicted = rule.decide({**_scores(1.0, 0.0), "label_conflict": True}, None)

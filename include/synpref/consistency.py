@@ -14,7 +14,8 @@ and routes it to the judges or decides it; a new rule is one class with ``prepar
   by their calibrated, jointly weighted reward differences, each judge by the log-odds of its
   accuracy, over the shard's estimated share of right labels (the prior). A source that is not
   significantly better than chance counts zero, so it can neither keep nor veto. Pairs whose
-  confidence is below ``target_precision`` go to the judges. After judging, a shard keeps its most
+  confidence from the prior and the RMs is below ``rm_only_confidence`` (stricter than the target: RM
+  calibration comes from gold, not from the wild) go to the judges. After judging, a shard keeps its most
   certain pairs down to the confidence at which the kept set's expected precision (the mean
   confidence of what it keeps) still reaches the target, never below ``min_confidence`` per pair;
   a pair is flipped when the confidence in the flipped label reaches the target and the judges
@@ -111,7 +112,7 @@ class DecisionRule(Protocol):
 class PaperRule:
     """Skywork-Reward-V2 §3.3: keep iff gold RM agrees AND (best RM agrees OR LLM judges agree)."""
 
-    def __init__(self, band: float = 0.0, recycle_policy: RecyclePolicy = "both_rms_reject") -> None:
+    def __init__(self, band: float, recycle_policy: RecyclePolicy) -> None:
         self.band, self.recycle_policy = band, recycle_policy
 
     def prepare(self, scores: list[dict], judgements: dict[str, dict] | None = None) -> dict:
@@ -156,9 +157,10 @@ class ReliabilityRule:
         self,
         rm_weights: dict[str, float],
         judges: dict[str, dict],
-        target_precision: float = 0.98,
-        recycle_policy: RecyclePolicy = "positive_evidence",
-        min_confidence: float = 0.9,
+        target_precision: float,
+        recycle_policy: RecyclePolicy,
+        min_confidence: float,
+        rm_only_confidence: float,
     ) -> None:
         self.rm_weights = {k: v for k, v in rm_weights.items() if v > 0}
         self.judges = judges.get("annotators", {})
@@ -166,12 +168,18 @@ class ReliabilityRule:
         self.target = target_precision
         self.recycle_policy = recycle_policy
         self.min_confidence = min(min_confidence, target_precision)
+        self.rm_only_confidence = max(rm_only_confidence, target_precision)
         self.prior = 0.5
         self.keep_threshold = target_precision
 
     @classmethod
     def for_round(
-        cls, rnd: Any, target_precision: float, recycle_policy: RecyclePolicy, min_confidence: float = 0.9
+        cls,
+        rnd: Any,
+        target_precision: float,
+        recycle_policy: RecyclePolicy,
+        min_confidence: float,
+        rm_only_confidence: float,
     ) -> ReliabilityRule:
         """With the round's calibration (``calibration.json``) and judge reliability (``judges.json``)."""
         if not rnd.calibration.exists():
@@ -181,7 +189,7 @@ class ReliabilityRule:
             )
         weights = read_json(rnd.calibration)["joint_weights"]
         judges = read_json(rnd.judges) if rnd.judges.exists() else {}
-        return cls(weights, judges, target_precision, recycle_policy, min_confidence)
+        return cls(weights, judges, target_precision, recycle_policy, min_confidence, rm_only_confidence)
 
     def rm_evidence(self, scores: dict) -> dict[str, float]:
         return {f"rm_{n}": w * signal_logit(scores, n) for n, w in self.rm_weights.items()}
@@ -216,9 +224,9 @@ class ReliabilityRule:
         return 0.0 if scores.get("label_conflict") else logit(self.prior)
 
     def needs_judges(self, scores: dict) -> bool:
-        """Judges are asked unless the RMs alone already reach the target precision for the stored label."""
+        """Judges are asked unless the prior and the RMs alone give the stored label ``rm_only_confidence``."""
         evidence = {"prior": self.prior_evidence(scores), **self.rm_evidence(scores)}
-        return self._confidence(evidence) < self.target
+        return self._confidence(evidence) < self.rm_only_confidence
 
     def judge_evidence(self, judgement: dict | None) -> dict[str, float]:
         out = {}

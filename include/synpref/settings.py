@@ -319,6 +319,16 @@ class Stage2Config(AnnotateSettings):
         description="reliability rule: keep (or flip) a pair only when the confidence in its label reaches "
         "this; pairs below it go to the LLM judges, least certain first.",
     )
+    rm_only_confidence: float = setting(
+        0.995,
+        ge=0.5,
+        le=0.9999,
+        title="Confidence to skip the judges",
+        section=SECTION_CONSISTENCY,
+        description="reliability rule: the RMs alone decide a pair (no judge call) only at or above this "
+        "confidence (never below the target). Their calibration comes from gold, which need not look like "
+        "in-the-wild data, so this bar is stricter than the target.",
+    )
     canaries: int = setting(
         200,
         ge=0,
@@ -363,7 +373,9 @@ class Stage2Config(AnnotateSettings):
             policy = "both_rms_reject" if self.recycle_policy == "rule_default" else self.recycle_policy
             return PaperRule(self.band, policy)
         policy = "positive_evidence" if self.recycle_policy == "rule_default" else self.recycle_policy
-        return ReliabilityRule.for_round(rnd, self.target_precision, policy, self.min_confidence)
+        return ReliabilityRule.for_round(
+            rnd, self.target_precision, policy, self.min_confidence, self.rm_only_confidence
+        )
 
     def fingerprint(self, store: StorageLayout, rnd: str) -> str:
         """Identity of a shard's inputs (config + round manifest): a finished shard is skipped only if it matches."""
