@@ -45,6 +45,8 @@ def all_round_reports(root: PathLike | StorageLayout, truth: pa.Table | None = N
 def stage2_report(out_dir: PathLike, truth: pa.Table | None = None) -> dict:
     manifest = read_json(Stage2Layout(out_dir).manifest)
     report = {"round": manifest["round"], **manifest["counts"]}
+    if "quality_estimates" in manifest:
+        report["quality_estimates"] = manifest["quality_estimates"]
     if truth is not None:
         report["label_accuracy_vs_truth"] = accuracy_report(out_dir, truth)
     return report
