@@ -402,13 +402,19 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one small setting")
     ap.add_argument("--out", default=None, help="keep the worlds and write results.json here")
     ap.add_argument("--reuse", action="store_true", help="re-evaluate the rules on the worlds kept in --out")
+    ap.add_argument("--only", action="append", default=[], help="run the settings whose name contains this")
+    ap.add_argument("--table", nargs="*", default=None, help="print the table of these results.json files and exit")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "synpref", "sentence_transformers", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="synpref-quality-"))
+    if args.table is not None:
+        print(table([r for path in args.table for r in json.loads(Path(path).read_text())]))
+        return 0
     results = []
-    for s in QUICK if args.quick else SWEEP:
+    settings = [s for s in (QUICK if args.quick else SWEEP) if not args.only or any(o in s.name for o in args.only)]
+    for s in settings:
         results += evaluate_setting(s, workdir, args.reuse)
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(table(results))
