@@ -25,14 +25,16 @@ PAIRS = {  # DAG id → (CLI command, the config models both expose)
 
 
 @pytest.fixture(scope="module")
-def dag_params(tmp_path_factory):
+def dag_params():
+    """The DAGs' params, loaded with the test environment; the DAG glue is unloaded again afterwards so that
+    other tests import it with their own environment."""
     import os
+    import sys
 
+    glue = ("synpref_common", "synpref_prepare", "synpref_stage1", "synpref_stage2")
     saved = dict(os.environ)
     os.environ.update(airflow_env("file:///tmp/x"))
     os.environ.pop("SYNPREF_RM_MODE", None)
-    import sys
-
     sys.path.insert(0, str(REPO / "dags"))
     try:
         from airflow.dag_processing.dagbag import DagBag
@@ -42,6 +44,9 @@ def dag_params(tmp_path_factory):
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        sys.path.remove(str(REPO / "dags"))
+        for name in glue:
+            sys.modules.pop(name, None)
 
 
 def _cli_actions(command: str) -> dict[str, argparse.Action]:
