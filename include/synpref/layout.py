@@ -22,13 +22,25 @@ def _dir(path: PathLike) -> Any:
 
 
 @dataclass(frozen=True)
-class PoolLayout:
-    """A prepared pool: shards + what pre-processing set aside, manifest last (``pool/``, stage-2 ``prepared/``)."""
+class _Directory:
+    """A directory of the layout whose ``manifest.json``, written last, marks it complete."""
 
     dir: Any
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dir", _dir(self.dir))
+
+    @property
+    def manifest(self) -> Any:
+        return self.dir / MANIFEST
+
+    def is_complete(self) -> bool:
+        return self.manifest.exists()
+
+
+@dataclass(frozen=True)
+class PoolLayout(_Directory):
+    """A prepared pool: shards + what pre-processing set aside, manifest last (``pool/``, stage-2 ``prepared/``)."""
 
     @staticmethod
     def shard_name(index: int) -> str:
@@ -47,10 +59,6 @@ class PoolLayout:
         return self.table("quarantine")
 
     @property
-    def manifest(self) -> Any:
-        return self.dir / MANIFEST
-
-    @property
     def staging(self) -> Any:
         """Per-input-file outputs of the mapped normalize step."""
         return self.dir / "_staging"
@@ -64,9 +72,6 @@ class PoolLayout:
         """Stage 2 only: ``{"source_pool": uri}`` when the run adopted an existing pool instead of preparing one."""
         return self.dir / "source.json"
 
-    def is_complete(self) -> bool:
-        return self.manifest.exists()
-
     def shards(self) -> list[Any]:
         """Paths of the shards of a completed pool (from its manifest)."""
         return [self.dir / s["name"] for s in read_json(self.manifest)["shards"]]
@@ -76,13 +81,8 @@ class PoolLayout:
 
 
 @dataclass(frozen=True)
-class RoundLayout:
+class RoundLayout(_Directory):
     """One stage-1 round: ``<root>/rounds/<date>/``. Its manifest, written last, marks it complete."""
-
-    dir: Any
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dir", _dir(self.dir))
 
     @property
     def name(self) -> str:
@@ -180,13 +180,6 @@ class RoundLayout:
     def started(self) -> Any:
         return self.dir / "started.json"
 
-    @property
-    def manifest(self) -> Any:
-        return self.dir / MANIFEST
-
-    def is_complete(self) -> bool:
-        return self.manifest.exists()
-
 
 @dataclass(frozen=True)
 class ShardLayout:
@@ -233,13 +226,8 @@ DECISIONS = ("kept", "recycled", "dropped")
 
 
 @dataclass(frozen=True)
-class Stage2Layout:
+class Stage2Layout(_Directory):
     """One stage-2 run: ``<root>/stage2/<run>/`` (or any ``--out``)."""
-
-    dir: Any
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dir", _dir(self.dir))
 
     @property
     def name(self) -> str:
@@ -273,13 +261,6 @@ class Stage2Layout:
     @property
     def dataset_card(self) -> Any:
         return self.dir / "README.md"
-
-    @property
-    def manifest(self) -> Any:
-        return self.dir / MANIFEST
-
-    def is_complete(self) -> bool:
-        return self.manifest.exists()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
 import pyarrow as pa
@@ -112,7 +113,7 @@ class Decontaminator:
 # --- pre-processing rules: each one class; a pool records one table and one count per rule ---------
 
 
-class PairFilter:
+class PairFilter(ABC):
     """A pre-processing rule over valid pairs, in input order: ``None`` keeps the pair, a string drops it.
 
     ``name`` is the rule's table (``<pool>/<name>.parquet``) and count in the pool manifest;
@@ -126,8 +127,9 @@ class PairFilter:
     def create(cls, config: PrepareConfig, benchmark_prompts: list[str]) -> PairFilter:
         return cls()
 
+    @abstractmethod
     def reason(self, row: dict, source_file: str) -> str | None:
-        raise NotImplementedError
+        """None keeps the pair; a string drops it with that reason."""
 
     def side_tables(self) -> dict[str, pa.Table]:
         """Extra tables the rule records about the pairs it kept (written next to the shards)."""
