@@ -78,6 +78,8 @@ def _relative_artifacts(root) -> set[str]:
         pool.table("contaminated"),
         pool.table("label_conflicts"),
         pool.quarantine,
+        rnd.manifest,
+        run.manifest,
         pool.manifest,
         *(getattr(rnd, name) for name in _properties(RoundLayout)),
         rnd.samples("<annotator>"),
