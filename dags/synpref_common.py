@@ -106,6 +106,9 @@ ANNOTATOR_EXTRAS = (
     "max_retries",
     "price_in_per_1k",
     "price_out_per_1k",
+    "max_error_share",
+    "cache_namespace",
+    "cache",
 )
 
 
@@ -113,7 +116,7 @@ def annotator_from_connection(conn_id: str):
     """An Airflow connection (openai type: host = base URL, password = API key, extra.model, ...) → AnnotatorConfig."""
     from airflow.sdk import BaseHook
 
-    from synpref.llm_client import AnnotatorConfig
+    from synpref.llm_client import annotator_config
 
     conn = BaseHook.get_connection(conn_id)
     extra = conn.extra_dejson
@@ -124,13 +127,9 @@ def annotator_from_connection(conn_id: str):
         raise ValueError(
             f"connection {conn_id!r}: an annotator needs a base URL (host or extra.base_url) and extra.model"
         )
-    return AnnotatorConfig(
-        name=conn_id,
-        base_url=base_url,
-        model=extra["model"],
-        api_key=conn.password or None,
-        **{k: extra[k] for k in ANNOTATOR_EXTRAS if k in extra},
-    )
+    settings = {k: extra[k] for k in ANNOTATOR_EXTRAS if k in extra}
+    config = {"name": conn_id, "base_url": base_url, "model": extra["model"], **settings}
+    return annotator_config(config, f"connection {conn_id!r}").model_copy(update={"api_key": conn.password or None})
 
 
 def round_name(dag_run) -> str:

@@ -54,11 +54,12 @@ def synpref_prepare():
     @task
     def list_inputs(params: dict | None = None) -> list[list]:
         from synpref.preprocess import clear_staging
-        from synpref.readers import input_files
+        from synpref.readers import scan_inputs
 
         store, pool = _pool(params)
-        clear_staging(pool)  # this task owns the staging dir of the run
-        return [[i, f] for i, f in enumerate(input_files(path_or(params["input_uri"], store.raw)))]
+        scan = scan_inputs(path_or(params["input_uri"], store.raw))
+        clear_staging(pool, scan.skipped)  # this task owns the staging dir of the run
+        return [[i, f] for i, f in enumerate(scan.files)]
 
     @task(max_active_tis_per_dagrun=8)
     def normalize(item: list, params: dict | None = None) -> dict:

@@ -114,8 +114,8 @@ def synpref_stage2():
     ) -> list[list]:
         from synpref.stage2 import prepare_inputs
 
-        params, store, _, _ = _run(params, dag_run, triggering_asset_events)
-        files, _ = prepare_inputs(path_or(params["input_uri"], store.wild))
+        params, store, run, _ = _run(params, dag_run, triggering_asset_events)
+        files, _ = prepare_inputs(path_or(params["input_uri"], store.wild), run)
         return [[i, f] for i, f in enumerate(files)]
 
     @task(max_active_tis_per_dagrun=8)

@@ -23,9 +23,12 @@ def test_invalid_choice_is_refused_before_any_work(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_out_of_bounds_setting_is_refused_by_name(tmp_path):
-    with pytest.raises(ValueError, match="shard_size"):
-        main(["prepare", "--input", str(tmp_path), "--out", str(tmp_path / "pool"), "--shard-size", "5"])
+def test_out_of_bounds_setting_is_refused_by_name_in_one_line(tmp_path, capsys):
+    assert main(["prepare", "--input", str(tmp_path), "--out", str(tmp_path / "pool"), "--shard-size", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "shard_size" in err
+    assert not (tmp_path / "pool").exists()
 
 
 def test_synth_then_prepare_builds_a_pool(tmp_path, capsys):

@@ -39,6 +39,7 @@ def test_intake_of_label_studio_and_jsonl_with_supersession_and_bad_rows(tmp_pat
             )
         },
         "human_label": "rejected",
+        "annotator": "1",
         "verified_at": "2026-01-01T12:00",
     }
     bad = {"prompt": "x", "chosen": "a", "rejected": "b", "human_label": "maybe"}

@@ -23,16 +23,31 @@ def _print(obj: object) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
+def _require(path: str | None, what: str) -> None:
+    """Arguments are checked before any work starts."""
+    from .readers import InputError
+    from .storage import as_path
+
+    if path and not as_path(path).exists():
+        raise InputError(f"{what} not found: {path}")
+
+
 @command
 def cmd_prepare(a: argparse.Namespace) -> int:
     from .layout import PoolLayout
     from .preprocess import prepare
-    from .readers import input_files
+    from .readers import scan_inputs
     from .settings import PrepareConfig
 
-    files = [f for uri in a.input for f in input_files(uri)]
-    manifest = prepare(files, PoolLayout(a.out), a.benchmark, from_flat(PrepareConfig, vars(a)))
-    _print({"pool": a.out, **manifest["counts"], "shards": len(manifest["shards"])})
+    _require(a.benchmark, "--benchmark file")
+    config = from_flat(PrepareConfig, vars(a))
+    scans = [scan_inputs(uri) for uri in a.input]
+    files = [f for s in scans for f in s.files]
+    skipped = [x for s in scans for x in s.skipped]
+    for x in skipped:
+        print(f"skipped {x['path']}: {x['reason']}", file=sys.stderr)
+    manifest = prepare(files, PoolLayout(a.out), a.benchmark, config, skipped)
+    _print({"pool": a.out, **manifest["counts"], "shards": len(manifest["shards"]), "skipped_files": len(skipped)})
     return 0
 
 
@@ -75,8 +90,11 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     from .settings import AnnotateSettings
     from .storage import as_path, read_parquet, write_json, write_parquet
 
-    pairs, gold = _read_rows([a.pairs]), (_read_rows([a.gold]) if a.gold else [])
+    _require(a.pairs, "--pairs")
+    _require(a.gold, "--gold")
+    _require(a.truth, "--truth")
     annotators = load_annotators(a.annotators)
+    pairs, gold = _read_rows([a.pairs]), (_read_rows([a.gold]) if a.gold else [])
     out = as_path(a.out)
     settings = from_flat(AnnotateSettings, vars(a))
     merged, samples, usage = annotate_pairs(pairs, gold, annotators, a.cache or out / "llm_cache", settings)
@@ -127,6 +145,7 @@ def cmd_stage1(a: argparse.Namespace) -> int:
 
     annotators = load_annotators(a.annotators) if a.annotators else []
     cfg = from_flat(Stage1Config, vars(a))
+    _require(a.inbox, "--inbox")
     manifest = run_round(a.root, a.date, annotators, cfg, inbox=a.inbox, params=vars(a))
     _print({"round": a.date, **manifest["summary"]})
     return 0
@@ -154,6 +173,9 @@ def cmd_stage2(a: argparse.Namespace) -> int:
 
     cfg = from_flat(Stage2Config, vars(a))
     annotators = load_annotators(a.annotators) if a.annotators else []
+    _require(a.input, "--input")
+    _require(a.benchmark, "--benchmark file")
+    _require(a.truth, "--truth")
     manifest = run_stage2(
         a.root,
         a.out,
@@ -166,9 +188,23 @@ def cmd_stage2(a: argparse.Namespace) -> int:
     )
     report = {"out": a.out, "round": manifest["round"], **manifest["counts"]}
     if a.truth:
-        report["label_accuracy_vs_truth"] = accuracy_report(a.out, read_parquet(a.truth))
+        report["label_accuracy_vs_truth"] = _with_coverage_warning(accuracy_report(a.out, read_parquet(a.truth)))
     _print(report)
+    if manifest["counts"]["kept"] + manifest["counts"]["recycled"] == 0:
+        print("synpref stage2: error: nothing was kept or recycled (counts above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _with_coverage_warning(report: dict) -> dict:
+    cov = report.get("truth_coverage") or {}
+    if cov.get("share") is not None and cov["share"] < 1:
+        print(
+            f"warning: the truth covers {cov['covered']} of {cov['pairs']} input pairs; "
+            "accuracies are over the covered pairs only",
+            file=sys.stderr,
+        )
+    return report
 
 
 @command
@@ -178,10 +214,15 @@ def cmd_report(a: argparse.Namespace) -> int:
     from .report import all_round_reports, stage2_report
     from .storage import read_parquet
 
+    for t in a.truth:
+        _require(t, "--truth")
+    _require(a.root, "--root")
+    _require(a.stage2, "--stage2")
     truth = pa.concat_tables([read_parquet(t) for t in a.truth]) if a.truth else None
     out = {"rounds": all_round_reports(a.root, truth)}
     if a.stage2:
         out["stage2"] = stage2_report(a.stage2, truth)
+        _with_coverage_warning(out["stage2"].get("label_accuracy_vs_truth", {}))
     _print(out)
     return 0
 
@@ -321,8 +362,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A usage or input problem is one line on stderr and exit 2 (never a traceback);
+    an endpoint that kept failing is exit 1 (its answers so far are cached)."""
+    from pydantic import ValidationError
+
+    from .llm_client import AnnotatorError, EndpointError, validation_message
+    from .preprocess import ConservationError
+    from .readers import InputError
+
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except (InputError, AnnotatorError, FileNotFoundError) as e:
+        print(f"synpref {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        print(f"synpref {args.command}: error: {validation_message(e)}", file=sys.stderr)
+        return 2
+    except (EndpointError, ConservationError) as e:
+        print(f"synpref {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:

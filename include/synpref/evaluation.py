@@ -20,6 +20,13 @@ def label_accuracy(pairs: pa.Table, truth: pa.Table) -> float | None:
     return sum(better[r["pair_id"]] == r["chosen"] for r in rows) / len(rows)
 
 
+def truth_coverage(pair_ids: list[str], truth: pa.Table) -> dict:
+    """How many of the pairs the truth covers: accuracies are over the covered ones only."""
+    known = set(truth.column("pair_id").to_pylist())
+    covered = sum(pid in known for pid in pair_ids)
+    return {"pairs": len(pair_ids), "covered": covered, "share": covered / len(pair_ids) if pair_ids else None}
+
+
 def truth_agree(rows: list[dict], truth: pa.Table) -> dict[str, bool]:
     """pair_id → True when the pair's stored chosen response is the truly better one."""
     better = {t["pair_id"]: t["better"] for t in truth.select(["pair_id", "better"]).to_pylist()}
@@ -50,8 +57,11 @@ def _trl_accuracy(tables: list[pa.Table], truth: pa.Table) -> float | None:
 def accuracy_report(out_dir: PathLike | Stage2Layout, truth: pa.Table) -> dict:
     """Label accuracy of a stage-2 run's input vs its kept, recycled and dropped sets against the hidden truth."""
     run = out_dir if isinstance(out_dir, Stage2Layout) else Stage2Layout(out_dir)
-    shards = [read_parquet(s) for s in run.pool().shard_uris()]
-    report = {"input": label_accuracy(pa.concat_tables(shards).select(["pair_id", "chosen"]), truth)}
+    shards = pa.concat_tables([read_parquet(s) for s in run.pool().shard_uris()]).select(["pair_id", "chosen"])
+    report = {
+        "truth_coverage": truth_coverage(shards.column("pair_id").to_pylist(), truth),
+        "input": label_accuracy(shards, truth),
+    }
     for d in DECISIONS:
         report[d] = _trl_accuracy([read_parquet(p) for p in list_files(run.split_dir(d), (".parquet",))], truth)
     return report

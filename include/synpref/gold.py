@@ -4,19 +4,26 @@ Inbox exports: Label Studio JSON export of the pairwise project (``labelstudio/p
 and JSONL/CSV/Parquet in our schema or TRL conversational form with the five attribute columns
 and ``human_label`` ∈ {chosen, rejected, undecidable}. ``chosen``: the stored chosen response is
 better; ``rejected``: it is worse (the pair is flipped); ``undecidable``: discarded, reason kept.
-A later verdict on the same pair supersedes an earlier one; the history keeps every verdict.
+
+Which verdict counts (``resolve``), the history keeping every verdict:
+- a later round's verdicts on a pair replace the earlier rounds' (a re-review);
+- within a round, each annotator's latest verdict counts once; when annotators disagree the majority
+  label wins, and a tie makes the pair undecidable. Either way the conflict is recorded with who said
+  what (``human_conflicts``).
+Every malformed task, record or file becomes a quarantine row with its reason; nothing aborts the round.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from .readers import RecordError, input_files, iter_raw, normalize, quarantine_row
+from .readers import FILE_LEVEL, InputError, RecordError, iter_raw, normalize, quarantine_row, scan_inputs
 from .schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, QUARANTINE_SCHEMA, flip
 from .storage import PathLike, as_path
 
@@ -29,6 +36,7 @@ HISTORY_SCHEMA = (
     .append(pa.field("seq", pa.int64()))
 )
 DISCARDED_SCHEMA = HISTORY_SCHEMA.append(pa.field("reason", pa.string()))
+CONFLICT_SCHEMA = pa.schema([("pair_id", pa.string()), ("round", pa.string()), ("resolution", pa.string())])
 
 
 @dataclass
@@ -38,34 +46,49 @@ class Intake:
 
 
 def _ls_value(item: dict) -> Any:
-    v = item.get("value", {})
+    v = item.get("value")
+    if not isinstance(v, dict):
+        raise RecordError("Label Studio result without a 'value' object")
     for key in ("choices", "text"):
-        if key in v and v[key]:
+        if v.get(key):
+            if not isinstance(v[key], list):
+                raise RecordError(f"Label Studio result value '{key}' must be a list")
             return v[key][0] if len(v[key]) == 1 else v[key]
     return None
 
 
+def is_label_studio_task(raw: Any) -> bool:
+    return isinstance(raw, dict) and "annotations" in raw and "data" in raw
+
+
 def _from_label_studio(task: dict) -> list[dict]:
     """One Label Studio task → raw verification dicts (one per non-cancelled annotation)."""
-    if not isinstance(task, dict) or "data" not in task:
-        raise RecordError("Label Studio task without 'data'")
-    data = task["data"]
+    data, annotations = task.get("data"), task.get("annotations")
+    if not isinstance(data, dict):
+        raise RecordError(f"Label Studio task 'data' must be an object, got {type(data).__name__}")
+    if not isinstance(annotations, list):
+        raise RecordError(f"Label Studio task 'annotations' must be a list, got {type(annotations).__name__}")
     out = []
-    for ann in task.get("annotations") or []:
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise RecordError(f"Label Studio annotation {i} must be an object, got {type(ann).__name__}")
         if ann.get("was_cancelled"):
             continue
-        fields = {r.get("from_name"): _ls_value(r) for r in ann.get("result", [])}
+        results = ann.get("result")
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise RecordError(f"Label Studio annotation {i}: 'result' must be a list of objects")
+        fields = {r.get("from_name"): _ls_value(r) for r in results}
         raw = {
             "pair_id": data.get("pair_id"),
             "conversation": data.get("conversation"),
             "prompt": data.get("prompt"),
             "chosen": data.get("response_chosen"),
             "rejected": data.get("response_rejected"),
-            "flipped": bool(data.get("flipped", False)),
+            "flipped": data.get("flipped", False),
             "source": data.get("source") or "label_studio",
             "human_label": fields.get("verdict"),
             "annotator": str(ann.get("completed_by", "")),
-            "verified_at": ann.get("updated_at") or ann.get("created_at") or "",
+            "verified_at": str(ann.get("updated_at") or ann.get("created_at") or ""),
         }
         for f in ATTRIBUTE_FIELDS:
             value = fields.get(f) if fields.get(f) not in (None, "") else data.get(f)
@@ -105,40 +128,71 @@ def _verification(raw: dict, inbox_file: str, seq: int) -> dict:
 
 
 def read_inbox(inbox: PathLike) -> Intake:
-    """Every export file under the inbox directory (missing directory = nothing verified)."""
+    """Every export file under the inbox directory (missing or empty directory = nothing verified).
+
+    Files that cannot be read, records that are not verifications and files of other types become
+    quarantine rows; a Label Studio task is recognised per record (``data`` + ``annotations``)."""
     verifications, quarantine = [], []
     if not as_path(inbox).exists():
         return Intake([], [])
-    for f in input_files(inbox):
-        is_ls = (
-            f.endswith(".json")
-            and as_path(f).read_text().lstrip().startswith("[")
-            and '"annotations"' in as_path(f).read_text()
-        )
+    try:
+        scan = scan_inputs(inbox)
+    except InputError:
+        return Intake([], [])
+    for skipped in scan.skipped:
+        quarantine.append(quarantine_row(skipped["path"], FILE_LEVEL, f"skipped: {skipped['reason']}", ""))
+    for f in scan.files:
         for index, raw, error in iter_raw(f):
             if error:
                 quarantine.append(quarantine_row(f, index, error, raw))
                 continue
             try:
-                raws = _from_label_studio(raw) if is_ls else [raw]
-                for r in raws:
-                    verifications.append(_verification(r, f, len(verifications)))
+                found = [
+                    _verification(r, f, 0) for r in (_from_label_studio(raw) if is_label_studio_task(raw) else [raw])
+                ]
             except RecordError as e:
                 quarantine.append(quarantine_row(f, index, str(e), raw))
+                continue
+            except (ValueError, TypeError) as e:
+                quarantine.append(quarantine_row(f, index, f"unreadable verification: {type(e).__name__}", raw))
+                continue
+            verifications += [{**v, "seq": len(verifications) + i} for i, v in enumerate(found)]
     return Intake(verifications, quarantine)
 
 
-def supersede(history: list[dict]) -> dict[str, dict]:
-    """Final verdict per pair: the latest by (round, verified_at, seq)."""
-    final: dict[str, dict] = {}
-    for row in sorted(history, key=lambda r: (r.get("round") or "", r.get("verified_at") or "", r.get("seq") or 0)):
-        final[row["pair_id"]] = row
-    return final
+def _order(row: dict) -> tuple:
+    return (row.get("round") or "", row.get("verified_at") or "", row.get("seq") or 0)
+
+
+def resolve(history: list[dict]) -> tuple[dict[str, dict], list[dict]]:
+    """The verdict that counts per pair, and the conflicts (see the module docstring for the rule)."""
+    by_pair: dict[str, list[dict]] = defaultdict(list)
+    for row in sorted(history, key=_order):
+        by_pair[row["pair_id"]].append(row)
+    final, conflicts = {}, []
+    for pid, rows in by_pair.items():
+        latest_round = rows[-1].get("round") or ""
+        current = {(r.get("annotator") or ""): r for r in rows if (r.get("round") or "") == latest_round}
+        labels = Counter(r["human_label"] for r in current.values())
+        if len(labels) == 1:
+            final[pid] = rows[-1]
+            continue
+        (top, n_top), (_, n_next) = labels.most_common(2)
+        said = ", ".join(f"{a or 'unnamed'}: {r['human_label']}" for a, r in sorted(current.items()))
+        if n_top > n_next:
+            final[pid] = [r for r in rows if r["human_label"] == top][-1]
+            resolution = f"annotators disagree ({said}); majority: {top}"
+        else:
+            final[pid] = {**rows[-1], "human_label": "undecidable"}
+            resolution = f"annotators disagree ({said}); no majority: undecidable"
+        final[pid]["conflict"] = resolution
+        conflicts.append({"pair_id": pid, "round": latest_round, "resolution": resolution})
+    return final, conflicts
 
 
 def oriented(verification: dict) -> dict:
     """A verified pair as a gold row: flipped when the human said the stored chosen is worse."""
-    row = {k: verification[k] for k in PAIR_SCHEMA.names}
+    row = {k: verification.get(k) for k in PAIR_SCHEMA.names}
     return flip(row) if verification["human_label"] == "rejected" else row
 
 
@@ -149,12 +203,12 @@ def is_validation(pair_id: str, fraction: float = 0.2) -> bool:
 
 def build_gold(history: list[dict], validation_fraction: float = 0.2) -> dict[str, list[dict]]:
     """gold (all verified), gold_train / gold_validation (for the gold RM only), discarded."""
-    final = supersede(history)
+    final, conflicts = resolve(history)
     gold, discarded = [], []
     for pid in sorted(final):
         v = final[pid]
         if v["human_label"] == "undecidable":
-            discarded.append({**v, "reason": "human marked the pair undecidable"})
+            discarded.append({**v, "reason": v.get("conflict") or "human marked the pair undecidable"})
         else:
             gold.append(oriented(v))
     return {
@@ -162,6 +216,7 @@ def build_gold(history: list[dict], validation_fraction: float = 0.2) -> dict[st
         "gold_train": [g for g in gold if not is_validation(g["pair_id"], validation_fraction)],
         "gold_validation": [g for g in gold if is_validation(g["pair_id"], validation_fraction)],
         "discarded": discarded,
+        "human_conflicts": sorted(conflicts, key=lambda c: c["pair_id"]),
     }
 
 
@@ -183,8 +238,9 @@ def seed_history(seed_gold: list[dict]) -> list[dict]:
 
 
 def tables(parts: dict[str, list[dict]], history: list[dict], quarantine: list[dict]) -> dict[str, pa.Table]:
-    out = {k: pa.Table.from_pylist(v, schema=PAIR_SCHEMA) for k, v in parts.items() if k != "discarded"}
+    out = {k: pa.Table.from_pylist(parts[k], schema=PAIR_SCHEMA) for k in ("gold", "gold_train", "gold_validation")}
     out["discarded"] = pa.Table.from_pylist(parts["discarded"], schema=DISCARDED_SCHEMA)
+    out["human_conflicts"] = pa.Table.from_pylist(parts["human_conflicts"], schema=CONFLICT_SCHEMA)
     out["human_verifications"] = pa.Table.from_pylist(history, schema=HISTORY_SCHEMA)
     out["intake_quarantine"] = pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
     return out

@@ -63,6 +63,11 @@ class PoolLayout(_Directory):
         """Per-input-file outputs of the mapped normalize step."""
         return self.dir / "_staging"
 
+    @property
+    def skipped_inputs(self) -> Any:
+        """Input paths the listing step skipped, with why (copied into the manifest)."""
+        return self.staging / "skipped.json"
+
     def staged(self, key: str, kind: str) -> Any:
         """``<key>.pairs.parquet`` / ``<key>.quarantine.parquet`` / ``<key>.counts.json`` of one input file."""
         return self.staging / f"{key}.{kind}"
@@ -242,8 +247,12 @@ class Stage2Layout(_Directory):
         src = self.prepared.source
         return PoolLayout(read_json(src)["source_pool"]) if src.exists() else self.prepared
 
+    @property
+    def shards_dir(self) -> Any:
+        return self.dir / "shards"
+
     def shard(self, shard_uri: PathLike) -> ShardLayout:
-        return ShardLayout(self.dir / "shards" / as_path(shard_uri).name.removesuffix(".parquet"))
+        return ShardLayout(self.shards_dir / as_path(shard_uri).name.removesuffix(".parquet"))
 
     def split_dir(self, decision: str) -> Any:
         """``kept/``, ``recycled/`` or ``dropped/``."""

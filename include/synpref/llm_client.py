@@ -13,12 +13,15 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .storage import PathLike, as_path, read_json, write_json
 
@@ -45,6 +48,25 @@ class AnnotatorConfig(BaseModel):
     max_retries: int = 4
     price_in_per_1k: float = 0.0
     price_out_per_1k: float = 0.0
+    max_error_share: float = Field(default=0.25, ge=0.0, le=1.0)  # more failed requests fail the task
+    cache_namespace: str | None = None  # default: the endpoint's base_url
+    cache: Literal["use", "refresh"] = "use"  # refresh: ask again and overwrite (never reuse) cached answers
+
+    @model_validator(mode="after")
+    def _url(self) -> AnnotatorConfig:
+        u = urlparse(self.base_url)
+        if self.backend == "openai" and (u.scheme not in ("http", "https") or not u.netloc):
+            raise PydanticCustomError(
+                "url", "base_url must be an http(s) URL such as http://host:8000/v1, got '{v}'", {"v": self.base_url}
+            )
+        return self
+
+    @field_validator("name", "model")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
 
     def resolved_key(self) -> str:
         if self.api_key:
@@ -63,15 +85,57 @@ class AnnotatorConfig(BaseModel):
 
 
 class AnnotatorError(RuntimeError):
-    """A misconfigured annotator (bad URL, bad key, unknown model): fails the task, names the annotator."""
+    """A misconfigured annotator (bad URL, bad key, unknown model, a bad annotators file): fails the task
+    (the CLI exits 2) with one line naming the annotator and the field."""
+
+
+class EndpointError(RuntimeError):
+    """An endpoint failed more than ``max_error_share`` of a task's requests: the task fails so Airflow
+    retries it; the answers it did get are cached, so the retry asks only for the missing ones."""
+
+
+def validation_message(e: ValidationError) -> str:
+    """A pydantic error → 'field 'x': message' (the first problem, in the user's words)."""
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err["loc"])
+    what = "unknown field (a typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+    return f"field '{where}': {what}" if where else what
+
+
+def annotator_config(data: Any, where: str = "", index: int = 0) -> AnnotatorConfig:
+    """One annotator from a mapping; AnnotatorError (one line, naming it and the field) when it is wrong."""
+    name = data.get("name") if isinstance(data, dict) else None
+    who = f"{where}: " * bool(where) + (f"annotator '{name}'" if name else f"annotator #{index + 1}")
+    if not isinstance(data, dict):
+        raise AnnotatorError(f"{who}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return AnnotatorConfig.model_validate(data)
+    except ValidationError as e:
+        raise AnnotatorError(f"{who}: {validation_message(e)}") from None
 
 
 def load_annotators(uri: PathLike) -> list[AnnotatorConfig]:
-    """YAML or JSON: a list of annotators, or ``{"annotators": [...]}``."""
-    data = yaml.safe_load(as_path(uri).read_text())
+    """YAML or JSON: a non-empty list of annotators, or ``{"annotators": [...]}``; names must be unique."""
+    p = as_path(uri)
+    if not p.exists():
+        raise AnnotatorError(f"annotators file not found: {uri}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise AnnotatorError(f"{uri}: not valid YAML/JSON: {str(e).splitlines()[0]}") from None
     if isinstance(data, dict):
+        if set(data) != {"annotators"}:
+            raise AnnotatorError(
+                f"{uri}: expected a list of annotators or 'annotators: [...]', got keys {sorted(data)}"
+            )
         data = data["annotators"]
-    return [AnnotatorConfig.model_validate(a) for a in data]
+    if not isinstance(data, list) or not data:
+        raise AnnotatorError(f"{uri}: no annotators: expected a non-empty list")
+    out = [annotator_config(a, str(uri), i) for i, a in enumerate(data)]
+    dupes = sorted(n for n, c in Counter(a.name for a in out).items() if c > 1)
+    if dupes:
+        raise AnnotatorError(f"{uri}: annotator names must be unique: {', '.join(dupes)} repeated")
+    return out
 
 
 @dataclass
@@ -135,26 +199,41 @@ class Response:
 
 
 def cache_key(
-    model: str, messages: tuple[tuple[str, str], ...], temperature: float, max_tokens: int, sample: int, seed: int
+    namespace: str,
+    model: str,
+    messages: tuple[tuple[str, str], ...],
+    temperature: float,
+    max_tokens: int,
+    sample: int,
+    seed: int,
 ) -> str:
-    blob = json.dumps([model, messages, temperature, max_tokens, sample, seed], ensure_ascii=False)
+    """The request's identity; ``namespace`` (the endpoint) keeps a wrong endpoint's answers from being reused."""
+    blob = json.dumps([namespace, model, messages, temperature, max_tokens, sample, seed], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class ResponseCache:
-    """``<cache_dir>/<h[:2]>/<hash>.json``: identical requests are never paid for twice."""
+    """``<cache_dir>/<h[:2]>/<hash>.json``: identical requests are never paid for twice.
 
-    def __init__(self, directory: PathLike | None):
+    Only real answers are stored (non-empty text); an entry that cannot be read is a miss."""
+
+    def __init__(self, directory: PathLike | None, refresh: bool = False):
         self.dir = as_path(directory) if directory else None
+        self.refresh = refresh
 
     def _path(self, h: str):
         return self.dir / h[:2] / f"{h}.json"
 
     def get(self, h: str) -> dict | None:
-        if self.dir is None:
+        if self.dir is None or self.refresh:
             return None
         p = self._path(h)
-        return read_json(p) if p.exists() else None
+        try:
+            value = read_json(p) if p.exists() else None
+        except (OSError, ValueError):
+            return None  # torn or corrupt entry: ask again
+        ok = isinstance(value, dict) and isinstance(value.get("text"), str) and value["text"].strip()
+        return value if ok else None
 
     def put(self, h: str, value: dict) -> None:
         if self.dir is not None:
@@ -245,13 +324,29 @@ class OpenAIBackend:
             raise BackendError(type(e).__name__, f"{type(e).__name__}: cannot reach {cfg.base_url}") from None
         except openai.APIError as e:
             raise BackendError(type(e).__name__, f"{type(e).__name__}: {getattr(e, 'status_code', '')}") from None
-        text = out.choices[0].message.content if out.choices else None
-        pt = out.usage.prompt_tokens if out.usage else 0
-        ct = out.usage.completion_tokens if out.usage else 0
-        return Completion(text, pt, ct)
+        except (ValueError, TypeError, AttributeError) as e:  # a reply the client cannot parse
+            raise BackendError(
+                "bad_reply", f"unparseable reply from {cfg.base_url}: {type(e).__name__}", True
+            ) from None
+        return completion_of(out, cfg.base_url)
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def completion_of(out: Any, where: str) -> Completion:
+    """A chat-completion reply → Completion; a junk reply (HTML, no choices, null content) is a retryable error."""
+    choices = getattr(out, "choices", None)
+    if not isinstance(choices, list):
+        raise BackendError("bad_reply", f"reply from {where} is not a chat completion ({type(out).__name__})", True)
+    if not choices:
+        raise BackendError("empty_reply", f"reply from {where} has no choices", True)
+    text = getattr(getattr(choices[0], "message", None), "content", None)
+    if not isinstance(text, str) or not text.strip():
+        raise BackendError("empty_reply", f"reply from {where} has no message content", True)
+    usage = getattr(out, "usage", None)
+    tokens = [getattr(usage, k, None) for k in ("prompt_tokens", "completion_tokens")]
+    return Completion(text, *(t if isinstance(t, int) and t >= 0 else 0 for t in tokens))
 
 
 BACKENDS: dict[str, Callable[[AnnotatorConfig], JudgeBackend]] = {"openai": OpenAIBackend}
@@ -293,8 +388,10 @@ async def _run_async(
         usage.cost_usd += cost
         return cost
 
+    namespace = cfg.cache_namespace or cfg.base_url
+
     async def one(req: Request) -> Response:
-        h = cache_key(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.sample, req.seed)
+        h = cache_key(namespace, cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.sample, req.seed)
         hit = cache.get(h)
         if hit is not None:
             usage.cache_hits += 1
@@ -337,5 +434,17 @@ def run_requests(
 ) -> tuple[list[Response], Usage]:
     """Issue (or read from cache) every request of one annotator; order of results = order of requests."""
     usage = Usage()
-    responses = asyncio.run(_run_async(cfg, requests, ResponseCache(cache_dir), budget or Budget(), usage))
+    cache = ResponseCache(cache_dir, refresh=cfg.cache == "refresh")
+    responses = asyncio.run(_run_async(cfg, requests, cache, budget or Budget(), usage))
+    check_error_share(cfg, usage)
     return responses, usage
+
+
+def check_error_share(cfg: AnnotatorConfig, usage: Usage) -> None:
+    """Raise EndpointError when more than ``max_error_share`` of the requests sent failed."""
+    if usage.requests and usage.errors / usage.requests > cfg.max_error_share:
+        raise EndpointError(
+            f"annotator '{cfg.name}' ({cfg.base_url}): {usage.errors} of {usage.requests} requests failed "
+            f"(more than {cfg.max_error_share:.0%}): {'; '.join(sorted(set(usage.error_messages))[:3])}. "
+            "The answers received are cached; a re-run asks only for the missing ones."
+        )

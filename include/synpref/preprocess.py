@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 from .layout import PoolLayout
-from .readers import read_pairs
+from .readers import InputError, read_pairs
 from .schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, records_to_table
 from .settings import NGRAM, PrepareConfig
 from .storage import PathLike, as_path, list_files, read_json, read_parquet, write_json, write_parquet
@@ -57,10 +57,12 @@ def normalize_file(file_uri: str, index: int, pool: PoolLayout, source: str | No
     return counts
 
 
-def clear_staging(pool: PoolLayout) -> None:
-    """Remove a previous run's per-file outputs (the listing task owns the staging directory)."""
+def clear_staging(pool: PoolLayout, skipped: list[dict] | None = None) -> None:
+    """Remove a previous run's per-file outputs (the listing task owns the staging directory) and record
+    the input paths this run skipped (they go into the pool manifest with their reasons)."""
     for stale in list_files(pool.staging):
         stale.unlink()
+    write_json(skipped or [], pool.skipped_inputs)
 
 
 def ngrams(text: str, n: int = NGRAM) -> set[int]:
@@ -74,18 +76,31 @@ def load_benchmark_prompts(uri: PathLike | None) -> list[str]:
     if not uri:
         return []
     p = as_path(uri)
-    text = p.read_text()
+    if not p.exists():
+        raise InputError(f"benchmark prompts not found: {uri}")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError) as e:
+        raise InputError(f"benchmark prompts {uri} cannot be read as UTF-8 text: {e}") from None
     if not p.name.endswith((".jsonl", ".json")):
-        return [line for line in text.splitlines() if line.strip()]
+        return [line for line in text.split("\n") if line.strip()]
     prompts = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            prompts.append(_benchmark_prompt(line, f"{uri} line {n}"))
+    return prompts
+
+
+def _benchmark_prompt(line: str, where: str) -> str:
+    try:
         prompt = json.loads(line)["prompt"]
         if isinstance(prompt, list):
             prompt = next(m["content"] for m in prompt if m["role"] == "user")
-        prompts.append(prompt)
-    return prompts
+    except (ValueError, KeyError, TypeError, StopIteration):
+        raise InputError(f"{where}: expected a JSON object with 'prompt' (a string or messages)") from None
+    if not isinstance(prompt, str):
+        raise InputError(f"{where}: 'prompt' must be a string or messages")
+    return prompt
 
 
 class Decontaminator:
@@ -279,7 +294,11 @@ def finalize_pool(
         "quarantined": sum(c["quarantined"] for c in files),
     }
     check_conservation(counts["input"], {k: v for k, v in counts.items() if k != "input"}, where=str(pool.dir))
-    manifest = {"kind": "pool", "counts": counts, "shards": writer.shards, "files": files}
+    if counts["pool"] == 0:  # the tables above say why; no manifest: an empty pool is not a usable pool
+        parts = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "pool")
+        raise InputError(f"no usable pair in the input ({parts}); the reasons are in {pool.quarantine}")
+    skipped = read_json(pool.skipped_inputs) if pool.skipped_inputs.exists() else []
+    manifest = {"kind": "pool", "counts": counts, "shards": writer.shards, "files": files, "skipped_files": skipped}
     manifest.update({name: table.num_rows for name, table in side.items()})
     write_json(manifest, pool.manifest)
     return manifest
@@ -297,9 +316,11 @@ def prepare(
     pool: PoolLayout,
     benchmark_uri: PathLike | None = None,
     config: PrepareConfig = PrepareConfig(),
+    skipped: list[dict] | None = None,
 ) -> dict:
     """The whole pre-processing step in one call (CLI / tests); the DAG maps normalize_file."""
-    clear_staging(pool)
+    load_benchmark_prompts(benchmark_uri)  # checked before any work starts
+    clear_staging(pool, skipped)
     for i, f in enumerate(inputs):
         normalize_file(f, i, pool)
     return finalize_pool(pool, benchmark_uri, config)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .evaluation import accuracy_report, label_accuracy
+from .evaluation import accuracy_report, label_accuracy, truth_coverage
 from .gold import is_validation
 from .layout import Stage2Layout, StorageLayout, layout
 from .storage import PathLike, read_json, read_parquet
@@ -34,6 +34,7 @@ def round_report(root: PathLike | StorageLayout, rnd: str, truth: pa.Table | Non
     }
     if truth is not None:
         report["silver_added_accuracy_vs_truth"] = label_accuracy(added, truth)
+        report["silver_added_truth_coverage"] = truth_coverage(added.column("pair_id").to_pylist(), truth)
     return report
 
 

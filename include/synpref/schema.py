@@ -58,6 +58,7 @@ class PairRecord(BaseModel):
     provenance: Provenance = "unverified"
     flipped: bool = False
     round: str | None = None
+    source_id: str | None = None  # an id the input supplied that is not the computed pair_id
 
     @field_validator("chosen", "rejected")
     @classmethod
@@ -73,8 +74,9 @@ class PairRecord(BaseModel):
         if self.chosen == self.rejected:
             raise ValueError("chosen and rejected are identical")
         expected = compute_pair_id(self.conversation, self.chosen, self.rejected, self.flipped)
-        if not self.pair_id:
-            self.pair_id = expected
+        if self.pair_id and self.pair_id != expected and self.source_id is None:
+            self.source_id = self.pair_id  # never trusted as identity: kept as the source's id
+        self.pair_id = expected
         return self
 
 
@@ -114,6 +116,7 @@ PAIR_SCHEMA = pa.schema(
         ("provenance", pa.string()),
         ("flipped", pa.bool_()),
         ("round", pa.string()),
+        ("source_id", pa.string()),
     ]
 )
 

@@ -280,6 +280,14 @@ class Stage1Config(AnnotateSettings):
         description="Gold pairs each annotator judges blind every round, to measure its accuracy and "
         "position bias (weighted merge, stage-2 decisions). 0: none.",
     )
+    seed_silver: int = setting(
+        2000,
+        ge=1,
+        title="Seed silver from the pool",
+        section=SECTION_RETRIEVAL,
+        description="First round only, when the root has no seed/silver: unverified pool pairs (a seeded "
+        "sample) the best RM first trains on, as the paper's seed is unverified data.",
+    )
     rm: RMConfig = nested(RMConfig, prefix="rm_")
     validation_fraction: float = 0.2
 

@@ -21,6 +21,7 @@ from .annotation import annotator_stats, few_shot_examples, judge, merge_samples
 from .attributes import generate_attributes
 from .layout import MANIFEST, SEED_ROUND, RoundLayout, StorageLayout, layout
 from .llm_client import AnnotatorConfig
+from .readers import InputError
 from .reliability import calibrate, joint_weights, judge_reliability, judge_warnings, rm_warnings
 from .reward_model import RewardModel, evaluate, train_reward_model
 from .schema import PAIR_SCHEMA, has_attributes
@@ -32,12 +33,14 @@ from .storage import (
     list_files,
     read_json,
     read_parquet,
+    remove_stale,
     write_bytes,
     write_json,
     write_jsonl,
     write_parquet,
 )
 
+INTAKE_SUMMARY = ("inbox_verifications", "inbox_quarantined", "inbox_conflicts", "inbox_unknown_pairs")
 STEPS = ("intake", "train_best_rm", "train_gold_rm", "evaluate", "retrieve", "merge")  # recorded before publishing
 
 
@@ -59,6 +62,30 @@ def _read_any(directory, stem: str) -> list[dict]:
     return []
 
 
+def _seed_silver(store: StorageLayout, cfg: Stage1Config, gold_ids: set[str]) -> tuple[list[dict], str]:
+    """The best RM's first training set: ``seed/silver`` when given, else a seeded sample of the unverified pool."""
+    given = _read_any(store.seed, "silver")
+    if given:
+        return [{**r, "provenance": "seed", "round": SEED_ROUND} for r in given], "seed/silver"
+    key = lambda r: hashlib.sha256(f"seed-silver:{cfg.seed}:{r['pair_id']}".encode()).hexdigest()  # noqa: E731
+    pool = [
+        r for shard in store.pool.shards() for r in read_parquet(shard).to_pylist() if r["pair_id"] not in gold_ids
+    ]
+    sample = sorted(pool, key=key)[: cfg.seed_silver]
+    return [{**r, "round": SEED_ROUND} for r in sample], f"unverified pool sample ({len(sample)} of {len(pool)})"
+
+
+def _require_inputs(store: StorageLayout, rnd: str, gold: int) -> None:
+    """A round needs a prepared pool and some gold; otherwise say in one line what to provide."""
+    if not store.pool.is_complete():
+        raise InputError(f"no unverified pool at {store.pool.dir}: run `synpref prepare --out {store.pool.dir}` first")
+    if gold == 0:
+        raise InputError(
+            f"round {rnd} has no gold: put human verifications in {store.inbox(rnd)} "
+            f"or seed gold at {store.seed}/gold.parquet"
+        )
+
+
 def _step_record(out: RoundLayout, step: str, info: dict) -> dict:
     write_json(info, out.step(step))
     return info
@@ -76,33 +103,40 @@ def step_intake(
 ) -> dict:
     """Human-verification intake: inbox/<round>/ → cumulative gold, gold-train/validation, discarded."""
     store = layout(root)
-    out = store.round(rnd)
-    if out.is_complete():  # the round is being re-run: it is incomplete until re-published
-        out.manifest.unlink()
+    out = store.round(rnd)  # a published round stays published while it is re-run: its manifest is replaced last
     prev = store.previous_round(rnd)
-    if prev is None:
-        history = gold_mod.seed_history(_read_any(store.seed, "gold"))
-        silver = [{**r, "provenance": "seed", "round": SEED_ROUND} for r in _read_any(store.seed, "silver")]
-    else:
-        history = _rows(store.round(prev).human_verifications)
-        silver = _rows(store.round(prev).silver)
+    earlier = (
+        gold_mod.seed_history(_read_any(store.seed, "gold"))
+        if prev is None
+        else _rows(store.round(prev).human_verifications)
+    )
     intake = gold_mod.read_inbox(inbox if inbox is not None else store.inbox(rnd))
     new = [{**v, "round": rnd} for v in intake.verifications]
-    history = history + new
+    history = earlier + new
     parts = gold_mod.build_gold(history, cfg.validation_fraction)
+    _require_inputs(store, rnd, len(parts["gold"]))
+    gold_ids = {g["pair_id"] for g in parts["gold"]}
+    if prev is None:
+        silver, silver_source = _seed_silver(store, cfg, gold_ids)
+    else:
+        silver, silver_source = _rows(store.round(prev).silver), f"round {prev}"
     for name, table in gold_mod.tables(parts, history, intake.quarantine).items():
         write_parquet(table, out.table(name))
     # silver carried into this round; the best RM never trains on gold pairs
-    gold_ids = {g["pair_id"] for g in parts["gold"]}
     _write_table([s for s in silver if s["pair_id"] not in gold_ids], PAIR_SCHEMA, out.silver_in)
     labels = {lab: sum(v["human_label"] == lab for v in new) for lab in gold_mod.HUMAN_LABELS}
+    known = {pid for shard in store.pool.shards() for pid in _pair_ids(shard)} | {s["pair_id"] for s in silver}
+    known |= {h["pair_id"] for h in earlier}
     return _step_record(
         out,
         "intake",
         {
             "previous_round": prev or SEED_ROUND,
+            "silver_source": silver_source,
             "inbox_verifications": len(new),
             "inbox_quarantined": len(intake.quarantine),
+            "inbox_conflicts": sum(c["round"] == rnd for c in parts["human_conflicts"]),
+            "inbox_unknown_pairs": len({v["pair_id"] for v in new} - known),
             **{f"inbox_{k}": v for k, v in labels.items()},
             "gold": len(parts["gold"]),
             "gold_train": len(parts["gold_train"]),
@@ -216,10 +250,10 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
     store = layout(root)
     out = store.round(rnd)
     pool_rows, pool_vecs = [], []
-    for s in list_files(out.pool_attributes, (".parquet",)):
-        rows = read_parquet(s).to_pylist()
+    for shard in store.pool.shards():  # the pool's current shards only, never a re-prepared pool's leftovers
+        rows = read_parquet(out.pool_attributes_shard(shard.name)).to_pylist()
         pool_rows += rows
-        pool_vecs.append(embed_rows(rows, store.embedding_cache(s.name)))
+        pool_vecs.append(embed_rows(rows, store.embedding_cache(shard.name)))
     vecs = np.concatenate(pool_vecs) if pool_vecs else np.zeros((0, 384), np.float32)
     gold_rows = _rows(out.gold)
     p_by_id = {r["pair_id"]: r["p"] for r in _rows(out.gold_eval)}
@@ -345,9 +379,15 @@ def step_publish(root: PathLike | StorageLayout, rnd: str, params: dict | None =
         if required not in steps:
             raise RuntimeError(f"round {rnd}: step {required} has not completed; refusing to publish")
     judges = steps["merge"].get("judges", {})
+    remove_stale(out.pool_attributes, {s.name for s in layout(root).pool.shards()})
     prefix = len(str(out.dir.path)) + 1
-    artifacts = sorted(str(p.path)[prefix:] for p in out.dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    artifacts = sorted(
+        str(p.path)[prefix:] for p in out.dir.rglob("*") if p.is_file() and not p.name.startswith((".", MANIFEST))
+    )
+    intake = steps["intake"]
     summary = {
+        "silver_source": intake.get("silver_source"),
+        **{k: intake.get(k) for k in INTAKE_SUMMARY},
         "gold": steps["intake"]["gold"],
         "silver": steps["merge"]["silver_total"],
         "best_rm_gold_accuracy": steps["evaluate"]["best_rm_gold_accuracy"],

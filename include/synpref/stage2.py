@@ -28,7 +28,7 @@ from .preprocess import (
     finalize_pool,
     normalize_file,
 )
-from .readers import input_files
+from .readers import scan_inputs
 from .recycle import recycled
 from .schema import PAIR_SCHEMA, has_attributes, to_trl
 from .settings import PrepareConfig, Stage2Config
@@ -38,6 +38,7 @@ from .storage import (
     list_files,
     read_json,
     read_parquet,
+    remove_stale,
     write_bytes,
     write_json,
     write_parquet,
@@ -88,12 +89,19 @@ def _run(out_dir: PathLike | Stage2Layout) -> Stage2Layout:
 # --- prepare -------------------------------------------------------------------------------
 
 
-def prepare_inputs(input_uri: PathLike) -> tuple[list[str], str | None]:
-    """(raw input files, None) or ([], pool dir) when the input is an existing pool (has a pool manifest)."""
+def prepare_inputs(
+    input_uri: PathLike, out_dir: PathLike | Stage2Layout | None = None
+) -> tuple[list[str], str | None]:
+    """(raw input files, None) or ([], pool dir) when the input is an existing pool (has a pool manifest).
+
+    With ``out_dir``, the input paths skipped (and why) are recorded for the run's pool manifest."""
     manifest = PoolLayout(input_uri).manifest
     if manifest.exists() and read_json(manifest).get("kind") == "pool":
         return [], str(as_path(input_uri))
-    return input_files(input_uri), None
+    scan = scan_inputs(input_uri)
+    if out_dir is not None:
+        write_json(scan.skipped, _run(out_dir).prepared.skipped_inputs)
+    return scan.files, None
 
 
 def step_prepare_file(out_dir: PathLike | Stage2Layout, index: int, file_uri: str) -> dict:
@@ -401,6 +409,9 @@ def step_export(
     run = _run(out_dir)
     write_parquet(_quarantined_table(run), run.quarantined)
     shards = [run.shard(s) for s in run.pool().shard_uris()]
+    for d in DECISIONS:  # a previous run of this --out over more shards must not leave parts behind
+        remove_stale(run.split_dir(d), {run.part(d, s.name).name for s in shards})
+    remove_stale(run.shards_dir, {s.name for s in shards})
     outcomes = [o for s in shards if s.canaries.exists() for o in read_parquet(s.canaries).to_pylist()]
     decided = sum(counts[d] for d in DECISIONS)
     quality = estimates(outcomes, counts["kept"] / decided if decided else 0.0)
@@ -478,7 +489,7 @@ def run_stage2(
     store = layout(root)
     rnd = store.resolve_round(rnd)
     run = begin_run(out_dir)
-    files, pool = prepare_inputs(input_uri)
+    files, pool = prepare_inputs(input_uri, run)
     for i, f in enumerate(files):
         step_prepare_file(run, i, f)
     shards = step_finalize_prepare(run, cfg, benchmark_uri, pool)

@@ -47,11 +47,30 @@ def uri(path: PathLike) -> str:
     return str(path)
 
 
+def is_local(path: PathLike) -> bool:
+    return as_path(path).protocol in ("", "file", "local")
+
+
 def write_bytes(path: PathLike, data: bytes) -> None:
+    """Atomic: a reader sees the old file or the new one, never a torn one (a kill -9 leaves no partial file).
+
+    Local files are written under a temporary name and renamed; an object-store put is atomic by itself."""
     p = as_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("wb") as f:
-        f.write(data)
+    if not is_local(p):
+        with p.open("wb") as f:
+            f.write(data)
+        return
+    target = Path(p.path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_bytes(path: PathLike) -> bytes:
@@ -92,12 +111,29 @@ def write_jsonl(rows: Iterable[dict], path: PathLike) -> str:
 
 
 def list_files(directory: PathLike, suffixes: tuple[str, ...] = ()) -> list[UPath]:
-    """Files directly under ``directory`` (sorted, deterministic); empty when it does not exist."""
+    """Files directly under ``directory`` (sorted, deterministic; dot-files such as a killed write's
+    temporary file are not listed); empty when it does not exist."""
     d = as_path(directory)
     if not d.exists():
         return []
-    out = [p for p in d.iterdir() if p.is_file() and (not suffixes or p.name.endswith(suffixes))]
+    out = [
+        p
+        for p in d.iterdir()
+        if p.is_file() and not p.name.startswith(".") and (not suffixes or p.name.endswith(suffixes))
+    ]
     return sorted(out, key=lambda p: p.name)
+
+
+def remove_stale(directory: PathLike, keep: set[str]) -> list[str]:
+    """Delete the files and folders directly under ``directory`` whose names are not in ``keep`` (a re-run's
+    leftovers from a bigger input); returns the names removed."""
+    d = as_path(directory)
+    if not d.exists():
+        return []
+    stale = sorted((p for p in d.iterdir() if p.name not in keep), key=lambda p: p.name)
+    for p in stale:
+        remove_tree(p) if p.is_dir() else p.unlink()
+    return [p.name for p in stale]
 
 
 def remove_tree(directory: PathLike) -> None:
@@ -109,7 +145,7 @@ def remove_tree(directory: PathLike) -> None:
 def download_dir(src: PathLike, local: Path) -> Path:
     """Copy a (remote) directory of files to a local folder, e.g. a model checkpoint."""
     src = as_path(src)
-    if src.protocol in ("", "file", "local"):
+    if is_local(src):
         return Path(src.path)
     local.mkdir(parents=True, exist_ok=True)
     for p in src.rglob("*"):
