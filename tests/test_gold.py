@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from synpref.gold import build_gold, is_validation, label_studio_tasks, read_inbox
 from synpref.schema import compute_pair_id
 from synpref.synthetic import generate
@@ -67,3 +69,106 @@ def test_gold_split_is_deterministic_and_disjoint():
     val = [i for i in ids if is_validation(i)]
     assert val == [i for i in ids if is_validation(i)]
     assert 0.15 < len(val) / len(ids) < 0.25
+
+
+# --- bad inbox content: quarantined with a reason, never an aborted round -----------------------------
+
+
+def _task(row: dict, **override) -> dict:
+    task = _ls_export([row], ["chosen"], ["2026-01-01T10:00"])[0]
+    task.update(override)
+    return task
+
+
+def _inbox_cases(row: dict) -> dict[str, tuple[str, bytes, int]]:
+    """name → (file name, bytes, expected quarantine rows); each file also holds nothing good."""
+    ok = _task(row)
+    result = ok["annotations"][0]["result"]
+    return {
+        "annotations_not_list": ("a.json", json.dumps([_task(row, annotations={"x": 1})]).encode(), 1),
+        "annotation_not_object": ("a.json", json.dumps([_task(row, annotations=["done"])]).encode(), 1),
+        "result_not_list": ("a.json", json.dumps([_task(row, annotations=[{"result": {"a": 1}}])]).encode(), 1),
+        "result_items_not_objects": ("a.json", json.dumps([_task(row, annotations=[{"result": [1, 2]}])]).encode(), 1),
+        "value_missing": (
+            "a.json",
+            json.dumps([_task(row, annotations=[{"result": [{"from_name": "verdict"}]}])]).encode(),
+            1,
+        ),
+        "choices_not_list": (
+            "a.json",
+            json.dumps(
+                [_task(row, annotations=[{"result": [{"from_name": "verdict", "value": {"choices": "chosen"}}]}])]
+            ).encode(),
+            1,
+        ),
+        "data_is_string": ("a.json", json.dumps([{**ok, "data": "pair"}]).encode(), 1),
+        "no_completed_annotation": (
+            "a.json",
+            json.dumps([_task(row, annotations=[{"was_cancelled": True, "result": result}])]).encode(),
+            1,
+        ),
+        "broken_parquet": ("a.parquet", b"PAR1 not really", 1),
+        "non_utf8_json": ("a.json", b'[{"data": {"pair_id": "\xff\xfe"}, "annotations": []}]', 1),
+        "truncated_json": ("a.json", json.dumps([ok])[:-20].encode(), 1),
+        "notes_txt": ("notes.txt", b"the export is in the other folder", 1),
+        "wrong_label": (
+            "a.jsonl",
+            json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "human_label": "maybe"}).encode(),
+            1,
+        ),
+        "pair_id_mismatch": ("a.json", json.dumps([_task({**row, "pair_id": "0" * 32})]).encode(), 1),
+    }
+
+
+CASE_NAMES = list(_inbox_cases(generate(1, seed=3)[0].to_pylist()[0]))
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_a_bad_inbox_file_is_quarantined_next_to_a_good_one(tmp_path, case):
+    rows = generate(3, seed=3)[0].to_pylist()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "good.json").write_text(
+        json.dumps(_ls_export(rows[1:], ["chosen", "rejected"], ["2026-01-01T10:00"] * 2))
+    )
+    name, data, expected = _inbox_cases(rows[0])[case]
+    (inbox / name).write_bytes(data)
+    intake = read_inbox(inbox)
+    assert len(intake.verifications) == 2
+    assert len(intake.quarantine) == expected
+    assert all(q["reason"] for q in intake.quarantine)
+
+
+def _verdict(row: dict, label: str, annotator: str, rnd: str = "r1", at: str = "2026-01-01T10:00") -> dict:
+    return {**row, "human_label": label, "annotator": annotator, "round": rnd, "verified_at": at, "seq": 0}
+
+
+def test_annotators_who_disagree_are_flagged_and_a_tie_is_undecidable():
+    row = generate(1, seed=5)[0].to_pylist()[0]
+    parts = build_gold([_verdict(row, "chosen", "ann"), _verdict(row, "rejected", "bob")])
+    assert parts["gold"] == []
+    assert "no majority" in parts["discarded"][0]["reason"]
+    assert "ann: chosen" in parts["human_conflicts"][0]["resolution"]
+
+
+def test_a_majority_of_annotators_decides_and_the_conflict_is_kept():
+    row = generate(1, seed=5)[0].to_pylist()[0]
+    history = [_verdict(row, "rejected", "ann"), _verdict(row, "rejected", "bob"), _verdict(row, "chosen", "cy")]
+    parts = build_gold(history)
+    assert parts["gold"][0]["chosen"] == row["rejected"]
+    assert "majority: rejected" in parts["human_conflicts"][0]["resolution"]
+
+
+def test_a_later_round_replaces_an_earlier_verdict_without_a_conflict():
+    row = generate(1, seed=5)[0].to_pylist()[0]
+    parts = build_gold([_verdict(row, "chosen", "ann", "r1"), _verdict(row, "rejected", "bob", "r2")])
+    assert parts["gold"][0]["chosen"] == row["rejected"]
+    assert parts["human_conflicts"] == []
+
+
+def test_the_same_annotator_changing_their_mind_is_not_a_conflict():
+    row = generate(1, seed=5)[0].to_pylist()[0]
+    history = [_verdict(row, "chosen", "ann", at="10:00"), _verdict(row, "rejected", "ann", at="11:00")]
+    parts = build_gold(history)
+    assert parts["gold"][0]["chosen"] == row["rejected"]
+    assert parts["human_conflicts"] == []

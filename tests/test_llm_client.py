@@ -1,11 +1,17 @@
 """The LLM call layer: backends, cache, budget, retries, errors (against SIMULATED judges over real HTTP)."""
 
 import collections
+import http.server
+import json
+import re
+import socket
+import threading
 
 import pytest
 
 from conftest import annotator_cfg
 from synpref.annotation import judge, merge_samples
+from synpref.cli import main
 from synpref.llm_client import (
     BACKENDS,
     AnnotatorConfig,
@@ -13,7 +19,11 @@ from synpref.llm_client import (
     BackendError,
     ChatRequest,
     Completion,
+    EndpointError,
+    Request,
+    load_annotators,
     register_backend,
+    run_requests,
 )
 from synpref.settings import AnnotateSettings
 
@@ -126,3 +136,184 @@ def _echo_unknown() -> AnnotatorConfig:
 
 def test_the_default_backend_is_not_written_into_records():
     assert "backend" not in AnnotatorConfig(name="n", base_url="http://x", model="m").model_dump()
+
+
+# --- junk replies, failing endpoints, a torn cache -------------------------------------------------------
+
+_OK = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "fine"}}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+JUNK = {
+    "html": ("text/html", b"<html><body>502 Bad Gateway</body></html>"),
+    "not_json": ("application/json", b"this is not json"),
+    "empty_choices": ("application/json", json.dumps({**_OK, "choices": []}).encode()),
+    "null_content": (
+        "application/json",
+        json.dumps({**_OK, "choices": [{"index": 0, "message": {"role": "assistant", "content": None}}]}).encode(),
+    ),
+    "blank_content": (
+        "application/json",
+        json.dumps({**_OK, "choices": [{"index": 0, "message": {"role": "assistant", "content": "  "}}]}).encode(),
+    ),
+    "empty_object": ("application/json", b"{}"),
+    "json_list": ("application/json", b"[1, 2, 3]"),
+}
+
+
+class JunkEndpoint:
+    """A real HTTP endpoint that answers a chosen share of prompts with junk (status 200) until ``heal()``."""
+
+    def __init__(self, kind: str, junk_every: int = 3) -> None:
+        self.kind, self.junk_every, self.healed, self.calls = kind, junk_every, False, collections.Counter()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                outer.calls[prompt] += 1
+                junk = not outer.healed and int(prompt.split()[-1]) % outer.junk_every == 0
+                if junk and outer.kind == "null_usage":
+                    ctype, data = "application/json", json.dumps({**_OK, "usage": None}).encode()
+                else:
+                    ctype, data = JUNK[outer.kind] if junk else ("application/json", json.dumps(_OK).encode())
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def heal(self) -> None:
+        self.healed = True
+
+
+def _good_endpoint() -> JunkEndpoint:
+    endpoint = JunkEndpoint("html")
+    endpoint.heal()
+    return endpoint
+
+
+def _requests(n: int) -> list[Request]:
+    return [Request(f"k{i}", (("user", f"prompt number {i}"),), 0, 0) for i in range(n)]
+
+
+def _cfg(url: str, **kw) -> AnnotatorConfig:
+    return AnnotatorConfig(name="junky", base_url=url, model="m", max_retries=0, **kw)
+
+
+@pytest.mark.parametrize("kind", sorted(JUNK))
+def test_junk_replies_are_recorded_errors_never_cached_and_a_rerun_asks_only_for_them(tmp_path, kind):
+    endpoint = JunkEndpoint(kind)
+    cfg = _cfg(endpoint.base_url, max_error_share=0.5)
+    responses, usage = run_requests(cfg, _requests(12), tmp_path / "cache")
+    failed = {r.key for r in responses if r.status == "error"}
+    assert failed == {"k0", "k3", "k6", "k9"}
+    assert usage.errors == 4
+    assert all(r.text == "fine" for r in responses if r.status == "ok")
+    endpoint.heal()
+    responses, usage = run_requests(cfg, _requests(12), tmp_path / "cache")
+    assert usage.requests == 4
+    assert usage.cache_hits == 8
+    assert all(r.status == "ok" for r in responses)
+    endpoint.server.shutdown()
+
+
+def test_a_reply_without_token_counts_is_kept_and_counted(tmp_path):
+    endpoint = JunkEndpoint("null_usage")
+    responses, usage = run_requests(_cfg(endpoint.base_url), _requests(6), tmp_path / "cache")
+    assert all(r.status == "ok" for r in responses)
+    assert usage.missing_usage == 2
+    endpoint.server.shutdown()
+
+
+def test_an_endpoint_failing_most_requests_fails_the_task_after_caching_what_it_got(tmp_path):
+    endpoint = JunkEndpoint("html", junk_every=1)
+    with pytest.raises(EndpointError, match="12 of 12 requests failed"):
+        run_requests(_cfg(endpoint.base_url), _requests(12), tmp_path / "cache")
+    endpoint.heal()
+    _, usage = run_requests(_cfg(endpoint.base_url), _requests(12), tmp_path / "cache")
+    assert usage.requests == 12
+    endpoint.server.shutdown()
+
+
+def test_an_unreachable_endpoint_fails_instead_of_abstaining_on_everything(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(EndpointError, match="cannot reach"):
+        run_requests(_cfg(f"http://127.0.0.1:{port}/v1", timeout_s=2), _requests(3), tmp_path / "cache")
+
+
+def test_a_torn_cache_entry_is_a_miss_and_gets_rewritten(tmp_path):
+    endpoint = _good_endpoint()
+    cfg = _cfg(endpoint.base_url)
+    run_requests(cfg, _requests(3), tmp_path / "cache")
+    entries = sorted((tmp_path / "cache").rglob("*.json"))
+    entries[0].write_bytes(entries[0].read_bytes()[:7])
+    entries[1].write_bytes(b"")
+    responses, usage = run_requests(cfg, _requests(3), tmp_path / "cache")
+    assert usage.requests == 2
+    assert all(r.status == "ok" for r in responses)
+    assert json.loads(entries[0].read_text())["text"] == "fine"
+    endpoint.server.shutdown()
+
+
+def test_the_cache_is_namespaced_by_endpoint_and_can_be_refreshed(tmp_path):
+    a, b = _good_endpoint(), _good_endpoint()
+    run_requests(_cfg(a.base_url), _requests(3), tmp_path / "cache")
+    _, usage = run_requests(_cfg(b.base_url), _requests(3), tmp_path / "cache")
+    assert usage.requests == 3  # same model name, another endpoint: not reused
+    _, usage = run_requests(_cfg(b.base_url, cache_namespace="shared"), _requests(3), tmp_path / "cache")
+    assert usage.requests == 3
+    _, usage = run_requests(_cfg(a.base_url, cache_namespace="shared"), _requests(3), tmp_path / "cache")
+    assert usage.cache_hits == 3  # an explicit namespace is shared across endpoints
+    _, usage = run_requests(_cfg(a.base_url, cache="refresh"), _requests(3), tmp_path / "cache")
+    assert usage.requests == 3
+    a.server.shutdown()
+    b.server.shutdown()
+
+
+# --- annotator config mistakes: one line naming the annotator and the field, exit 2 ---------------------
+
+CONFIG_CASES = {
+    "missing_model": ("- name: a\n  base_url: http://h/v1\n", "annotator 'a': field 'model'"),
+    "typo_key": ("- name: a\n  base_url: http://h/v1\n  model: m\n  temprature: 0.2\n", "field 'temprature': unknown"),
+    "yaml_error": ("- name: a\n  base_url: [http://h\n", "not valid YAML"),
+    "wrong_top_key": ("judges:\n  - name: a\n", "got keys ['judges']"),
+    "empty_list": ("[]\n", "no annotators"),
+    "empty_file": ("", "no annotators"),
+    "duplicate_names": (
+        "- {name: a, base_url: 'http://h/v1', model: m}\n- {name: a, base_url: 'http://h/v1', model: n}\n",
+        "a repeated",
+    ),
+    "base_url_not_url": ("- {name: a, base_url: 'localhost:8000', model: m}\n", "must be an http(s) URL"),
+    "not_a_mapping": ("- just-a-name\n", "annotator #1: expected a mapping"),
+    "samples_zero": ("- {name: a, base_url: 'http://h/v1', model: m, samples: 0}\n", "field 'samples'"),
+    "blank_model": ("- {name: a, base_url: 'http://h/v1', model: ' '}\n", "field 'model'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_annotator_config_mistakes_are_one_line_naming_the_field(tmp_path, case, capsys):
+    text, expected = CONFIG_CASES[case]
+    (tmp_path / "annotators.yaml").write_text(text)
+    with pytest.raises(AnnotatorError, match=re.escape(expected)):
+        load_annotators(tmp_path / "annotators.yaml")
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    args = ["annotate", "--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "out")]
+    assert main([*args, "--annotators", str(tmp_path / "annotators.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert expected in err

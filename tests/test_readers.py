@@ -1,11 +1,19 @@
 """Readers: every input format → canonical pairs, bad records → quarantine rows with reasons."""
 
+import gzip
+import io
 import json
+import tempfile
+from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from synpref.readers import read_pairs
-from synpref.schema import compute_pair_id, records_to_table, to_trl
+from synpref.schema import QUARANTINE_SCHEMA, compute_pair_id, records_to_table, to_trl
 from synpref.storage import write_parquet
 
 CONV = [{"role": "user", "content": "What is 2+2?"}]
@@ -63,3 +71,69 @@ def test_malformed_records_are_quarantined_with_reasons(tmp_path):
     assert "no final assistant turn" in reasons[4]
     (tmp_path / "empty.jsonl").write_text("")
     assert read_pairs(tmp_path / "empty.jsonl").quarantine[0]["reason"].startswith("empty file")
+
+
+# --- fuzzing: whatever the bytes, the readers return rows that can be stored, and never raise ---------
+
+_CHARS = st.characters(codec=None, exclude_categories=())  # lone surrogates, U+2028, NEL, NUL included
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(_CHARS, max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_TEXT = st.text(_CHARS, min_size=1, max_size=30)
+_KEYS = st.sampled_from(["prompt", "chosen", "rejected", "conversation", "pair_id", "flipped", "source"])
+_RECORD = st.dictionaries(_KEYS, _JSON | _TEXT, max_size=5)
+_PAIRISH = st.fixed_dictionaries(
+    {"prompt": _TEXT, "chosen": _TEXT, "rejected": _TEXT}, optional={"source": _TEXT, "pair_id": _TEXT, "round": _JSON}
+)
+_VALID = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(5)]
+
+
+def _mutated(valid: bytes) -> st.SearchStrategy[bytes]:
+    """A valid file with bytes flipped, cut or inserted."""
+    return st.tuples(st.integers(0, len(valid)), st.binary(max_size=8), st.integers(0, 8)).map(
+        lambda t: valid[: t[0]] + t[1] + valid[t[0] + t[2] :]
+    )
+
+
+def _valid_bytes(suffix: str) -> bytes:
+    if ".parquet" in suffix:
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(_VALID), sink)
+        return sink.getvalue()
+    if ".csv" in suffix:
+        return (
+            "prompt,chosen,rejected\n" + "".join(f"{r['prompt']},{r['chosen']},{r['rejected']}\n" for r in _VALID)
+        ).encode()
+    return "".join(json.dumps(r) + "\n" for r in _VALID).encode()
+
+
+@st.composite
+def _files(draw) -> tuple[str, bytes]:
+    suffix = draw(st.sampled_from([".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz"]))
+    kind = draw(st.sampled_from(["bytes", "records", "mutated"]))
+    if kind == "bytes":
+        data = draw(st.binary(max_size=600))
+    elif kind == "records":
+        rows = draw(st.lists(_PAIRISH | _RECORD | _JSON, max_size=6))
+        data = "\n".join(json.dumps(r) for r in rows).encode()
+    else:
+        data = draw(_mutated(_valid_bytes(suffix.removesuffix(".gz"))))
+    return suffix, gzip.compress(data, mtime=0) if suffix.endswith(".gz") else data
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(_files())
+def test_readers_never_raise_and_every_row_can_be_stored(file):
+    suffix, data = file
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"fuzz{suffix}"
+        path.write_bytes(data)
+        res = read_pairs(path)
+        assert res.total >= 1
+        write_parquet(records_to_table(res.records), Path(d) / "pairs.parquet")
+        write_parquet(pa.Table.from_pylist(res.quarantine, schema=QUARANTINE_SCHEMA), Path(d) / "q.parquet")
+        for r in res.records:
+            assert r.pair_id == compute_pair_id(r.conversation, r.chosen, r.rejected, r.flipped)
+        assert all(q["reason"] for q in res.quarantine)

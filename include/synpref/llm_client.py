@@ -159,6 +159,7 @@ class Usage:
     cache_hits: int = 0
     errors: int = 0
     budget_skipped: int = 0
+    missing_usage: int = 0  # answers without token counts (their tokens and cost count as 0)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -276,6 +277,7 @@ class Completion:
     text: str | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    usage_reported: bool = True  # False: the endpoint sent no token counts (counted as 0, and counted)
 
 
 class BackendError(RuntimeError):
@@ -337,7 +339,7 @@ class OpenAIBackend:
 def completion_of(out: Any, where: str) -> Completion:
     """A chat-completion reply → Completion; a junk reply (HTML, no choices, null content) is a retryable error."""
     choices = getattr(out, "choices", None)
-    if not isinstance(choices, list):
+    if not isinstance(choices, list) and not hasattr(out, "choices"):
         raise BackendError("bad_reply", f"reply from {where} is not a chat completion ({type(out).__name__})", True)
     if not choices:
         raise BackendError("empty_reply", f"reply from {where} has no choices", True)
@@ -346,7 +348,8 @@ def completion_of(out: Any, where: str) -> Completion:
         raise BackendError("empty_reply", f"reply from {where} has no message content", True)
     usage = getattr(out, "usage", None)
     tokens = [getattr(usage, k, None) for k in ("prompt_tokens", "completion_tokens")]
-    return Completion(text, *(t if isinstance(t, int) and t >= 0 else 0 for t in tokens))
+    reported = all(isinstance(t, int) and t >= 0 for t in tokens)
+    return Completion(text, *(t if isinstance(t, int) and t >= 0 else 0 for t in tokens), usage_reported=reported)
 
 
 BACKENDS: dict[str, Callable[[AnnotatorConfig], JudgeBackend]] = {"openai": OpenAIBackend}
@@ -411,6 +414,7 @@ async def _run_async(
                 usage.error_messages.append(str(e))
                 return Response(req.key, None, "error", e.kind)
         cost = account(out.prompt_tokens, out.completion_tokens)
+        usage.missing_usage += not out.usage_reported
         usage.new_cost_usd += cost
         budget.spent_usd += cost
         budget.spent_tokens += out.prompt_tokens + out.completion_tokens

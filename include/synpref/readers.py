@@ -19,6 +19,7 @@ records are bounded in size (``MAX_RECORD_BYTES``), nesting (``MAX_DEPTH``) and 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -263,13 +264,19 @@ def _decompress(data: bytes, name: str) -> tuple[bytes, str | None]:
     return data, None
 
 
+def _utf8(data: bytes) -> tuple[bytes, str | None]:
+    """A UTF-16 file (it starts with its byte-order mark) → UTF-8 bytes; (b"", problem) when it is not UTF-16."""
+    if not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data, None
+    try:
+        return data.decode("utf-16").encode("utf-8", "surrogatepass"), None
+    except UnicodeDecodeError as e:
+        return b"", f"invalid UTF-16 at byte {e.start}"
+
+
 def _text_of(data: bytes) -> str:
-    """Bytes → text: BOMs honoured, bytes that are not UTF-8 kept as lone surrogates (quarantined later)."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16", "surrogateescape")
-    return data.decode("utf-8", "surrogateescape")
+    """Bytes → text: a UTF-8 BOM dropped, bytes that are not UTF-8 kept as lone surrogates (quarantined later)."""
+    return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")
 
 
 def _json_lines(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
@@ -295,11 +302,7 @@ def _json_document(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
     if not head.startswith(("[", "{")):
         yield from _json_lines(data)
         return
-    bad = _SURROGATE.search(text)
-    if bad:
-        yield FILE_LEVEL, text, f"bytes that are not UTF-8 at character {bad.start()} of the file"
-        return
-    try:
+    try:  # bytes that are not UTF-8 quarantine the records holding them (``normalize``), not the file
         doc = json.loads(text, parse_int=_bounded_number, parse_float=_bounded_number, parse_constant=_no_constant)
     except (RecordError, ValueError, RecursionError) as e:
         if head.startswith("{"):  # perhaps JSON lines in a .json file
@@ -399,6 +402,8 @@ def iter_raw(path: PathLike) -> Iterator[tuple[int, Any, str | None]]:
         yield FILE_LEVEL, "", f"cannot read the file: {type(e).__name__}: {e}"
         return
     data, problem = _decompress(data, name)
+    if not problem:
+        data, problem = _utf8(data)
     base = name.removesuffix(".gz").removesuffix(".zst")
     if base.endswith(".parquet"):
         yield from _parquet_rows(data)
@@ -468,22 +473,33 @@ def _walk_local(directory: Path, scan: InputScan, seen: set[str]) -> None:
         scan.skip(directory, f"cannot list the directory: {e.strerror or e}")
         return
     for entry in entries:
-        path = Path(entry.path)
-        if entry.is_dir():
-            if entry.name.startswith("."):
-                scan.skip(path, "hidden directory")
-            else:
-                _walk_local(path, scan, seen)
-        elif entry.is_file():
-            _classify(scan, path, entry.name)
-        elif entry.is_symlink():
-            try:
-                os.stat(path)
-                scan.skip(path, "symlink to something that is neither a file nor a directory")
-            except OSError as e:
-                scan.skip(path, "symlink loop" if e.errno == 40 else "dangling symlink: its target does not exist")
+        _walk_entry(entry, scan, seen)
+
+
+def _walk_entry(entry: os.DirEntry, scan: InputScan, seen: set[str]) -> None:
+    path = Path(entry.path)
+    try:
+        is_dir, is_file = entry.is_dir(), entry.is_file()
+    except OSError as e:  # a symlink loop raises ELOOP here
+        scan.skip(path, "symlink loop" if e.errno == errno.ELOOP else f"cannot inspect: {e.strerror or e}")
+        return
+    if is_dir:
+        if entry.name.startswith("."):
+            scan.skip(path, "hidden directory")
         else:
-            scan.skip(path, "not a regular file (device, pipe or socket)")
+            _walk_local(path, scan, seen)
+    elif is_file:
+        _classify(scan, path, entry.name)
+    elif entry.is_symlink():
+        try:
+            os.stat(path)
+            scan.skip(path, "symlink to something that is neither a file nor a directory")
+        except OSError as e:
+            scan.skip(
+                path, "symlink loop" if e.errno == errno.ELOOP else "dangling symlink: its target does not exist"
+            )
+    else:
+        scan.skip(path, "not a regular file (device, pipe or socket)")
 
 
 def scan_inputs(uri: PathLike) -> InputScan:

@@ -1,0 +1,64 @@
+"""Stage-1 steps that need no model: intake on a fresh root (no seed silver), counts, one-line errors."""
+
+import json
+
+import pytest
+
+from synpref.gold import label_studio_tasks
+from synpref.layout import StorageLayout
+from synpref.preprocess import prepare
+from synpref.readers import InputError
+from synpref.settings import Stage1Config
+from synpref.stage1 import step_intake
+from synpref.storage import read_parquet, write_parquet
+from synpref.synthetic import generate
+
+
+def _root(tmp_path, n_pool=300):
+    store = StorageLayout(tmp_path / "root")
+    pairs, _ = generate(n_pool + 5, seed=11)
+    write_parquet(pairs.slice(0, n_pool), tmp_path / "raw.parquet")
+    prepare([str(tmp_path / "raw.parquet")], store.pool)
+    return store, pairs.to_pylist()
+
+
+def _inbox(store, rnd, rows, labels):
+    tasks = label_studio_tasks(rows)
+    for t, label in zip(tasks, labels):
+        t["annotations"] = [{"completed_by": 1, "result": [{"from_name": "verdict", "value": {"choices": [label]}}]}]
+    path = store.inbox(rnd) / "export.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(tasks))
+
+
+def test_a_first_round_without_seed_silver_draws_it_from_the_pool(tmp_path):
+    store, rows = _root(tmp_path)
+    _inbox(store, "2026-01-01", rows[:10], ["chosen"] * 10)
+    info = step_intake(store, "2026-01-01", cfg=Stage1Config(seed_silver=50))
+    silver = read_parquet(store.round("2026-01-01").silver_in).to_pylist()
+    assert len(silver) == 50
+    assert info["silver_source"] == "unverified pool sample (50 of 290)"
+    assert not {s["pair_id"] for s in silver} & {r["pair_id"] for r in rows[:10]}
+
+
+def test_verifications_of_pairs_outside_the_pool_are_accepted_and_counted(tmp_path):
+    store, rows = _root(tmp_path)
+    _inbox(store, "2026-01-01", rows[:4] + rows[-2:], ["chosen"] * 6)
+    info = step_intake(store, "2026-01-01", cfg=Stage1Config(seed_silver=20))
+    assert info["gold"] == 6
+    assert info["inbox_unknown_pairs"] == 2
+
+
+def test_a_root_without_a_pool_is_a_one_line_error_naming_the_path(tmp_path):
+    store = StorageLayout(tmp_path / "root")
+    rows = generate(3, seed=1)[0].to_pylist()
+    _inbox(store, "2026-01-01", rows, ["chosen"] * 3)
+    with pytest.raises(InputError, match="synpref prepare --out") as e:
+        step_intake(store, "2026-01-01")
+    assert str(store.pool.dir) in str(e.value)
+
+
+def test_a_round_without_any_gold_says_where_to_put_it(tmp_path):
+    store, _ = _root(tmp_path)
+    with pytest.raises(InputError, match="has no gold"):
+        step_intake(store, "2026-01-01")
