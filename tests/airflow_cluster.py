@@ -21,7 +21,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(REPO / ".venv" / "bin" / "airflow")
 PG = {"host": "127.0.0.1", "port": 5432}
-DB_NAME, DB_ROLE = "synpref_airflow_it", "synpref_it"
+DB_ROLE = "synpref_it"
 TERMINAL = {"success", "failed"}
 
 
@@ -36,20 +36,31 @@ def ensure_services() -> None:
     subprocess.run([str(REPO / "scripts" / "services.sh")], check=True)
 
 
-def fresh_database() -> str:
-    """Drop and re-create the test metadata database (and its role if missing); return the SQLAlchemy URL."""
+def _admin(*statements: str) -> None:
     import psycopg2
 
     con = psycopg2.connect(dbname="postgres", user="postgres", **PG)
     con.autocommit = True
     with con.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_ROLE,))
-        if not cur.fetchone():
-            cur.execute(f"CREATE ROLE {DB_ROLE} LOGIN")
-        cur.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_ROLE}")
+        for statement in statements:
+            cur.execute(statement)
     con.close()
-    return f"postgresql+psycopg2://{DB_ROLE}@{PG['host']}:{PG['port']}/{DB_NAME}"
+
+
+def fresh_database() -> tuple[str, str]:
+    """A new metadata database with a name of its own (two test runs on one host never share one) and its role
+    if missing; returns (name, SQLAlchemy URL). ``drop_database`` removes it."""
+    name = f"synpref_it_{os.getpid()}_{secrets.token_hex(4)}"
+    _admin(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}') "
+        f"THEN CREATE ROLE {DB_ROLE} LOGIN; END IF; END $$",
+        f"CREATE DATABASE {name} OWNER {DB_ROLE}",
+    )
+    return name, f"postgresql+psycopg2://{DB_ROLE}@{PG['host']}:{PG['port']}/{name}"
+
+
+def drop_database(name: str) -> None:
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 class AirflowCluster:
@@ -60,6 +71,7 @@ class AirflowCluster:
         self.password = secrets.token_urlsafe(12)
         self.procs: list[subprocess.Popen] = []
         self._token: str | None = None
+        self.database: str | None = None
         self.env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
@@ -95,7 +107,7 @@ class AirflowCluster:
     def start(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "passwords.json").write_text(json.dumps({"admin": self.password}))
-        self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = fresh_database()
+        self.database, self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = fresh_database()
         self.cli("db", "migrate")
         self.cli("pools", "set", "llm_api", "4", "LLM endpoints")
         self.cli("pools", "set", "gpu", "1", "GPU workers")
@@ -121,6 +133,9 @@ class AirflowCluster:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         self.procs.clear()
+        if self.database:
+            drop_database(self.database)
+            self.database = None
 
     def _wait_healthy(self, timeout: float = 240) -> None:
         deadline, last = time.time() + timeout, None

@@ -103,6 +103,7 @@ class RoundLayout(_Directory):
     discarded = property(lambda self: self.table("discarded"))
     human_verifications = property(lambda self: self.table("human_verifications"))
     intake_quarantine = property(lambda self: self.table("intake_quarantine"))
+    human_conflicts = property(lambda self: self.table("human_conflicts"))
     silver_in = property(lambda self: self.table("silver_in"))
     gold_eval = property(lambda self: self.table("gold_eval"))
     retrieval = property(lambda self: self.table("retrieval"))

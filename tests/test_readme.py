@@ -1,0 +1,58 @@
+"""The README's hand-run walk-through runs as written (from a scratch copy of the repository root)."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def walkthrough() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Run one step by hand") :]
+    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_walkthrough_uses_only_shipped_files():
+    script = walkthrough()
+    for path in re.findall(r"examples/[\w.]+", script):
+        assert (REPO / path).exists(), path
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash walk-through")
+def test_the_readme_walkthrough_runs_as_written(tmp_path):
+    work = tmp_path / "clone"
+    work.mkdir()
+    (work / "examples").symlink_to(REPO / "examples")
+    port = str(free_port())  # the README's port may be taken on a shared test machine
+    script = walkthrough().replace("source scripts/env.sh", f"source {REPO}/scripts/env.sh").replace("8900", port)
+    (work / "examples-annotators.yaml").write_text(
+        (REPO / "examples/annotators.yaml").read_text().replace("8900", port)
+    )
+    script = script.replace("examples/annotators.yaml", "examples-annotators.yaml")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    report = json.loads(done.stdout[done.stdout.rindex('{\n  "rounds"') :])
+    assert [r["round"] for r in report["rounds"]] == ["2026-11-01", "2026-11-02"]
+    assert report["stage2"]["kept"] > 0
+    assert report["stage2"]["label_accuracy_vs_truth"]["kept"] > report["stage2"]["label_accuracy_vs_truth"]["input"]
