@@ -17,7 +17,9 @@ only under its own prefix, manifest last.
 5. **adaptive_retrieval** — k = k_max if p ≤ 0.5 else ⌈k_max(1−p)⌉ neighbours per gold pair;
 6. **annotate** (mapped over annotator connections, pool `llm_api`) — preference-aware judging;
 7. **merge_silver_and_review_queue** — agreeing verdicts → silver; contested → review queue;
-8. **publish_round** — manifest + Asset events (best RM, gold RM, gold/silver sets).
+8. **publish_round** — manifest + Asset events (best RM, gold RM, gold/silver sets);
+9. **write_report** — HTML report with figures next to the manifest (`rounds/<date>/report/`; the
+   Airflow UI's Curation page and the run's "Round report" link show it).
 """
 
 from __future__ import annotations
@@ -181,6 +183,13 @@ def synpref_stage1():
             outlet_events[asset].extra = extra
         return {"round": rnd, "manifest": str(store.round(rnd).manifest), **manifest["summary"]}
 
+    @task
+    def write_report(published: dict, params: dict | None = None, dag_run=None) -> str:
+        from synpref.report import write_round_report
+
+        store, rnd, _ = _round(params, dag_run)
+        return write_round_report(store, rnd)
+
     ready = wait_for_previous_round()
     intake, shards = human_verification_intake(), list_pool_shards()
     ready >> [intake, shards]
@@ -190,7 +199,7 @@ def synpref_stage1():
     evaluation = evaluate_on_gold(train_best_rm(intake), train_gold_rm(intake))
     retrieval = adaptive_retrieval(evaluation, embedded)
     annotations = annotate.expand(conn_id=annotator_ids(retrieval))
-    publish_round(merge_silver_and_review_queue(annotations))
+    write_report(publish_round(merge_silver_and_review_queue(annotations)))
 
 
 synpref_stage1()

@@ -13,7 +13,8 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
    recycle (flip) per policy; else drop — every pair with its reason;
 5. **check_conservation**: input = kept + recycled + dropped + quarantined + duplicates + contaminated,
    per shard and overall, or the run fails;
-6. **export_dataset**: TRL-ready Parquet (`kept/`, `recycled/`), dataset card, manifest, Asset event.
+6. **export_dataset**: TRL-ready Parquet (`kept/`, `recycled/`), dataset card, manifest, Asset event;
+7. **write_report**: HTML report with figures next to the manifest (`report/`; the card shows its figures).
 
 Schedule: manual/UI by default; set `SYNPREF_STAGE2_SCHEDULE=asset` to run after every stage-1 round
 (an asset-triggered run curates with the triggering round, in its storage root).
@@ -199,13 +200,20 @@ def synpref_stage2():
         outlet_events[CURATED_DATASET].extra = {"uri": str(run.dir), "round": rnd, **counts}
         return {"out": str(run.dir), **manifest["counts"]}
 
+    @task
+    def write_report(exported: dict, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> str:
+        from synpref.report import write_stage2_report
+
+        _, _, run, _ = _run(params, dag_run, triggering_asset_events)
+        return write_stage2_report(run)
+
     rnd = resolve_source_round()
     shards = finalize_prepare(prepare_file.expand(item=list_input_files(rnd)))
     scores = score_shard.partial(rnd=rnd).expand(shard=shards)
     annotations = annotate_shard.partial(rnd=rnd).expand(conn_id=annotator_ids(rnd), score=scores)
     decisions = decide_shard.partial(rnd=rnd).expand(score=scores)
     annotations >> decisions
-    export_dataset(check_conservation(decisions, shards), rnd)
+    write_report(export_dataset(check_conservation(decisions, shards), rnd))
 
 
 synpref_stage2()

@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,9 +30,29 @@ ANNOTATORS = {
 }
 
 
+PROGRESS = re.compile(r"((?:[\w.-]+ )*[\w.-]+: [\d,]+/[\d,]+ \w+.*?/s, [\d,]+ s|RM training: step \d+/\d+)")
+TASK = re.compile(r"task_id=([\w.]+)")
+HEARTBEAT_S = 30
+
+
+def _latest(log: Path) -> str:
+    """The newest progress line (or task) in a log: what a long step is doing right now."""
+    text = log.read_text(errors="replace")[-20000:]
+    found = PROGRESS.findall(text) or [f"task {t}" for t in TASK.findall(text)]
+    return found[-1] if found else "starting"
+
+
 def sh(cmd: list[str], log: Path, env: dict) -> None:
+    """Run a step with its output in ``log``; every 30 s say what it is doing (slow is not hung)."""
+    start = time.time()
     with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        next_beat = start + HEARTBEAT_S
+        while proc.poll() is None:
+            time.sleep(1)
+            if time.time() >= next_beat:
+                next_beat += HEARTBEAT_S
+                print(f"     … {time.time() - start:4.0f} s  {_latest(log)}", flush=True)
     if proc.returncode != 0:
         sys.exit(
             f"FAILED: {' '.join(cmd)} (exit {proc.returncode}); log: {log}\n"
@@ -162,9 +183,18 @@ def main() -> int:
             f"== synpref_stage1: {args.rounds} nightly rounds (airflow dags test), SIMULATED human verifier "
             "(accuracy 0.97)"
         )
+        for line in (
+            "   columns: gold = cumulative human-verified pairs; best RM = its accuracy on all gold (the gold set",
+            "   grows every round, so it is not comparable across rounds) and on a fixed slice (the first round's",
+            "   gold-validation pairs, the same every round); gold RM = its accuracy on gold-validation; retrieved =",
+            "   pool pairs pulled by adaptive retrieval; +silver = LLM-labelled pairs added, and their accuracy",
+            "   against the hidden truth; queue = pairs for the humans' next day; sim. cost = SIMULATED spend at",
+            "   the configured prices (the judges are simulated).",
+        ):
+            print(line)
         print(
-            f"   {'round':10s} {'gold':>5s} {'bestRM acc gold':>15s} {'gold-val':>8s} {'goldRM val':>10s} "
-            f"{'retrieved':>9s} {'+silver':>7s} {'silver acc':>10s} {'queue':>5s} {'cost $':>7s}"
+            f"   {'round':10s} {'gold':>5s} {'best RM: gold':>13s} {'fixed':>6s} {'gold RM':>7s} "
+            f"{'retrieved':>9s} {'+silver':>7s} {'acc':>6s} {'queue':>5s} {'sim. cost $':>11s}"
         )
         for i in range(args.rounds):
             date = first + dt.timedelta(days=i)
@@ -184,11 +214,11 @@ def main() -> int:
             )
             r = next(x for x in rep["rounds"] if x["round"] == str(date))
             print(
-                f"   {r['round']:10s} {r['gold']:5d} {fmt(r['best_rm_gold_accuracy']):>15s} "
-                f"{fmt(r['best_rm_gold_validation_accuracy']):>8s} "
-                f"{fmt(r['gold_rm_validation_accuracy']):>10s} {r['retrieved']:9d} {r['silver_added']:7d} "
-                f"{fmt(r.get('silver_added_accuracy_vs_truth')):>10s} "
-                f"{r['review_queue']:5d} {r['cost_usd']:7.2f}"
+                f"   {r['round']:10s} {r['gold']:5d} {fmt(r['best_rm_gold_accuracy']):>13s} "
+                f"{fmt(r['best_rm_fixed_slice_accuracy']):>6s} "
+                f"{fmt(r['gold_rm_validation_accuracy']):>7s} {r['retrieved']:9d} {r['silver_added']:7d} "
+                f"{fmt(r.get('silver_added_accuracy_vs_truth')):>6s} "
+                f"{r['review_queue']:5d} {r['cost_usd']:11.2f}"
             )
             nxt = date + dt.timedelta(days=1)
             sh(
@@ -221,24 +251,16 @@ def main() -> int:
             env,
         )
         s2 = storage / "stage2" / str(stage2_date)
-        rep = json.loads(
+        full = json.loads(
             subprocess.run(
-                synpref
-                + [
-                    "report",
-                    "--root",
-                    f"file://{storage}",
-                    "--stage2",
-                    str(s2),
-                    "--truth",
-                    str(truth_dir / "wild.parquet"),
-                ],
+                synpref + ["report", "--root", f"file://{storage}", "--stage2", str(s2)] + truth_args,
                 env=env,
                 capture_output=True,
                 text=True,
                 check=True,
             ).stdout
-        )["stage2"]
+        )
+        rep = full["stage2"]
         acc = rep["label_accuracy_vs_truth"]
         print(
             f"   funnel: input {rep['input']} = kept {rep['kept']} + recycled {rep['recycled']} + dropped "
@@ -266,6 +288,9 @@ def main() -> int:
         print(f"   stage-1 rounds    {storage / 'rounds'}/<date>/manifest.json")
         print(f"   curated dataset   {s2}/kept, {s2}/recycled (TRL-ready Parquet), card {s2 / 'README.md'}")
         print(f"   logs              {logs}")
+        print(
+            f"   HTML report       {full['html']}  (open it in a browser; also in the Airflow UI: Browse → Curation)"
+        )
     finally:
         sim.terminate()
         sim.wait(timeout=10)

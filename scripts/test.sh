@@ -7,4 +7,4 @@ scripts/setup.sh
 scripts/services.sh
 source scripts/env.sh
 .venv/bin/ruff check . && .venv/bin/ruff format --check .   # lint + format (pyproject.toml [tool.ruff])
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -v --durations=15 "$@"   # -v: each test is named as it starts

@@ -67,8 +67,10 @@ def deployment(tmp_path_factory):
         api_key="sk-it",
     )  # no injected faults: a fault depends on the attempt, so the file and S3 runs would differ
     judges.start()
+    s3_root = f"s3://{S3_CONN}@{BUCKET}/root"
     env = {
         "SYNPREF_ROOT": f"file://{roots['B']}",
+        "SYNPREF_REPORT_ROOTS": f"file://{roots['F']},{s3_root}",  # the Curation page: B, F, S3
         "SYNPREF_TASK_RETRIES": "0",
         "SYNPREF_STAGE2_SCHEDULE": "asset",
         "SYNPREF_RM_MODE": "frozen",
@@ -103,7 +105,7 @@ def deployment(tmp_path_factory):
             "truths": truths,
             "s3": s3,
             "judges": judges,
-            "s3_root": f"s3://{S3_CONN}@{BUCKET}/root",
+            "s3_root": s3_root,
         }
     finally:
         cluster.stop()
@@ -386,3 +388,56 @@ def test_ui_shows_the_dag_grid_and_the_trigger_form(deployment):
     assert len(new) == 1, new
     assert new[0]["conf"]["k_max"] == 8
     assert new[0]["conf"]["rm_mode"] == "frozen"
+
+
+def _loaded_figures(page) -> int:
+    """How many figures the page shows, after checking that every one of them decoded."""
+    count = page.evaluate("document.images.length")
+    assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    return count
+
+
+def test_curation_page_lists_the_rounds_and_opens_their_reports_on_file_and_s3(deployment):
+    """Headless Chromium: the plugin's Curation page (Browse → Curation) lists the rounds run above under the
+    file:// and the S3 root; each one's report opens with every figure loaded (screenshots under .artifacts/);
+    a DAG run's "Curation report" link leads to the report of its round."""
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    c, roots, s3 = deployment["cluster"], deployment["roots"], deployment["s3"]
+    f_rounds = sorted(p.parent.name for p in (roots["F"] / "rounds").glob("*/manifest.json"))
+    s3_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="root/rounds/").get("Contents", [])]
+    s3_rounds = sorted(k.split("/")[2] for k in s3_keys if k.endswith("/manifest.json") and k.count("/") == 3)
+    assert f_rounds and s3_rounds
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_cookies([{"name": "_token", "value": c.token(), "url": c.base}])
+            page = context.new_page()
+            page.goto(f"{c.base}/plugin/curation", wait_until="networkidle")
+            listing = page.frame_locator("iframe").first.locator("body")
+            listing.get_by_text("Stage-1 rounds").first.wait_for(timeout=60000)
+            page.screenshot(path=str(ARTIFACTS / "curation_page.png"))
+            text = listing.inner_text()
+            assert f"file://{roots['F']}" in text
+            assert deployment["s3_root"] in text
+            assert all(r in text for r in f_rounds + s3_rounds)
+            for index, name, label in ((1, f_rounds[-1], "file"), (2, s3_rounds[-1], "s3")):
+                page.goto(f"{c.base}/curation/round?root={index}&name={name}", wait_until="load")
+                assert _loaded_figures(page) >= 8, label
+                assert "Reward models on gold" in page.content()
+                page.screenshot(path=str(ARTIFACTS / f"curation_round_{label}.png"), full_page=True)
+        finally:
+            browser.close()
+    f_run = next(r for r in c.runs("synpref_stage1") if (r.get("conf") or {}).get("root") == f"file://{roots['F']}")
+    report = httpx.get(
+        f"{c.base}/curation/dag-run/synpref_stage1/{f_run['dag_run_id']}",
+        cookies={"_token": c.token()},
+        follow_redirects=True,
+        timeout=60,
+    )
+    assert report.status_code == 200
+    assert 'data-figure="rm_accuracy"' in report.text
+    assert "SynPref stage 1 — round" in report.text

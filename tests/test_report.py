@@ -1,9 +1,25 @@
 """Reports over a storage root: one row per published round, the stage-2 funnel."""
 
-import pyarrow as pa
+import base64
+import json
+import re
+from pathlib import Path
 
+import pyarrow as pa
+from report_fixtures import fake_rounds, fake_stage2
+
+from synpref.cli import main
+from synpref.gold import is_validation
 from synpref.layout import StorageLayout
-from synpref.report import all_round_reports, fmt, stage2_report
+from synpref.report import (
+    all_round_reports,
+    fmt,
+    round_history,
+    stage2_page,
+    stage2_report,
+    stage2_summary,
+    write_round_report,
+)
 from synpref.reward_model import EVAL_SCHEMA
 from synpref.schema import PAIR_SCHEMA
 from synpref.storage import write_json, write_parquet
@@ -42,3 +58,69 @@ def test_stage2_report_is_the_manifest_funnel(tmp_path):
 
 def test_fmt_prints_floats_to_three_places_and_missing_as_na():
     assert [fmt(0.12345), fmt(None), fmt(7)] == ["0.123", "n/a", "7"]
+
+
+# --- the HTML report -----------------------------------------------------------------------------------
+
+
+def _figures(page_html: str) -> list[str]:
+    return re.findall(r'data-figure="([^"]+)" src="data:image/png;base64,([^"]+)"', page_html)
+
+
+def test_a_round_report_has_its_figures_and_writes_them_next_to_the_manifest(tmp_path):
+    store = StorageLayout(tmp_path)
+    names = fake_rounds(store, 3)
+    uri = write_round_report(store, names[-1])
+    page = Path(uri).read_text()
+    shown = dict(_figures(page))
+    for name in (
+        "rm_accuracy",
+        "rm_accuracy_by_category",
+        "sizes",
+        "retrieval_k",
+        "judges",
+        "judges_over_rounds",
+        "tokens",
+        "cost",
+    ):
+        assert base64.b64decode(shown[name]).startswith(b"\x89PNG")
+        assert (store.round(names[-1]).report_dir / f"{name}.png").exists()
+    assert "fixed held-out slice" in page
+
+
+def test_the_fixed_held_out_slice_is_the_first_rounds_gold_validation(tmp_path):
+    store = StorageLayout(tmp_path)
+    fake_rounds(store, 2)
+    history = round_history(store)
+    first_validation = sum(is_validation(f"{i:032x}") for i in range(200))
+    assert history[0]["fixed"][1] == first_validation
+    assert history[1]["fixed"][1] == first_validation  # the same pairs, though the gold set grew
+
+
+def test_a_stage2_report_reads_shard_summaries_and_plots_the_funnel(tmp_path):
+    store = StorageLayout(tmp_path)
+    fake_stage2(store, "run", shards=4, pairs_per_shard=1000)
+    page = stage2_page(store.stage2("run"))
+    names = [f["name"] for s in page.sections for f in s.figures]
+    assert names == ["funnel", "hist_p_best", "hist_p_gold", "categories", "quality"]
+    summary = stage2_summary(store.stage2("run"))
+    assert sum(summary["hist"]["p_best"]["kept"]) == 4 * 700
+    assert summary["categories"]["math"]["kept"] == 4 * 140
+
+
+def test_re_rendering_a_report_gives_the_same_bytes(tmp_path):
+    store = StorageLayout(tmp_path)
+    names = fake_rounds(store, 2)
+    first = Path(write_round_report(store, names[-1])).read_bytes()
+    assert Path(write_round_report(store, names[-1])).read_bytes() == first
+
+
+def test_the_cli_report_writes_the_html_for_the_root(tmp_path, capsys):
+    store = StorageLayout(tmp_path)
+    fake_rounds(store, 2)
+    fake_stage2(store, "run", shards=2, pairs_per_shard=100)
+    assert main(["report", "--root", str(tmp_path), "--stage2", str(store.stage2("run").dir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    html = Path(out["html"]).read_text()
+    assert "run_funnel" in html
+    assert "rm_accuracy" in html

@@ -38,6 +38,8 @@ def test_a_first_round_without_seed_silver_draws_it_from_the_pool(tmp_path):
     silver = read_parquet(store.round("2026-01-01").silver_in).to_pylist()
     assert len(silver) == 50
     assert info["silver_source"] == "unverified pool sample (50 of 290)"
+    big = step_intake(store, "2026-01-01", cfg=Stage1Config(seed_silver=5000))
+    assert big["silver_source"] == "unverified pool sample (145 of 290)"  # half the pool is left to retrieve
     assert not {s["pair_id"] for s in silver} & {r["pair_id"] for r in rows[:10]}
 
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
+from .progress import Progress
 from .schema import prompt_text
 from .storage import PathLike, as_path, read_parquet, write_parquet
 
@@ -85,6 +86,9 @@ def bf16_supported() -> bool:
         return False
 
 
+EMBED_CHUNK = 4096  # texts per progress update (sentence-transformers batches inside)
+
+
 def embed_texts(
     texts: list[str], model_name: str | None = None, batch_size: int = 64, bf16: bool | None = None
 ) -> np.ndarray:
@@ -96,14 +100,25 @@ def embed_texts(
     model = _model(model_name or default_embedder())
     use_bf16 = bf16_supported() if bf16 is None else bf16
     order = np.argsort([len(t) for t in texts], kind="stable")
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-        vecs = model.encode(
-            [texts[i] for i in order],
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+    chunks = []
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16),
+        Progress("embedding", len(texts), "texts") as progress,
+    ):
+        for s in range(0, len(order), EMBED_CHUNK):
+            chunk = [texts[i] for i in order[s : s + EMBED_CHUNK]]
+            chunks.append(
+                model.encode(
+                    chunk,
+                    batch_size=batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            )
+            progress.update(len(chunk))
+    vecs = np.concatenate(chunks)
     out = np.empty_like(vecs, dtype=np.float32)
     out[order] = vecs.astype(np.float32)
     return out

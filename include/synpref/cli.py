@@ -147,7 +147,7 @@ def cmd_stage1(a: argparse.Namespace) -> int:
     cfg = from_flat(Stage1Config, vars(a))
     _require(a.inbox, "--inbox")
     manifest = run_round(a.root, a.date, annotators, cfg, inbox=a.inbox, params=vars(a))
-    _print({"round": a.date, **manifest["summary"]})
+    _print({"round": a.date, **manifest["summary"], "report": manifest["report"]})
     return 0
 
 
@@ -167,6 +167,7 @@ def cmd_simulate_humans(a: argparse.Namespace) -> int:
 def cmd_stage2(a: argparse.Namespace) -> int:
     from .evaluation import accuracy_report
     from .llm_client import load_annotators
+    from .report import write_stage2_report
     from .settings import Stage2Config
     from .stage2 import run_stage2
     from .storage import read_parquet
@@ -186,9 +187,10 @@ def cmd_stage2(a: argparse.Namespace) -> int:
         a.benchmark,
         params={k: v for k, v in vars(a).items() if k != "func"},
     )
-    report = {"out": a.out, "round": manifest["round"], **manifest["counts"]}
+    report = {"out": a.out, "round": manifest["round"], **manifest["counts"], "report": manifest["report"]}
     if a.truth:
         report["label_accuracy_vs_truth"] = _with_coverage_warning(accuracy_report(a.out, read_parquet(a.truth)))
+        report["report"] = write_stage2_report(a.out, read_parquet(a.truth))  # with the truth beside the estimates
     _print(report)
     if manifest["counts"]["kept"] + manifest["counts"]["recycled"] == 0:
         print("synpref stage2: error: nothing was kept or recycled (counts above)", file=sys.stderr)
@@ -211,7 +213,7 @@ def _with_coverage_warning(report: dict) -> dict:
 def cmd_report(a: argparse.Namespace) -> int:
     import pyarrow as pa
 
-    from .report import all_round_reports, stage2_report
+    from .report import all_round_reports, stage2_report, write_root_report
     from .storage import read_parquet
 
     for t in a.truth:
@@ -223,6 +225,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     if a.stage2:
         out["stage2"] = stage2_report(a.stage2, truth)
         _with_coverage_warning(out["stage2"].get("label_accuracy_vs_truth", {}))
+    out["html"] = write_root_report(a.root, [a.stage2] if a.stage2 else [], truth, a.html)
     _print(out)
     return 0
 
@@ -332,11 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(s, Stage2Config)
 
     s = sp.add_parser(
-        "report", help="per-round stage-1 numbers and the stage-2 funnel (accuracies when a synthetic truth is given)"
+        "report",
+        help="per-round stage-1 numbers and the stage-2 funnel as JSON, and an HTML report with figures "
+        "(accuracies when a synthetic truth is given)",
     )
     s.add_argument("--root", required=True)
     s.add_argument("--stage2", default=None, help="a stage-2 output directory")
     s.add_argument("--truth", action="append", default=[], help="synthetic truth Parquet (repeatable)")
+    s.add_argument("--html", default=None, help="folder of the HTML report (default <root>/report/)")
 
     s = sp.add_parser(
         "simulate-humans", help="SIMULATED human verifier: answer a review queue from the truth → Label Studio export"
@@ -368,9 +374,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .llm_client import AnnotatorError, EndpointError, validation_message
     from .preprocess import ConservationError
+    from .progress import configure_cli_logging
     from .readers import InputError
 
     args = build_parser().parse_args(argv)
+    configure_cli_logging()
     try:
         return COMMANDS[args.command](args)
     except (InputError, AnnotatorError, FileNotFoundError) as e:

@@ -104,6 +104,7 @@ class RoundLayout(_Directory):
     human_verifications = property(lambda self: self.table("human_verifications"))
     intake_quarantine = property(lambda self: self.table("intake_quarantine"))
     human_conflicts = property(lambda self: self.table("human_conflicts"))
+    report_dir = property(lambda self: self.dir / "report", doc="HTML report + figures (written after the manifest)")
     silver_in = property(lambda self: self.table("silver_in"))
     gold_eval = property(lambda self: self.table("gold_eval"))
     retrieval = property(lambda self: self.table("retrieval"))
@@ -249,6 +250,11 @@ class Stage2Layout(_Directory):
         return PoolLayout(read_json(src)["source_pool"]) if src.exists() else self.prepared
 
     @property
+    def report_dir(self) -> Any:
+        """HTML report + figures (written after the manifest; the dataset card links its figures)."""
+        return self.dir / "report"
+
+    @property
     def shards_dir(self) -> Any:
         return self.dir / "shards"
 
@@ -287,6 +293,7 @@ class StorageLayout:
     benchmark_prompts = property(lambda self: self.root / "benchmarks" / "prompts.txt")
     seed = property(lambda self: self.root / "seed")
     llm_cache = property(lambda self: self.root / "cache" / "llm")
+    report_dir = property(lambda self: self.root / "report", doc="`synpref report`: the whole root on one page")
 
     @property
     def pool(self) -> PoolLayout:
@@ -306,8 +313,19 @@ class StorageLayout:
     def round(self, rnd: str) -> RoundLayout:
         return RoundLayout(self.rounds_dir / rnd)
 
+    @property
+    def stage2_dir(self) -> Any:
+        return self.root / "stage2"
+
     def stage2(self, run: str) -> Stage2Layout:
-        return Stage2Layout(self.root / "stage2" / run)
+        return Stage2Layout(self.stage2_dir / run)
+
+    def completed_stage2_runs(self) -> list[str]:
+        """Stage-2 runs under ``<root>/stage2/`` that have published a manifest (runs with ``--out``
+        elsewhere are not found here)."""
+        d = self.stage2_dir
+        names = [p.name for p in d.iterdir()] if d.exists() else []
+        return sorted(n for n in names if self.stage2(n).is_complete())
 
     # --- round discovery (shared by stage 1, stage 2 and the reports) --------------------
 

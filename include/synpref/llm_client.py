@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .progress import Progress
 from .storage import PathLike, as_path, read_json, write_json
 
 for _noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one INFO line per request would drown task logs
@@ -427,8 +428,14 @@ async def _run_async(
         cache.put(h, value)
         return Response(req.key, out.text, "ok")
 
+    async def counted(req: Request, progress: Progress) -> Response:
+        response = await one(req)
+        progress.update()
+        return response
+
     try:
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        with Progress(f"annotator {cfg.name}", len(requests), "requests") as progress:
+            return list(await asyncio.gather(*(counted(r, progress) for r in requests)))
     finally:
         await backend.aclose()
 

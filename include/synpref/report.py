@@ -1,22 +1,53 @@
-"""Curation reports: per-round numbers of stage 1 and the funnel of stage 2 (with accuracies
-against a hidden truth when the data is synthetic)."""
+"""Curation reports: per-round numbers of stage 1 and the funnel of stage 2 (JSON for the CLI), and the
+HTML report with figures (``write_round_report``, ``write_stage2_report``, ``write_root_report``).
+
+Reports read manifests, step records and per-shard summaries, never every pair: a 1M-pair stage-2 run
+is read from its shards' ``_SUCCESS.json`` (histograms and category counts written by ``decide``).
+A synthetic truth, when given, adds accuracies beside the estimates (the only part that reads pairs).
+"""
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+import jinja2
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import figures as fig
 from .evaluation import accuracy_report, label_accuracy, truth_coverage
 from .gold import is_validation
-from .layout import Stage2Layout, StorageLayout, layout
-from .storage import PathLike, read_json, read_parquet
+from .layout import DECISIONS, Stage2Layout, StorageLayout, layout
+from .reliability import wilson_interval
+from .settings import HIST_BINS
+from .storage import PathLike, as_path, read_json, read_parquet, write_bytes
+
+
+def fixed_slice(store: StorageLayout) -> set[str]:
+    """The first completed round's gold-validation pairs: every later best RM is scored on the same pairs."""
+    rounds = store.completed_rounds()
+    if not rounds:
+        return set()
+    ids = read_parquet(store.round(rounds[0]).gold_eval, ["pair_id"]).column("pair_id").to_pylist()
+    return {p for p in ids if is_validation(p)}
+
+
+def _on(ev: list[dict], ids: set[str]) -> tuple[int, int]:
+    """(correct, n) of the best RM's gold evaluation restricted to ``ids``."""
+    hits = [e["correct"] for e in ev if e["pair_id"] in ids]
+    return sum(hits), len(hits)
 
 
 def round_report(root: PathLike | StorageLayout, rnd: str, truth: pa.Table | None = None) -> dict:
-    out = layout(root).round(rnd)
+    store = layout(root)
+    out = store.round(rnd)
     manifest = read_json(out.manifest)
     ev = read_parquet(out.gold_eval).to_pylist()
     val = [e for e in ev if is_validation(e["pair_id"])]
+    fixed_hits, fixed_n = _on(ev, fixed_slice(store))
     silver = read_parquet(out.silver)
     added = silver.filter(pc.and_(pc.equal(silver["provenance"], "llm"), pc.equal(silver["round"], rnd)))
     report = {
@@ -25,6 +56,7 @@ def round_report(root: PathLike | StorageLayout, rnd: str, truth: pa.Table | Non
         "gold": manifest["summary"]["gold"],
         "best_rm_gold_accuracy": manifest["summary"]["best_rm_gold_accuracy"],
         "best_rm_gold_validation_accuracy": sum(e["correct"] for e in val) / len(val) if val else None,
+        "best_rm_fixed_slice_accuracy": fixed_hits / fixed_n if fixed_n else None,
         "gold_rm_validation_accuracy": manifest["summary"]["gold_rm_validation_accuracy"],
         "retrieved": manifest["summary"]["retrieved"],
         "silver_added": added.num_rows,
@@ -56,3 +88,386 @@ def stage2_report(out_dir: PathLike, truth: pa.Table | None = None) -> dict:
 def fmt(x) -> str:
     """A report value for a table cell: 3 decimals for floats, n/a for missing."""
     return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+
+# --- HTML report ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    heading: str
+    id: str
+    note: str = ""
+    figures: list[dict] = field(default_factory=list)  # {"name", "caption", "png"}
+    table: dict | None = None  # {"header": [...], "rows": [[...]]}
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, name: str, caption: str, png: bytes) -> None:
+        self.figures.append({"name": name, "caption": caption, "png": png})
+
+
+@cache
+def _template() -> jinja2.Template:
+    text = resources.files("synpref").joinpath("templates", "report.html").read_text()
+    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(text)
+
+
+def render_html(title: str, subtitle: str, sections: list[Section]) -> str:
+    """One self-contained HTML page (figures inline as PNG data URIs)."""
+    data = [
+        {
+            **s.__dict__,
+            "figures": [{**f, "data": base64.b64encode(f["png"]).decode()} for f in s.figures],
+        }
+        for s in sections
+    ]
+    return _template().render(title=title, subtitle=subtitle, sections=data)
+
+
+@dataclass
+class Page:
+    title: str
+    subtitle: str
+    sections: list[Section]
+
+    def html(self) -> str:
+        return render_html(self.title, self.subtitle, self.sections)
+
+
+def write_page(directory: PathLike, page: Page) -> str:
+    """``<dir>/index.html`` plus each figure as ``<dir>/<name>.png`` (the dataset card links those); → page URI."""
+    d = as_path(directory)
+    for s in page.sections:
+        for f in s.figures:
+            write_bytes(d / f"{f['name']}.png", f["png"])
+    write_bytes(d / "index.html", page.html().encode())
+    return str(d / "index.html")
+
+
+def _wilson(accuracy: float | None, n: int) -> tuple[float | None, float | None]:
+    if accuracy is None or not n:
+        return None, None
+    return wilson_interval(round(accuracy * n), n)
+
+
+def round_history(store: StorageLayout, upto: str | None = None) -> list[dict]:
+    """What the round figures need, per completed round up to ``upto``: manifest numbers, gold sizes and
+    the best RM's correctness on a fixed held-out slice (the first round's gold-validation pairs)."""
+    rounds = [r for r in store.completed_rounds() if upto is None or r <= upto]
+    fixed = fixed_slice(store)
+    history = []
+    for rnd in rounds:
+        out = store.round(rnd)
+        ev = read_parquet(out.gold_eval, ["pair_id", "correct"]).to_pylist()
+        history.append({"round": rnd, "manifest": read_json(out.manifest), "fixed": _on(ev, fixed)})
+    return history
+
+
+def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageLayout) -> list[Section]:
+    names = [h["round"] for h in history]
+    steps = [h["manifest"]["steps"] for h in history]
+    summaries = [h["manifest"]["summary"] for h in history]
+    rm = Section(
+        "Reward models on gold",
+        "reward-models",
+        "Accuracy of the best RM on all gold (it never trains on gold) and of the gold RM on gold-validation, "
+        "with 95% Wilson intervals. The gold set grows every round, so the fixed held-out slice (the first "
+        "round's gold-validation pairs, scored by every later best RM) shows the trend on the same pairs.",
+    )
+    series: dict[str, dict[str, list]] = {
+        "best RM, all gold": {"value": [], "low": [], "high": [], "color": "best"},
+        "best RM, fixed held-out slice": {"value": [], "low": [], "high": [], "color": "fixed"},
+        "gold RM, gold-validation": {"value": [], "low": [], "high": [], "color": "gold"},
+    }
+    for st, sm, h in zip(steps, summaries, history):
+        cal = st["evaluate"].get("calibration", {})
+        points = {
+            "best RM, all gold": (sm["best_rm_gold_accuracy"], sm["gold"]),
+            "best RM, fixed held-out slice": (h["fixed"][0] / h["fixed"][1] if h["fixed"][1] else None, h["fixed"][1]),
+            "gold RM, gold-validation": (sm["gold_rm_validation_accuracy"], cal.get("gold", {}).get("n", 0)),
+        }
+        for name, (value, n) in points.items():
+            low, high = _wilson(value, n)
+            series[name]["value"].append(value)
+            series[name]["low"].append(low)
+            series[name]["high"].append(high)
+    rm.add(
+        "rm_accuracy",
+        "Best-RM and gold-RM accuracy on gold over rounds (95% intervals).",
+        fig.accuracy_over_rounds(names, series, "Reward-model accuracy on gold"),
+    )
+    categories = sorted({c for st in steps for c in st["evaluate"].get("per_category", {})})
+    per_cat = {
+        c: [st["evaluate"].get("per_category", {}).get(c, {}).get("accuracy") for st in steps] for c in categories
+    }
+    if categories:
+        rm.add(
+            "rm_accuracy_by_category",
+            "Best-RM accuracy on gold per task category.",
+            fig.per_category(names, per_cat, "Best-RM accuracy per task category"),
+        )
+    rm.table = {
+        "header": ["round", "gold", "best RM (all gold)", "best RM (fixed slice)", "gold RM (validation)", "warnings"],
+        "rows": [
+            [
+                n,
+                sm["gold"],
+                fmt(sm["best_rm_gold_accuracy"]),
+                fmt(series["best RM, fixed held-out slice"]["value"][i]),
+                fmt(sm["gold_rm_validation_accuracy"]),
+                "; ".join(sm.get("warnings", [])) or "—",
+            ]
+            for i, (n, sm) in enumerate(zip(names, summaries))
+        ],
+    }
+
+    data = Section(
+        "Gold, silver and the review queue",
+        "sizes",
+        "Cumulative gold (human-verified), silver (training pairs of the best RM) and the pairs queued "
+        "for the humans' next day, per round.",
+    )
+    sizes = {
+        "gold": [sm["gold"] for sm in summaries],
+        "silver": [sm["silver"] for sm in summaries],
+        "review queue": [sm["review_queue"] for sm in summaries],
+    }
+    data.add(
+        "sizes", "Gold / silver / review-queue sizes per round.", fig.sizes_over_rounds(names, sizes, "Data per round")
+    )
+    last = steps[-1]["retrieve"]
+    ks = last.get("k_distribution", {})
+    data.add(
+        "retrieval_k",
+        f"Adaptive retrieval in {names[-1]}: how many gold pairs asked for k neighbours "
+        f"(k grows as the best RM's p on the gold pair falls); {last['retrieved']} pool pairs pulled.",
+        fig.bars(
+            list(ks), list(ks.values()), f"k(p) of adaptive retrieval, {names[-1]}", "k (neighbours)", "gold pairs"
+        ),
+    )
+    data.add(
+        "retrieved",
+        "Pool pairs pulled by adaptive retrieval per round.",
+        fig.sizes_over_rounds(
+            names, {"retrieved": [st["retrieve"]["retrieved"] for st in steps]}, "Pool pairs retrieved"
+        ),
+    )
+
+    judges = Section(
+        "Judges",
+        "judges",
+        "Each annotator answers a blind probe of gold pairs every round (shown like any pair, in a seeded "
+        "random order): accuracy with its 95% interval, share of abstentions, and position bias "
+        "(how much more often it picks the first response than the second).",
+    )
+    now = steps[-1]["merge"].get("judges", {}).get("annotators", {})
+    if now:
+        jn = sorted(now)
+        stats = {
+            "accuracy": [now[n]["accuracy"] for n in jn],
+            "low": [now[n]["ci_low"] for n in jn],
+            "high": [now[n]["ci_high"] for n in jn],
+            "abstention": [now[n].get("abstained", 0) / max(1, now[n].get("pairs", 0)) for n in jn],
+            "position_bias": [abs(now[n].get("position_bias") or 0) for n in jn],
+        }
+        judges.add("judges", f"Judges on the gold probe, {names[-1]}.", fig.judges(jn, stats, f"Judges, {names[-1]}"))
+        drift = {
+            n: {
+                "value": [
+                    st["merge"].get("judges", {}).get("annotators", {}).get(n, {}).get("accuracy") for st in steps
+                ],
+                "low": [st["merge"].get("judges", {}).get("annotators", {}).get(n, {}).get("ci_low") for st in steps],
+                "high": [
+                    st["merge"].get("judges", {}).get("annotators", {}).get(n, {}).get("ci_high") for st in steps
+                ],
+            }
+            for n in jn
+        }
+        judges.add(
+            "judges_over_rounds",
+            "Judge accuracy on the gold probe over rounds (drift).",
+            fig.accuracy_over_rounds(names, drift, "Judge accuracy over rounds"),
+        )
+    else:
+        judges.note = "No annotators in these rounds."
+
+    spend = Section(
+        "Tokens and cost",
+        "cost",
+        "Tokens and cost of the rounds' annotations at the prices configured per annotator (cached "
+        "answers count: the figures do not change on a re-run). With simulated judges the cost is simulated.",
+    )
+    spend.add(
+        "tokens",
+        "Tokens per round.",
+        fig.sizes_over_rounds(names, {"tokens": [sm["tokens"] for sm in summaries]}, "Tokens per round", "tokens"),
+    )
+    spend.add(
+        "cost",
+        "Cost per round (USD).",
+        fig.sizes_over_rounds(names, {"cost": [sm["cost_usd"] for sm in summaries]}, "Cost per round", "USD"),
+    )
+    sections = [rm, data, judges, spend]
+    if truth is not None:
+        reports = [round_report(store, n, truth) for n in names]
+        acc = {"value": [r.get("silver_added_accuracy_vs_truth") for r in reports]}
+        acc["low"] = acc["high"] = acc["value"]
+        t = Section(
+            "Against the synthetic truth",
+            "truth",
+            "Label accuracy of the silver each round added, from the hidden truth.",
+        )
+        t.add(
+            "silver_truth",
+            "Label accuracy of the silver added per round (synthetic truth).",
+            fig.accuracy_over_rounds(names, {"silver added": acc}, "Silver added: label accuracy (truth)"),
+        )
+        sections.append(t)
+    return sections
+
+
+def round_page(root: PathLike | StorageLayout, rnd: str, truth: pa.Table | None = None) -> Page:
+    """The report of round ``rnd``: every completed round up to it."""
+    store = layout(root)
+    history = round_history(store, rnd)
+    subtitle = f"stage-1 round {rnd} · {len(history)} round(s) · storage {store.root}"
+    return Page(f"SynPref stage 1 — round {rnd}", subtitle, _round_sections(history, truth, store))
+
+
+def write_round_report(root: PathLike | StorageLayout, rnd: str, truth: pa.Table | None = None) -> str:
+    """``round_page`` written next to the round's manifest; → page URI."""
+    return write_page(layout(root).round(rnd).report_dir, round_page(root, rnd, truth))
+
+
+def stage2_summary(run: Stage2Layout) -> dict:
+    """Per-shard decision summaries (``_SUCCESS.json``) added up: p histograms and categories by decision."""
+    hist = {k: {d: [0] * HIST_BINS for d in DECISIONS} for k in ("p_best", "p_gold")}
+    categories: dict[str, dict[str, int]] = {}
+    for uri in run.pool().shard_uris():
+        marker = run.shard(uri).success
+        summary = read_json(marker).get("summary", {}) if marker.exists() else {}
+        for k in hist:
+            for d, counts in summary.get(k, {}).items():
+                hist[k][d] = [a + b for a, b in zip(hist[k][d], counts)]
+        for cat, by in summary.get("categories", {}).items():
+            for d, n in by.items():
+                categories.setdefault(cat, {}).setdefault(d, 0)
+                categories[cat][d] += n
+    return {"hist": hist, "categories": categories}
+
+
+def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]:
+    m = read_json(run.manifest)
+    c = m["counts"]
+    funnel = Section(
+        "Where every input pair went",
+        "funnel",
+        f"Source round {m['round']}, decision rule `{m['config']['decision_rule']}`. "
+        "Counts conserve: input = quarantined + duplicates + contaminated + kept + recycled + dropped.",
+    )
+    stages = [("input", c["input"])] + [
+        (k, c.get(k, 0)) for k in ("quarantined", "duplicates", "contaminated", *DECISIONS)
+    ]
+    funnel.add("funnel", "The stage-2 funnel.", fig.funnel(stages, "Stage 2: input → outcomes"))
+    routed = c.get("routed_to_llm", 0)
+    decided = sum(c[d] for d in DECISIONS)
+    funnel.table = {
+        "header": ["outcome", "pairs", "share of input"],
+        "rows": [[k, f"{v:,}", f"{v / c['input']:.1%}" if c["input"] else "—"] for k, v in stages[1:]]
+        + [["routed to LLM judges", f"{routed:,}", f"{routed / decided:.1%} of decided" if decided else "—"]],
+    }
+    summary = stage2_summary(run)
+    edges = [i / HIST_BINS for i in range(HIST_BINS + 1)]
+    scores = Section(
+        "Reward-model scores by decision",
+        "scores",
+        "p = σ(r_chosen − r_rejected) of the best RM and of the gold RM for each decided pair, "
+        f"coloured by the decision; {routed:,} of {decided:,} pairs ({routed / max(1, decided):.1%}) were "
+        "routed to the LLM judges.",
+    )
+    for k, label in (("p_best", "best RM"), ("p_gold", "gold RM")):
+        scores.add(
+            f"hist_{k}",
+            f"{label}: p of the stored label, by decision.",
+            fig.histogram_by_decision(edges, summary["hist"][k], f"{label}: p by decision", f"p ({label})"),
+        )
+    cats = sorted(summary["categories"])
+    if cats:
+        scores.add(
+            "categories",
+            "Decisions per task category.",
+            fig.stacked_categories(
+                cats,
+                {d: [summary["categories"][k].get(d, 0) for k in cats] for d in DECISIONS},
+                "Decisions per task category",
+            ),
+        )
+    quality = Section(
+        "Quality estimates",
+        "quality",
+        "From blind canaries (held-out gold in both orientations, never exported): estimated precision "
+        "of the kept and of the recycled pairs, and the retention of pairs whose label is right.",
+    )
+    q = m.get("quality_estimates", {})
+    if q.get("canaries"):
+        names = ["kept_precision", "retention", "recycled_precision"]
+        truth_values = None
+        if truth is not None:
+            acc = accuracy_report(run, truth)
+            truth_values = [acc.get("kept"), None, acc.get("recycled")]
+            cov = acc.get("truth_coverage", {})
+            if cov.get("share") is not None and cov["share"] < 1:
+                quality.warnings.append(f"The truth covers {cov['covered']:,} of {cov['pairs']:,} input pairs.")
+        quality.add(
+            "quality",
+            "Estimates with 95% intervals" + (", and the synthetic truth (×)." if truth_values else "."),
+            fig.estimates(
+                [n.replace("_", " ") for n in names], [q[n] for n in names], truth_values, "Quality estimates"
+            ),
+        )
+        quality.table = {
+            "header": ["estimate", "value", "95% interval"],
+            "rows": [
+                [n.replace("_", " "), fmt(q[n]["estimate"]), f"{fmt(q[n]['ci_low'])} – {fmt(q[n]['ci_high'])}"]
+                for n in names
+            ],
+        }
+    else:
+        quality.note = "No canaries in this run (no held-out gold in the source round, or canaries = 0): no estimates."
+        quality.add(
+            "quality", "No estimates.", fig.message("Quality estimates", "no canaries in this run: no estimates")
+        )
+    return [funnel, scores, quality]
+
+
+def stage2_page(out_dir: PathLike | Stage2Layout, truth: pa.Table | None = None) -> Page:
+    run = out_dir if isinstance(out_dir, Stage2Layout) else Stage2Layout(out_dir)
+    return Page(f"SynPref stage 2 — run {run.name}", f"output {run.dir}", _stage2_sections(run, truth))
+
+
+def write_stage2_report(out_dir: PathLike | Stage2Layout, truth: pa.Table | None = None) -> str:
+    """``stage2_page`` written next to the run's manifest; → page URI."""
+    run = out_dir if isinstance(out_dir, Stage2Layout) else Stage2Layout(out_dir)
+    return write_page(run.report_dir, stage2_page(run, truth))
+
+
+def write_root_report(
+    root: PathLike | StorageLayout,
+    stage2: list[PathLike] = (),
+    truth: pa.Table | None = None,
+    out: PathLike | None = None,
+) -> str:
+    """One page for a storage root: every round, and the given stage-2 runs; → page URI."""
+    store = layout(root)
+    history = round_history(store)
+    sections = _round_sections(history, truth, store) if history else []
+    for s in stage2:
+        run = Stage2Layout(s)
+        for section in _stage2_sections(run, truth):
+            section.heading = f"Stage 2 ({run.name}): {section.heading}"
+            section.id = f"{run.name}-{section.id}"
+            for f in section.figures:
+                f["name"] = f"{run.name}_{f['name']}"
+            sections.append(section)
+    subtitle = f"storage {store.root} · {len(history)} round(s) · {len(stage2)} stage-2 run(s)"
+    return write_page(out or store.report_dir, Page("SynPref curation report", subtitle, sections))

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from .adaptive_retrieval import bf16_supported
+from .progress import Progress, log
 from .schema import prompt_text
 from .settings import RMConfig
 from .storage import PathLike, as_path, cleanup, download_dir, local_scratch, read_json, upload_dir
@@ -124,21 +125,23 @@ def fit_bt_head(xw, xl, sw, sl, cfg: RMConfig) -> tuple[dict, dict]:
     gen = torch.Generator().manual_seed(cfg.seed)
     best = (-1.0, -1, None)
     history = []
-    for epoch in range(cfg.head_epochs):
-        head.train()
-        perm = torch.randperm(len(xw), generator=gen)
-        for i in range(0, len(perm), max(cfg.batch_size, 64)):
-            b = perm[i : i + max(cfg.batch_size, 64)]
-            loss = -torch.nn.functional.logsigmoid(head(xw[b]) - head(xl[b])).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        head.eval()
-        with torch.inference_mode():
-            acc = _bt_accuracy((head(sw) - head(sl)).squeeze(-1).numpy()) if sw is not None else float(epoch)
-        history.append({"epoch": epoch, "select_accuracy": acc})
-        if acc > best[0]:
-            best = (acc, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
+    with Progress("training the BT head", cfg.head_epochs, "epochs", every_s=5.0) as progress:
+        for epoch in range(cfg.head_epochs):
+            progress.update()
+            head.train()
+            perm = torch.randperm(len(xw), generator=gen)
+            for i in range(0, len(perm), max(cfg.batch_size, 64)):
+                b = perm[i : i + max(cfg.batch_size, 64)]
+                loss = -torch.nn.functional.logsigmoid(head(xw[b]) - head(xl[b])).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            head.eval()
+            with torch.inference_mode():
+                acc = _bt_accuracy((head(sw) - head(sl)).squeeze(-1).numpy()) if sw is not None else float(epoch)
+            history.append({"epoch": epoch, "select_accuracy": acc})
+            if acc > best[0]:
+                best = (acc, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
     return best[2], {"best_epoch": best[1], "select_accuracy": best[0] if sw is not None else None, "history": history}
 
 
@@ -151,6 +154,25 @@ def _tokenize(tokenizer, prompts: list[str], responses: list[str], max_length: i
 
 
 CURVE = ("step", "loss", "eval_loss", "eval_accuracy")  # what a training curve records per logged step
+
+
+def _progress_callback():
+    """Training progress in the task log: step of max steps, rate, loss and selection accuracy when evaluated."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+            log.info("RM training: %s steps planned", f"{state.max_steps:,}")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            rate = state.global_step / max(1e-9, time.monotonic() - self.start)
+            shown = {k: round(v, 4) for k, v in (logs or {}).items() if k in ("loss", "eval_loss", "eval_accuracy")}
+            log.info("RM training: step %d/%d (%.2f steps/s) %s", state.global_step, state.max_steps, rate, shown)
+
+    return ProgressCallback()
 
 
 def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Path) -> dict:
@@ -207,6 +229,7 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
         greater_is_better=True,
     )
     stop = [EarlyStoppingCallback(early_stopping_patience=cfg.patience)] if eval_ds is not None else []
+    stop.append(_progress_callback())
     trainer = RewardTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok, callbacks=stop
     )
@@ -298,7 +321,11 @@ class RewardModel:
         order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.empty(len(ids), dtype=np.float64)
         pad = self._tok.pad_token_id or 0
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported()):
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported()),
+            Progress("RM scoring", len(order), "responses") as progress,
+        ):
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
                 width = max(len(ids[i]) for i in idx)
@@ -308,6 +335,7 @@ class RewardModel:
                     input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
                     mask[row, : len(ids[i])] = 1
                 out[idx] = model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().double().numpy()
+                progress.update(len(idx))
         return out
 
     def reward_diff(self, rows: list[dict]) -> np.ndarray:

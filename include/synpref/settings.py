@@ -33,6 +33,7 @@ MergePolicy = Literal["majority", "unanimous", "weighted"]
 RecyclePolicy = Literal["rule_default", "positive_evidence", "both_rms_reject", "all_discarded"]
 DecisionRuleName = Literal["reliability", "paper"]
 NGRAM = 13  # decontamination n-gram length (paper appendix C)
+HIST_BINS = 20  # p histograms of a stage-2 shard summary (report figures): 20 bins over [0, 1]
 
 SECTION_DATA = "Data"
 SECTION_RETRIEVAL = "Adaptive retrieval"
@@ -286,7 +287,7 @@ class Stage1Config(AnnotateSettings):
         title="Seed silver from the pool",
         section=SECTION_RETRIEVAL,
         description="First round only, when the root has no seed/silver: unverified pool pairs (a seeded "
-        "sample) the best RM first trains on, as the paper's seed is unverified data.",
+        "sample, at most half the pool) the best RM first trains on, as the paper's seed is unverified data.",
     )
     rm: RMConfig = nested(RMConfig, prefix="rm_")
     validation_fraction: float = 0.2

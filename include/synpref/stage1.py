@@ -21,6 +21,7 @@ from .annotation import annotator_stats, few_shot_examples, judge, merge_samples
 from .attributes import generate_attributes
 from .layout import MANIFEST, SEED_ROUND, RoundLayout, StorageLayout, layout
 from .llm_client import AnnotatorConfig
+from .progress import log, shard_position
 from .readers import InputError
 from .reliability import calibrate, joint_weights, judge_reliability, judge_warnings, rm_warnings
 from .reward_model import RewardModel, evaluate, train_reward_model
@@ -71,7 +72,7 @@ def _seed_silver(store: StorageLayout, cfg: Stage1Config, gold_ids: set[str]) ->
     pool = [
         r for shard in store.pool.shards() for r in read_parquet(shard).to_pylist() if r["pair_id"] not in gold_ids
     ]
-    sample = sorted(pool, key=key)[: cfg.seed_silver]
+    sample = sorted(pool, key=key)[: min(cfg.seed_silver, len(pool) // 2)]  # half the pool stays to be retrieved
     return [{**r, "round": SEED_ROUND} for r in sample], f"unverified pool sample ({len(sample)} of {len(pool)})"
 
 
@@ -158,6 +159,7 @@ def step_attributes(
     store = layout(root)
     rows = read_parquet(shard_uri).to_pylist()
     name = as_path(shard_uri).name
+    log.info("attributes: %s", shard_position(name, [s.name for s in store.pool.shards()]))
     if annotator is None:
         from .attributes import ATTRIBUTE_STATUS_SCHEMA
 
@@ -175,6 +177,7 @@ def step_attributes(
 def step_embed_shard(root: PathLike | StorageLayout, rnd: str, shard_name: str) -> dict:
     """Embeddings of one attributed pool shard, cached by pair_id + text under <root>/cache/embeddings/."""
     store = layout(root)
+    log.info("embedding: %s", shard_position(shard_name, [s.name for s in store.pool.shards()]))
     rows = read_parquet(store.round(rnd).pool_attributes_shard(shard_name)).to_pylist()
     embed_rows(rows, store.embedding_cache(shard_name))
     return {"shard": shard_name, "pairs": len(rows)}
@@ -437,4 +440,7 @@ def run_round(
     for a in annotators:
         step_annotate(store, rnd, a, cfg, len(annotators))
     step_merge(store, rnd, [a.name for a in annotators], cfg)
-    return step_publish(store, rnd, params)
+    manifest = step_publish(store, rnd, params)
+    from .report import write_round_report
+
+    return {**manifest, "report": write_round_report(store, rnd)}

@@ -28,10 +28,11 @@ from .preprocess import (
     finalize_pool,
     normalize_file,
 )
+from .progress import log, shard_position
 from .readers import scan_inputs
 from .recycle import recycled
 from .schema import PAIR_SCHEMA, has_attributes, to_trl
-from .settings import PrepareConfig, Stage2Config
+from .settings import HIST_BINS, PrepareConfig, Stage2Config
 from .storage import (
     PathLike,
     as_path,
@@ -80,6 +81,12 @@ def judge_accuracy(rnd: RoundLayout) -> dict[str, float] | None:
         return None
     judges = read_json(rnd.judges)["annotators"]
     return {name: j["accuracy"] for name, j in judges.items() if j["accuracy"] is not None}
+
+
+def run_shards(out_dir: PathLike | Stage2Layout) -> list[str]:
+    """Names of the run's shards (from its pool manifest): for "shard i of n" in the task logs."""
+    pool = _run(out_dir).pool()
+    return [as_path(u).name for u in pool.shard_uris()] if pool.is_complete() else []
 
 
 def _run(out_dir: PathLike | Stage2Layout) -> Stage2Layout:
@@ -144,6 +151,7 @@ def step_score(
     """Every signal's p for every pair of one shard; gold pairs are marked, never scored (they keep their label)."""
     store = layout(root)
     shard = _run(out_dir).shard(shard_uri)
+    log.info("score: %s", shard_position(shard.name, run_shards(out_dir)))
     fingerprint = cfg.fingerprint(store, rnd)
     if shard.scores_marker.exists() and read_json(shard.scores_marker).get("fingerprint") == fingerprint:
         return read_json(shard.scores_marker)
@@ -234,6 +242,7 @@ def step_annotate_shard(
     examples retrieved; a canary never sees its own gold pair among its examples."""
     store, run = layout(root), _run(out_dir)
     shard = run.shard(shard_uri)
+    log.info("annotate: %s", shard_position(shard.name, run_shards(out_dir)))
     annotator = cfg.for_annotator(annotator)
     pairs = _routed(run, shard_uri, cfg.rule(store.round(rnd)))
     canaries, sources = _canaries(store, run, rnd, shard_uri, read_parquet(shard_uri).to_pylist(), cfg)
@@ -283,6 +292,23 @@ def _decided_row(r: dict, s: dict, gold: dict[str, dict], rule: DecisionRule, m:
     return decision, {**row, **confidence}
 
 
+def decision_summary(decided: dict[str, list[dict]]) -> dict:
+    """What the report needs of a shard, so it never reads the pairs: p histograms and categories by decision."""
+    hist: dict[str, dict[str, list[int]]] = {k: {} for k in ("p_best", "p_gold")}
+    categories: dict[str, dict[str, int]] = {}
+    for decision, rows in decided.items():
+        for k in hist:
+            counts = [0] * HIST_BINS
+            for r in rows:
+                if r.get(k) is not None:
+                    counts[min(HIST_BINS - 1, int(r[k] * HIST_BINS))] += 1
+            hist[k][decision] = counts
+        for r in rows:
+            by = categories.setdefault(r.get("task_category") or "unknown", {})
+            by[decision] = by.get(decision, 0) + 1
+    return {**hist, "categories": {c: categories[c] for c in sorted(categories)}}
+
+
 def step_decide(
     root: PathLike | StorageLayout,
     out_dir: PathLike | Stage2Layout,
@@ -295,6 +321,7 @@ def step_decide(
     """The decision rule over one shard (keep / recycle / drop, each with a reason); marker last."""
     store, run = layout(root), _run(out_dir)
     shard = run.shard(shard_uri)
+    log.info("decide: %s", shard_position(shard.name, run_shards(out_dir)))
     rows = read_parquet(shard_uri).to_pylist()
     scores = {s["pair_id"]: s for s in read_parquet(shard.scores).to_pylist()}
     samples = [read_parquet(shard.samples(a)) for a in sorted(annotator_names) if shard.samples(a).exists()]
@@ -325,6 +352,7 @@ def step_decide(
         "shard": shard.name,
         "input": len(rows),
         **counts,
+        "summary": decision_summary(out),
         "canaries": len(outcomes),
         "routed_to_llm": sum(s["routed_to_llm"] for s in scores.values()),
         **fitted,
@@ -500,4 +528,7 @@ def run_stage2(
             step_annotate_shard(store, run, rnd, shard, a, cfg, n_tasks)
         step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
     counts = step_check_conservation(run, shards)
-    return step_export(run, rnd, counts, cfg, params)
+    manifest = step_export(run, rnd, counts, cfg, params)
+    from .report import write_stage2_report
+
+    return {**manifest, "report": write_stage2_report(run)}

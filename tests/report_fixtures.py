@@ -1,0 +1,132 @@
+"""Published rounds and a stage-2 run made of manifests and summaries only (what the report reads), at any
+size: for the report tests, the Curation plugin tests and ``benchmarks/report_speed.py``. Numbers are
+made up; the structure is the pipeline's (``step_publish``, ``step_export``, ``decision_summary``)."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+
+from synpref.layout import DECISIONS, PoolLayout, StorageLayout
+from synpref.reward_model import EVAL_SCHEMA
+from synpref.schema import PAIR_SCHEMA
+from synpref.settings import HIST_BINS
+from synpref.storage import write_json, write_parquet
+
+CATEGORIES = ("math", "coding", "safety", "factual_qa", "instruction_following")
+JUDGES = ("judge-a", "judge-b", "judge-c")
+
+
+def fake_round(store: StorageLayout, rnd: str, index: int, gold: int = 200, seed: int = 0) -> None:
+    r = random.Random(f"{seed}:{rnd}")
+    out = store.round(rnd)
+    acc = min(0.95, 0.7 + 0.02 * index)
+    ids = [f"{i:032x}" for i in range(gold)]
+    evals = [
+        {
+            "pair_id": p,
+            "task_category": CATEGORIES[i % 5],
+            "reward_diff": 0.0,
+            "p": 0.6,
+            "log_p": -0.5,
+            "correct": r.random() < acc,
+        }
+        for i, p in enumerate(ids)
+    ]
+    write_parquet(pa.Table.from_pylist(evals, schema=EVAL_SCHEMA), out.gold_eval)
+    write_parquet(PAIR_SCHEMA.empty_table(), out.silver)
+    judges = {
+        j: {
+            "accuracy": 0.8 + 0.05 * k,
+            "ci_low": 0.7 + 0.05 * k,
+            "ci_high": 0.9 + 0.03 * k,
+            "n": 64,
+            "pairs": 64,
+            "abstained": k,
+            "position_bias": 0.1 * k,
+        }
+        for k, j in enumerate(JUDGES)
+    }
+    steps = {
+        "intake": {"gold": gold},
+        "evaluate": {
+            "per_category": {c: {"accuracy": acc - 0.05 * k, "pairs": gold // 5} for k, c in enumerate(CATEGORIES)},
+            "calibration": {"gold": {"n": gold // 5}},
+        },
+        "retrieve": {"k_distribution": {"2": 30, "4": 50, "8": 20 + index}, "retrieved": 300 + 10 * index},
+        "merge": {"judges": {"annotators": judges}},
+    }
+    summary = {
+        "gold": gold,
+        "silver": 1000 + 300 * index,
+        "review_queue": 40,
+        "retrieved": 300 + 10 * index,
+        "best_rm_gold_accuracy": acc,
+        "gold_rm_validation_accuracy": acc - 0.03,
+        "cost_usd": 1.5,
+        "tokens": 200_000,
+        "warnings": [],
+    }
+    write_json(
+        {"kind": "stage1_round", "round": rnd, "previous_round": "0000-seed", "steps": steps, "summary": summary},
+        out.manifest,
+    )
+
+
+def fake_rounds(store: StorageLayout, n: int, gold: int = 200) -> list[str]:
+    names = [f"2026-{1 + i // 28:02d}-{1 + i % 28:02d}" for i in range(n)]
+    for i, rnd in enumerate(names):
+        fake_round(store, rnd, i, gold + 20 * i)
+    return names
+
+
+def fake_stage2(store: StorageLayout, name: str, shards: int, pairs_per_shard: int) -> None:
+    run = store.stage2(name)
+    pool = PoolLayout(run.prepared.dir)
+    shard_names = [pool.shard_name(i) for i in range(shards)]
+    write_json({"kind": "pool", "shards": [{"name": s, "count": pairs_per_shard} for s in shard_names]}, pool.manifest)
+    share = {"kept": 0.7, "recycled": 0.1, "dropped": 0.2}
+    for s in shard_names:
+        n = {d: int(pairs_per_shard * share[d]) for d in DECISIONS}
+        hist = {d: [n[d] // HIST_BINS] * HIST_BINS for d in DECISIONS}
+        cats = {c: {d: n[d] // 5 for d in DECISIONS} for c in CATEGORIES}
+        write_json(
+            {
+                "shard": s,
+                "input": pairs_per_shard,
+                **n,
+                "summary": {"p_best": hist, "p_gold": hist, "categories": cats},
+            },
+            run.shard(s).success,
+        )
+    total = shards * pairs_per_shard
+    counts = {
+        "input": total + 300,
+        "kept": int(total * 0.7),
+        "recycled": int(total * 0.1),
+        "dropped": int(total * 0.2),
+        "quarantined": 100,
+        "duplicates": 150,
+        "contaminated": 50,
+        "routed_to_llm": int(total * 0.3),
+    }
+    q = {"estimate": 0.97, "ci_low": 0.95, "ci_high": 0.99}
+    quality = {
+        "canaries": 128,
+        "label_accuracy_of_input": 0.7,
+        "kept_precision": q,
+        "retention": q,
+        "recycled_precision": q,
+    }
+    write_json(
+        {
+            "kind": "stage2_run",
+            "run": name,
+            "round": "2026-01-01",
+            "counts": counts,
+            "quality_estimates": quality,
+            "config": {"decision_rule": "reliability"},
+        },
+        run.manifest,
+    )

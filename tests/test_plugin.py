@@ -1,0 +1,68 @@
+"""The Curation plugin's FastAPI app, in process (the scheduler-driven suite opens it in Chromium)."""
+
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+from report_fixtures import fake_rounds, fake_stage2
+
+from airflow_cluster import REPO
+from synpref.layout import StorageLayout
+
+sys.path.insert(0, str(REPO / "plugins"))
+import synpref_curation as plugin  # noqa: E402
+
+
+@pytest.fixture()
+def client(tmp_path, monkeypatch):
+    a, b = StorageLayout(tmp_path / "a"), StorageLayout(tmp_path / "b")
+    fake_rounds(a, 25)
+    fake_stage2(a, "run-1", shards=2, pairs_per_shard=100)
+    fake_rounds(b, 1)
+    monkeypatch.setenv("SYNPREF_ROOT", f"file://{tmp_path / 'a'}")
+    monkeypatch.setenv("SYNPREF_REPORT_ROOTS", f"file://{tmp_path / 'b'},file://{tmp_path / 'a'}")
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: None
+    yield TestClient(plugin.app)
+    plugin.app.dependency_overrides.clear()
+
+
+def test_roots_come_from_the_environment_without_repeats(client, tmp_path):
+    assert plugin.report_roots() == [f"file://{tmp_path / 'a'}", f"file://{tmp_path / 'b'}"]
+
+
+def test_the_index_lists_rounds_and_runs_of_every_root_paginated(client):
+    page = client.get("/").text
+    assert "Stage-1 rounds (25)" in page
+    assert "Stage-2 runs (1)" in page
+    assert "Stage-1 rounds (1)" in page
+    assert page.count("round?root=0&amp;name=") == plugin.PER_PAGE
+    second = client.get("/", params={"rounds_page": 2}).text
+    assert second.count("round?root=0&amp;name=") == 25 - plugin.PER_PAGE
+
+
+def test_a_report_is_rendered_on_demand_and_served_from_the_written_file(client, tmp_path):
+    page = client.get("/round", params={"root": 0, "name": "2026-01-25"})
+    assert page.status_code == 200
+    assert 'data-figure="rm_accuracy"' in page.text
+    (StorageLayout(tmp_path / "a").round("2026-01-25").report_dir).mkdir(parents=True)
+    (StorageLayout(tmp_path / "a").round("2026-01-25").report_dir / "index.html").write_text("written by the DAG")
+    assert client.get("/round", params={"root": 0, "name": "2026-01-25"}).text == "written by the DAG"
+    assert "funnel" in client.get("/stage2", params={"root": 0, "name": "run-1"}).text
+
+
+def test_unknown_names_and_roots_are_404_not_paths(client):
+    assert client.get("/round", params={"root": 0, "name": "../../etc"}).status_code == 404
+    assert client.get("/round", params={"root": 0, "name": "../stage2/run-1"}).status_code == 404
+    assert client.get("/round", params={"root": 9, "name": "2026-01-01"}).status_code == 404
+
+
+def test_a_page_uri_is_located_under_its_root(client, tmp_path):
+    uri = str(StorageLayout(f"file://{tmp_path / 'b'}").round("2026-01-01").report_dir / "index.html")
+    assert plugin.locate(uri) == ("round", 1, "2026-01-01")
+    assert plugin.locate("/elsewhere/rounds/x/report/index.html") is None
+
+
+def test_the_plugin_registers_a_nav_page_and_a_dag_run_tab():
+    views = {v["destination"]: v for v in plugin.SynPrefCurationPlugin.external_views}
+    assert views["nav"]["href"] == "curation/"
+    assert "{RUN_ID}" in views["dag_run"]["href"]
