@@ -10,6 +10,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, ObjectStoragePath, Param
 
 from synpref.settings import specs
@@ -136,3 +137,79 @@ def round_name(dag_run) -> str:
     """A run's round: its logical date (or run_after for runs without one) as YYYY-MM-DD."""
     when = dag_run.logical_date or dag_run.run_after
     return when.strftime("%Y-%m-%d")
+
+
+# --- humans in the loop: the Label Studio server and sign-off gates -----------------------------------
+
+REVIEW_CONN = os.environ.get("SYNPREF_LABEL_STUDIO_CONN", "synpref_label_studio")
+LABEL_STUDIO_PROJECT_PARAM = Param(
+    None,
+    type=["null", "string"],
+    title="Label Studio project",
+    description=f"Project of the review queue on the server of connection {REVIEW_CONN!r} (when it exists). "
+    "Empty: the connection's extra.project, else synpref-review.",
+    section="Humans in the loop",
+)
+SIGN_OFF_PARAMS = {
+    "sign_off": Param(
+        False,
+        type="boolean",
+        title="Sign-off before publishing",
+        description="Wait for a person to approve (Browse → Required actions) before the round's silver is "
+        "published / the curated dataset is exported. Off for scheduled runs; switch it on per run here.",
+        section="Humans in the loop",
+    ),
+    "sign_off_timeout_hours": Param(
+        24.0,
+        type="number",
+        minimum=0.001,
+        title="Sign-off timeout (hours)",
+        description="How long the approval waits before the timeout decision below is taken.",
+        section="Humans in the loop",
+    ),
+    "sign_off_on_timeout": Param(
+        "reject",
+        enum=["approve", "reject"],
+        title="Decision on timeout",
+        description="What happens when nobody answers in time.",
+        section="Humans in the loop",
+    ),
+}
+
+
+def review_server(project: str | None = None):
+    """The Label Studio connection (host = URL, password = API token, extra.project) as a ``ReviewServer``
+    (``project`` overrides the project title), or None when the deployment has none (the review queue then
+    stays a file, as without a server)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from synpref.review_queue import ReviewServer
+
+    try:
+        conn = BaseHook.get_connection(REVIEW_CONN)
+    except AirflowNotFoundException:
+        return None
+    url = conn.host or ""
+    if url and "://" not in url:
+        url = f"{conn.schema or 'http'}://{url}" + (f":{conn.port}" if conn.port else "")
+    project = project or conn.extra_dejson.get("project", "synpref-review")
+    return ReviewServer(url=url, token=conn.password or "", project=project)
+
+
+class SignOff(ApprovalOperator):
+    """An optional approval step (Airflow's HITL ``ApprovalOperator``): it waits only when the run's ``sign_off``
+    param is on; a timeout decides per ``sign_off_on_timeout``; a rejection skips what follows (nothing is
+    published). The body (markdown, templated) shows the numbers and the report link."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(defaults=ApprovalOperator.REJECT, **kwargs)
+
+    def execute(self, context):
+        params = context["params"]
+        if not params.get("sign_off"):
+            self.log.info("sign-off is off for this run: approved without waiting")
+            return {"chosen_options": [self.APPROVE], "params_input": {}, "responded_by_user": None}
+        self.defaults = [self.APPROVE if params["sign_off_on_timeout"] == "approve" else self.REJECT]
+        self.response_timeout = timedelta(hours=float(params["sign_off_timeout_hours"]))
+        return super().execute(context)

@@ -9,7 +9,8 @@ only under its own prefix, manifest last.
 
 0. **wait_for_previous_round** — a round starts only once every earlier round it could read is
    published (backfills may start several runs at once; `depends_on_past` alone orders tasks, not rounds);
-1. **human_verification_intake** — inbox → cumulative gold (+ gold-train/validation), discarded;
+1. **pull_verifications** (with a Label Studio connection) → **human_verification_intake** — verdicts
+   pulled from the server into the inbox, inbox → cumulative gold (+ gold-train/validation), discarded;
 2. **generate_attributes** (mapped over pool shards, LLM, cached) → **embed_pool_shard** (mapped);
 3. **train_best_rm** (Bradley-Terry on silver, checkpoint by gold accuracy) and **train_gold_rm**
    (on gold-train, checkpoint by gold-validation);
@@ -17,9 +18,12 @@ only under its own prefix, manifest last.
 5. **adaptive_retrieval** — k = k_max if p ≤ 0.5 else ⌈k_max(1−p)⌉ neighbours per gold pair;
 6. **annotate** (mapped over annotator connections, pool `llm_api`) — preference-aware judging;
 7. **merge_silver_and_review_queue** — agreeing verdicts → silver; contested → review queue;
-8. **publish_round** — manifest + Asset events (best RM, gold RM, gold/silver sets);
-9. **write_report** — HTML report with figures next to the manifest (`rounds/<date>/report/`; the
-   Airflow UI's Curation page and the run's "Round report" link show it).
+8. **write_report** — HTML report with figures (`rounds/<date>/report/`; Browse → Curation, and the
+   run's "Curation report" tab);
+9. **sign_off_silver** — optional approval (param `sign_off`; off for scheduled runs): a rejection
+   leaves the round unpublished;
+10. **publish_round** — manifest + Asset events (best RM, gold RM, gold/silver sets);
+11. **push_review_queue** (with a Label Studio connection) — the review queue as tasks on the server.
 """
 
 from __future__ import annotations
@@ -37,13 +41,18 @@ from synpref_common import (
     DEFAULT_ARGS,
     GOLD_RM,
     GOLD_SILVER,
+    LABEL_STUDIO_PROJECT_PARAM,
     LLM_POOL,
+    REVIEW_CONN,
     ROOT_PARAM,
+    SIGN_OFF_PARAMS,
     TAGS,
     TRAIN_QUEUE,
+    SignOff,
     annotator_from_connection,
     optional_param,
     path_or,
+    review_server,
     round_name,
     setting_params,
     storage,
@@ -81,6 +90,8 @@ def _round(params: dict, dag_run) -> tuple:
         ),
         "annotators": ANNOTATORS_PARAM,
         **setting_params(Stage1Config),
+        "label_studio_project": LABEL_STUDIO_PROJECT_PARAM,
+        **SIGN_OFF_PARAMS,
     },
 )
 def synpref_stage1():
@@ -173,7 +184,7 @@ def synpref_stage1():
         return {k: info[k] for k in ("silver_total", "review_queue", "cost_usd", "tokens")}
 
     @task(outlets=[BEST_RM, GOLD_RM, GOLD_SILVER])
-    def publish_round(merged: dict, params: dict | None = None, dag_run=None, outlet_events=None) -> dict:
+    def publish_round(report: dict, params: dict | None = None, dag_run=None, outlet_events=None) -> dict:
         from synpref.stage1 import step_publish
 
         store, rnd, _ = _round(params, dag_run)
@@ -184,22 +195,57 @@ def synpref_stage1():
         return {"round": rnd, "manifest": str(store.round(rnd).manifest), **manifest["summary"]}
 
     @task
-    def write_report(published: dict, params: dict | None = None, dag_run=None) -> str:
-        from synpref.report import write_round_report
+    def write_report(merged: dict, params: dict | None = None, dag_run=None) -> dict:
+        from synpref.report import round_sign_off, write_round_report
 
         store, rnd, _ = _round(params, dag_run)
-        return write_round_report(store, rnd)
+        uri = write_round_report(store, rnd)
+        return {"uri": uri, "sign_off": round_sign_off(store, rnd, uri)}
+
+    @task
+    def pull_verifications(params: dict | None = None, dag_run=None) -> dict:
+        from synpref.review_queue import ReviewServerError, earlier_pulls, pull_verifications
+
+        store, rnd, _ = _round(params, dag_run)
+        server = review_server(params["label_studio_project"])
+        if server is None:
+            return {"label_studio": f"no connection {REVIEW_CONN!r}: verifications come from inbox files only"}
+        inbox = path_or(params["inbox_uri"], store.inbox(rnd))
+        try:
+            return pull_verifications(inbox, earlier_pulls(store.root / "inbox", server, rnd), server)
+        except ReviewServerError as e:  # recorded; the round goes on with the inbox's files
+            print(f"Label Studio pull failed ({e.kind}): {e}")
+            return {"error": e.kind, "message": str(e)}
+
+    @task
+    def push_review_queue(published: dict, params: dict | None = None, dag_run=None) -> dict:
+        from synpref.review_queue import push_review_queue
+
+        store, rnd, _ = _round(params, dag_run)
+        server = review_server(params["label_studio_project"])
+        if server is None:
+            return {"label_studio": f"no connection {REVIEW_CONN!r}: the queue is {store.round(rnd).review_tasks}"}
+        return push_review_queue(store.round(rnd).review_tasks, server)  # fails (and retries) on server errors
 
     ready = wait_for_previous_round()
     intake, shards = human_verification_intake(), list_pool_shards()
-    ready >> [intake, shards]
+    ready >> pull_verifications() >> intake
+    ready >> shards
     attributes = generate_attributes.expand(shard=shards)
     embedded = embed_pool_shard.expand(attributes=attributes)
     intake >> attributes
     evaluation = evaluate_on_gold(train_best_rm(intake), train_gold_rm(intake))
     retrieval = adaptive_retrieval(evaluation, embedded)
     annotations = annotate.expand(conn_id=annotator_ids(retrieval))
-    write_report(publish_round(merge_silver_and_review_queue(annotations)))
+    report = write_report(merge_silver_and_review_queue(annotations))
+    gate = SignOff(
+        task_id="sign_off_silver",
+        subject="Publish the silver of round {{ dag_run.logical_date | ds }}?",
+        body="{{ ti.xcom_pull(task_ids='write_report')['sign_off'] }}",
+    )
+    published = publish_round(report)
+    report >> gate >> published
+    push_review_queue(published)
 
 
 synpref_stage1()

@@ -13,8 +13,9 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
    recycle (flip) per policy; else drop — every pair with its reason;
 5. **check_conservation**: input = kept + recycled + dropped + quarantined + duplicates + contaminated,
    per shard and overall, or the run fails;
-6. **export_dataset**: TRL-ready Parquet (`kept/`, `recycled/`), dataset card, manifest, Asset event;
-7. **write_report**: HTML report with figures next to the manifest (`report/`; the card shows its figures).
+6. **estimate_quality** (blind canaries → `estimates.json`) → **write_report** (HTML report with figures,
+   `report/`; the card shows three of them) → **sign_off_export** (optional approval, param `sign_off`)
+   → **export_dataset**: dataset card, manifest (TRL-ready Parquet in `kept/`, `recycled/`), Asset event.
 
 Schedule: manual/UI by default; set `SYNPREF_STAGE2_SCHEDULE=asset` to run after every stage-1 round
 (an asset-triggered run curates with the triggering round, in its storage root).
@@ -35,8 +36,10 @@ from synpref_common import (
     DEFAULT_ARGS,
     LLM_POOL,
     ROOT_PARAM,
+    SIGN_OFF_PARAMS,
     TAGS,
     TRAIN_QUEUE,
+    SignOff,
     annotator_from_connection,
     existing,
     optional_param,
@@ -97,6 +100,7 @@ def _run(params: dict, dag_run, triggering_asset_events=None) -> tuple:
         ),
         "annotators": ANNOTATORS_PARAM,
         **setting_params(Stage2Source, Stage2Config),
+        **SIGN_OFF_PARAMS,
     },
 )
 def synpref_stage2():
@@ -184,6 +188,15 @@ def synpref_stage2():
         _, _, run, _ = _run(params, dag_run, triggering_asset_events)
         return step_check_conservation(run, shards)
 
+    @task
+    def estimate_quality(
+        counts: dict, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
+    ) -> dict:
+        from synpref.stage2 import step_estimate
+
+        _, _, run, cfg = _run(params, dag_run, triggering_asset_events)
+        return step_estimate(run, rnd, counts, cfg)
+
     @task(outlets=[CURATED_DATASET])
     def export_dataset(
         counts: dict,
@@ -201,11 +214,12 @@ def synpref_stage2():
         return {"out": str(run.dir), **manifest["counts"]}
 
     @task
-    def write_report(exported: dict, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> str:
-        from synpref.report import write_stage2_report
+    def write_report(estimates: dict, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
+        from synpref.report import stage2_sign_off, write_stage2_report
 
         _, _, run, _ = _run(params, dag_run, triggering_asset_events)
-        return write_stage2_report(run)
+        uri = write_stage2_report(run)
+        return {"uri": uri, "sign_off": stage2_sign_off(run, uri)}
 
     rnd = resolve_source_round()
     shards = finalize_prepare(prepare_file.expand(item=list_input_files(rnd)))
@@ -213,7 +227,14 @@ def synpref_stage2():
     annotations = annotate_shard.partial(rnd=rnd).expand(conn_id=annotator_ids(rnd), score=scores)
     decisions = decide_shard.partial(rnd=rnd).expand(score=scores)
     annotations >> decisions
-    write_report(export_dataset(check_conservation(decisions, shards), rnd))
+    counts = check_conservation(decisions, shards)
+    report = write_report(estimate_quality(counts, rnd))
+    gate = SignOff(
+        task_id="sign_off_export",
+        subject="Export the curated dataset of this stage-2 run?",
+        body="{{ ti.xcom_pull(task_ids='write_report')['sign_off'] }}",
+    )
+    report >> gate >> export_dataset(counts, rnd)
 
 
 synpref_stage2()

@@ -94,11 +94,11 @@ def _page(kind: str, root: str, name: str) -> bytes:
         raise HTTPException(404, f"no {kind} named {name!r}")
     store = _store(root)
     target = store.round(name) if kind == "round" else store.stage2(name)
+    written = target.report_dir / "index.html"
+    if written.exists():  # also the preview of a round or run awaiting its sign-off
+        return written.read_bytes()
     if not target.is_complete():
         raise HTTPException(404, f"{kind} {name} is not published under {root}")
-    written = target.report_dir / "index.html"
-    if written.exists():
-        return written.read_bytes()
     digest = hashlib.sha256(_manifest_bytes(target.manifest)).hexdigest()
     render = (lambda: round_page(store, name)) if kind == "round" else (lambda: stage2_page(target))
     return _pages.get((kind, root, name, digest), lambda: render().html().encode())
@@ -201,7 +201,8 @@ def _report_of_run(dag_id: str, run_id: str) -> str | None:
     with create_session() as session:
         query = XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=REPORT_TASK, key="return_value")
         row = session.scalars(query.limit(1)).first()
-        return XComModel.deserialize_value(row) if row is not None else None
+        value = XComModel.deserialize_value(row) if row is not None else None
+        return value.get("uri") if isinstance(value, dict) else value
 
 
 def locate(page_uri: str) -> tuple[str, int, str] | None:

@@ -3,6 +3,7 @@
 # PostgreSQL (metadata DB of the test Airflow), Chromium (UI check), docker-compose (config validation).
 # Idempotent; needs root (or sudo) only when something must be installed or started.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 missing=()
@@ -20,3 +21,12 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 pg_isready -h 127.0.0.1 -p 5432 > /dev/null || { echo "services.sh: PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1; }
+# Label Studio (the humans' review server of the integration suite) in its own virtualenv: its pins clash with Airflow's
+LS_VERSION=1.23.2
+if [ "$(cat .venv-labelstudio/.version 2>/dev/null)" != "$LS_VERSION" ]; then
+  echo "services.sh: installing Label Studio $LS_VERSION into .venv-labelstudio (a few minutes, once)" >&2
+  rm -rf .venv-labelstudio
+  "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv .venv-labelstudio
+  .venv-labelstudio/bin/pip install -q "label-studio==$LS_VERSION" > .venv-labelstudio.log 2>&1 || { tail -30 .venv-labelstudio.log; exit 1; }
+  echo "$LS_VERSION" > .venv-labelstudio/.version
+fi

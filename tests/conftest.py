@@ -124,3 +124,13 @@ def annotator_cfg(server, model, **kw):
         price_out_per_1k=0.002,
         **kw,
     )
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server on loopback (its own virtualenv; started once per test session)."""
+    from labelstudio_server import LabelStudioServer
+
+    server = LabelStudioServer(tmp_path_factory.mktemp("label-studio")).start()
+    yield server
+    server.stop()

@@ -42,7 +42,15 @@ def resolved() -> dict:
 
 def test_compose_config_resolves_the_celery_deployment(resolved):
     services = resolved["services"]
-    assert {"postgres", "redis", "minio", "minio-init", "local-llm"} | AIRFLOW_SERVICES == set(services)
+    assert {
+        "postgres",
+        "redis",
+        "minio",
+        "minio-init",
+        "local-llm",
+        "label-studio",
+        "label-studio-db",
+    } | AIRFLOW_SERVICES == set(services)
     for name in AIRFLOW_SERVICES:
         s = services[name]
         env = s["environment"]

@@ -1,10 +1,14 @@
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from synpref.gold import build_gold, is_validation, label_studio_tasks, read_inbox
 from synpref.schema import compute_pair_id
 from synpref.synthetic import generate
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _ls_export(rows, choices, times):
@@ -172,3 +176,33 @@ def test_the_same_annotator_changing_their_mind_is_not_a_conflict():
     parts = build_gold(history)
     assert parts["gold"][0]["chosen"] == row["rejected"]
     assert parts["human_conflicts"] == []
+
+
+# --- no position bias for humans -------------------------------------------------------------------
+
+
+def test_tasks_show_the_responses_in_a_seeded_order_without_saying_which_is_stored():
+    rows = generate(200, seed=4)[0].to_pylist()
+    tasks = label_studio_tasks(rows, seed=1)
+    first = [t["data"]["a_is"] == "chosen" for t in tasks]
+    assert 70 < sum(first) < 130
+    assert label_studio_tasks(rows, seed=1) == tasks
+    assert all("response_chosen" not in t["data"] for t in tasks)
+    config = (REPO / "include/synpref/labelstudio/pairwise.xml").read_text()
+    shown = re.findall(r'(?:Header value|hint)="([^"]+)"', config)
+    assert not [h for h in shown if "chosen" in h or "stored" in h]
+    assert "$response_a" in config
+
+
+@pytest.mark.parametrize("answer", ["A", "B"])
+def test_an_a_or_b_verdict_maps_back_to_the_stored_label(tmp_path, answer):
+    rows = generate(40, seed=4)[0].to_pylist()
+    tasks = label_studio_tasks(rows, seed=2)
+    for t in tasks:
+        t["annotations"] = [{"completed_by": 7, "result": [{"from_name": "verdict", "value": {"choices": [answer]}}]}]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    verdicts = {v["pair_id"]: v["human_label"] for v in read_inbox(tmp_path).verifications}
+    for t in tasks:
+        shown_first_is_chosen = t["data"]["a_is"] == "chosen"
+        expected = "chosen" if (answer == "A") == shown_first_is_chosen else "rejected"
+        assert verdicts[t["data"]["pair_id"]] == expected

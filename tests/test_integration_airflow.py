@@ -16,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from labelstudio_server import LabelStudioServer
 
 from airflow_cluster import REPO, AirflowCluster, ensure_services, free_port
 from conftest import write_synthetic_sets
@@ -42,8 +43,8 @@ def deployment(tmp_path_factory):
 
     ensure_services()
     d = tmp_path_factory.mktemp("deployment")
-    roots = {"F": d / "root-f", "B": d / "root-b", "S3_local": d / "root-s3-upload"}
-    truths = {k: write_synthetic_sets(roots[k], DATASETS) for k in ("F", "B")}  # the same bytes in every root
+    roots = {"F": d / "root-f", "B": d / "root-b", "L": d / "root-l", "S3_local": d / "root-s3-upload"}
+    truths = {k: write_synthetic_sets(roots[k], DATASETS) for k in ("F", "B", "L")}  # the same bytes in every root
     write_synthetic_sets(roots["S3_local"], DATASETS)
 
     s3_port = free_port()
@@ -67,6 +68,12 @@ def deployment(tmp_path_factory):
         api_key="sk-it",
     )  # no injected faults: a fault depends on the attempt, so the file and S3 runs would differ
     judges.start()
+    try:
+        label_studio = LabelStudioServer(d / "label-studio").start()
+    except Exception:
+        judges.stop()
+        moto.stop()
+        raise
     s3_root = f"s3://{S3_CONN}@{BUCKET}/root"
     env = {
         "SYNPREF_ROOT": f"file://{roots['B']}",
@@ -82,6 +89,9 @@ def deployment(tmp_path_factory):
                 "password": "it-secret",
                 "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
             }
+        ),
+        "AIRFLOW_CONN_SYNPREF_LABEL_STUDIO": json.dumps(
+            {"conn_type": "http", "host": label_studio.url, "password": label_studio.token}
         ),
         **{
             f"AIRFLOW_CONN_SYNPREF_JUDGE_{letter}": json.dumps(
@@ -105,11 +115,13 @@ def deployment(tmp_path_factory):
             "truths": truths,
             "s3": s3,
             "judges": judges,
+            "label_studio": label_studio,
             "s3_root": s3_root,
         }
     finally:
         cluster.stop()
         judges.stop()
+        label_studio.stop()
         moto.stop()
 
 
@@ -441,3 +453,113 @@ def test_curation_page_lists_the_rounds_and_opens_their_reports_on_file_and_s3(d
     assert report.status_code == 200
     assert 'data-figure="rm_accuracy"' in report.text
     assert "SynPref stage 1 — round" in report.text
+
+
+# --- humans in the loop: Label Studio round trip and sign-off gates -----------------------------------
+
+LS_PROJECT = "synpref-it-review"
+
+
+def _wait_awaiting(c: AirflowCluster, dag_id: str, run_id: str, task_id: str, timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = {t["task_id"]: t["state"] for t in c.task_instances(dag_id, run_id)}
+        if states.get(task_id) == "awaiting_input":
+            return
+        assert "failed" not in states.values(), c.task_logs_tail(dag_id, run_id)
+        time.sleep(3)
+    raise TimeoutError(f"{dag_id} {run_id}: {task_id} never asked for input")
+
+
+def _answer(c: AirflowCluster, dag_id: str, run_id: str, task_id: str, option: str) -> None:
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+    c.api("PATCH", path, json={"chosen_options": [option], "params_input": {}})
+
+
+def _wait_done(c: AirflowCluster, dag_id: str, run_id: str, timeout: float = 900) -> dict[str, str]:
+    """Wait for a run to end (success, or a rejection's skips); → task states."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if c.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"] in ("success", "failed"):
+            return {t["task_id"]: t["state"] for t in c.task_instances(dag_id, run_id)}
+        time.sleep(3)
+    raise TimeoutError(f"{dag_id} {run_id} not finished")
+
+
+def test_label_studio_round_trip_and_a_sign_off_approved_through_the_rest_api(deployment):
+    """Round 1 pushes its review queue to a real Label Studio server; a SIMULATED annotator labels the tasks
+    through its API (A/B, from the hidden truth); round 2 pulls the verdicts, which become gold in the right
+    orientation and counts, and publishes only after its sign-off is approved through REST API v2."""
+    from synpref.simulated import human_answer
+    from synpref.storage import read_parquet
+
+    c, roots, ls = deployment["cluster"], deployment["roots"], deployment["label_studio"]
+    root = f"file://{roots['L']}"
+    _prepare(c, root, "2026-10-04T00:00:00Z")
+    conf = {"root": root, "label_studio_project": LS_PROJECT, **ROUND_CONF}
+    c.wait_run("synpref_stage1", c.trigger("synpref_stage1", "2026-11-01T00:00:00Z", conf))
+    queue = json.loads((roots["L"] / "rounds" / "2026-11-01" / "review_queue" / "tasks.json").read_text())
+    tasks = ls.tasks(LS_PROJECT)
+    assert len(tasks) == len(queue) > 0
+    better = {}
+    for table in deployment["truths"]["L"].values():
+        better.update({t["pair_id"]: t["better"] for t in table.to_pylist()})
+    labelled = [t for t in tasks if t["data"]["pair_id"] in better]
+    for t in labelled:
+        ls.label(t["id"], human_answer(t["data"], better[t["data"]["pair_id"]], right=True))
+
+    run_id = c.trigger("synpref_stage1", "2026-11-02T00:00:00Z", {**conf, "sign_off": True})
+    _wait_awaiting(c, "synpref_stage1", run_id, "sign_off_silver")
+    assert not (roots["L"] / "rounds" / "2026-11-02" / "manifest.json").exists()  # waits for the person
+    _answer(c, "synpref_stage1", run_id, "sign_off_silver", "Approve")
+    c.wait_run("synpref_stage1", run_id)
+    m = _manifest(roots["L"] / "rounds" / "2026-11-02" / "manifest.json")
+    assert m["steps"]["intake"]["inbox_verifications"] == len(labelled)
+    pulled = roots["L"] / "inbox" / "2026-11-02" / f"label-studio-{LS_PROJECT}.json"
+    assert len(json.loads(pulled.read_text())) == len(labelled)
+    gold = read_parquet(roots["L"] / "rounds" / "2026-11-02" / "gold.parquet").to_pylist()
+    by_id = {g["pair_id"]: g for g in gold}
+    for t in labelled:
+        assert by_id[t["data"]["pair_id"]]["chosen"] == better[t["data"]["pair_id"]]
+
+
+def test_a_rejected_export_publishes_nothing(deployment):
+    """Stage 2 with its sign-off on: rejected through REST API v2, the dataset card and manifest are not written."""
+    c, roots = deployment["cluster"], deployment["roots"]
+    conf = {"root": f"file://{roots['L']}", "run_name": "gated", "sign_off": True, "shard_size": 200, "samples": 1}
+    run_id = c.trigger("synpref_stage2", "2026-11-05T00:00:00Z", conf)
+    _wait_awaiting(c, "synpref_stage2", run_id, "sign_off_export")
+    _answer(c, "synpref_stage2", run_id, "sign_off_export", "Reject")
+    states = _wait_done(c, "synpref_stage2", run_id)
+    out = roots["L"] / "stage2" / "gated"
+    assert states["export_dataset"] == "skipped"
+    assert (out / "estimates.json").exists()
+    assert (out / "report" / "index.html").exists()
+    assert not (out / "manifest.json").exists()
+    assert not (out / "README.md").exists()
+
+
+def test_a_sign_off_approved_in_the_ui_form(deployment):
+    """Headless Chromium: the round's required action, opened in the Airflow UI, approved with its button."""
+    from playwright.sync_api import sync_playwright
+
+    c, roots = deployment["cluster"], deployment["roots"]
+    conf = {"root": f"file://{roots['L']}", "label_studio_project": LS_PROJECT, "sign_off": True, **ROUND_CONF}
+    run_id = c.trigger("synpref_stage1", "2026-11-03T00:00:00Z", conf)
+    _wait_awaiting(c, "synpref_stage1", run_id, "sign_off_silver")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_cookies([{"name": "_token", "value": c.token(), "url": c.base}])
+            page = context.new_page()
+            page.goto(f"{c.base}/dags/synpref_stage1/runs/{run_id}/tasks/sign_off_silver/required_actions")
+            page.get_by_text("Publish the silver of round").first.wait_for(timeout=60000)
+            page.screenshot(path=str(ARTIFACTS / "sign_off_form.png"), full_page=True)
+            page.get_by_role("button", name="Approve").first.click()
+            page.wait_for_timeout(3000)
+        finally:
+            browser.close()
+    c.wait_run("synpref_stage1", run_id)
+    assert (roots["L"] / "rounds" / "2026-11-03" / "manifest.json").exists()

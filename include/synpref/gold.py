@@ -57,6 +57,31 @@ def _ls_value(item: dict) -> Any:
     return None
 
 
+def _stored_orientation(data: dict, verdict: Any) -> tuple[Any, Any, Any]:
+    """(stored chosen, stored rejected, human_label) of a task.
+
+    Tasks show the two responses as A and B in a seeded random order (``a_is``: which stored side A is,
+    never shown to the verifier), so the verdict "A"/"B" is mapped back to the stored label here. Tasks of
+    the earlier layout (``response_chosen``/``response_rejected``, verdict ``chosen``/``rejected``) still read.
+    """
+    if "response_a" not in data:
+        return data.get("response_chosen"), data.get("response_rejected"), verdict
+    a_is = data.get("a_is")
+    if a_is not in ("chosen", "rejected"):
+        raise RecordError(f"Label Studio task: 'a_is' must be 'chosen' or 'rejected', got {a_is!r}")
+    a, b = data.get("response_a"), data.get("response_b")
+    chosen, rejected = (a, b) if a_is == "chosen" else (b, a)
+    if verdict in ("A", "B"):
+        picked_stored_chosen = (verdict == "A") == (a_is == "chosen")
+        return chosen, rejected, "chosen" if picked_stored_chosen else "rejected"
+    return chosen, rejected, verdict
+
+
+def a_is_chosen(pair_id: str, seed: int = 0) -> bool:
+    """The seeded coin that orders a pair for humans: True → the stored chosen response is shown as A."""
+    return int(hashlib.sha256(f"human-order:{seed}:{pair_id}".encode()).hexdigest()[:8], 16) % 2 == 0
+
+
 def is_label_studio_task(raw: Any) -> bool:
     return isinstance(raw, dict) and "annotations" in raw and "data" in raw
 
@@ -78,15 +103,16 @@ def _from_label_studio(task: dict) -> list[dict]:
         if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
             raise RecordError(f"Label Studio annotation {i}: 'result' must be a list of objects")
         fields = {r.get("from_name"): _ls_value(r) for r in results}
+        chosen, rejected, label = _stored_orientation(data, fields.get("verdict"))
         raw = {
             "pair_id": data.get("pair_id"),
             "conversation": data.get("conversation"),
             "prompt": data.get("prompt"),
-            "chosen": data.get("response_chosen"),
-            "rejected": data.get("response_rejected"),
+            "chosen": chosen,
+            "rejected": rejected,
             "flipped": data.get("flipped", False),
             "source": data.get("source") or "label_studio",
-            "human_label": fields.get("verdict"),
+            "human_label": label,
             "annotator": str(ann.get("completed_by", "")),
             "verified_at": str(ann.get("updated_at") or ann.get("created_at") or ""),
         }
@@ -101,7 +127,9 @@ def _from_label_studio(task: dict) -> list[dict]:
     return out
 
 
-def _verification(raw: dict, inbox_file: str, seq: int) -> dict:
+def _verification(raw: Any, inbox_file: str, seq: int) -> dict:
+    if not isinstance(raw, dict):
+        raise RecordError(f"a verification must be an object, got {type(raw).__name__}")
     label = raw.get("human_label")
     if label not in HUMAN_LABELS:
         raise RecordError(f"human_label must be one of {HUMAN_LABELS}, got {label!r}")
@@ -246,25 +274,28 @@ def tables(parts: dict[str, list[dict]], history: list[dict], quarantine: list[d
     return out
 
 
-def label_studio_tasks(rows: list[dict]) -> list[dict]:
-    """Review-queue rows → Label Studio import tasks (data fields match labelstudio/pairwise.xml)."""
-    return [
-        {
-            "id": i + 1,
-            "data": {
-                "pair_id": r["pair_id"],
-                "conversation": r["conversation"],
-                "response_chosen": r["chosen"],
-                "response_rejected": r["rejected"],
-                "flipped": bool(r.get("flipped")),
-                "source": r.get("source"),
-                **{f: r.get(f) for f in ATTRIBUTE_FIELDS},
-                "queue_reason": r.get("queue_reason"),
-            },
+def label_studio_tasks(rows: list[dict], seed: int = 0) -> list[dict]:
+    """Review-queue rows → Label Studio tasks (fields of ``labelstudio/pairwise.xml``): the two responses as
+    A and B in a seeded random order, without saying which one is stored as chosen (``a_is`` maps it back)."""
+    tasks = []
+    for i, r in enumerate(rows):
+        first = a_is_chosen(r["pair_id"], seed)
+        a, b = (r["chosen"], r["rejected"]) if first else (r["rejected"], r["chosen"])
+        data = {
+            "pair_id": r["pair_id"],
+            "round": r.get("round"),
+            "conversation": r["conversation"],
+            "response_a": a,
+            "response_b": b,
+            "a_is": "chosen" if first else "rejected",
+            "flipped": bool(r.get("flipped")),
+            "source": r.get("source"),
+            **{f: r.get(f) for f in ATTRIBUTE_FIELDS},
+            "queue_reason": r.get("queue_reason"),
         }
-        for i, r in enumerate(rows)
-    ]
+        tasks.append({"id": i + 1, "data": data})
+    return tasks
 
 
-def dumps_tasks(rows: list[dict]) -> str:
-    return json.dumps(label_studio_tasks(rows), indent=1, ensure_ascii=False)
+def dumps_tasks(rows: list[dict], seed: int = 0) -> str:
+    return json.dumps(label_studio_tasks(rows, seed), indent=1, ensure_ascii=False)

@@ -275,6 +275,11 @@ class Stage2Layout(_Directory):
         return self.dir / "quarantined.parquet"
 
     @property
+    def estimates(self) -> Any:
+        """Counts and quality estimates before export (shown by the sign-off; copied into the manifest)."""
+        return self.dir / "estimates.json"
+
+    @property
     def dataset_card(self) -> Any:
         return self.dir / "README.md"
 

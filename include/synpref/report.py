@@ -29,10 +29,7 @@ from .storage import PathLike, as_path, read_json, read_parquet, write_bytes
 def fixed_slice(store: StorageLayout) -> set[str]:
     """The first completed round's gold-validation pairs: every later best RM is scored on the same pairs."""
     rounds = store.completed_rounds()
-    if not rounds:
-        return set()
-    ids = read_parquet(store.round(rounds[0]).gold_eval, ["pair_id"]).column("pair_id").to_pylist()
-    return {p for p in ids if is_validation(p)}
+    return _validation_ids(store.round(rounds[0])) if rounds else set()
 
 
 def _on(ev: list[dict], ids: set[str]) -> tuple[int, int]:
@@ -154,13 +151,28 @@ def round_history(store: StorageLayout, upto: str | None = None) -> list[dict]:
     """What the round figures need, per completed round up to ``upto``: manifest numbers, gold sizes and
     the best RM's correctness on a fixed held-out slice (the first round's gold-validation pairs)."""
     rounds = [r for r in store.completed_rounds() if upto is None or r <= upto]
-    fixed = fixed_slice(store)
+    if upto is not None and upto not in rounds:
+        rounds.append(upto)  # a preview before it is published (e.g. for its sign-off)
+    fixed = fixed_slice(store) or _validation_ids(store.round(rounds[0]))
     history = []
     for rnd in rounds:
         out = store.round(rnd)
         ev = read_parquet(out.gold_eval, ["pair_id", "correct"]).to_pylist()
-        history.append({"round": rnd, "manifest": read_json(out.manifest), "fixed": _on(ev, fixed)})
+        history.append({"round": rnd, "manifest": _manifest_or_preview(store, rnd), "fixed": _on(ev, fixed)})
     return history
+
+
+def _validation_ids(out) -> set[str]:
+    return {p for p in read_parquet(out.gold_eval, ["pair_id"]).column("pair_id").to_pylist() if is_validation(p)}
+
+
+def _manifest_or_preview(store: StorageLayout, rnd: str) -> dict:
+    out = store.round(rnd)
+    if out.is_complete():
+        return read_json(out.manifest)
+    from .stage1 import round_manifest
+
+    return round_manifest(store, rnd)
 
 
 def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageLayout) -> list[Section]:
@@ -357,7 +369,7 @@ def stage2_summary(run: Stage2Layout) -> dict:
 
 
 def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]:
-    m = read_json(run.manifest)
+    m = read_json(run.manifest if run.is_complete() else run.estimates)  # estimates: a preview before export
     c = m["counts"]
     funnel = Section(
         "Where every input pair went",
@@ -471,3 +483,51 @@ def write_root_report(
             sections.append(section)
     subtitle = f"storage {store.root} · {len(history)} round(s) · {len(stage2)} stage-2 run(s)"
     return write_page(out or store.report_dir, Page("SynPref curation report", subtitle, sections))
+
+
+# --- what a sign-off shows -------------------------------------------------------------------------------
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {fmt(v) if not isinstance(v, str) else v} |" for k, v in rows)
+
+
+def round_sign_off(store: StorageLayout, rnd: str, report_uri: str) -> str:
+    """Markdown for the "publish this round's silver?" approval: the round's numbers and its report."""
+    s = _manifest_or_preview(store, rnd)["summary"]
+    rows = [
+        ("gold (human-verified, cumulative)", s["gold"]),
+        ("silver after this round", s["silver"]),
+        ("best RM accuracy on gold", s["best_rm_gold_accuracy"]),
+        ("gold RM accuracy on gold-validation", s["gold_rm_validation_accuracy"]),
+        ("pool pairs retrieved and judged", s["retrieved"]),
+        ("review queue for tomorrow", s["review_queue"]),
+        ("LLM cost (USD)", s["cost_usd"]),
+        ("warnings", "; ".join(s.get("warnings", [])) or "none"),
+    ]
+    return (
+        f"### Publish the silver of round {rnd}?\n\n{_table(rows)}\n\nReport: `{report_uri}` (also under Browse → "
+        "Curation, and this run's *Curation report* tab).\n\n**Approve** publishes the round (its manifest and "
+        "the Asset events stage 2 listens to). **Reject** leaves it unpublished: the next round reads the one before."
+    )
+
+
+def stage2_sign_off(run: Stage2Layout, report_uri: str) -> str:
+    """Markdown for the "export this curated dataset?" approval: the funnel, the estimates and the report."""
+    m = read_json(run.estimates)
+    c, q = m["counts"], m["quality_estimates"]
+    rows = [(k, f"{c.get(k, 0):,}") for k in ("input", *DECISIONS, "quarantined", "duplicates", "contaminated")]
+    for name in ("kept_precision", "retention", "recycled_precision"):
+        if q.get("canaries"):
+            e = q[name]
+            rows.append(
+                (
+                    f"estimated {name.replace('_', ' ')}",
+                    f"{fmt(e['estimate'])} [{fmt(e['ci_low'])}, {fmt(e['ci_high'])}]",
+                )
+            )
+    return (
+        f"### Export the curated dataset of run {run.name}?\n\n{_table(rows)}\n\nReport: `{report_uri}`.\n\n"
+        "**Approve** writes the dataset card and the manifest (the dataset is published). **Reject** leaves it "
+        "unexported."
+    )

@@ -293,6 +293,16 @@ def load_truth(*uris: PathLike) -> TruthIndex:
     return TruthIndex.from_tables(*(read_parquet(u) for u in uris))
 
 
+def human_answer(data: dict, better: str, right: bool) -> str:
+    """SIMULATED verdict on a task as a verifier gives it: "A"/"B" on the shown order (or the earlier
+    layout's "chosen"/"rejected"), right or wrong as asked."""
+    if "response_a" in data:
+        correct = "A" if better == data["response_a"] else "B"
+        return correct if right else ("B" if correct == "A" else "A")
+    correct = "chosen" if better == data["response_chosen"] else "rejected"
+    return correct if right else ("rejected" if correct == "chosen" else "chosen")
+
+
 def simulate_human_review(
     queue_uri: PathLike,
     truth_uris: list[PathLike],
@@ -315,8 +325,7 @@ def simulate_human_review(
         if pid not in better or rng.random() < undecidable_rate:
             choice = "undecidable"
         else:
-            correct = "chosen" if better[pid] == data["response_chosen"] else "rejected"
-            choice = correct if rng.random() < accuracy else ("rejected" if correct == "chosen" else "chosen")
+            choice = human_answer(data, better[pid], rng.random() < accuracy)
         counts[choice] += 1
         result = [{"from_name": "verdict", "to_name": "pair", "type": "choices", "value": {"choices": [choice]}}]
         for name in ("task_category", "preference_objectivity", "controversiality", "annotation_guideline"):

@@ -354,7 +354,7 @@ def step_merge(
     _write_table(silver, PAIR_SCHEMA, out.silver)
     _write_table(queue, QUEUE_SCHEMA, out.review_queue_table)
     write_jsonl(queue, out.review_queue_jsonl)
-    write_bytes(out.review_tasks, gold_mod.dumps_tasks(queue).encode())
+    write_bytes(out.review_tasks, gold_mod.dumps_tasks(queue, cfg.seed).encode())
     usage = {n: _total_usage(read_json(out.usage(n))) for n in names}
     info = {
         **counts,
@@ -377,12 +377,20 @@ def _total_usage(record: dict) -> dict:
 def step_publish(root: PathLike | StorageLayout, rnd: str, params: dict | None = None) -> dict:
     """Round manifest (counts at every step, metrics, artifact list) — written LAST."""
     out = layout(root).round(rnd)
+    remove_stale(out.pool_attributes, {s.name for s in layout(root).pool.shards()})
+    manifest = round_manifest(root, rnd, params)
+    write_json(manifest, out.manifest)
+    return manifest
+
+
+def round_manifest(root: PathLike | StorageLayout, rnd: str, params: dict | None = None) -> dict:
+    """What the manifest of a round whose steps are all recorded says (also a preview before publishing)."""
+    out = layout(root).round(rnd)
     steps = {p.name[:-5]: read_json(p) for p in list_files(out.steps, (".json",))}
     for required in STEPS:
         if required not in steps:
             raise RuntimeError(f"round {rnd}: step {required} has not completed; refusing to publish")
     judges = steps["merge"].get("judges", {})
-    remove_stale(out.pool_attributes, {s.name for s in layout(root).pool.shards()})
     prefix = len(str(out.dir.path)) + 1
     artifacts = sorted(
         str(p.path)[prefix:] for p in out.dir.rglob("*") if p.is_file() and not p.name.startswith((".", MANIFEST))
@@ -414,7 +422,6 @@ def step_publish(root: PathLike | StorageLayout, rnd: str, params: dict | None =
         "artifacts": artifacts,
         "summary": summary,
     }
-    write_json(manifest, out.manifest)
     return manifest
 
 

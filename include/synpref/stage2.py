@@ -425,15 +425,9 @@ def _quarantined_table(run: Stage2Layout) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=QUARANTINED_SCHEMA)
 
 
-def step_export(
-    out_dir: PathLike | Stage2Layout,
-    rnd: str,
-    counts: dict,
-    cfg: Stage2Config,
-    params: dict | None = None,
-    date: str = "",
-) -> dict:
-    """Quarantined table, dataset card and manifest (last)."""
+def step_estimate(out_dir: PathLike | Stage2Layout, rnd: str, counts: dict, cfg: Stage2Config) -> dict:
+    """Quarantined table, stale parts removed, and the canaries' quality estimates → ``estimates.json``
+    (what a sign-off shows before the dataset is exported); → the preview manifest."""
     run = _run(out_dir)
     write_parquet(_quarantined_table(run), run.quarantined)
     shards = [run.shard(s) for s in run.pool().shard_uris()]
@@ -443,6 +437,23 @@ def step_export(
     outcomes = [o for s in shards if s.canaries.exists() for o in read_parquet(s.canaries).to_pylist()]
     decided = sum(counts[d] for d in DECISIONS)
     quality = estimates(outcomes, counts["kept"] / decided if decided else 0.0)
+    preview = {"kind": "stage2_preview", "run": run.name, "round": rnd, "counts": counts, "quality_estimates": quality}
+    preview["config"] = cfg.model_dump()
+    write_json(preview, run.estimates)
+    return preview
+
+
+def step_export(
+    out_dir: PathLike | Stage2Layout,
+    rnd: str,
+    counts: dict,
+    cfg: Stage2Config,
+    params: dict | None = None,
+    date: str = "",
+) -> dict:
+    """Dataset card and manifest (last), from the estimates step's ``estimates.json``."""
+    run = _run(out_dir)
+    quality = read_json(run.estimates)["quality_estimates"]
     card = template("dataset_card.md").format(
         run=run.name,
         round=rnd,
@@ -528,6 +539,7 @@ def run_stage2(
             step_annotate_shard(store, run, rnd, shard, a, cfg, n_tasks)
         step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
     counts = step_check_conservation(run, shards)
+    step_estimate(run, rnd, counts, cfg)
     manifest = step_export(run, rnd, counts, cfg, params)
     from .report import write_stage2_report
 
