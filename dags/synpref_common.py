@@ -202,8 +202,15 @@ class SignOff(ApprovalOperator):
     param is on; a timeout decides per ``sign_off_on_timeout``; a rejection skips what follows (nothing is
     published). The body (markdown, templated) shows the numbers and the report link."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, on_reject=None, **kwargs) -> None:
         super().__init__(defaults=ApprovalOperator.REJECT, **kwargs)
+        self.on_reject = on_reject  # called with the context and the response when rejected (or timed out so)
+
+    def execute_complete(self, context, event):
+        result = super().execute_complete(context, event)
+        if result["chosen_options"][0] == self.REJECT and self.on_reject is not None:
+            self.on_reject(context, result)
+        return result
 
     def execute(self, context):
         params = context["params"]

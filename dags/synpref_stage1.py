@@ -68,6 +68,15 @@ def _round(params: dict, dag_run) -> tuple:
     return storage(params), round_name(dag_run), from_flat(Stage1Config, params)
 
 
+def _mark_rejected(context: dict, response: dict) -> None:
+    """A rejected round stays unpublished; the marker lets later rounds go on without it."""
+    from synpref.storage import write_json
+
+    store, rnd, _ = _round(context["params"], context["dag_run"])
+    by = response.get("responded_by_user")
+    write_json({"round": rnd, "by": by, "at": str(response.get("responded_at"))}, store.round(rnd).rejected)
+
+
 @dag(
     dag_id="synpref_stage1",
     schedule="0 2 * * *",
@@ -212,7 +221,7 @@ def synpref_stage1():
             return {"label_studio": f"no connection {REVIEW_CONN!r}: verifications come from inbox files only"}
         inbox = path_or(params["inbox_uri"], store.inbox(rnd))
         try:
-            return pull_verifications(inbox, earlier_pulls(store.root / "inbox", server, rnd), server)
+            return pull_verifications(inbox, earlier_pulls(store.inbox_dir, server, rnd), server)
         except ReviewServerError as e:  # recorded; the round goes on with the inbox's files
             print(f"Label Studio pull failed ({e.kind}): {e}")
             return {"error": e.kind, "message": str(e)}
@@ -240,6 +249,7 @@ def synpref_stage1():
     report = write_report(merge_silver_and_review_queue(annotations))
     gate = SignOff(
         task_id="sign_off_silver",
+        on_reject=_mark_rejected,
         subject="Publish the silver of round {{ dag_run.logical_date | ds }}?",
         body="{{ ti.xcom_pull(task_ids='write_report')['sign_off'] }}",
     )

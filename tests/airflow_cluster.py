@@ -70,6 +70,7 @@ class AirflowCluster:
         self.base = f"http://127.0.0.1:{self.port}"
         self.password = secrets.token_urlsafe(12)
         self.procs: list[subprocess.Popen] = []
+        self.named: dict[str, subprocess.Popen] = {}
         self._token: str | None = None
         self.database: str | None = None
         self.env = {
@@ -111,15 +112,30 @@ class AirflowCluster:
         self.cli("db", "migrate")
         self.cli("pools", "set", "llm_api", "4", "LLM endpoints")
         self.cli("pools", "set", "gpu", "1", "GPU workers")
-        for component in (["api-server"], ["scheduler"], ["dag-processor"]):
-            log = open(self.home / f"{component[0]}.log", "w")
-            self.procs.append(
-                subprocess.Popen(
-                    [AIRFLOW, *component], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            )
+        for component in ("api-server", "scheduler", "dag-processor"):
+            self.spawn(component, [component])
         self._wait_healthy()
         return self
+
+    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start one more Airflow process (in its own session, log ``<home>/<name>.log``)."""
+        log = open(self.home / f"{name}.log", "a")
+        proc = subprocess.Popen(
+            [AIRFLOW, *args],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        self.named[name] = proc
+        return proc
+
+    def kill9(self, name: str) -> None:
+        """SIGKILL a process and everything it started (a machine that died): no clean shutdown at all."""
+        proc = self.named.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def stop(self) -> None:
         for p in self.procs:
@@ -140,7 +156,7 @@ class AirflowCluster:
     def _wait_healthy(self, timeout: float = 240) -> None:
         deadline, last = time.time() + timeout, None
         while time.time() < deadline:
-            dead = [p.args[1] for p in self.procs if p.poll() is not None]
+            dead = [" ".join(p.args[1:3]) for p in self.procs if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"airflow {dead} exited during start-up:\n{self.logs_tail()}")
             try:

@@ -121,6 +121,8 @@ def _inbox_cases(row: dict) -> dict[str, tuple[str, bytes, int]]:
             1,
         ),
         "pair_id_mismatch": ("a.json", json.dumps([_task({**row, "pair_id": "0" * 32})]).encode(), 1),
+        "records_not_objects": ("a.json", json.dumps(["junk", 3, None]).encode(), 3),
+        "a_is_missing": ("a.json", json.dumps([{**ok, "data": {**ok["data"], "a_is": "left"}}]).encode(), 1),
     }
 
 

@@ -465,6 +465,10 @@ def _wait_awaiting(c: AirflowCluster, dag_id: str, run_id: str, task_id: str, ti
     while time.time() < deadline:
         states = {t["task_id"]: t["state"] for t in c.task_instances(dag_id, run_id)}
         if states.get(task_id) == "awaiting_input":
+            # answer as a person would, not within the second: an answer that lands before the executor has
+            # reported the paused process's exit is taken as a finished-but-requeued task and fails it
+            # (seen with Airflow 3.3.2's LocalExecutor)
+            time.sleep(15)
             return
         assert "failed" not in states.values(), c.task_logs_tail(dag_id, run_id)
         time.sleep(3)

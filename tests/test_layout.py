@@ -121,3 +121,12 @@ def test_pool_layout_reads_shards_from_its_manifest(tmp_path):
     pool = PoolLayout(tmp_path / "pool")
     write_json({"kind": "pool", "shards": [{"name": pool.shard_name(0), "count": 3}]}, pool.manifest)
     assert pool.shard_uris() == [str(tmp_path / "pool" / "shard-00000.parquet")]
+
+
+def test_a_round_rejected_at_its_sign_off_does_not_hold_later_rounds(tmp_path):
+    store = StorageLayout(tmp_path)
+    assert store.begin_round("2026-11-01") == []
+    assert store.begin_round("2026-11-02") == ["2026-11-01"]
+    write_json({"round": "2026-11-01"}, store.round("2026-11-01").rejected)
+    assert store.begin_round("2026-11-02") == []
+    assert store.previous_round("2026-11-02") is None  # the rejected round is not read

@@ -187,6 +187,11 @@ class RoundLayout(_Directory):
     def started(self) -> Any:
         return self.dir / "started.json"
 
+    @property
+    def rejected(self) -> Any:
+        """Written when its sign-off was rejected: the round stays unpublished and later rounds do not wait for it."""
+        return self.dir / "rejected.json"
+
 
 @dataclass(frozen=True)
 class ShardLayout:
@@ -304,8 +309,12 @@ class StorageLayout:
     def pool(self) -> PoolLayout:
         return PoolLayout(self.root / "pool")
 
+    @property
+    def inbox_dir(self) -> Any:
+        return self.root / "inbox"
+
     def inbox(self, rnd: str) -> Any:
-        return self.root / "inbox" / rnd
+        return self.inbox_dir / rnd
 
     def embedding_cache(self, shard_name: str) -> Any:
         """Pool embeddings of one shard, keyed by pair_id + text hash."""
@@ -342,9 +351,12 @@ class StorageLayout:
         return sorted(r for r in self._round_names() if self.round(r).is_complete())
 
     def rounds_in_progress(self, rnd: str) -> list[str]:
-        """Rounds dated before ``rnd`` that have started (their prefix exists) but are not published yet."""
+        """Rounds dated before ``rnd`` that have started (their prefix exists), are not published yet and were
+        not rejected at their sign-off."""
         return sorted(
-            r for r in self._round_names() if r < rnd and r != SEED_ROUND and not self.round(r).is_complete()
+            r
+            for r in self._round_names()
+            if r < rnd and r != SEED_ROUND and not self.round(r).is_complete() and not self.round(r).rejected.exists()
         )
 
     def begin_round(self, rnd: str) -> list[str]:
@@ -356,6 +368,8 @@ class StorageLayout:
         pending = self.rounds_in_progress(rnd)
         if not pending:
             write_json({"round": rnd}, self.round(rnd).started)
+            if self.round(rnd).rejected.exists():  # re-run after a rejection: it may be published this time
+                self.round(rnd).rejected.unlink()
         return pending
 
     def previous_round(self, rnd: str) -> str | None:

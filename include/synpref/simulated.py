@@ -162,6 +162,10 @@ class SimulatedJudgeServer:
         values = CATEGORY_ATTRIBUTES.get(cat, CATEGORY_ATTRIBUTES["factual"])
         return json.dumps(dict(zip(ATTRIBUTE_FIELDS, values)))
 
+    def repeated(self) -> int:
+        """How many distinct requests (model, seed, prompt) were asked more than once."""
+        return sum(1 for n in self.attempts.values() if n > 1)
+
     def respond(self, body: dict) -> tuple[int, dict, float]:
         """(HTTP status, JSON body, delay seconds) for one chat-completions request."""
         model = body.get("model", "")
@@ -247,7 +251,7 @@ class SimulatedJudgeServer:
 
         @app.get("/stats")
         async def stats():
-            return {"requests": dict(self.counts), "total": sum(self.counts.values())}
+            return {"requests": dict(self.counts), "total": sum(self.counts.values()), "repeated": self.repeated()}
 
         return app
 
