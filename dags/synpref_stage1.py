@@ -79,7 +79,7 @@ def _mark_rejected(context: dict, response: dict) -> None:
 
 @dag(
     dag_id="synpref_stage1",
-    schedule="0 2 * * *",
+    schedule=os.environ.get("SYNPREF_STAGE1_SCHEDULE", "0 2 * * *") or None,  # empty: triggered rounds only
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -1,15 +1,19 @@
-"""Scale-out for real: the CeleryExecutor with two workers (Redis broker, PostgreSQL metadata DB and result
-backend), storage on S3 (moto; the workers share no disk), and a worker killed with -9 while it runs a
-stage-2 shard task. Worker A serves the default queue; worker B the ``gpu`` queue (RM training and
-scoring, ``SYNPREF_TRAIN_QUEUE=gpu``) and the default queue.
+"""Scale-out for real: the CeleryExecutor with two workers (Redis broker; PostgreSQL as metadata DB and as
+result backend, ``db+postgresql+psycopg2://`` derived by Airflow from the metadata connection), storage on
+S3 (moto: the workers share no disk), and a worker killed with -9 while it runs a stage-2 shard task.
+Worker A serves the default queue; worker B the ``gpu`` queue (RM training and scoring,
+``SYNPREF_TRAIN_QUEUE=gpu``) and the default queue.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import time
+from datetime import datetime
+from pathlib import Path
 
 import boto3
 import pytest
@@ -24,10 +28,11 @@ DATASETS = {
     "gold": (60, 11, 0.0, True, "seed/gold.parquet"),
     "silver": (200, 12, 0.2, True, "seed/silver.parquet"),
     "pool": (300, 13, 0.3, False, "raw/pool.parquet"),
-    "wild": (360, 14, 0.3, False, "wild/wild.parquet"),
+    "wild": (1200, 14, 0.3, False, "wild/wild.parquet"),
 }
 ROUND_CONF = {"rm_mode": "frozen", "k_max": 4, "samples": 1, "max_examples": 4, "spot_check": 5}
-STAGE2_CONF = {"shard_size": 30, "samples": 1, "max_examples": 4}  # 12 shards
+STAGE2_CONF = {"shard_size": 100, "samples": 1, "max_examples": 4}  # 12 shards
+ARTIFACTS = Path(os.environ.get("SYNPREF_TEST_ARTIFACTS", REPO / ".artifacts"))
 SHARD_TASKS = ("score_shard", "annotate_shard", "decide_shard")
 WORKERS = {"worker-a": "default", "worker-b": "gpu,default"}
 # detection fast enough for a test (the deployment keeps Airflow's defaults)
@@ -82,6 +87,7 @@ def celery(tmp_path_factory):
         "SYNPREF_TASK_RETRIES": "1",
         "SYNPREF_RETRY_DELAY_S": "5",
         "SYNPREF_RM_MODE": "frozen",
+        "SYNPREF_STAGE1_SCHEDULE": "",  # triggered rounds only: no nightly run beside the test's
         f"AIRFLOW_CONN_{S3_CONN.upper()}": json.dumps(
             {
                 "conn_type": "aws",
@@ -106,13 +112,11 @@ def celery(tmp_path_factory):
     cluster = AirflowCluster(d / "airflow", env)
     try:
         cluster.start()
-        backend = cluster.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
-            "postgresql+psycopg2://", "db+postgresql://"
-        )
-        cluster.env["AIRFLOW__CELERY__RESULT_BACKEND"] = backend
         for name, queues in WORKERS.items():
             _start_worker(cluster, name, queues)
         cluster.wait_for_dags(["synpref_prepare", "synpref_stage1", "synpref_stage2"])
+        for dag_id in ("synpref_prepare", "synpref_stage1", "synpref_stage2"):
+            cluster.unpause(dag_id)
         yield {"cluster": cluster, "s3": s3, "judges": judges, "root": f"s3://{S3_CONN}@{BUCKET}/root"}
     finally:
         cluster.stop()
@@ -133,6 +137,28 @@ def _tis(c: AirflowCluster, dag_id: str, run_id: str) -> list[dict]:
 def _s3_bytes(s3, prefix: str) -> dict[str, bytes]:
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
     return {k[len(prefix) :]: s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
+
+
+def _per_minute(tis: list[dict]) -> float:
+    """Shard tasks finished per minute of wall time, first start to last end."""
+    starts = [datetime.fromisoformat(t["start_date"]) for t in tis if t["start_date"]]
+    ends = [datetime.fromisoformat(t["end_date"]) for t in tis if t["end_date"]]
+    minutes = (max(ends) - min(starts)).total_seconds() / 60
+    return round(len(tis) / minutes, 1) if minutes > 0 else 0.0
+
+
+def _record_throughput(c: AirflowCluster, celery_run: str) -> None:
+    """Stage-2 shard tasks per minute: the Celery run (two workers) vs the in-process run (one task at a time;
+    its annotations come from the cache, so it is the faster of the two per task). Kept as a test artifact."""
+    runs = {r["dag_run_id"]: r for r in c.runs("synpref_stage2")}
+    local_run = next(r for r, v in runs.items() if (v.get("conf") or {}).get("run_name") == "local")
+    figures = {}
+    for label, run in (("celery_2_workers", celery_run), ("in_process_1_at_a_time", local_run)):
+        shard = [t for t in _tis(c, "synpref_stage2", run) if t["task_id"] in SHARD_TASKS]
+        figures[label] = {"shard_tasks": len(shard), "per_minute": _per_minute(shard)}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "celery_throughput.json").write_text(json.dumps(figures, indent=2))
+    print("stage-2 shard tasks per minute:", figures)
 
 
 def test_work_spreads_over_the_workers_and_a_killed_worker_loses_nothing(celery):
@@ -181,6 +207,7 @@ def test_work_spreads_over_the_workers_and_a_killed_worker_loses_nothing(celery)
     outcomes = ("kept", "recycled", "dropped", "quarantined", "duplicates", "contaminated")
     assert cm["counts"]["input"] == sum(cm["counts"][k] for k in outcomes)
     assert judges.repeated() == 0  # the in-process run found every answer in the cache
+    _record_throughput(c, run_id)
 
     # worker A comes back and takes work again (worker B stopped, so that only A can)
     _start_worker(c, "worker-a", WORKERS["worker-a"])
