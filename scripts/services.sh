@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the integration tests need outside the virtualenv, installed/started only when missing:
-# PostgreSQL (metadata DB of the test Airflow), Chromium (UI check), docker-compose (config validation).
+# PostgreSQL (metadata DB of the test Airflow), Chromium (UI check), docker-compose (config validation),
+# Redis (Celery broker) and Label Studio (its own virtualenv).
 # Idempotent; needs root (or sudo) only when something must be installed or started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,12 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 pg_isready -h 127.0.0.1 -p 5432 > /dev/null || { echo "services.sh: PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1; }
+# Redis (the Celery suite's broker): started when down, nothing kept on disk
+if ! redis-cli ping > /dev/null 2>&1; then
+  command -v redis-server > /dev/null || { $SUDO apt-get install -y -qq redis-server > /dev/null; }
+  echo "services.sh: starting Redis" >&2
+  redis-server --daemonize yes --save "" --appendonly no > /dev/null
+fi
 # Label Studio (the humans' review server of the integration suite) in its own virtualenv: its pins clash with Airflow's
 LS_VERSION=1.23.2
 if [ "$(cat .venv-labelstudio/.version 2>/dev/null)" != "$LS_VERSION" ]; then

@@ -118,6 +118,8 @@ def sizes_over_rounds(rounds: list[str], sizes: dict[str, list[int]], title: str
             xs = [r + (i - (len(sizes) - 1) / 2) * width for r in range(len(rounds))]
             ax.bar(xs, values, width=width, label=name, color=COLORS.get(name))
         ax.set_xticks(range(len(rounds)), rounds, rotation=30 if len(rounds) > 6 else 0)
+        top = max((v for values in sizes.values() for v in values), default=0)
+        ax.set_ylim(0, top * 1.08 if top > 0 else 1)  # an all-zero series (free judges) starts at 0, not -0.04
         if len(sizes) > 1:
             ax.legend()
         return png(fig)
