@@ -52,7 +52,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    report = json.loads(done.stdout[done.stdout.rindex('{\n  "rounds"') :])
+    report = json.loads(done.stdout[done.stdout.rindex("\n{\n") :])  # the last command's JSON: the report
     assert [r["round"] for r in report["rounds"]] == ["2026-11-01", "2026-11-02"]
     assert report["stage2"]["kept"] > 0
     assert report["stage2"]["label_accuracy_vs_truth"]["kept"] > report["stage2"]["label_accuracy_vs_truth"]["input"]
+    assert report["html"].endswith("report/index.html")
