@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from airflow.api_fastapi.core_api.security import get_user
 from airflow.plugins_manager import AirflowPlugin
@@ -183,14 +183,12 @@ def index(rounds_page: int = Query(1, ge=1), runs_page: int = Query(1, ge=1)) ->
     return "\n".join(parts)
 
 
-@app.get("/round", response_class=HTMLResponse)
-def round_report(root: int = Query(0, ge=0), name: str = Query(..., min_length=1)) -> HTMLResponse:
-    return HTMLResponse(_page("round", _root(root), name))
-
-
-@app.get("/stage2", response_class=HTMLResponse)
-def stage2_report(root: int = Query(0, ge=0), name: str = Query(..., min_length=1)) -> HTMLResponse:
-    return HTMLResponse(_page("stage2", _root(root), name))
+@app.get("/{kind}", response_class=HTMLResponse)
+def report(
+    kind: Literal["round", "stage2"], root: int = Query(0, ge=0), name: str = Query(..., min_length=1)
+) -> HTMLResponse:
+    """A round's (``/round``) or a stage-2 run's (``/stage2``) report."""
+    return HTMLResponse(_page(kind, _root(root), name))
 
 
 def _report_of_run(dag_id: str, run_id: str) -> str | None:

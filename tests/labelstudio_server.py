@@ -3,6 +3,7 @@ virtualenv, .venv-labelstudio: its pins clash with Airflow's). Stopped group-wid
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -56,11 +57,9 @@ class LabelStudioServer:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Label Studio exited:\n{(self.data_dir / 'label-studio.log').read_text()[-3000:]}")
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if self.get("/api/projects").status_code == 200:
                     return self
-            except httpx.HTTPError:
-                pass
             time.sleep(2)
         raise RuntimeError(f"Label Studio not up after {timeout}s")
 

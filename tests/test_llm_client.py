@@ -174,7 +174,7 @@ class JunkEndpoint:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
-                pass
+                """Quiet: no line per request on stderr."""
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

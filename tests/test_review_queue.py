@@ -81,7 +81,7 @@ class _JunkExport(http.server.BaseHTTPRequestHandler):
     """Not Label Studio: a stand-in answering the three calls a pull makes with malformed task JSON."""
 
     def log_message(self, *args):
-        pass
+        """Quiet: no line per request on stderr."""
 
     def do_GET(self):
         if self.path.startswith("/api/projects?"):

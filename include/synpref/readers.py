@@ -231,12 +231,17 @@ def _no_constant(name: str) -> Any:
     raise RecordError(f"{name} is not valid JSON")
 
 
+def _guarded_json(text: str) -> Any:
+    """``json.loads`` refusing long numbers and NaN/Infinity (RecordError)."""
+    return json.loads(text, parse_int=_bounded_number, parse_float=_bounded_number, parse_constant=_no_constant)
+
+
 def loads(text: str) -> Any:
     """``json.loads`` with the reader's guards; every failure is a RecordError naming the problem."""
     if len(text) > MAX_RECORD_BYTES:
         raise RecordError(f"record of {len(text)} characters is over the limit of {MAX_RECORD_BYTES}")
     try:
-        return json.loads(text, parse_int=_bounded_number, parse_float=_bounded_number, parse_constant=_no_constant)
+        return _guarded_json(text)
     except RecordError:
         raise
     except json.JSONDecodeError as e:
@@ -303,7 +308,7 @@ def _json_document(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
         yield from _json_lines(data)
         return
     try:  # bytes that are not UTF-8 quarantine the records holding them (``normalize``), not the file
-        doc = json.loads(text, parse_int=_bounded_number, parse_float=_bounded_number, parse_constant=_no_constant)
+        doc = _guarded_json(text)
     except (RecordError, ValueError, RecursionError) as e:
         if head.startswith("{"):  # perhaps JSON lines in a .json file
             yield from _json_lines(data)
