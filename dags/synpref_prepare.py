@@ -1,15 +1,19 @@
 """
 # synpref_prepare — raw preference data → the unverified pool
 
-Pre-processing from the paper's appendix C, mapped over **input files** (never over pairs):
+Pre-processing from the paper's appendix C as a streaming map/reduce: memory is bounded by a batch
+and a partition, never by the input's size (tasks map over files and partitions, never over pairs).
 
-1. `list_inputs` — every `.jsonl/.json/.parquet/.csv` under the input URI (TRL conversational,
-   prompt/chosen/rejected, HH-RLHF text or our own schema);
-2. `normalize` (mapped, one task per file) — structural checks; bad records are quarantined with
-   a reason, never dropped silently;
-3. `finalize_pool` — global de-duplication, 13-gram decontamination against the benchmark
-   prompts, Parquet shards under `<root>/pool/`, and a manifest (written last) whose counts
-   satisfy `input = pool + duplicates + contaminated + quarantined` (checked; a mismatch fails).
+1. `list_inputs` — every `.jsonl/.json/.parquet/.csv` (optionally `.gz`/`.zst`) under the input URI
+   (TRL conversational, prompt/chosen/rejected, HH-RLHF text or our own schema), and the number of
+   hash partitions (one per 256 MiB of input);
+2. `normalize` (mapped, one task per file) — structural checks in batches; bad records are
+   quarantined with a reason, never dropped silently; valid pairs are hash-partitioned by content;
+3. `list_partitions` → `reduce_partition` (mapped, one task per partition) — global de-duplication
+   (exact and mirrored copies share a partition), 13-gram decontamination against the benchmark prompts;
+4. `write_pool` — the partitions merged back into input order: Parquet shards under `<root>/pool/`,
+   one table per rule, the quarantine, and a manifest (written last) whose counts satisfy
+   `input = pool + duplicates + contaminated + quarantined` (checked; a mismatch fails).
 """
 
 from __future__ import annotations
@@ -53,12 +57,13 @@ def _pool(params: dict):
 def synpref_prepare():
     @task
     def list_inputs(params: dict | None = None) -> list[list]:
-        from synpref.preprocess import clear_staging
+        from synpref.preprocess import clear_staging, plan_run
         from synpref.readers import scan_inputs
 
         store, pool = _pool(params)
         scan = scan_inputs(path_or(params["input_uri"], store.raw))
-        clear_staging(pool, scan.skipped)  # this task owns the staging dir of the run
+        clear_staging(pool)  # this task owns the staging dir of the run
+        plan_run(pool, scan.files, scan.skipped)
         return [[i, f] for i, f in enumerate(scan.files)]
 
     @task(max_active_tis_per_dagrun=8)
@@ -69,16 +74,30 @@ def synpref_prepare():
         return normalize_file(file_uri, index, _pool(params)[1])
 
     @task
-    def finalize_pool(file_counts: list[dict], params: dict | None = None) -> dict:
-        from synpref.preprocess import finalize_pool
+    def list_partitions(file_counts: list[dict], params: dict | None = None) -> list[int]:
+        from synpref.preprocess import partitions
+
+        return partitions(_pool(params)[1])
+
+    @task(max_active_tis_per_dagrun=8)
+    def reduce_partition(partition: int, params: dict | None = None) -> dict:
+        from synpref.preprocess import reduce_partition
         from synpref.settings import from_flat
 
         store, pool = _pool(params)
         bench = existing(path_or(params["benchmark_uri"], store.benchmark_prompts))
-        manifest = finalize_pool(pool, bench, from_flat(PrepareConfig, params))
+        return {"partition": partition, **reduce_partition(pool, partition, bench, from_flat(PrepareConfig, params))}
+
+    @task
+    def write_pool(reduced: list[dict], params: dict | None = None) -> dict:
+        from synpref.preprocess import write_pool
+        from synpref.settings import from_flat
+
+        _, pool = _pool(params)
+        manifest = write_pool(pool, from_flat(PrepareConfig, params))
         return {"pool_uri": str(pool.dir), **manifest["counts"]}
 
-    finalize_pool(normalize.expand(item=list_inputs()))
+    write_pool(reduce_partition.expand(partition=list_partitions(normalize.expand(item=list_inputs()))))
 
 
 synpref_prepare()

@@ -1,6 +1,10 @@
+import json
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 
+from synpref import preprocess, readers
 from synpref.layout import PoolLayout
 from synpref.preprocess import (
     ConservationError,
@@ -11,6 +15,7 @@ from synpref.preprocess import (
     check_conservation,
     finalize_pool,
     normalize_file,
+    partitions,
     prepare,
 )
 from synpref.schema import PairRecord, records_to_table
@@ -98,3 +103,109 @@ def test_a_mirrored_copy_is_a_duplicate_and_its_pair_is_a_recorded_label_conflic
     assert reason.startswith(f"mirrored copy of {rows[0]['pair_id']}")
     conflicts = pq.read_table(tmp_path / "pool" / "label_conflicts.parquet").to_pylist()
     assert conflicts == [{"pair_id": rows[0]["pair_id"], "mirrored_copies": [mirrored.pair_id]}]
+
+
+def _pool_bytes(pool: PoolLayout) -> dict[str, bytes]:
+    root = Path(pool.dir.path)
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
+def _messy_inputs(tmp_path: Path) -> list[str]:
+    """Three files with exact copies across files, mirrored copies, a bad line and a leaked prompt."""
+    pairs, _ = generate(600, seed=9)
+    rows = pairs.to_pylist()
+    write_parquet(pairs, tmp_path / "in" / "a.parquet")
+    with open(tmp_path / "in" / "b.jsonl", "w") as f:
+        for r in rows[:120]:  # exact copies of a.parquet
+            f.write(json.dumps({"conversation": r["conversation"], "chosen": r["chosen"], "rejected": r["rejected"]}))
+            f.write("\n")
+        f.write("not json\n")
+        for r in rows[200:260]:  # mirrored copies
+            f.write(json.dumps({"conversation": r["conversation"], "chosen": r["rejected"], "rejected": r["chosen"]}))
+            f.write("\n")
+    leaked = PairRecord(conversation=[{"role": "user", "content": "Q: " + BENCH}], chosen="a", rejected="b")
+    write_parquet(records_to_table([leaked, leaked]), tmp_path / "in" / "c.parquet")
+    (tmp_path / "bench.txt").write_text(BENCH + "\n")
+    return [str(tmp_path / "in" / f) for f in ("a.parquet", "b.jsonl", "c.parquet")]
+
+
+def _rows(path: Path, key: str = "pair_id") -> list[dict]:
+    return sorted(pq.read_table(path).to_pylist(), key=lambda r: (r[key], r.get("reason") or ""))
+
+
+def _pool_rows(pool: PoolLayout) -> dict:
+    root = Path(pool.dir.path)
+    shards = [r for p in sorted(root.glob("shard-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    tables = ("duplicates", "contaminated", "label_conflicts")
+    return {
+        "pool": sorted(shards, key=lambda r: r["pair_id"]),
+        **{t: _rows(root / f"{t}.parquet") for t in tables},
+        "quarantine": pq.read_table(root / "quarantine.parquet").to_pylist(),
+        "counts": read_json(pool.manifest)["counts"],
+    }
+
+
+def test_partitioned_map_reduce_keeps_the_same_pairs_for_the_same_reasons(tmp_path, monkeypatch):
+    inputs = _messy_inputs(tmp_path)
+    one = prepare(inputs, PoolLayout(tmp_path / "one"), tmp_path / "bench.txt", PrepareConfig(shard_size=170))
+    assert one["counts"] == {"input": 783, "pool": 600, "duplicates": 181, "contaminated": 1, "quarantined": 1}
+    monkeypatch.setattr(preprocess, "PARTITION_BYTES", 10_000)  # → many partitions
+    many = prepare(inputs, PoolLayout(tmp_path / "many"), tmp_path / "bench.txt", PrepareConfig(shard_size=170))
+    assert len(partitions(PoolLayout(tmp_path / "many"))) >= 10
+    assert _pool_rows(PoolLayout(tmp_path / "one")) == _pool_rows(PoolLayout(tmp_path / "many"))
+    assert many["label_conflicts"] == 60
+    assert all(s["count"] <= 170 for s in many["shards"])
+
+
+def test_a_large_json_lines_file_read_in_ranges_gives_the_same_records(tmp_path, monkeypatch):
+    """Ranges cut mid-line: every line belongs to exactly one range, with its own line number."""
+    pairs, _ = generate(400, seed=3)
+    lines = [json.dumps({k: r[k] for k in ("conversation", "chosen", "rejected")}) for r in pairs.to_pylist()]
+    lines[7] = "{broken"
+    lines[150] = ""
+    lines[151] = "[1, 2]"
+    data = ("\ufeff" + "\n".join(lines) + "\n").encode()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.jsonl").write_bytes(data)
+    whole = prepare([str(tmp_path / "in" / "big.jsonl")], PoolLayout(tmp_path / "whole"))
+    monkeypatch.setattr(readers, "SPLIT_BYTES", len(data) // 7)
+    assert len(readers.splits(tmp_path / "in" / "big.jsonl")) >= 7
+    split = prepare([str(tmp_path / "in" / "big.jsonl")], PoolLayout(tmp_path / "split"), workers=2)
+    assert _pool_bytes(PoolLayout(tmp_path / "whole")) == _pool_bytes(PoolLayout(tmp_path / "split"))
+    assert (
+        whole["counts"]
+        == split["counts"]
+        == {"input": 399, "pool": 397, "duplicates": 0, "contaminated": 0, "quarantined": 2}
+    )
+    assert [q["record_index"] for q in pq.read_table(tmp_path / "split" / "quarantine.parquet").to_pylist()] == [
+        7,
+        151,
+    ]
+
+
+def test_the_dag_steps_one_task_each_give_the_cli_pool(tmp_path, monkeypatch):
+    """list → normalize per file → reduce per partition → write_pool, as the DAG maps them."""
+    inputs = _messy_inputs(tmp_path)
+    monkeypatch.setattr(preprocess, "PARTITION_BYTES", 50_000)
+    cfg = PrepareConfig(shard_size=100)
+    prepare(inputs, PoolLayout(tmp_path / "cli"), tmp_path / "bench.txt", cfg)
+    pool = PoolLayout(tmp_path / "dag")
+    preprocess.clear_staging(pool)
+    preprocess.plan_run(pool, inputs)
+    for i, f in reversed(list(enumerate(inputs))):  # task order does not matter
+        normalize_file(f, i, pool)
+    for p in reversed(partitions(pool)):
+        preprocess.reduce_partition(pool, p, tmp_path / "bench.txt", cfg)
+    manifest = preprocess.write_pool(pool, cfg)
+    assert manifest["counts"]["contaminated"] == 1
+    assert _pool_bytes(pool) == _pool_bytes(PoolLayout(tmp_path / "cli"))
+    normalize_file(inputs[1], 1, pool)  # a retried map task rewrites only its own files, the same bytes
+    preprocess.reduce_partition(pool, 0, tmp_path / "bench.txt", cfg)
+    preprocess.write_pool(pool, cfg)
+    assert _pool_bytes(pool) == _pool_bytes(PoolLayout(tmp_path / "cli"))
+
+
+def test_decontamination_names_the_lowest_matching_prompt():
+    d = Decontaminator(["unrelated words only here", BENCH + " extra", "zero " + BENCH])
+    assert d.match([{"role": "user", "content": BENCH}]) == 1
+    assert len(d) > 0 and d.grams.dtype.itemsize == 8  # compact: 8 bytes per n-gram

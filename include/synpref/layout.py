@@ -68,6 +68,11 @@ class PoolLayout(_Directory):
         """Input paths the listing step skipped, with why (copied into the manifest)."""
         return self.staging / "skipped.json"
 
+    @property
+    def plan(self) -> Any:
+        """How the run is partitioned (written by the listing step)."""
+        return self.staging / "plan.json"
+
     def staged(self, key: str, kind: str) -> Any:
         """``<key>.pairs.parquet`` / ``<key>.quarantine.parquet`` / ``<key>.counts.json`` of one input file."""
         return self.staging / f"{key}.{kind}"

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import csv
 import errno
+import gzip
 import io
 import json
+import math
 import os
 import re
 import zlib
@@ -34,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from .schema import ATTRIBUTE_FIELDS, PairRecord
-from .storage import PathLike, as_path, read_bytes
+from .schema import ATTRIBUTE_FIELDS, ENCODE, PAIR_SCHEMA, PairRecord, pair_keys, pair_keys_of
+from .storage import PathLike, as_path
 
 FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 COMPRESSIONS = (".gz", ".zst")
@@ -45,7 +47,12 @@ MAX_DEPTH = 32  # a record is at most ~4 levels deep (record → messages → me
 MAX_NUMBER_CHARS = 64
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _OPTIONAL = ("source", "source_id", "provenance", "flipped", "round", *ATTRIBUTE_FIELDS)
+SPLIT_BYTES = 64 * 2**20  # a JSON-lines file larger than this is read by several map tasks
+READ_BLOCK = 2**20  # bytes per read from a file or a decompressor
+PARQUET_BATCH = 8192  # rows per batch read from a Parquet row group
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 FILE_LEVEL = -1  # record_index of a quarantine row about a whole file (or its unreadable rest)
 
 
@@ -84,6 +91,11 @@ def _dump(raw: Any) -> str:
 def _clean(text: str) -> str:
     """Quarantine ``raw`` must itself be storable: lone surrogates are shown escaped."""
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+class _Screened(dict):
+    """A record whose JSON text has no surrogate escape and too few brackets to nest past MAX_DEPTH:
+    ``_check_value`` has nothing to find in it (the fast path of large JSON-lines files)."""
 
 
 # --- records → PairRecord ----------------------------------------------------------------------------
@@ -197,9 +209,15 @@ def normalize(raw: Any, default_source: str) -> PairRecord:
     A ``pair_id`` in the input is never trusted: the id is computed from the content, and a supplied id
     that differs is kept as ``source_id``.
     """
+    return PairRecord(**_validated(*_fields(raw, default_source)))
+
+
+def _fields(raw: Any, default_source: str) -> tuple[list[dict], str, str, dict]:
+    """A raw record's conversation, chosen, rejected and optional fields (format detected; RecordError)."""
     if not isinstance(raw, dict):
         raise RecordError(f"record must be an object, got {type(raw).__name__}")
-    _check_value(raw)
+    if not isinstance(raw, _Screened):
+        _check_value(raw)
     for key in ("chosen", "rejected"):
         if key not in raw:
             raise RecordError(f"missing field '{key}'")
@@ -210,12 +228,54 @@ def normalize(raw: Any, default_source: str) -> PairRecord:
         fields["flipped"] = {"true": True, "false": False}.get(fields["flipped"].strip().lower(), fields["flipped"])
     if raw.get("pair_id") not in (None, ""):
         fields["pair_id"] = str(raw["pair_id"])  # PairRecord recomputes it and keeps a differing one as source_id
+    return conversation, chosen, rejected, fields
+
+
+def _validated(conversation: list[dict], chosen: str, rejected: str, fields: dict) -> dict:
+    """PairRecord's validation (RecordError naming the first problem) → its fields as a dict."""
     try:
-        return PairRecord(conversation=conversation, chosen=chosen, rejected=rejected, **fields)
+        return PairRecord(conversation=conversation, chosen=chosen, rejected=rejected, **fields).model_dump()
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"]) or "record"
         raise RecordError(f"{loc}: {first['msg']}") from None
+
+
+_PAIR_FIELDS = tuple(PAIR_SCHEMA.names)
+_FAST_FIELDS = {"source": str, "source_id": str, "round": str, "flipped": bool, "pair_id": str}
+
+
+def normalize_row(raw: Any, default_source: str) -> tuple[dict, str]:
+    """(``normalize(raw).model_dump()``, content key) without building the model when the record is plainly
+    valid (see ``schema.pair_keys``).
+
+    The fast path accepts only what PairRecord accepts unchanged (non-empty texts, a final user turn,
+    distinct responses, plain optional fields); anything else goes through PairRecord for its verdict."""
+    conversation, chosen, rejected, fields = _fields(raw, default_source)
+    plain = all(type(v) is _FAST_FIELDS.get(k) for k, v in fields.items()) and conversation[-1]["role"] == "user"
+    texts = [m["content"] for m in conversation]
+    texts += (chosen, rejected)
+    if not plain or chosen == rejected or any(not t or t.isspace() for t in texts):  # isspace: strip() == ""
+        row = _validated(conversation, chosen, rejected, fields)
+        return row, pair_keys(row["conversation"], row["chosen"], row["rejected"], row["flipped"])[1]
+    flipped = fields.get("flipped", False)
+    pair_id, content = pair_keys_of(ENCODE(conversation), chosen, rejected, flipped)  # plain role/content dicts
+    source_id = fields.get("source_id")
+    if fields.get("pair_id") and fields["pair_id"] != pair_id and source_id is None:
+        source_id = fields["pair_id"]
+    row = dict.fromkeys(_PAIR_FIELDS)
+    row |= {
+        "pair_id": pair_id,
+        "conversation": conversation,
+        "chosen": chosen,
+        "rejected": rejected,
+        "source": fields["source"],
+        "provenance": "unverified",
+        "flipped": flipped,
+        "round": fields.get("round"),
+        "source_id": source_id,
+    }
+    return row, content
 
 
 # --- files → raw records -------------------------------------------------------------------------------
@@ -252,26 +312,64 @@ def loads(text: str) -> Any:
         raise RecordError(f"invalid JSON: {e}") from None
 
 
-def _decompress(data: bytes, name: str) -> tuple[bytes, str | None]:
-    """(bytes, problem): a truncated or corrupt stream keeps what decoded before the damage."""
+def _stream_problem(e: BaseException, name: str) -> str:
+    """What a broken compressed stream costs: the records after the damage."""
+    kind = "gzip" if name.endswith(".gz") else "zstd" if name.endswith(".zst") else "file"
+    if isinstance(e, EOFError):
+        return f"{kind} stream truncated: the records after the damage are lost"
+    return f"corrupt {kind} stream: {e}"
+
+
+STREAM_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
+
+
+class _Raw(io.RawIOBase):
+    """Any object with ``read(n)`` as a raw stream, so ``io.BufferedReader`` gives it C-speed ``readline``.
+
+    A broken (compressed) stream ends at the damage: what decoded before it is read as usual, and the
+    error is kept in ``error`` for the caller to record."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+        self.read_some = getattr(f, "read1", f.read)  # read1: what decoded before a damaged block still comes
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            data = self.read_some(len(b))
+        except STREAM_ERRORS as e:
+            self.error = e
+            return 0
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def _open(f: Any, name: str) -> io.BufferedReader:
+    """A binary file object → a buffered, decompressing stream (``.gz``, ``.zst``), read in 1 MiB blocks."""
     if name.endswith(".gz"):
-        d = zlib.decompressobj(wbits=47)
-        try:
-            out = d.decompress(data)
-        except zlib.error as e:
-            return b"", f"corrupt gzip stream: {e}"
-        return out, None if d.eof else "gzip stream truncated: the records after the damage are lost"
-    if name.endswith(".zst"):
-        try:
-            return pa.input_stream(pa.py_buffer(data), compression="zstd").read(), None
-        except (OSError, pa.ArrowException) as e:
-            return b"", f"corrupt zstd stream: {e}"
-    return data, None
+        f = gzip.GzipFile(fileobj=f, mode="rb")
+    elif name.endswith(".zst"):
+        f = pa.CompressedInputStream(pa.PythonFile(f, mode="r"), "zstd")
+    return io.BufferedReader(_Raw(f), READ_BLOCK)
+
+
+def _read_all(stream: io.BufferedReader, name: str) -> tuple[bytes, str | None]:
+    """The whole (decompressed) content, and the problem when the stream broke (what decoded is kept)."""
+    data, error = stream.read(), stream.raw.error
+    return data, None if error is None else _stream_problem(error, name)
 
 
 def _utf8(data: bytes) -> tuple[bytes, str | None]:
     """A UTF-16 file (it starts with its byte-order mark) → UTF-8 bytes; (b"", problem) when it is not UTF-16."""
-    if not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if not data.startswith(UTF16_BOMS):
         return data, None
     try:
         return data.decode("utf-16").encode("utf-8", "surrogatepass"), None
@@ -284,34 +382,96 @@ def _text_of(data: bytes) -> str:
     return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")
 
 
-def _json_lines(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
-    for i, line in enumerate(data.split(b"\n")):
-        text = _text_of(line) if i == 0 else line.decode("utf-8", "surrogateescape")
+def _lines(stream: Any, first: int = 0, limit: int | None = None) -> Iterator[tuple[int, bytes | int]]:
+    """(line index, line without ``\\n``) split at ``\\n`` only, numbered from ``first``, the lines that
+    start within ``limit`` bytes; a line over MAX_RECORD_BYTES comes as its length in bytes (an int) and
+    is never held in memory whole."""
+    i, pos = first, 0
+    while (limit is None or pos < limit) and (line := stream.readline(MAX_RECORD_BYTES + 1)):
+        pos += len(line)
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            size = len(line)
+            while (rest := stream.readline(READ_BLOCK)) and not rest.endswith(b"\n"):
+                size += len(rest)
+            pos += len(rest)
+            size += len(rest.removesuffix(b"\n"))
+            yield i, size
+        else:
+            yield i, line.removesuffix(b"\n")
+        i += 1
+
+
+def splits(path: PathLike) -> list[tuple[int, int] | None]:
+    """Byte ranges a file is read in (each by its own map task): an uncompressed UTF-8 JSON-lines file over
+    ``SPLIT_BYTES`` is cut into about equal ranges (a line belongs to the range it starts in); anything
+    else is one piece (``None``)."""
+    p = as_path(path)
+    if not p.name.lower().endswith(".jsonl"):
+        return [None]
+    size = p.stat().st_size
+    if size <= SPLIT_BYTES:
+        return [None]
+    with _open_file(p) as f:
+        if f.read(2).startswith(UTF16_BOMS):
+            return [None]
+    n = math.ceil(size / SPLIT_BYTES)
+    return [(size * k // n, size * (k + 1) // n) for k in range(n)]
+
+
+def _seek_line(f: Any, start: int) -> tuple[int, int]:
+    """Position ``f`` at the first line starting at or after byte ``start``: (its line index, its offset)."""
+    count, remaining = 0, start
+    f.seek(0)
+    while remaining > 0 and (block := f.read(min(READ_BLOCK, remaining))):
+        count += block.count(b"\n")
+        remaining -= len(block)
+    if start == 0:
+        return 0, 0
+    f.seek(start - 1)
+    if f.read(1) == b"\n":
+        return count, start
+    while (rest := f.readline(READ_BLOCK)) and not rest.endswith(b"\n"):
+        pass  # the rest of a line that started in the previous range
+    return count + 1, f.tell()
+
+
+def _json_lines(stream: Any, first: int = 0, limit: int | None = None) -> Iterator[tuple[int, Any, str | None]]:
+    for i, line in _lines(stream, first, limit):
+        if isinstance(line, int):
+            yield i, "", f"line {i + 1}: record of {line} bytes is over the limit of {MAX_RECORD_BYTES}"
+            continue
+        try:  # strict UTF-8 cannot hold a lone surrogate: only a line that fails it needs the search
+            text = (line.removeprefix(b"\xef\xbb\xbf") if i == 0 else line).decode("utf-8")
+        except UnicodeDecodeError:
+            text = _text_of(line) if i == 0 else line.decode("utf-8", "surrogateescape")
+            bad = _SURROGATE.search(text)
+            if bad:
+                yield i, text.removesuffix("\r"), f"line {i + 1}: bytes that are not UTF-8 at character {bad.start()}"
+                continue
         text = text.removesuffix("\r")
         if not text.strip():
             continue
-        bad = _SURROGATE.search(text)
-        if bad:
-            yield i, text, f"line {i + 1}: bytes that are not UTF-8 at character {bad.start()}"
-            continue
         try:
-            yield i, loads(text), None
+            raw = loads(text)
         except RecordError as e:
             yield i, text, f"line {i + 1}: {e}"
+            continue
+        screened = isinstance(raw, dict) and ("\\u" not in text or not _SURROGATE_ESCAPE.search(text))
+        yield i, _Screened(raw) if screened and text.count("[") + text.count("{") <= MAX_DEPTH else raw, None
 
 
 def _json_document(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
-    """A ``.json`` file: a list of records, one record, or (failing that) JSON lines."""
+    """A ``.json`` file (read whole): a list of records, one record, or (failing that) JSON lines."""
     text = _text_of(data)
     head = text.lstrip()
     if not head.startswith(("[", "{")):
-        yield from _json_lines(data)
+        yield from _json_lines(io.BytesIO(data))
         return
     try:  # bytes that are not UTF-8 quarantine the records holding them (``normalize``), not the file
         doc = _guarded_json(text)
     except (RecordError, ValueError, RecursionError) as e:
         if head.startswith("{"):  # perhaps JSON lines in a .json file
-            yield from _json_lines(data)
+            yield from _json_lines(io.BytesIO(data))
             return
         msg = f"{e.msg} at character {e.pos}" if isinstance(e, json.JSONDecodeError) else str(e) or "nested too deeply"
         yield FILE_LEVEL, text, f"invalid JSON file: {msg}"
@@ -320,10 +480,11 @@ def _json_document(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
         yield i, row, None
 
 
-def _csv_rows(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
+def _csv_rows(stream: Any) -> Iterator[tuple[int, Any, str | None]]:
     """CSV with a header row; cells holding JSON (messages, desired_attributes) are decoded."""
     csv.field_size_limit(MAX_RECORD_BYTES)
-    reader = csv.reader(io.StringIO(_text_of(data), newline=""))
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
     try:
         header = next(reader)
     except StopIteration:
@@ -379,47 +540,72 @@ def _decode_csv_row(row: dict) -> dict:
     return out
 
 
-def _parquet_rows(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
+def _parquet_rows(source: Any) -> Iterator[tuple[int, Any, str | None]]:
     try:
-        pf = pq.ParquetFile(io.BytesIO(data))
+        pf = pq.ParquetFile(source)
     except (pa.ArrowException, OSError, ValueError) as e:
         yield FILE_LEVEL, "", f"not a readable Parquet file: {e}"
         return
     index = 0
     for group in range(pf.num_row_groups):
         try:
-            rows = pf.read_row_group(group).to_pylist()
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH, row_groups=[group]):
+                for row in batch.to_pylist():
+                    yield index, row, None
+                    index += 1
         except (pa.ArrowException, OSError, ValueError) as e:
             yield FILE_LEVEL, "", f"Parquet row group {group} unreadable after {index} rows: {e}"
             return
-        for row in rows:
-            yield index, row, None
-            index += 1
 
 
-def iter_raw(path: PathLike) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (index, raw record, problem) for every record of a file; never raises for the file's content."""
+def _open_file(p: Any) -> Any:
+    return open(p.path, "rb") if p.protocol in ("", "file", "local") else p.open("rb")
+
+
+def iter_raw(path: PathLike, split: tuple[int, int] | None = None) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield (index, raw record, problem) for every record of a file (or of one of its ``splits``); never
+    raises for the file's content.
+
+    JSON lines, CSV and Parquet are streamed (memory bounded by one record / one batch, whatever the
+    file's size); a ``.json`` document and a UTF-16 file are read whole."""
     p = as_path(path)
     name = p.name.lower()
+    base = name.removesuffix(".gz").removesuffix(".zst")
     try:
-        data = read_bytes(p)
+        f = _open_file(p)
     except OSError as e:
         yield FILE_LEVEL, "", f"cannot read the file: {type(e).__name__}: {e}"
         return
-    data, problem = _decompress(data, name)
-    if not problem:
-        data, problem = _utf8(data)
-    base = name.removesuffix(".gz").removesuffix(".zst")
-    if base.endswith(".parquet"):
-        yield from _parquet_rows(data)
-    elif base.endswith(".csv"):
-        yield from _csv_rows(data)
-    elif base.endswith(".json"):
-        yield from _json_document(data)
-    else:
-        yield from _json_lines(data)
-    if problem:
-        yield FILE_LEVEL, "", problem
+    with f:
+        if split is not None:
+            first, offset = _seek_line(f, split[0])
+            yield from _json_lines(io.BufferedReader(_Raw(f), READ_BLOCK), first, split[1] - offset)
+            return
+        if name.endswith(".parquet"):
+            yield from _parquet_rows(f)
+            return
+        try:
+            stream = _open(f, name)
+        except STREAM_ERRORS as e:
+            yield FILE_LEVEL, "", _stream_problem(e, name)
+            return
+        raw = stream.raw
+        if stream.peek(2)[:2].startswith(UTF16_BOMS) or base.endswith(".json"):
+            data, problem = _read_all(stream, name)
+            if not problem:
+                data, problem = _utf8(data)
+            yield from _records(base, io.BytesIO(data), data)
+        else:
+            yield from _records(base, stream)
+            problem = None if raw.error is None else _stream_problem(raw.error, name)
+        if problem:
+            yield FILE_LEVEL, "", problem
+
+
+def _records(base: str, stream: Any, data: bytes = b"") -> Iterator[tuple[int, Any, str | None]]:
+    if base.endswith(".csv"):
+        return _csv_rows(stream)
+    return _json_document(data) if base.endswith(".json") else _json_lines(stream)
 
 
 def read_pairs(path: PathLike, source: str | None = None) -> ReadResult:

@@ -80,12 +80,41 @@ class PairRecord(BaseModel):
         return self
 
 
+ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # = json.dumps with these options
+_ENCODE = ENCODE
+
+
+def _messages_json(conversation: Iterable[Message | dict]) -> str:
+    return _ENCODE(
+        [
+            m.model_dump() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]}
+            for m in conversation
+        ]
+    )
+
+
 def _canonical(conversation: Iterable[Message | dict], chosen: str, rejected: str) -> str:
-    conv = [
-        m.model_dump() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]}
-        for m in conversation
-    ]
-    return json.dumps([conv, chosen, rejected], ensure_ascii=False, separators=(",", ":"))
+    return f"[{_messages_json(conversation)},{_ENCODE(chosen)},{_ENCODE(rejected)}]"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def pair_keys(
+    conversation: Iterable[Message | dict], chosen: str, rejected: str, flipped: bool = False
+) -> tuple[str, str]:
+    """(pair_id, content key) from one encoding of the pair. The content key is orientation-free: the
+    same conversation and responses whichever is chosen (exact and mirrored copies share it)."""
+    return pair_keys_of(_messages_json(conversation), chosen, rejected, flipped)
+
+
+def pair_keys_of(conversation_json: str, chosen: str, rejected: str, flipped: bool = False) -> tuple[str, str]:
+    """``pair_keys`` of a conversation already encoded as compact JSON role/content messages."""
+    conv, c, r = conversation_json, _ENCODE(chosen), _ENCODE(rejected)
+    first, second = (r, c) if flipped else (c, r)
+    lo, hi = sorted((c, r))
+    return _sha(f"[{conv},{first},{second}]"), _sha(f"[{conv},{lo},{hi}]")
 
 
 def compute_pair_id(conversation: Iterable[Message | dict], chosen: str, rejected: str, flipped: bool = False) -> str:
@@ -96,7 +125,7 @@ def compute_pair_id(conversation: Iterable[Message | dict], chosen: str, rejecte
     """
     if flipped:
         chosen, rejected = rejected, chosen
-    return hashlib.sha256(_canonical(conversation, chosen, rejected).encode()).hexdigest()[:32]
+    return _sha(_canonical(conversation, chosen, rejected))
 
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])

@@ -27,6 +27,7 @@ from .preprocess import (
     clear_staging,
     finalize_pool,
     normalize_file,
+    plan_run,
 )
 from .progress import log, shard_position
 from .readers import scan_inputs
@@ -107,7 +108,7 @@ def prepare_inputs(
         return [], str(as_path(input_uri))
     scan = scan_inputs(input_uri)
     if out_dir is not None:
-        write_json(scan.skipped, _run(out_dir).prepared.skipped_inputs)
+        plan_run(_run(out_dir).prepared, scan.files, scan.skipped)
     return scan.files, None
 
 

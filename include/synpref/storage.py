@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +79,60 @@ def read_bytes(path: PathLike) -> bytes:
         return f.read()
 
 
+PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True}
+
+
 def write_parquet(table: pa.Table, path: PathLike) -> str:
     """Deterministic Parquet bytes (no timestamps), written in one put."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", write_statistics=True)
+    pq.write_table(table, buf, **PARQUET_OPTIONS)
     write_bytes(path, buf.getvalue())
     return uri(path)
+
+
+@contextmanager
+def parquet_writer(path: PathLike, schema: pa.Schema, compression: str = "zstd") -> Iterator[pq.ParquetWriter]:
+    """A streaming Parquet writer with ``write_parquet``'s settings (one ``write_table`` = the same bytes).
+
+    Atomic like ``write_bytes``: nothing appears at ``path`` unless the block completes. It writes a local
+    temporary file, renamed into place or, for an object store, uploaded in one go when done (so many
+    open writers hold no upload buffers)."""
+    p = as_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    local = is_local(p)
+    directory = Path(p.path).parent if local else local_scratch("parquet")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, schema, **{**PARQUET_OPTIONS, "compression": compression}) as w:
+            yield w
+        if local:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, p.path)
+        else:
+            with open(tmp, "rb") as src, p.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 8 * 2**20)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        if not local:
+            cleanup(directory)
+
+
+def copy_file(src: PathLike, dst: PathLike) -> None:
+    """One file copied, atomic at ``dst``: a hard link on a local disk (no bytes copied), a server-side copy
+    on an object store."""
+    s, d = as_path(src), as_path(dst)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    if not (is_local(s) and is_local(d)):
+        d.fs.copy(s.path, d.path)
+        return
+    tmp = f"{d.path}.{os.getpid()}.tmp"
+    Path(tmp).unlink(missing_ok=True)
+    try:
+        os.link(s.path, tmp)
+    except OSError:
+        shutil.copyfile(s.path, tmp)
+    os.replace(tmp, d.path)
 
 
 def read_parquet(path: PathLike, columns: list[str] | None = None) -> pa.Table:
