@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from synpref.adaptive_retrieval import RetrievalConfig, adaptive_retrieve, build_index, k_for_p
+from synpref.adaptive_retrieval import (
+    IndexCache,
+    RetrievalConfig,
+    adaptive_retrieve,
+    build_index,
+    k_for_p,
+    measured_recall,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +40,39 @@ def test_retrieval_excludes_labelled_dedups_and_records_puller():
     assert all(r["k"] in (8, 1) for r in rows)
 
 
-def test_large_pools_use_ivf():
+def _clustered(rng, n: int, centers: int = 50) -> np.ndarray:
+    c = rng.standard_normal((centers, 384)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.3 * rng.standard_normal((n, 384)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_a_large_clustered_pool_gets_ivf_with_the_recall_it_measured():
     rng = np.random.default_rng(1)
-    idx = build_index(_unit(rng, 3000), ivf_threshold=1000)
-    assert "IVF" in type(idx).__name__
+    vecs = _clustered(rng, 6000)
+    idx, record = build_index(vecs, recall_target=0.95, flat_max=1000)
+    assert "IVF" in type(idx).__name__ and record["kind"].startswith("IVF")
+    assert record["recall_at_8"] >= 0.95 and idx.nprobe == record["nprobe"]
+    queries = rng.choice(len(vecs), 100, replace=False)  # fresh queries: the recall holds
+    assert measured_recall(idx, vecs, queries) >= 0.9
+
+
+def test_a_pool_without_structure_falls_back_to_exact_search():
+    rng = np.random.default_rng(2)
+    idx, record = build_index(_unit(rng, 6000), recall_target=0.95, flat_max=1000)
+    assert record["kind"] == "flat" and "why" in record
+    assert max(float(v) for v in record["recall_by_nprobe"].values()) < 0.95
+
+
+def test_the_index_is_built_once_per_pool_version(tmp_path):
+    rng = np.random.default_rng(3)
+    vecs = _clustered(rng, 5000)
+    ids = [f"p{i}" for i in range(len(vecs))]
+    cache = IndexCache(tmp_path, flat_max=1000)
+    key = IndexCache.key(ids, ["sha"] * len(ids), 0.95)
+    first, rec1 = cache.get(key, vecs)
+    second, rec2 = cache.get(key, vecs)
+    assert (rec1["reused"], rec2["reused"]) == (False, True)
+    assert second.nprobe == first.nprobe
+    q = vecs[:20]
+    assert (first.search(q, 8)[1] == second.search(q, 8)[1]).all()
+    assert IndexCache.key(ids, ["other"] * len(ids), 0.95) != key  # new attributes → a new version

@@ -2,9 +2,15 @@
 
 Embed (conversation, attributes) of gold and unverified-pool pairs (sentence-transformers,
 the packaged all-MiniLM-L6-v2 by default; per-shard embedding cache keyed by pair_id + text
-hash), index the pool with FAISS (exact below ``ivf_threshold`` vectors, IVF above), and pull
-``k(p)`` neighbours for every gold pair: ``k_max`` where the RM errs (p ≤ 0.5), fewer the more
-confident it is right. The union is de-duplicated and already-labelled pairs are excluded.
+hash), index the pool with FAISS, and pull ``k(p)`` neighbours for every gold pair: ``k_max``
+where the RM errs (p ≤ 0.5), fewer the more confident it is right. The union is de-duplicated
+and already-labelled pairs are excluded.
+
+The index keeps its recall: exact (Flat) below ``FLAT_MAX`` vectors; above, IVF with ``nprobe``
+raised until recall@8 against exact search, measured on a sample of the pool's own embeddings at
+build time, reaches the target (0.95) — and exact search when no ``nprobe`` up to an eighth of the
+lists does (embeddings without cluster structure). The choice and its measured recall are recorded
+with the index, which is built once per pool version (``IndexCache``) and reused across rounds.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,9 +26,9 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from .progress import Progress
+from .progress import Progress, log
 from .schema import prompt_text
-from .storage import PathLike, as_path, read_parquet, write_parquet
+from .storage import PathLike, as_path, read_bytes, read_json, read_parquet, write_bytes, write_json, write_parquet
 
 RETRIEVAL_SCHEMA = pa.schema(
     [
@@ -36,7 +43,10 @@ RETRIEVAL_SCHEMA = pa.schema(
 )
 
 
-IVF_THRESHOLD = 200_000  # pool vectors above which the index is IVF instead of exact
+FLAT_MAX = 20_000  # pool vectors up to which search is exact (a Flat index)
+RECALL_TARGET = 0.95  # recall@8 an approximate index must reach on the pool's own embeddings
+RECALL_SAMPLE = 256  # pool vectors used as queries to measure it
+RECALL_K = 8
 
 
 def k_for_p(p: float, k_max: int) -> int:
@@ -124,14 +134,14 @@ def embed_texts(
     return out
 
 
-def _text_sha(text: str) -> str:
+def text_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def embed_rows(rows: list[dict], cache_uri: PathLike | None = None, model_name: str | None = None) -> np.ndarray:
     """Embeddings of rows, reusing ``cache_uri`` (Parquet of pair_id, text_sha, vector) and rewriting it."""
     texts = [embedding_text(r) for r in rows]
-    shas = [_text_sha(t) for t in texts]
+    shas = [text_sha(t) for t in texts]
     cached: dict[tuple[str, str], np.ndarray] = {}
     if cache_uri is not None and as_path(cache_uri).exists():
         t = read_parquet(cache_uri)
@@ -160,28 +170,97 @@ def embed_rows(rows: list[dict], cache_uri: PathLike | None = None, model_name: 
     return out
 
 
-def build_index(vectors: np.ndarray, ivf_threshold: int = IVF_THRESHOLD, seed: int = 0):
-    """FAISS inner-product index: exact (Flat) for small pools, IVF for large ones."""
+def _flat(vectors: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
+def measured_recall(index, vectors: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> float:
+    """recall@k of ``index`` against exact search, each query being a pool vector (itself left out)."""
+    _, exact = _flat(vectors).search(vectors[queries], k + 1)
+    _, got = index.search(vectors[queries], k + 1)
+    hits = [len((set(e) - {q}) & (set(g) - {q})) / k for q, e, g in zip(queries, exact, got)]
+    return float(np.mean(hits))
+
+
+def build_index(
+    vectors: np.ndarray, recall_target: float = RECALL_TARGET, flat_max: int = FLAT_MAX, seed: int = 0
+) -> tuple[object, dict]:
+    """(FAISS inner-product index, its record): exact up to ``flat_max`` vectors; above, IVF with the
+    smallest ``nprobe`` whose measured recall@8 reaches ``recall_target``, else exact."""
     import faiss
 
     n, dim = vectors.shape
-    if n < ivf_threshold:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = int(min(4096, max(64, 4 * math.sqrt(n))))
-        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        train = vectors[rng.choice(n, size=min(n, nlist * 64), replace=False)]
-        index.train(train)
-        index.nprobe = 16
+    if n <= flat_max:
+        return _flat(vectors), {"kind": "flat", "vectors": n, "recall_at_8": 1.0}
+    start = time.monotonic()
+    rng = np.random.default_rng(seed)
+    nlist = int(min(16384, max(64, 4 * math.sqrt(n))))
+    index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)])
     index.add(vectors)
-    return index
+    queries = rng.choice(n, size=min(n, RECALL_SAMPLE), replace=False)
+    tried = {}
+    nprobe = 1
+    while nprobe <= max(1, nlist // 8):
+        index.nprobe = nprobe
+        tried[nprobe] = measured_recall(index, vectors, queries)
+        if tried[nprobe] >= recall_target:
+            record = {"kind": f"IVF{nlist},Flat", "nprobe": nprobe, "recall_at_8": tried[nprobe]}
+            break
+        nprobe *= 2
+    else:
+        index = _flat(vectors)
+        record = {"kind": "flat", "recall_at_8": 1.0, "why": f"no nprobe up to {nlist // 8} reached the target"}
+    record.update(
+        vectors=n,
+        recall_target=recall_target,
+        recall_sample=len(queries),
+        recall_by_nprobe={str(k): round(v, 4) for k, v in tried.items()},
+        build_s=round(time.monotonic() - start, 1),
+    )
+    log.info("retrieval index: %s", record)
+    return index, record
+
+
+class IndexCache:
+    """The pool's retrieval index, built once per pool version: keyed by the ids and embedding texts it
+    indexes (the pool manifest's shards and their attributes), stored as ``index.faiss`` + ``index.json``
+    under ``directory/<key>/``. Exact (Flat) indexes are not stored: building one is a copy."""
+
+    def __init__(self, directory: PathLike, flat_max: int = FLAT_MAX) -> None:
+        self.directory, self.flat_max = as_path(directory), flat_max
+
+    @staticmethod
+    def key(ids: list[str], text_shas: list[str], recall_target: float) -> str:
+        h = hashlib.sha256(f"{recall_target}\n".encode())
+        for pid, sha in zip(ids, text_shas):
+            h.update(f"{pid}:{sha}\n".encode())
+        return h.hexdigest()[:20]
+
+    def get(self, key: str, vectors: np.ndarray, recall_target: float = RECALL_TARGET) -> tuple[object, dict]:
+        import faiss
+
+        base = self.directory / key
+        if (base / "index.json").exists():
+            record = read_json(base / "index.json")
+            index = faiss.deserialize_index(np.frombuffer(read_bytes(base / "index.faiss"), dtype=np.uint8))
+            index.nprobe = record["nprobe"]
+            return index, {**record, "reused": True}
+        index, record = build_index(vectors, recall_target, self.flat_max)
+        if record["kind"] != "flat":
+            write_bytes(base / "index.faiss", faiss.serialize_index(index).tobytes())
+            write_json(record, base / "index.json")  # last: marks the stored index complete
+        return index, {**record, "reused": False}
 
 
 @dataclass(frozen=True)
 class RetrievalConfig:
     k_max: int
-    ivf_threshold: int = IVF_THRESHOLD
+    recall_target: float = RECALL_TARGET
 
 
 def adaptive_retrieve(
@@ -192,13 +271,16 @@ def adaptive_retrieve(
     pool_vecs: np.ndarray,
     exclude: Iterable[str],
     config: RetrievalConfig,
+    index: object | None = None,
 ) -> pa.Table:
-    """For each gold pair, its k(p) nearest unlabelled pool pairs; union de-duplicated (best score wins)."""
+    """For each gold pair, its k(p) nearest unlabelled pool pairs; union de-duplicated (best score wins).
+
+    ``index``: the pool's index (``IndexCache``), else one is built for this call."""
     excluded = set(exclude)
     if not gold_ids or not pool_ids:
         return RETRIEVAL_SCHEMA.empty_table()
     ks = [k_for_p(p, config.k_max) for p in gold_p]
-    index = build_index(pool_vecs, config.ivf_threshold)
+    index = index if index is not None else build_index(pool_vecs, config.recall_target)[0]
     depth = min(len(pool_ids), config.k_max + min(len(excluded), 4 * config.k_max) + 1)
     scores, idx = index.search(gold_vecs.astype(np.float32), depth)
     best: dict[str, dict] = {}
@@ -226,8 +308,7 @@ def nearest_examples(
     """Few-shot examples: the ``max_examples`` most similar gold pairs of each query (never itself)."""
     if not gold_rows or max_examples <= 0 or len(query_ids) == 0:
         return {q: [] for q in query_ids}
-    index = build_index(gold_vecs)
-    _, idx = index.search(query_vecs.astype(np.float32), min(len(gold_rows), max_examples + 1))
+    _, idx = _flat(gold_vecs).search(query_vecs.astype(np.float32), min(len(gold_rows), max_examples + 1))
     out = {}
     for q, row in zip(query_ids, idx):
         exs = [gold_rows[j] for j in row if j >= 0 and gold_rows[j]["pair_id"] != q]

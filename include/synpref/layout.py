@@ -326,6 +326,11 @@ class StorageLayout:
         return self.root / "cache" / "embeddings" / shard_name
 
     @property
+    def index_cache(self) -> Any:
+        """Retrieval indexes of the pool, one per pool version (``adaptive_retrieval.IndexCache``)."""
+        return self.root / "cache" / "index"
+
+    @property
     def rounds_dir(self) -> Any:
         return self.root / "rounds"
 

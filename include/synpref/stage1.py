@@ -16,7 +16,17 @@ import numpy as np
 import pyarrow as pa
 
 from . import gold as gold_mod
-from .adaptive_retrieval import RetrievalConfig, adaptive_retrieve, embed_rows, k_for_p, nearest_examples
+from .adaptive_retrieval import (
+    RECALL_TARGET,
+    IndexCache,
+    RetrievalConfig,
+    adaptive_retrieve,
+    embed_rows,
+    embedding_text,
+    k_for_p,
+    nearest_examples,
+    text_sha,
+)
 from .annotation import annotator_stats, few_shot_examples, judge, merge_samples, status_counts
 from .attributes import generate_attributes
 from .layout import MANIFEST, SEED_ROUND, RoundLayout, StorageLayout, layout
@@ -258,6 +268,9 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
         pool_rows += rows
         pool_vecs.append(embed_rows(rows, store.embedding_cache(shard.name)))
     vecs = np.concatenate(pool_vecs) if pool_vecs else np.zeros((0, 384), np.float32)
+    pool_ids = [r["pair_id"] for r in pool_rows]
+    key = IndexCache.key(pool_ids, [text_sha(embedding_text(r)) for r in pool_rows], RECALL_TARGET)
+    index, index_record = IndexCache(store.index_cache).get(key, vecs) if pool_rows else (None, {})
     gold_rows = _rows(out.gold)
     p_by_id = {r["pair_id"]: r["p"] for r in _rows(out.gold_eval)}
     gold_vecs = embed_rows(gold_rows)
@@ -265,10 +278,11 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
         [g["pair_id"] for g in gold_rows],
         [p_by_id[g["pair_id"]] for g in gold_rows],
         gold_vecs,
-        [r["pair_id"] for r in pool_rows],
+        pool_ids,
         vecs,
         _labelled_ids(store, rnd),
         RetrievalConfig(k_max=cfg.k_max),
+        index,
     )
     write_parquet(table, out.retrieval)
     wanted = sorted(set(table.column("pair_id").to_pylist()))
@@ -287,6 +301,7 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
         "retrieved": len(wanted),
         "k_distribution": {str(k): k_dist[k] for k in sorted(k_dist)},
         "pulled_by_rm_errors": sum(1 for k in ks if k == cfg.k_max),
+        "index": index_record,
     }
     return _step_record(out, "retrieve", info)
 
