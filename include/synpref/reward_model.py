@@ -211,7 +211,8 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
         num_train_epochs=epochs,
         lr_scheduler_type="linear",
         use_cpu=True,
-        bf16=False,
+        bf16=bf16_supported(),  # mixed precision where the CPU has native bf16 (TRL's default is on)
+        gradient_checkpointing=False,  # TRL's default re-computes activations: no memory to save at this size
         eos_token=eos,
         max_length=cfg.max_length,
         seed=cfg.seed,
@@ -275,6 +276,17 @@ def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out
     return metrics
 
 
+SCORE_BATCH = 64  # sequences per forward pass when scoring (sorted by length)
+
+
+def scoring_dtype() -> dict:
+    """How a full RM is loaded for scoring: bf16 weights where the CPU has native bf16 (no per-call casts
+    as under autocast), eager attention (faster than CPU flash attention at these lengths); fp32 else."""
+    import torch
+
+    return {"dtype": torch.bfloat16 if bf16_supported() else torch.float32, "attn_implementation": "eager"}
+
+
 class RewardModel:
     """A trained RM loaded from storage; ``reward_diff(rows)`` = r(x, chosen) − r(x, rejected)."""
 
@@ -303,11 +315,13 @@ class RewardModel:
                 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
                 self._tok = AutoTokenizer.from_pretrained(str(self._local / "model"))
-                self._model = AutoModelForSequenceClassification.from_pretrained(str(self._local / "model")).eval()
+                self._model = AutoModelForSequenceClassification.from_pretrained(
+                    str(self._local / "model"), **scoring_dtype()
+                ).eval()
         return self._model
 
-    def rewards(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> np.ndarray:
-        """Scalar rewards: batched, sorted by length (less padding), inference_mode, bf16 autocast where native."""
+    def rewards(self, prompts: list[str], responses: list[str], batch_size: int = SCORE_BATCH) -> np.ndarray:
+        """Scalar rewards: batched, sorted by length (less padding), inference_mode, bf16 weights where native."""
         import torch
 
         model = self._load()
@@ -321,11 +335,7 @@ class RewardModel:
         order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.empty(len(ids), dtype=np.float64)
         pad = self._tok.pad_token_id or 0
-        with (
-            torch.inference_mode(),
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported()),
-            Progress("RM scoring", len(order), "responses") as progress,
-        ):
+        with torch.inference_mode(), Progress("RM scoring", len(order), "responses") as progress:
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
                 width = max(len(ids[i]) for i in idx)

@@ -1,0 +1,88 @@
+"""Shared helpers of the benchmark scripts: interleaved repeats, min/median, peak RSS of a process tree,
+and a table printer. Every script prints ratios measured side by side in one run (project vs baseline,
+alternating, at least 3 repeats)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
+
+
+def interleaved(runs: dict[str, Callable[[], dict]], repeats: int = 3) -> dict[str, list[dict]]:
+    """Each named run ``repeats`` times, alternating (a, b, a, b, ...): drift hits both alike."""
+    out: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            out[name].append(fn())
+    return out
+
+
+def summary(samples: list[dict], key: str) -> dict:
+    values = [s[key] for s in samples]
+    return {"min": min(values), "median": statistics.median(values)}
+
+
+def timed(fn: Callable[[], object]) -> dict:
+    start = time.perf_counter()
+    result = fn()
+    return {"s": time.perf_counter() - start, "result": result}
+
+
+def in_subprocess(code: str, env: dict | None = None, sample_s: float = 0.05) -> dict:
+    """Run ``python -c code`` (it prints one JSON object last); add its wall time and the peak RSS of its
+    whole process tree (sampled every ``sample_s``), in MB."""
+    import psutil
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
+    tree, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            procs = [tree, *tree.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs))
+        except psutil.Error:
+            pass
+        time.sleep(sample_s)
+    out = proc.stdout.read()
+    if proc.returncode:
+        raise RuntimeError(f"benchmark subprocess failed ({proc.returncode}): {out[-2000:]}")
+    return {**json.loads(out.strip().splitlines()[-1]), "wall_s": time.perf_counter() - start, "peak_mb": peak / 2**20}
+
+
+def table(title: str, header: list[str], rows: list[list]) -> str:
+    """A Markdown table (printed, and saved under benchmarks/results/)."""
+    fmt = lambda v: f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)  # noqa: E731
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(name: str, text: str) -> None:
+    """Print and save ``benchmarks/results/<name>.md`` with the machine line."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    full = f"{text}\n\nMachine: {machine()}; {time.strftime('%Y-%m-%d')}\n"
+    (RESULTS / f"{name}.md").write_text(full)
+    print(full)
