@@ -90,7 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     base, ours = summary(runs["plain TRL"], "s"), summary(runs["project"], "s")
     rows_out = [
         ["plain TRL RewardTrainer", base["min"], base["median"], steps * a.batch / base["median"], 1.0],
-        ["project (full mode)", ours["min"], ours["median"], steps * a.batch / ours["median"], base["median"] / ours["median"]],
+        [
+            "project (full mode)",
+            ours["min"],
+            ours["median"],
+            steps * a.batch / ours["median"],
+            base["median"] / ours["median"],
+        ],
     ]
     head = ["run", "min s", "median s", "pairs/s", "speed vs TRL"]
     title = f"RM training: {steps} steps × batch {a.batch} on {a.pairs} pairs ({a.repeats} repeats, interleaved)"

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
@@ -24,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from .progress import Progress
-from .storage import PathLike, as_path, read_json, write_json
+from .storage import PathLike, as_path, dumps_json, is_local, replace_local, write_json
 
 for _noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one INFO line per request would drown task logs
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -217,29 +221,38 @@ def cache_key(
 class ResponseCache:
     """``<cache_dir>/<h[:2]>/<hash>.json``: identical requests are never paid for twice.
 
-    Only real answers are stored (non-empty text); an entry that cannot be read is a miss."""
+    Only real answers are stored (non-empty text); an entry that cannot be read is a miss. A local cache
+    directory is read and written with plain ``os`` calls (hundreds of entries per second at high
+    concurrency); an object store through its path object."""
 
     def __init__(self, directory: PathLike | None, refresh: bool = False):
         self.dir = as_path(directory) if directory else None
+        self.local = Path(self.dir.path) if self.dir is not None and is_local(self.dir) else None
         self.refresh = refresh
 
     def _path(self, h: str):
-        return self.dir / h[:2] / f"{h}.json"
+        return (self.local if self.local is not None else self.dir) / h[:2] / f"{h}.json"
 
     def get(self, h: str) -> dict | None:
         if self.dir is None or self.refresh:
             return None
         p = self._path(h)
         try:
-            value = read_json(p) if p.exists() else None
+            value = json.loads(p.read_bytes()) if p.exists() else None
         except (OSError, ValueError):
             return None  # torn or corrupt entry: ask again
         ok = isinstance(value, dict) and isinstance(value.get("text"), str) and value["text"].strip()
         return value if ok else None
 
     def put(self, h: str, value: dict) -> None:
-        if self.dir is not None:
+        if self.dir is None:
+            return
+        if self.local is None:
             write_json(value, self._path(h))
+            return
+        path = self._path(h)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_local(path, dumps_json(value))
 
 
 class _RateLimiter:
@@ -297,6 +310,9 @@ class JudgeBackend(Protocol):
     async def aclose(self) -> None: ...
 
 
+CONNECTIONS_PER_CLIENT = 16
+
+
 class OpenAIBackend:
     """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, ...) via the ``openai`` client, its retries."""
 
@@ -304,20 +320,30 @@ class OpenAIBackend:
         import openai
 
         self.cfg, self.openai = cfg, openai
-        self.client = openai.AsyncOpenAI(
-            base_url=cfg.base_url, api_key=cfg.resolved_key(), max_retries=cfg.max_retries, timeout=cfg.timeout_s
-        )
+        # One client (connection pool) per CONNECTIONS_PER_CLIENT requests in flight: httpx scans its whole
+        # pool for every request, which makes one large pool CPU-bound at high concurrency.
+        self.clients = [
+            openai.AsyncOpenAI(
+                base_url=cfg.base_url, api_key=cfg.resolved_key(), max_retries=cfg.max_retries, timeout=cfg.timeout_s
+            )
+            for _ in range(math.ceil(cfg.max_concurrency / CONNECTIONS_PER_CLIENT))
+        ]
+        self.turn = itertools.cycle(self.clients)
+        self.completion_type = openai.types.chat.ChatCompletion
 
     async def complete(self, request: ChatRequest) -> Completion:
         openai, cfg = self.openai, self.cfg
         try:
-            out = await self.client.chat.completions.create(
-                model=request.model,
-                messages=[{"role": r, "content": c} for r, c in request.messages],
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                seed=request.seed,
-            )
+            # the client's own POST (its retries, errors and parsing) with a plain JSON body: the typed
+            # ``chat.completions.create`` re-walks every message through its TypedDict transform (~1 ms)
+            body = {
+                "model": request.model,
+                "messages": [{"role": r, "content": c} for r, c in request.messages],
+                "temperature": request.temperature,
+                "max_tokens": request.max_tokens,
+                "seed": request.seed,
+            }
+            out = await next(self.turn).post("/chat/completions", body=body, cast_to=self.completion_type)
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
             raise AnnotatorError(
                 f"annotator '{cfg.name}' (base_url {cfg.base_url}, model {cfg.model}) is misconfigured: "
@@ -334,7 +360,8 @@ class OpenAIBackend:
         return completion_of(out, cfg.base_url)
 
     async def aclose(self) -> None:
-        await self.client.close()
+        for client in self.clients:
+            await client.close()
 
 
 def completion_of(out: Any, where: str) -> Completion:
@@ -393,10 +420,16 @@ async def _run_async(
         return cost
 
     namespace = cfg.cache_namespace or cfg.base_url
+    hashes = [
+        cache_key(namespace, cfg.model, r.messages, cfg.temperature, cfg.max_tokens, r.sample, r.seed)
+        for r in requests
+    ]
+    # cache reads in one go and writes on one thread: file I/O never blocks the requests in flight
+    cached = await asyncio.to_thread(lambda: {h: v for h in set(hashes) if (v := cache.get(h)) is not None})
+    writer, writes = ThreadPoolExecutor(1, thread_name_prefix="llm-cache"), []
 
-    async def one(req: Request) -> Response:
-        h = cache_key(namespace, cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.sample, req.seed)
-        hit = cache.get(h)
+    async def one(req: Request, h: str) -> Response:
+        hit = cached.get(h)
         if hit is not None:
             usage.cache_hits += 1
             account(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
@@ -425,18 +458,21 @@ async def _run_async(
             "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens,
         }
-        cache.put(h, value)
+        writes.append(writer.submit(cache.put, h, value))  # off the event loop, one writer thread
         return Response(req.key, out.text, "ok")
 
-    async def counted(req: Request, progress: Progress) -> Response:
-        response = await one(req)
+    async def counted(req: Request, h: str, progress: Progress) -> Response:
+        response = await one(req, h)
         progress.update()
         return response
 
     try:
         with Progress(f"annotator {cfg.name}", len(requests), "requests") as progress:
-            return list(await asyncio.gather(*(counted(r, progress) for r in requests)))
+            responses = list(await asyncio.gather(*(counted(r, h, progress) for r, h in zip(requests, hashes))))
+        await asyncio.to_thread(lambda: [w.result() for w in writes])  # every answer stored before returning
+        return responses
     finally:
+        writer.shutdown(wait=True)
         await backend.aclose()
 
 

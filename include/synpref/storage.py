@@ -62,7 +62,11 @@ def write_bytes(path: PathLike, data: bytes) -> None:
         with p.open("wb") as f:
             f.write(data)
         return
-    target = Path(p.path)
+    replace_local(Path(p.path), data)
+
+
+def replace_local(target: Path, data: bytes) -> None:
+    """``write_bytes`` for a local path (no URI handling: the fast path of many small files)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
