@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("SYNPREF_BENCH_RESULTS", ROOT / "benchmarks" / "results"))  # tests redirect it
 
 
 def machine() -> str:

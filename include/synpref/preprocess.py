@@ -32,6 +32,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -112,26 +113,23 @@ def partitions(pool: PoolLayout) -> list[int]:
 
 
 class _Partitioner:
-    """Valid pairs of one input file → one staged Parquet file per partition (writers opened lazily)."""
+    """Valid pairs of one input file → one staged Parquet file per partition (writers opened lazily, closed
+    by ``stack``: all written, or none on an error)."""
 
-    def __init__(self, pool: PoolLayout, key: str, partitions: int) -> None:
-        self.pool, self.key, self.partitions, self.writers, self.stack = pool, key, partitions, {}, []
+    def __init__(self, pool: PoolLayout, key: str, partitions: int, stack: ExitStack) -> None:
+        self.pool, self.key, self.partitions, self.stack = pool, key, partitions, stack
+        self.writers: dict[int, pq.ParquetWriter] = {}
 
     def write(self, rows: list[dict]) -> None:
         if not rows:
             return
         table = pa.Table.from_pylist(rows, schema=STAGED_SCHEMA)
         parts = np.array([_partition(k, self.partitions) for k in table.column(CONTENT).to_pylist()])
-        for p in np.unique(parts):
-            if int(p) not in self.writers:
-                cm = parquet_writer(self.pool.staged(self.key, f"part-{p:05d}.parquet"), STAGED_SCHEMA, STAGING)
-                self.stack.append(cm)
-                self.writers[int(p)] = cm.__enter__()
-            self.writers[int(p)].write_table(table.filter(pa.array(parts == p)))
-
-    def close(self, error: BaseException | None = None) -> None:
-        for cm in reversed(self.stack):
-            cm.__exit__(type(error) if error else None, error, None)
+        for p in np.unique(parts).tolist():
+            if p not in self.writers:
+                path = self.pool.staged(self.key, f"part-{p:05d}.parquet")
+                self.writers[p] = self.stack.enter_context(parquet_writer(path, STAGED_SCHEMA, STAGING))
+            self.writers[p].write_table(table.filter(pa.array(parts == p)))
 
 
 def map_items(files: list[str]) -> list[list]:
@@ -153,29 +151,31 @@ def normalize_file(
     p = as_path(file_uri)
     src, default_source = str(p), source or p.name.split(".")[0]
     counts = {"file": file_uri, "key": key, "input": 0, "valid": 0, "quarantined": 0}
-    partitioner = _Partitioner(pool, stage, len(partitions(pool)))
     rows: list[dict] = []
-    try:
-        with parquet_writer(pool.staged(stage, "quarantine.parquet"), QUARANTINE_SCHEMA, STAGING) as quarantine:
-            bad: list[dict] = []
-            for i, raw, error in iter_raw(p, tuple(split) if split else None):
-                row = _checked_row(i, raw, error, src, default_source, bad)
-                if row is not None:
-                    rows.append(row)
-                if len(rows) >= BATCH_ROWS:
-                    counts["valid"] += len(rows)
-                    partitioner.write(rows)
-                    rows = []
-            counts["valid"] += len(rows)
-            partitioner.write(rows)
-            if counts["valid"] + len(bad) == 0 and not (split and split[0]):
-                bad.append(quarantine_row(src, FILE_LEVEL, "empty file: no records", ""))
-            quarantine.write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
-    except BaseException as e:
-        partitioner.close(e)
-        raise
-    partitioner.close()
-    counts["quarantined"] = len(bad)
+    bad: list[dict] = []
+    with ExitStack() as stack:
+        partitioner = _Partitioner(pool, stage, len(partitions(pool)), stack)
+        quarantine = stack.enter_context(
+            parquet_writer(pool.staged(stage, "quarantine.parquet"), QUARANTINE_SCHEMA, STAGING)
+        )
+        for i, raw, error in iter_raw(p, tuple(split) if split else None):
+            row = _checked_row(i, raw, error, src, default_source, bad)
+            if row is not None:
+                rows.append(row)
+            if len(rows) >= BATCH_ROWS:
+                counts["valid"] += len(rows)
+                partitioner.write(rows)
+                rows = []
+            if len(bad) >= BATCH_ROWS:
+                counts["quarantined"] += len(bad)
+                quarantine.write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
+                bad = []
+        counts["valid"] += len(rows)
+        partitioner.write(rows)
+        if counts["valid"] + counts["quarantined"] + len(bad) == 0 and not (split and split[0]):
+            bad.append(quarantine_row(src, FILE_LEVEL, "empty file: no records", ""))
+        counts["quarantined"] += len(bad)
+        quarantine.write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
     counts["input"] = counts["valid"] + counts["quarantined"]
     write_json(counts, pool.staged(stage, "counts.json"))
     return counts

@@ -1,0 +1,38 @@
+"""Smoke runs of the benchmark scripts on tiny sizes: they run and their figures are sane (no timing asserted)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+
+@pytest.fixture(autouse=True)
+def _results(tmp_path, monkeypatch):
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+
+
+def test_prepare_benchmark_runs_both_sides_on_the_same_input(tmp_path):
+    import prepare_speed
+
+    out = prepare_speed.main(["--sizes", "1500", "--repeats", "1"])
+    assert out[1500]["time_ratio"] > 0 and out[1500]["peak_mb"] > 0
+    assert "| 1,500 |" in (tmp_path / "prepare.md").read_text()
+
+
+def test_retrieval_benchmark_reports_the_recall_of_the_chosen_index(tmp_path):
+    import retrieval_speed
+
+    out = retrieval_speed.main(["--sizes", "2000", "--repeats", "1"])
+    assert out[(2000, "clustered")]["recall"] == 1.0  # exact search under FLAT_MAX
+    assert "Machine:" in (tmp_path / "retrieval.md").read_text()
+
+
+def test_judges_benchmark_measures_against_a_fixed_latency_endpoint():
+    import judges_speed
+
+    out = judges_speed.main(["--concurrency", "4", "--requests", "16", "--latency", "0.05", "--repeats", "1"])
+    assert 0.3 < out["worst_share_of_ideal"] <= 1.05
