@@ -6,7 +6,7 @@ tokenizes it itself (its default path); the project pre-tokenizes and
 trains in bf16 where the CPU has it natively (TRL's default too) without gradient checkpointing
 (TRL's default re-computes activations to save memory a 22M-parameter model does not need).
 
-    python benchmarks/training_speed.py                 # 600 pairs, 60 steps, 3 repeats
+    python benchmarks/training_speed.py                 # 300 pairs, 38 steps, 3 repeats
     python benchmarks/training_speed.py --pairs 200 --steps 10 --repeats 1   # smoke
 """
 
@@ -70,8 +70,8 @@ def project(rows: list[dict], steps: int, batch: int) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=600)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--pairs", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=38)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)

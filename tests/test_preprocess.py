@@ -164,6 +164,8 @@ def test_a_large_json_lines_file_read_in_ranges_gives_the_same_records(tmp_path,
     lines[7] = "{broken"
     lines[150] = ""
     lines[151] = "[1, 2]"
+    lines[300] = json.dumps({"prompt": "q", "chosen": "x" * 60_000, "rejected": "y"})  # over the limit set below
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 20_000)
     data = ("\ufeff" + "\n".join(lines) + "\n").encode()
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "big.jsonl").write_bytes(data)
@@ -175,12 +177,11 @@ def test_a_large_json_lines_file_read_in_ranges_gives_the_same_records(tmp_path,
     assert (
         whole["counts"]
         == split["counts"]
-        == {"input": 399, "pool": 397, "duplicates": 0, "contaminated": 0, "quarantined": 2}
+        == {"input": 399, "pool": 396, "duplicates": 0, "contaminated": 0, "quarantined": 3}
     )
-    assert [q["record_index"] for q in pq.read_table(tmp_path / "split" / "quarantine.parquet").to_pylist()] == [
-        7,
-        151,
-    ]
+    quarantine = pq.read_table(tmp_path / "split" / "quarantine.parquet").to_pylist()
+    assert [q["record_index"] for q in quarantine] == [7, 151, 300]
+    assert "over the limit" in quarantine[2]["reason"]
 
 
 def test_the_dag_steps_one_task_each_give_the_cli_pool(tmp_path, monkeypatch):

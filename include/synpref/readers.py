@@ -391,10 +391,12 @@ def _lines(stream: Any, first: int = 0, limit: int | None = None) -> Iterator[tu
         pos += len(line)
         if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
             size = len(line)
-            while (rest := stream.readline(READ_BLOCK)) and not rest.endswith(b"\n"):
-                size += len(rest)
-            pos += len(rest)
-            size += len(rest.removesuffix(b"\n"))
+            while True:  # the rest of the line, a block at a time
+                rest = stream.readline(READ_BLOCK)
+                pos += len(rest)
+                size += len(rest.removesuffix(b"\n"))
+                if not rest or rest.endswith(b"\n"):
+                    break
             yield i, size
         else:
             yield i, line.removesuffix(b"\n")
