@@ -81,11 +81,10 @@ class PairRecord(BaseModel):
 
 
 ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # = json.dumps with these options
-_ENCODE = ENCODE
 
 
 def _messages_json(conversation: Iterable[Message | dict]) -> str:
-    return _ENCODE(
+    return ENCODE(
         [
             m.model_dump() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]}
             for m in conversation
@@ -94,7 +93,7 @@ def _messages_json(conversation: Iterable[Message | dict]) -> str:
 
 
 def _canonical(conversation: Iterable[Message | dict], chosen: str, rejected: str) -> str:
-    return f"[{_messages_json(conversation)},{_ENCODE(chosen)},{_ENCODE(rejected)}]"
+    return f"[{_messages_json(conversation)},{ENCODE(chosen)},{ENCODE(rejected)}]"
 
 
 def _sha(text: str) -> str:
@@ -111,7 +110,7 @@ def pair_keys(
 
 def pair_keys_of(conversation_json: str, chosen: str, rejected: str, flipped: bool = False) -> tuple[str, str]:
     """``pair_keys`` of a conversation already encoded as compact JSON role/content messages."""
-    conv, c, r = conversation_json, _ENCODE(chosen), _ENCODE(rejected)
+    conv, c, r = conversation_json, ENCODE(chosen), ENCODE(rejected)
     first, second = (r, c) if flipped else (c, r)
     lo, hi = sorted((c, r))
     return _sha(f"[{conv},{first},{second}]"), _sha(f"[{conv},{lo},{hi}]")
