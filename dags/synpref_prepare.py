@@ -5,14 +5,16 @@ Pre-processing from the paper's appendix C as a streaming map/reduce: memory is 
 and a partition, never by the input's size (tasks map over files and partitions, never over pairs).
 
 1. `list_inputs` — every `.jsonl/.json/.parquet/.csv` (optionally `.gz`/`.zst`) under the input URI
-   (TRL conversational, prompt/chosen/rejected, HH-RLHF text or our own schema), and the number of
-   hash partitions (one per 256 MiB of input);
-2. `normalize` (mapped, one task per file) — structural checks in batches; bad records are
+   (TRL conversational, prompt/chosen/rejected, HH-RLHF text or our own schema) as work items (a
+   JSON-lines file over 64 MiB: one item per 64 MiB range), and the number of hash partitions (one
+   per 64 MiB of input);
+2. `normalize` (mapped, one task per item) — structural checks in batches; bad records are
    quarantined with a reason, never dropped silently; valid pairs are hash-partitioned by content;
 3. `list_partitions` → `reduce_partition` (mapped, one task per partition) — global de-duplication
-   (exact and mirrored copies share a partition), 13-gram decontamination against the benchmark prompts;
-4. `write_pool` — the partitions merged back into input order: Parquet shards under `<root>/pool/`,
-   one table per rule, the quarantine, and a manifest (written last) whose counts satisfy
+   (exact and mirrored copies share a partition), 13-gram decontamination against the benchmark
+   prompts; each partition's kept pairs become its shards;
+4. `write_pool` — the partitions one after the other: Parquet shards under `<root>/pool/`, one table
+   per rule, the quarantine, and a manifest (written last) whose counts satisfy
    `input = pool + duplicates + contaminated + quarantined` (checked; a mismatch fails).
 """
 
@@ -57,21 +59,21 @@ def _pool(params: dict):
 def synpref_prepare():
     @task
     def list_inputs(params: dict | None = None) -> list[list]:
-        from synpref.preprocess import clear_staging, plan_run
+        from synpref.preprocess import clear_staging, map_items, plan_run
         from synpref.readers import scan_inputs
 
         store, pool = _pool(params)
         scan = scan_inputs(path_or(params["input_uri"], store.raw))
         clear_staging(pool)  # this task owns the staging dir of the run
         plan_run(pool, scan.files, scan.skipped)
-        return [[i, f] for i, f in enumerate(scan.files)]
+        return map_items(scan.files)
 
     @task(max_active_tis_per_dagrun=8)
     def normalize(item: list, params: dict | None = None) -> dict:
         from synpref.preprocess import normalize_file
 
-        index, file_uri = item
-        return normalize_file(file_uri, index, _pool(params)[1])
+        index, file_uri, split = item
+        return normalize_file(file_uri, index, _pool(params)[1], split=split)
 
     @task
     def list_partitions(file_counts: list[dict], params: dict | None = None) -> list[int]:

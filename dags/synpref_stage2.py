@@ -117,18 +117,19 @@ def synpref_stage2():
     def list_input_files(
         rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
     ) -> list[list]:
+        from synpref.preprocess import map_items
         from synpref.stage2 import prepare_inputs
 
         params, store, run, _ = _run(params, dag_run, triggering_asset_events)
         files, _ = prepare_inputs(path_or(params["input_uri"], store.wild), run)
-        return [[i, f] for i, f in enumerate(files)]
+        return map_items(files)
 
     @task(max_active_tis_per_dagrun=8)
     def prepare_file(item: list, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
         from synpref.stage2 import step_prepare_file
 
         _, _, run, _ = _run(params, dag_run, triggering_asset_events)
-        return step_prepare_file(run, item[0], item[1])
+        return step_prepare_file(run, *item)
 
     @task(trigger_rule="none_failed")
     def finalize_prepare(

@@ -26,6 +26,7 @@ from .preprocess import (
     check_conservation,
     clear_staging,
     finalize_pool,
+    map_items,
     normalize_file,
     plan_run,
 )
@@ -112,8 +113,11 @@ def prepare_inputs(
     return scan.files, None
 
 
-def step_prepare_file(out_dir: PathLike | Stage2Layout, index: int, file_uri: str) -> dict:
-    return normalize_file(file_uri, index, _run(out_dir).prepared)
+def step_prepare_file(
+    out_dir: PathLike | Stage2Layout, index: int, file_uri: str, split: list[int] | None = None
+) -> dict:
+    """The map step of the run's own input preparation: one file, or one range of a large JSON-lines file."""
+    return normalize_file(file_uri, index, _run(out_dir).prepared, split=split)
 
 
 def step_finalize_prepare(
@@ -530,8 +534,8 @@ def run_stage2(
     rnd = store.resolve_round(rnd)
     run = begin_run(out_dir)
     files, pool = prepare_inputs(input_uri, run)
-    for i, f in enumerate(files):
-        step_prepare_file(run, i, f)
+    for i, f, split in map_items(files):
+        step_prepare_file(run, i, f, split)
     shards = step_finalize_prepare(run, cfg, benchmark_uri, pool)
     n_tasks = max(1, len(annotators) * len(shards))
     for shard in shards:
