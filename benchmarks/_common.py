@@ -15,17 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(os.environ.get("SYNPREF_BENCH_RESULTS", ROOT / "benchmarks" / "results"))  # tests redirect it
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def machine() -> str:
     """One line naming the machine the figures come from."""
-    cpu = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        cpu = "unknown CPU"
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
@@ -49,22 +48,30 @@ def timed(fn: Callable[[], object]) -> dict:
     return {"s": time.perf_counter() - start, "result": result}
 
 
-def in_subprocess(code: str, env: dict | None = None, sample_s: float = 0.05) -> dict:
+def _rss(process) -> int:
+    """Resident bytes of a process, 0 once it has exited."""
+    import psutil
+
+    try:
+        return process.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def in_subprocess(code: str, sample_s: float = 0.05) -> dict:
     """Run ``python -c code`` (it prints one JSON object last); add its wall time and the peak RSS of its
     whole process tree (sampled every ``sample_s``), in MB."""
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     tree, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
-            procs = [tree, *tree.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs))
-        except psutil.Error:
-            pass
+            children = tree.children(recursive=True)
+        except psutil.Error:  # the process exited between poll() and here
+            children = []
+        peak = max(peak, sum(_rss(p) for p in [tree, *children]))
         time.sleep(sample_s)
     out = proc.stdout.read()
     if proc.returncode:

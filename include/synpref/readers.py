@@ -209,7 +209,7 @@ def normalize(raw: Any, default_source: str) -> PairRecord:
     A ``pair_id`` in the input is never trusted: the id is computed from the content, and a supplied id
     that differs is kept as ``source_id``.
     """
-    return PairRecord(**_validated(*_fields(raw, default_source)))
+    return _validated(*_fields(raw, default_source))
 
 
 def _fields(raw: Any, default_source: str) -> tuple[list[dict], str, str, dict]:
@@ -231,10 +231,10 @@ def _fields(raw: Any, default_source: str) -> tuple[list[dict], str, str, dict]:
     return conversation, chosen, rejected, fields
 
 
-def _validated(conversation: list[dict], chosen: str, rejected: str, fields: dict) -> dict:
-    """PairRecord's validation (RecordError naming the first problem) → its fields as a dict."""
+def _validated(conversation: list[dict], chosen: str, rejected: str, fields: dict) -> PairRecord:
+    """PairRecord's validation (RecordError naming the first problem)."""
     try:
-        return PairRecord(conversation=conversation, chosen=chosen, rejected=rejected, **fields).model_dump()
+        return PairRecord(conversation=conversation, chosen=chosen, rejected=rejected, **fields)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"]) or "record"
@@ -256,7 +256,7 @@ def normalize_row(raw: Any, default_source: str) -> tuple[dict, str]:
     texts = [m["content"] for m in conversation]
     texts += (chosen, rejected)
     if not plain or chosen == rejected or any(not t or t.isspace() for t in texts):  # isspace: strip() == ""
-        row = _validated(conversation, chosen, rejected, fields)
+        row = _validated(conversation, chosen, rejected, fields).model_dump()
         return row, pair_keys(row["conversation"], row["chosen"], row["rejected"], row["flipped"])[1]
     flipped = fields.get("flipped", False)
     pair_id, content = pair_keys_of(ENCODE(conversation), chosen, rejected, flipped)  # plain role/content dicts
@@ -432,8 +432,9 @@ def _seek_line(f: Any, start: int) -> tuple[int, int]:
     f.seek(start - 1)
     if f.read(1) == b"\n":
         return count, start
-    while (rest := f.readline(READ_BLOCK)) and not rest.endswith(b"\n"):
-        pass  # the rest of a line that started in the previous range
+    rest = f.readline(READ_BLOCK)  # the rest of a line that started in the previous range
+    while rest and not rest.endswith(b"\n"):
+        rest = f.readline(READ_BLOCK)
     return count + 1, f.tell()
 
 
