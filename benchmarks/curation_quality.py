@@ -34,19 +34,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from synpref.canaries import estimates
-from synpref.consistency import PaperRule
+from synpref.canaries import estimates, label_right
+from synpref.consistency import PaperRule, RuleBase, configured_rule, decide_shard
 from synpref.evaluation import truth_agree
 from synpref.layout import StorageLayout
 from synpref.llm_client import AnnotatorConfig
+from synpref.pipeline import run_round
 from synpref.preprocess import prepare
 from synpref.reward_model import fit_bt_head, head_scores, pair_features
 from synpref.settings import PrepareConfig, RMConfig, Stage1Config, Stage2Config
 from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex, simulate_human_review
-from synpref.stage1 import run_round
 from synpref.stage2 import (
     begin_run,
-    judge_accuracy,
+    merged_verdicts,
     step_annotate_shard,
     step_finalize_prepare,
     step_prepare_file,
@@ -181,44 +181,38 @@ def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str
 # --- rules and metrics ----------------------------------------------------------------------
 
 
-def rule_variants(store: StorageLayout, rnd: str) -> dict[str, tuple[object, bool]]:
-    """name → (rule, uses judges)."""
+def rule_variants(store: StorageLayout, rnd: str) -> dict[str, tuple[RuleBase, bool]]:
+    """name → (rule as the run would configure it, uses judges)."""
     r = store.round(rnd)
     cal = read_json(r.calibration)
-    no_gold_rm = Stage2Config().rule(r)
-    no_gold_rm.rm_weights = {"best": cal["best"]["weight"]} if cal["best"]["significant"] else {}
+    default = configured_rule(Stage2Config(), r)
+    best_only = {"best": cal["best"]["weight"]} if cal["best"]["significant"] else {}
     return {
-        "paper (both_rms_reject)": (Stage2Config(decision_rule="paper").rule(r), True),
-        "paper (all_discarded)": (Stage2Config(decision_rule="paper", recycle_policy="all_discarded").rule(r), True),
-        "reliability (default)": (Stage2Config().rule(r), True),
-        "reliability, no gold RM": (no_gold_rm, True),
-        "reliability, no judges": (Stage2Config().rule(r), False),
-        "reliability, both_rms_reject": (Stage2Config(recycle_policy="both_rms_reject").rule(r), True),
-        "reliability, all_discarded": (Stage2Config(recycle_policy="all_discarded").rule(r), True),
+        "paper (both_rms_reject)": (configured_rule(Stage2Config(decision_rule="paper"), r), True),
+        "paper (all_discarded)": (
+            configured_rule(Stage2Config(decision_rule="paper", recycle_policy="all_discarded"), r),
+            True,
+        ),
+        "reliability (default)": (default, True),
+        "reliability, no gold RM": (default.model_copy(update={"rm_weights": best_only}), True),
+        "reliability, no judges": (default, False),
+        "reliability, both_rms_reject": (configured_rule(Stage2Config(recycle_policy="both_rms_reject"), r), True),
+        "reliability, all_discarded": (configured_rule(Stage2Config(recycle_policy="all_discarded"), r), True),
     }
 
 
-def decide_all(store, rnd, run, shards, rule, use_judges: bool) -> tuple[dict, list[dict]]:
-    """Decisions of one rule over the saved scores and verdicts, and its canaries' outcomes."""
-    from synpref.annotation import merge_samples
-    from synpref.canaries import label_right
-
-    accuracy = judge_accuracy(store.round(rnd))
+def decide_all(store, rnd, run, shards, rule: RuleBase, use_judges: bool) -> tuple[dict, list[dict]]:
+    """Decisions of one rule over the saved scores and verdicts (``decide_shard``, as the DAG's decide task),
+    and its canaries' outcomes."""
     out, canaries = {}, []
     for shard in shards:
         sl = run.shard(shard)
         scores = read_parquet(sl.scores).to_pylist()
-        tables = [read_parquet(p) for p in sorted((sl.dir / "annotations").glob("*/samples.parquet"))]
-        merged = {m["pair_id"]: m for m in merge_samples(tables, "majority", accuracy).to_pylist()}
-        rule.prepare(scores)
-        routed = {s["pair_id"] for s in scores if use_judges and rule.needs_judges(s)}
-        rule.prepare(scores, {p: m for p, m in merged.items() if p in routed})
-        for s in scores:
-            d = rule.decide(s, merged.get(s["pair_id"]) if s["pair_id"] in routed else None)
-            out[s["pair_id"]] = (d.decision, s["pair_id"] in routed)
-        for c in read_parquet(sl.canary_scores).to_pylist():
-            d = rule.decide(c, merged.get(c["pair_id"]) if use_judges and rule.needs_judges(c) else None)
-            canaries.append({"label_right": label_right(c["pair_id"]), "decision": d.decision})
+        names = sorted(p.parent.name for p in (sl.dir / "annotations").glob("*/samples.parquet"))
+        verdicts = merged_verdicts(sl, names, "majority", store.round(rnd)) if use_judges else {}
+        result = decide_shard(scores, verdicts, rule.fit(scores), read_parquet(sl.canary_scores).to_pylist())
+        out.update({pid: (d.decision, use_judges and result.routed[pid]) for pid, d in result.decided.items()})
+        canaries += [{"label_right": label_right(pid), "decision": d.decision} for pid, d in result.canaries.items()]
     return out, canaries
 
 

@@ -45,10 +45,11 @@ def packaged_rm(directory: Path) -> Path:
     """The packaged backbone with a 1-output head, saved as a project RM directory."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from synpref.reward_model import resolved_backbone
     from synpref.settings import RMConfig
 
     cfg = RMConfig(mode="full")
-    name = cfg.resolved_backbone()
+    name = resolved_backbone(cfg)
     AutoModelForSequenceClassification.from_pretrained(name, num_labels=1).save_pretrained(directory / "model")
     AutoTokenizer.from_pretrained(name).save_pretrained(directory / "model")
     (directory / "rm_config.json").write_text(json.dumps({**cfg.model_dump(), "backbone": name}))

@@ -29,7 +29,7 @@ def plain_trl(rows: list[dict], steps: int, batch: int) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from synpref.adaptive_retrieval import default_embedder
+    from synpref.embedding import default_embedder
 
     name = default_embedder()
     tok = AutoTokenizer.from_pretrained(name)

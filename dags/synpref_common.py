@@ -76,7 +76,8 @@ def setting_params(*models: type) -> dict[str, Param]:
 
 
 def storage(params: dict):
-    """The run's ``StorageLayout``: the ``root`` param, else $SYNPREF_ROOT, else $AIRFLOW_HOME/synpref-data."""
+    """The run's ``StorageLayout``: the ``root`` param, else $SYNPREF_ROOT, else $AIRFLOW_HOME/synpref-data;
+    its unverified pool from the ``pool_uri`` param when set (stage 1), else ``<root>/pool``."""
     from synpref.layout import StorageLayout
     from synpref.storage import use_uri_factory
 
@@ -84,7 +85,8 @@ def storage(params: dict):
     if not uri:
         uri = "file://" + os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "synpref-data")
     use_uri_factory(ObjectStoragePath)  # URIs read from manifests resolve through Airflow connections
-    return StorageLayout(ObjectStoragePath(uri))
+    pool = params.get("pool_uri")
+    return StorageLayout(ObjectStoragePath(uri), ObjectStoragePath(pool) if pool else None)
 
 
 def path_or(value: str | None, default: Any) -> Any:

@@ -88,7 +88,9 @@ def _mark_rejected(context: dict, response: dict) -> None:
     doc_md=__doc__,
     params={
         "root": ROOT_PARAM,
-        "pool_uri": optional_param("Unverified pool URI", "Empty: <root>/pool/ (made by synpref_prepare)."),
+        "pool_uri": optional_param(
+            "Unverified pool URI", "A pool made by synpref_prepare. Empty: <root>/pool/. Every step reads this pool."
+        ),
         "inbox_uri": optional_param(
             "Inbox URI", "Human verifications of this round. Empty: <root>/inbox/<round date>/."
         ),
@@ -125,10 +127,7 @@ def synpref_stage1():
 
     @task
     def list_pool_shards(params: dict | None = None) -> list:
-        from synpref.layout import PoolLayout
-
-        store = storage(params)
-        return PoolLayout(path_or(params["pool_uri"], store.pool.dir)).shards()
+        return storage(params).pool.shards()
 
     @task(pool=LLM_POOL, max_active_tis_per_dagrun=4)
     def generate_attributes(shard, params: dict | None = None, dag_run=None) -> dict:
@@ -201,7 +200,7 @@ def synpref_stage1():
         extra = {"round": rnd, "root": str(store.root), "uri": str(store.round(rnd).dir)}
         for asset in (BEST_RM, GOLD_RM, GOLD_SILVER):
             outlet_events[asset].extra = extra
-        return {"round": rnd, "manifest": str(store.round(rnd).manifest), **manifest["summary"]}
+        return {"round": rnd, "manifest": str(store.round(rnd).manifest), **manifest.summary.dump()}
 
     @task
     def write_report(merged: dict, params: dict | None = None, dag_run=None) -> dict:

@@ -5,12 +5,16 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
 
 1. **list_input_files** → **prepare_file** (mapped over input files) → **finalize_prepare**:
    structural checks, global dedup, decontamination, shards (or adopt an existing pool);
-2. **score_shard** (mapped): best-RM and gold-RM p = σ(r_w − r_l) for every pair (gold pairs are
-   marked and never scored by the gold RM);
-3. **annotate_shard** (mapped over annotator × shard, pool `llm_api`): pairs with
-   p_best ≤ 0.5 + band go to preference-aware LLM re-annotation with few-shot gold examples;
-4. **decide_shard** (mapped): keep iff gold RM agrees AND (best RM agrees OR LLM judges agree);
-   recycle (flip) per policy; else drop — every pair with its reason;
+2. **score_shard** (mapped): best-RM and gold-RM reward differences for every pair (gold pairs are
+   marked and never scored); the decision rule (`decision_rule`) is fitted to the shard and stored with
+   it, and routes pairs to the judges — `reliability` (default): every pair whose confidence from the
+   RMs alone is below `rm_only_confidence`; `paper`: p_best ≤ 0.5 + band;
+3. **annotate_shard** (mapped over annotator × shard, pool `llm_api`): the routed pairs (and blind
+   canaries) get preference-aware LLM re-annotation with few-shot gold examples;
+4. **decide_shard** (mapped): the stored rule decides every pair — `reliability`: keep when the
+   confidence from RMs, judges and prior reaches the kept set's target precision, flip on positive
+   evidence; `paper`: keep iff gold RM agrees AND (best RM agrees OR LLM judges agree), recycle per
+   policy — every pair with its reason;
 5. **check_conservation**: input = kept + recycled + dropped + quarantined + duplicates + contaminated,
    per shard and overall, or the run fails;
 6. **estimate_quality** (blind canaries → `estimates.json`) → **write_report** (HTML report with figures,
@@ -148,7 +152,7 @@ def synpref_stage2():
         from synpref.stage2 import step_score
 
         _, store, run, cfg = _run(params, dag_run, triggering_asset_events)
-        return {"shard_uri": shard, **step_score(store, run, rnd, shard, cfg)}
+        return {"shard_uri": shard, **step_score(store, run, rnd, shard, cfg).for_xcom()}
 
     @task
     def annotator_ids(rnd: str, params: dict | None = None) -> list[str]:
@@ -178,7 +182,7 @@ def synpref_stage2():
         from synpref.stage2 import step_decide
 
         params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
-        return step_decide(store, run, rnd, score["shard_uri"], list(params["annotators"]), cfg)
+        return step_decide(store, run, rnd, score["shard_uri"], list(params["annotators"]), cfg).for_xcom()
 
     @task(trigger_rule="none_failed")
     def check_conservation(
@@ -196,7 +200,7 @@ def synpref_stage2():
         from synpref.stage2 import step_estimate
 
         _, _, run, cfg = _run(params, dag_run, triggering_asset_events)
-        return step_estimate(run, rnd, counts, cfg)
+        return step_estimate(run, rnd, counts, cfg).dump()
 
     @task(outlets=[CURATED_DATASET])
     def export_dataset(
@@ -212,7 +216,7 @@ def synpref_stage2():
         params, _, run, cfg = _run(params, dag_run, triggering_asset_events)
         manifest = step_export(run, rnd, counts, cfg, params, date=round_name(dag_run))
         outlet_events[CURATED_DATASET].extra = {"uri": str(run.dir), "round": rnd, **counts}
-        return {"out": str(run.dir), **manifest["counts"]}
+        return {"out": str(run.dir), **manifest.counts}
 
     @task
     def write_report(estimates: dict, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:

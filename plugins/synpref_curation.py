@@ -109,27 +109,21 @@ def _fmt(x: Any) -> str:
 
 
 def _rows(kind: str, index: int, root: str, names: list[str]) -> str:
-    import json
+    from synpref.records import RoundManifest, Stage2Manifest
 
     store = _store(root)
     out = []
     for name in names:
         target = store.round(name) if kind == "round" else store.stage2(name)
-        m = json.loads(_manifest_bytes(target.manifest))
+        raw = _manifest_bytes(target.manifest)
         link = f'<a href="{kind}?root={index}&amp;name={html.escape(name)}">{html.escape(name)}</a>'
         if kind == "round":
-            s = m["summary"]
-            cells = [
-                s["gold"],
-                s["silver"],
-                s["best_rm_gold_accuracy"],
-                s["retrieved"],
-                s["review_queue"],
-                s["cost_usd"],
-            ]
+            s = RoundManifest.model_validate_json(raw).summary
+            cells = [s.gold, s.silver, s.best_rm_gold_accuracy, s.retrieved, s.review_queue, s.cost_usd]
         else:
-            c = m["counts"]
-            cells = [m["round"], c["input"], c["kept"], c["recycled"], c["dropped"], c.get("quarantined", 0)]
+            m = Stage2Manifest.model_validate_json(raw)
+            c = m.counts
+            cells = [m.round, c["input"], c["kept"], c["recycled"], c["dropped"], c.get("quarantined", 0)]
         out.append("<tr><td>" + link + "</td>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in cells) + "</tr>")
     return "\n".join(out)
 

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from synpref.records import PoolManifest, Stage2Manifest
 from synpref.report import fmt
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,7 +175,7 @@ def main() -> int:
             logs / "prepare.log",
             env,
         )
-        pool = json.loads((storage / "pool" / "manifest.json").read_text())["counts"]
+        pool = PoolManifest.read(storage / "pool" / "manifest.json").counts
         print(f"   pool {pool}")
 
         conf = {"rm_mode": args.rm_mode, "k_max": 8, "samples": 3}
@@ -272,17 +273,18 @@ def main() -> int:
             f"   label accuracy vs hidden truth: input {acc['input']:.3f} | kept {acc['kept']:.3f} | recycled "
             f"{acc['recycled'] or 0:.3f} | dropped {acc['dropped'] or 0:.3f}"
         )
-        quality = json.loads((s2 / "manifest.json").read_text())["quality_estimates"]
-        if quality.get("canaries"):
-            est = {k: quality[k] for k in ("kept_precision", "retention", "recycled_precision")}
+        manifest = Stage2Manifest.read(s2 / "manifest.json")
+        quality = manifest.quality_estimates
+        if quality.canaries:
+            est = {k: getattr(quality, k) for k in ("kept_precision", "retention", "recycled_precision")}
             print(
-                f"   estimated without the truth, from {quality['canaries']} blind canaries (95% intervals): "
+                f"   estimated without the truth, from {quality.canaries} blind canaries (95% intervals): "
                 + " | ".join(
-                    f"{k.replace('_', ' ')} {fmt(v['estimate'])} [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]"
+                    f"{k.replace('_', ' ')} {fmt(v.estimate)} [{fmt(v.ci_low)}, {fmt(v.ci_high)}]"
                     for k, v in est.items()
                 )
             )
-        print(f"   decision rule: {json.loads((s2 / 'manifest.json').read_text())['config']['decision_rule']}")
+        print(f"   decision rule: {manifest.config['decision_rule']}")
         print(f"== done in {time.time() - t0:.0f} s. Outputs:")
         print(f"   storage root      {storage}")
         print(f"   stage-1 rounds    {storage / 'rounds'}/<date>/manifest.json")

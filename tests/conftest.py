@@ -134,3 +134,40 @@ def label_studio(tmp_path_factory):
     server = LabelStudioServer(tmp_path_factory.mktemp("label-studio")).start()
     yield server
     server.stop()
+
+
+class LongerIsBetter:
+    """A toy signal (one class): the longer response is the better one."""
+
+    name = "length"
+
+    def logits(self, rows: list[dict]):
+        import numpy as np
+
+        return np.array([len(r["chosen"]) - len(r["rejected"]) for r in rows], dtype=np.float64)
+
+
+def _length_rule():
+    from typing import Literal
+
+    from synpref.consistency import Decided, RuleBase
+
+    class LengthRule(RuleBase):
+        """A toy decision rule (one class) on the toy signal: never asks the judges, drops what the signal rejects."""
+
+        kind: Literal["length"] = "length"
+
+        def needs_judges(self, scores: dict) -> bool:
+            return False
+
+        def decide(self, scores: dict, judgement: dict | None) -> Decided:
+            return (
+                Decided("kept", "longer chosen")
+                if scores["logit_length"] > 0
+                else Decided("dropped", "shorter chosen")
+            )
+
+    return LengthRule
+
+
+LengthRule = _length_rule()

@@ -9,10 +9,11 @@ import random
 import pyarrow as pa
 
 from synpref.layout import DECISIONS, PoolLayout, StorageLayout
+from synpref.records import PoolManifest, RoundManifest, ShardDecided, Stage2Manifest
 from synpref.reward_model import EVAL_SCHEMA
 from synpref.schema import PAIR_SCHEMA
 from synpref.settings import HIST_BINS
-from synpref.storage import write_json, write_parquet
+from synpref.storage import write_parquet
 
 CATEGORIES = ("math", "coding", "safety", "factual_qa", "instruction_following")
 JUDGES = ("judge-a", "judge-b", "judge-c")
@@ -36,42 +37,85 @@ def fake_round(store: StorageLayout, rnd: str, index: int, gold: int = 200, seed
     ]
     write_parquet(pa.Table.from_pylist(evals, schema=EVAL_SCHEMA), out.gold_eval)
     write_parquet(PAIR_SCHEMA.empty_table(), out.silver)
+    validation = [{**_pair(p), "task_category": CATEGORIES[i % 5]} for i, p in enumerate(ids) if i % 5 == 0]
+    write_parquet(pa.Table.from_pylist(validation, schema=PAIR_SCHEMA), out.gold_validation)
     judges = {
         j: {
             "accuracy": 0.8 + 0.05 * k,
             "ci_low": 0.7 + 0.05 * k,
             "ci_high": 0.9 + 0.03 * k,
             "n": 64,
+            "significant": True,
             "pairs": 64,
             "abstained": k,
             "position_bias": 0.1 * k,
         }
         for k, j in enumerate(JUDGES)
     }
+    calibration = {"weight": 1.0, "n": gold // 5, "ci_low": 0.6, "ci_high": 0.9, "significant": True}
+    calibration |= {"ece_before": 0.1, "ece_after": 0.05, "brier_before": 0.2, "brier_after": 0.15}
+    intake = {k: 0 for k in ("inbox_verifications", "inbox_quarantined", "inbox_conflicts", "inbox_unknown_pairs")}
+    intake |= {"gold": gold, "gold_train": gold - gold // 5, "gold_validation": gold // 5, "discarded": 0}
+    retrieved = 300 + 10 * index
     steps = {
-        "intake": {"gold": gold},
+        "intake": {"previous_round": "0000-seed", "silver_source": "seed/silver", "silver_in": 1000, **intake},
+        "train_best_rm": {"uri": str(out.best_rm)},
+        "train_gold_rm": {"uri": str(out.gold_rm)},
         "evaluate": {
+            "best_rm_gold_accuracy": acc,
             "per_category": {c: {"accuracy": acc - 0.05 * k, "pairs": gold // 5} for k, c in enumerate(CATEGORIES)},
-            "calibration": {"gold": {"n": gold // 5}},
+            "errors": 0,
+            "gold_rm_validation_accuracy": acc - 0.03,
+            "calibration": {"gold": calibration, "best": calibration},
         },
-        "retrieve": {"k_distribution": {"2": 30, "4": 50, "8": 20 + index}, "retrieved": 300 + 10 * index},
-        "merge": {"judges": {"annotators": judges}},
+        "retrieve": {
+            "pool_pairs": 4000,
+            "gold_pairs": gold,
+            "retrieved": retrieved,
+            "k_distribution": {"2": 30, "4": 50, "8": 20 + index},
+            "pulled_by_rm_errors": 20 + index,
+            "index": {},
+        },
+        "merge": {
+            "silver_total": 1000 + 300 * index,
+            "review_queue": 40,
+            "verdicts": {},
+            "annotator_stats": {},
+            "judges": {"annotators": judges},
+            "usage": {},
+            "cost_usd": 1.5,
+            "tokens": 200_000,
+        },
     }
     summary = {
+        "silver_source": "seed/silver",
+        **{
+            k: intake[k]
+            for k in ("inbox_verifications", "inbox_quarantined", "inbox_conflicts", "inbox_unknown_pairs")
+        },
         "gold": gold,
         "silver": 1000 + 300 * index,
         "review_queue": 40,
-        "retrieved": 300 + 10 * index,
+        "retrieved": retrieved,
         "best_rm_gold_accuracy": acc,
         "gold_rm_validation_accuracy": acc - 0.03,
         "cost_usd": 1.5,
         "tokens": 200_000,
+        "judges": {j: {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "n")} for j, v in judges.items()},
         "warnings": [],
     }
-    write_json(
-        {"kind": "stage1_round", "round": rnd, "previous_round": "0000-seed", "steps": steps, "summary": summary},
-        out.manifest,
-    )
+    manifest = {"kind": "stage1_round", "round": rnd, "previous_round": "0000-seed", "steps": steps}
+    RoundManifest.model_validate({**manifest, "summary": summary, "params": {}, "artifacts": []}).write(out.manifest)
+
+
+def _pair(pair_id: str) -> dict:
+    return {f: None for f in PAIR_SCHEMA.names} | {
+        "pair_id": pair_id,
+        "conversation": [{"role": "user", "content": "q"}],
+        "chosen": "a",
+        "rejected": "b",
+        "flipped": False,
+    }
 
 
 def fake_rounds(store: StorageLayout, n: int, gold: int = 200) -> list[str]:
@@ -85,21 +129,29 @@ def fake_stage2(store: StorageLayout, name: str, shards: int, pairs_per_shard: i
     run = store.stage2(name)
     pool = PoolLayout(run.prepared.dir)
     shard_names = [pool.shard_name(i) for i in range(shards)]
-    write_json({"kind": "pool", "shards": [{"name": s, "count": pairs_per_shard} for s in shard_names]}, pool.manifest)
+    PoolManifest(
+        kind="pool",
+        counts={"input": shards * pairs_per_shard, "pool": shards * pairs_per_shard, "quarantined": 0},
+        shards=[{"name": s, "count": pairs_per_shard} for s in shard_names],
+        files=[],
+        skipped_files=[],
+    ).write(pool.manifest)
     share = {"kept": 0.7, "recycled": 0.1, "dropped": 0.2}
     for s in shard_names:
         n = {d: int(pairs_per_shard * share[d]) for d in DECISIONS}
         hist = {d: [n[d] // HIST_BINS] * HIST_BINS for d in DECISIONS}
         cats = {c: {d: n[d] // 5 for d in DECISIONS} for c in CATEGORIES}
-        write_json(
-            {
-                "shard": s,
-                "input": pairs_per_shard,
-                **n,
-                "summary": {"p_best": hist, "p_gold": hist, "categories": cats},
-            },
-            run.shard(s).success,
-        )
+        ShardDecided(
+            shard=s,
+            input=pairs_per_shard,
+            **n,
+            summary={"p_best": hist, "p_gold": hist, "categories": cats},
+            canaries=0,
+            routed_to_llm=0,
+            rule={"kind": "paper"},
+            fitted={},
+            fingerprint="0" * 16,
+        ).write(run.shard(s).success)
     total = shards * pairs_per_shard
     counts = {
         "input": total + 300,
@@ -119,7 +171,7 @@ def fake_stage2(store: StorageLayout, name: str, shards: int, pairs_per_shard: i
         "retention": q,
         "recycled_precision": q,
     }
-    write_json(
+    Stage2Manifest.model_validate(
         {
             "kind": "stage2_run",
             "run": name,
@@ -127,6 +179,9 @@ def fake_stage2(store: StorageLayout, name: str, shards: int, pairs_per_shard: i
             "counts": counts,
             "quality_estimates": quality,
             "config": {"decision_rule": "reliability"},
-        },
-        run.manifest,
-    )
+            "params": {},
+            "splits": {d: [] for d in DECISIONS},
+            "tables": [],
+            "dataset_card": "README.md",
+        }
+    ).write(run.manifest)

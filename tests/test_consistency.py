@@ -1,20 +1,28 @@
-"""The paper's decision rule, and how a new signal and a new rule plug into stage 2."""
+"""The decision rules, the pure decision protocol (``decide_shard``), and how a new signal and a new rule plug in."""
 
 import itertools
 
-import numpy as np
 import pytest
 
-from synpref.consistency import Decided, PaperRule, ReliabilityRule, score_rows, scores_schema, signal_logit
-from synpref.reward_model import p_from_diff
+from conftest import LengthRule, LongerIsBetter
+from synpref.consistency import (
+    PaperRule,
+    ReliabilityRule,
+    decide_shard,
+    load_rule,
+    p_of,
+    score_rows,
+    scores_schema,
+)
+from synpref.reliability import logit
 from synpref.settings import Stage2Config
 
 
 @pytest.mark.parametrize("gold_ok,best_ok,llm_ok", list(itertools.product([True, False], repeat=3)))
 @pytest.mark.parametrize("policy", ["both_rms_reject", "all_discarded"])
 def test_decision_table(gold_ok, best_ok, llm_ok, policy):
-    scores = {"p_gold": 0.9 if gold_ok else 0.1, "p_best": 0.9 if best_ok else 0.1}
-    decided = PaperRule(0.0, policy).decide(scores, {"verdict": "agree" if llm_ok else "disagree"})
+    scores = {"logit_gold": logit(0.9 if gold_ok else 0.1), "logit_best": logit(0.9 if best_ok else 0.1)}
+    decided = PaperRule(band=0.0, recycle_policy=policy).decide(scores, {"verdict": "agree" if llm_ok else "disagree"})
     decision, reason = decided.decision, decided.reason
     if gold_ok and (best_ok or llm_ok):
         assert decision == "kept"
@@ -30,62 +38,31 @@ def test_decision_table(gold_ok, best_ok, llm_ok, policy):
     "p_best,band,routed", [(0.5, 0.0, True), (0.51, 0.0, False), (0.55, 0.1, True), (0.61, 0.1, False)]
 )
 def test_band_routing(p_best, band, routed):
-    assert PaperRule(band, "both_rms_reject").needs_judges({"p_best": p_best}) is routed
+    assert PaperRule(band=band).needs_judges({"logit_best": logit(p_best)}) is routed
 
 
 def test_inside_the_band_the_best_rm_does_not_count():
-    assert PaperRule(0.1, "both_rms_reject").decide({"p_best": 0.55, "p_gold": 0.9}, None).decision == "dropped"
+    scores = {"logit_best": logit(0.55), "logit_gold": logit(0.9)}
+    assert PaperRule(band=0.1).decide(scores, None).decision == "dropped"
 
 
 def test_scores_schema_keeps_the_paper_column_order():
     names = scores_schema(["best", "gold"]).names
-    assert names == [
-        "pair_id",
-        "in_gold",
-        "p_best",
-        "p_gold",
-        "log_p_best",
-        "log_p_gold",
-        "routed_to_llm",
-        "label_conflict",
-    ]
-
-
-class LongerIsBetter:
-    """A toy signal (one class): the longer response is the better one."""
-
-    name = "length"
-
-    def logits(self, rows: list[dict]) -> np.ndarray:
-        return np.array([len(r["chosen"]) - len(r["rejected"]) for r in rows], dtype=np.float64)
-
-
-class LengthRule:
-    """A toy decision rule (one class) on the toy signal: never asks the judges, drops what the signal rejects."""
-
-    def prepare(self, scores: list[dict], judgements: dict | None = None) -> dict:
-        return {}
-
-    def needs_judges(self, scores: dict) -> bool:
-        return False
-
-    def decide(self, scores: dict, judgement: dict | None) -> Decided:
-        return Decided("kept", "longer chosen") if scores["p_length"] > 0.5 else Decided("dropped", "shorter chosen")
+    assert names == ["pair_id", "in_gold", "logit_best", "logit_gold", "routed_to_llm", "label_conflict"]
 
 
 def test_a_new_signal_and_a_new_rule_are_one_class_each():
     rows = [{"chosen": "a long answer", "rejected": "short"}, {"chosen": "short", "rejected": "a long answer"}]
     scores = score_rows([LongerIsBetter()], rows)
-    assert sorted(scores) == ["log_p_length", "p_length"]
-    decisions = [LengthRule().decide({"p_length": p}, None).decision for p in scores["p_length"]]
+    assert sorted(scores) == ["logit_length"]
+    decisions = [LengthRule().decide({"logit_length": x}, None).decision for x in scores["logit_length"]]
     assert decisions == ["kept", "dropped"]
+    assert load_rule(LengthRule().model_dump()) == LengthRule()  # stored with a shard, read back as its class
 
 
-def _scores(best: float, gold: float) -> dict:
+def _scores(best: float, gold: float, pair_id: str = "p") -> dict:
     """A scores row from raw reward differences."""
-    (p_b,), (lp_b,) = p_from_diff([best])
-    (p_g,), (lp_g,) = p_from_diff([gold])
-    return {"p_best": p_b, "log_p_best": lp_b, "p_gold": p_g, "log_p_gold": lp_g, "in_gold": False}
+    return {"pair_id": pair_id, "logit_best": best, "logit_gold": gold, "in_gold": False, "label_conflict": False}
 
 
 def _judgement(*verdicts: str) -> dict:
@@ -103,23 +80,28 @@ def _judge(accuracy: float, significant: bool = True) -> dict:
 DEFAULTS = {  # the settings' defaults
     k: getattr(Stage2Config(), k) for k in ("target_precision", "min_confidence", "rm_only_confidence")
 } | {"recycle_policy": "positive_evidence"}
-GOOD_JUDGES = {"annotators": {f"j{i}": _judge(0.9) for i in range(3)}, "shrink": 1.0}
+GOOD_JUDGES = {f"j{i}": _judge(0.9) for i in range(3)}
 BAD_JUDGE = _judge(0.55, significant=False)
 
 
-def test_signal_logit_inverts_the_stored_log_p():
-    assert signal_logit(_scores(2.5, -1.0), "best") == pytest.approx(2.5)
-    assert signal_logit(_scores(2.5, -1.0), "gold") == pytest.approx(-1.0)
+def _rule(weights: dict, judges: dict | None = None, **kw) -> ReliabilityRule:
+    return ReliabilityRule(rm_weights=weights, judges=GOOD_JUDGES if judges is None else judges, **DEFAULTS | kw)
+
+
+def test_p_is_derived_from_the_stored_logit():
+    assert p_of(_scores(0.0, 2.0), "best") == 0.5
+    assert p_of(_scores(0.0, 40.0), "gold") == pytest.approx(1.0)
+    assert p_of({"logit_best": None}, "best") is None  # a gold pair is never scored
 
 
 def test_confident_rms_keep_a_pair_without_the_judges():
-    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, **DEFAULTS)
+    rule = _rule({"best": 1.0, "gold": 1.0})
     assert not rule.needs_judges(_scores(4.0, 4.0))
     assert rule.decide(_scores(4.0, 4.0), None).decision == "kept"
 
 
 def test_uncertain_pairs_go_to_the_judges_and_agreeing_judges_keep_them():
-    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, **DEFAULTS)
+    rule = _rule({"best": 1.0, "gold": 1.0})
     s = _scores(0.5, -0.2)
     assert rule.needs_judges(s)
     decided = rule.decide(s, _judgement("agree", "agree", "agree"))
@@ -129,15 +111,14 @@ def test_uncertain_pairs_go_to_the_judges_and_agreeing_judges_keep_them():
 
 
 def test_a_flip_needs_the_judges_to_disagree():
-    rule = ReliabilityRule({"best": 1.0, "gold": 1.0}, GOOD_JUDGES, **DEFAULTS)
+    rule = _rule({"best": 1.0, "gold": 1.0})
     s = _scores(-4.0, -4.0)
     assert rule.decide(s, None).decision == "dropped"  # RM evidence alone never flips
     assert rule.decide(s, _judgement("disagree", "disagree", "disagree")).decision == "recycled"
 
 
 def test_a_source_not_better_than_chance_can_not_veto():
-    judges = {"annotators": {**GOOD_JUDGES["annotators"], "j2": BAD_JUDGE}, "shrink": 1.0}
-    rule = ReliabilityRule({"best": 1.0, "gold": 0.0}, judges, **DEFAULTS)
+    rule = _rule({"best": 1.0, "gold": 0.0}, {**GOOD_JUDGES, "j2": BAD_JUDGE})
     decided = rule.decide(_scores(0.3, -9.0), _judgement("agree", "agree", "disagree"))
     assert decided.evidence["judge_j2"] == 0.0
     assert "rm_gold" not in decided.evidence
@@ -145,23 +126,94 @@ def test_a_source_not_better_than_chance_can_not_veto():
 
 
 def test_the_prior_is_the_estimated_share_of_right_labels():
-    rule = ReliabilityRule({"best": 1.0}, {}, **DEFAULTS)
-    rows = [{"log_p_best": p_from_diff([d])[1][0]} for d in [3.0] * 70 + [-3.0] * 30]
-    info = rule.prepare(rows)
-    assert info["prior_label_accuracy"] == pytest.approx(0.7, abs=0.05)
+    rule = _rule({"best": 1.0}, {})
+    rows = [_scores(d, 0.0, str(i)) for i, d in enumerate([3.0] * 70 + [-3.0] * 30)]
+    fitted = rule.fit(rows)
+    assert fitted.summary()["prior_label_accuracy"] == pytest.approx(0.7, abs=0.05)
+    assert rule.prior == 0.5  # fitting returns a new value; the configured rule is unchanged
 
 
 def test_the_keep_threshold_keeps_the_largest_set_whose_expected_precision_reaches_the_target():
-    rule = ReliabilityRule({"best": 1.0}, {}, **DEFAULTS)
-    assert rule.set_threshold([0.999] * 90 + [0.95] * 10) == pytest.approx(0.95)  # mean 0.9941
-    assert rule.set_threshold([0.99] * 10 + [0.95] * 10) == pytest.approx(0.98)  # all 0.95s: mean 0.97, too low
-    assert rule.set_threshold([0.999] * 100 + [0.85] * 5) == pytest.approx(0.98)  # never below the floor
+    rule = _rule({"best": 1.0}, {})
+    assert rule.threshold([0.999] * 90 + [0.95] * 10) == pytest.approx(0.95)  # mean 0.9941
+    assert rule.threshold([0.99] * 10 + [0.95] * 10) == pytest.approx(0.98)  # all 0.95s: mean 0.97, too low
+    assert rule.threshold([0.999] * 100 + [0.85] * 5) == pytest.approx(0.98)  # never below the floor
 
 
 def test_a_label_conflict_takes_the_prior_away():
-    rule = ReliabilityRule({"best": 1.0}, {}, **DEFAULTS)
-    rule.prior = 0.8
+    rule = _rule({"best": 1.0}, {}, prior=0.8)
     plain = rule.decide(_scores(1.0, 0.0), None)
     conflicted = rule.decide({**_scores(1.0, 0.0), "label_conflict": True}, None)
     assert plain.evidence["prior"] > 0
     assert conflicted.evidence["prior"] == 0.0
+
+
+def test_a_rule_survives_its_json_record_exactly():
+    rule = _rule({"best": 0.7, "gold": 0.3}, prior=0.8123456789, keep_threshold=0.95)
+    back = load_rule(rule.model_dump(mode="json"))
+    assert back == rule
+    assert isinstance(back, ReliabilityRule)
+
+
+def test_an_unknown_rule_kind_is_a_one_line_error():
+    with pytest.raises(ValueError, match="unknown decision rule kind 'nope'"):
+        load_rule({"kind": "nope"})
+
+
+def test_the_settings_record_the_confidences_the_rule_uses():
+    cfg = Stage2Config(target_precision=0.99, min_confidence=0.995, rm_only_confidence=0.98)
+    assert (cfg.min_confidence, cfg.rm_only_confidence) == (0.99, 0.99)
+    assert cfg.model_dump()["min_confidence"] == 0.99
+
+
+SHARD = [_scores(4.0, 4.0, "sure"), _scores(0.2, 0.1, "unsure"), _scores(-4.0, -4.0, "wrong")]
+SHARD.append({"pair_id": "gold", "logit_best": None, "logit_gold": None, "in_gold": True, "label_conflict": False})
+
+
+def test_decide_shard_routes_refits_and_decides_every_pair_once():
+    rule = _rule({"best": 1.0, "gold": 1.0}).fit(SHARD)
+    verdicts = {"unsure": _judgement("agree", "agree", "agree"), "wrong": _judgement("disagree", "disagree")}
+    verdicts["sure"] = _judgement("disagree", "disagree", "disagree")  # not routed: must not count
+    result = decide_shard(SHARD, verdicts, rule)
+    assert result.routed == {"sure": False, "unsure": True, "wrong": True, "gold": False}
+    assert {p: d.decision for p, d in result.decided.items()} == {
+        "sure": "kept",
+        "unsure": "kept",
+        "wrong": "recycled",
+        "gold": "kept",
+    }
+    assert result.decided["gold"].reason.startswith("human-verified")
+    assert "judge_j0" not in result.decided["sure"].evidence
+    assert result.rule.keep_threshold is not None  # refitted to the judgements
+    assert result.rule.prior == rule.prior  # the prior is the one fitted at scoring
+
+
+def test_decide_shard_is_pure():
+    rule = _rule({"best": 1.0, "gold": 1.0}).fit(SHARD)
+    verdicts = {"unsure": _judgement("agree", "agree", "agree")}
+    first, second = decide_shard(SHARD, verdicts, rule), decide_shard(SHARD, dict(verdicts), rule)
+    assert first == second
+    assert rule.keep_threshold is None
+
+
+def test_decide_shard_without_verdicts_drops_what_only_the_judges_could_keep():
+    rule = _rule({"best": 1.0, "gold": 1.0}).fit(SHARD)
+    result = decide_shard(SHARD, {}, rule)
+    assert result.decided["unsure"].decision == "dropped"
+    assert result.decided["unsure"].reason == "no judge verdict"
+
+
+def test_canaries_are_routed_by_the_rule_fitted_at_scoring_and_decided_by_the_refitted_one():
+    rule = _rule({"best": 1.0, "gold": 1.0}).fit(SHARD)
+    canaries = [_scores(0.2, 0.1, "canary:0:0"), _scores(5.0, 5.0, "canary:0:1")]
+    verdicts = {"canary:0:0": _judgement("agree", "agree", "agree"), "canary:0:1": _judgement("disagree")}
+    result = decide_shard(SHARD, verdicts, rule, canaries)
+    assert result.canaries_routed == {"canary:0:0": True, "canary:0:1": False}
+    assert result.canaries["canary:0:0"].decision == "kept"
+    assert "judge_j0" not in result.canaries["canary:0:1"].evidence
+
+
+def test_the_paper_rule_needs_nothing_fitted():
+    rule = PaperRule(band=0.1)
+    assert rule.fit(SHARD, {}) is rule
+    assert rule.summary() == {}

@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 
 from conftest import REPO, airflow_env
 
@@ -12,9 +11,7 @@ def test_dagbag_integrity(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "dags"))  # Airflow puts the DAGS_FOLDER on sys.path; do it for this process
     from airflow.dag_processing.dagbag import DagBag
 
-    t = time.time()
     bag = DagBag(dag_folder=str(REPO / "dags"))
-    elapsed = time.time() - t
     assert not bag.import_errors, bag.import_errors
     assert set(bag.dag_ids) == {"synpref_prepare", "synpref_stage1", "synpref_stage2"}
     for dag in bag.dags.values():
@@ -52,7 +49,6 @@ def test_dagbag_integrity(monkeypatch):
         "pool_uri",
         "inbox_uri",
     } <= set(s1.params)
-    assert elapsed < 2.0, f"loading dags/ took {elapsed:.2f}s"
 
 
 def test_no_heavy_imports_at_dag_top_level():

@@ -169,7 +169,7 @@ def test_stage1_rounds_then_stage2(world, airflow_home):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from synpref.adaptive_retrieval import default_embedder
+    from synpref.embedding import default_embedder
 
     ds = datasets.load_dataset(
         "parquet",

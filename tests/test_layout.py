@@ -1,12 +1,13 @@
 """The storage layout: round bookkeeping, and the README's layout block checked against the layout objects."""
 
+import inspect
 import re
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from synpref.layout import SEED_ROUND, PoolLayout, RoundLayout, Stage2Layout, StorageLayout
+from synpref.layout import SEED_ROUND, PoolLayout, RoundLayout, ShardLayout, Stage2Layout, StorageLayout
 from synpref.storage import write_json
 
 
@@ -62,48 +63,80 @@ def test_resolve_round_names_latest_and_refuses_unfinished(tmp_path):
         store.resolve_round("2026-11-03")
 
 
+NOT_PATHS = {  # layout members that are bookkeeping, not a path of their own
+    "name",
+    "is_complete",
+    "shard_name",
+    "shards",
+    "shard_uris",
+    "completed_stage2_runs",
+    "completed_rounds",
+    "rounds_in_progress",
+    "begin_round",
+    "previous_round",
+    "resolve_round",
+    "pool",
+    "table",  # RoundLayout's tables are its properties; a pool's are listed below
+    "rm",  # best_rm / gold_rm
+    "annotator_dir",  # samples / usage / probe
+}
+PLACEHOLDERS = {
+    "rnd": "<date>",
+    "run": "<run>",
+    "shard_name": "<shard>",
+    "shard_uri": "<shard>",
+    "annotator": "<annotator>",
+    "name": "<step>",
+    "index": 0,
+    "key": "<key>",
+    "kind": "*",
+}
+
+
+def _members(obj) -> list:
+    """Every path a layout object names: its properties, and its methods called with placeholders (one
+    call per decision for the per-decision ones); nested layouts are followed."""
+    from synpref.layout import DECISIONS
+
+    out = []
+    for name in sorted(n for n in dir(type(obj)) if not n.startswith("_") and n not in NOT_PATHS):
+        member = getattr(type(obj), name)
+        if isinstance(member, property):
+            out.append(getattr(obj, name))
+        elif callable(member):
+            params = [p for p in inspect.signature(member).parameters if p != "self"]
+            if params == ["decision", "shard_name"]:
+                out += [getattr(obj, name)(d, "<shard>") for d in DECISIONS]
+            elif params == ["decision"]:
+                out += [getattr(obj, name)(d) for d in DECISIONS]
+            else:
+                out.append(getattr(obj, name)(*(PLACEHOLDERS[p] for p in params)))
+    paths = []
+    for value in out:
+        if isinstance(value, (RoundLayout, Stage2Layout, ShardLayout)):
+            paths += [value.dir, *_members(value)]
+        elif isinstance(value, PoolLayout):
+            paths += [value.dir, value.source]  # a stage-2 run's prepared/: the pool's layout, or what it adopted
+        else:
+            paths.append(value)
+    return paths
+
+
 def _relative_artifacts(root) -> set[str]:
     """Every path the layout objects name, relative to the root, with dates/runs/shards as placeholders."""
+    from synpref.preprocess import FILTERS
+
     store = StorageLayout(root)
-    rnd, run, pool = store.round("<date>"), store.stage2("<run>"), store.pool
-    shard = run.shard("<shard>.parquet")
-    paths = [
-        store.raw,
-        store.seed,
-        store.inbox("<date>"),
-        store.llm_cache,
-        store.embedding_cache("<shard>"),
-        pool.shard(0),
-        pool.table("duplicates"),
-        pool.table("contaminated"),
-        pool.table("label_conflicts"),
-        pool.quarantine,
-        rnd.manifest,
-        run.manifest,
-        pool.manifest,
-        *(getattr(rnd, name) for name in _properties(RoundLayout)),
-        rnd.samples("<annotator>"),
-        rnd.usage("<annotator>"),
-        rnd.step("<step>"),
-        *(getattr(run, name) for name in _properties(Stage2Layout)),
-        run.prepared.dir,
-        shard.scores,
-        shard.scores_marker,
-        shard.samples("<annotator>"),
-        shard.success,
-        shard.canary_scores,
-        shard.canaries,
-        *(run.part(d, "<shard>") for d in ("kept", "recycled", "dropped")),
-    ]
-    out = set()
-    for p in paths:
-        p = getattr(p, "dir", p)
-        out.add(str(p)[len(str(root)) + 1 :])
-    return out
+    pool = store.pool
+    paths = [*_members(store), *(p for p in _members(pool) if p != pool.source), pool.dir]
+    paths += [pool.table(name) for name in {f.name for f in FILTERS} | {"label_conflicts"}]
+    paths += [store.round("<date>").dir, store.stage2("<run>").dir]
+    return {str(getattr(p, "dir", p))[len(str(root)) + 1 :] for p in paths} - {""}
 
 
-def _properties(cls) -> list[str]:
-    return [n for n, v in vars(cls).items() if isinstance(v, property) and n not in ("name", "prepared")]
+def _leaves(paths: set[str]) -> set[str]:
+    """Paths that are not a directory of another path (directories need not be listed on their own line)."""
+    return {p for p in paths if not any(q.startswith(p + "/") for q in paths)}
 
 
 def _readme_layout_block() -> str:
@@ -111,10 +144,16 @@ def _readme_layout_block() -> str:
     return re.search(r"### Storage layout.*?```\n(.*?)```", text, re.S).group(1)
 
 
-@pytest.mark.parametrize("path", sorted(_relative_artifacts(Path("/root"))))
-def test_readme_layout_block_names_every_artifact(path):
-    """Each path the layout objects name is written out in the README's layout block."""
-    assert f"<root>/{path}" in _readme_layout_block()
+def _readme_paths() -> set[str]:
+    return {m.rstrip("/") for m in re.findall(r"^<root>/(\S+)", _readme_layout_block(), re.M)}
+
+
+def test_the_layout_objects_name_every_path_the_readme_lists():
+    """Both directions, derived from the layout objects: no undocumented path, no documented path that is not made."""
+    made = _relative_artifacts(Path("/root"))
+    documented = _readme_paths()
+    assert _leaves(made) - documented == set(), "paths the layout names but the README's layout block does not list"
+    assert documented - made == set(), "paths the README lists that no layout object names"
 
 
 def test_pool_layout_reads_shards_from_its_manifest(tmp_path):

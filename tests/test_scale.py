@@ -35,7 +35,7 @@ def _tiny_backbone(path: Path) -> str:
     """A 1-layer, 32-wide BERT with the packaged MiniLM tokenizer: a real RM backbone, cheap enough for 200k pairs."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from synpref.adaptive_retrieval import default_embedder
+    from synpref.embedding import default_embedder
 
     tok = AutoTokenizer.from_pretrained(default_embedder())
     cfg = BertConfig(

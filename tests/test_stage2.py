@@ -2,12 +2,14 @@
 
 import pyarrow.parquet as pq
 import pytest
-from test_consistency import LengthRule, LongerIsBetter
 
+from conftest import LengthRule, LongerIsBetter
 from synpref.layout import StorageLayout
+from synpref.preprocess import ConservationError
+from synpref.records import PoolManifest, RecordError, ShardScores
 from synpref.reward_model import RMConfig, train_reward_model
-from synpref.stage2 import Stage2Config, step_decide, step_score
-from synpref.storage import write_json, write_parquet
+from synpref.stage2 import Stage2Config, step_check_conservation, step_decide, step_score
+from synpref.storage import read_parquet, write_json, write_parquet
 from synpref.synthetic import generate
 
 RND = "2026-11-01"
@@ -37,10 +39,10 @@ def test_gold_rm_never_scores_gold_pairs(world, tmp_path):
     run = store.stage2("scored")
     info = step_score(store, run, RND, shard, Stage2Config(decision_rule="paper"))
     scores = {r["pair_id"]: r for r in pq.read_table(run.shard(shard).scores).to_pylist()}
-    assert info["in_gold"] == 20
+    assert info.in_gold == 20
     assert all(scores[r["pair_id"]]["in_gold"] for r in rows[:20])
-    assert all(scores[r["pair_id"]]["p_gold"] is None for r in rows[:20])
-    assert all(scores[r["pair_id"]]["p_gold"] is not None for r in rows[20:])
+    assert all(scores[r["pair_id"]]["logit_gold"] is None for r in rows[:20])
+    assert all(scores[r["pair_id"]]["logit_gold"] is not None for r in rows[20:])
 
 
 def test_a_new_signal_and_rule_run_through_the_shard_steps(world):
@@ -49,14 +51,103 @@ def test_a_new_signal_and_rule_run_through_the_shard_steps(world):
     run = store.stage2("toy")
     step_score(store, run, RND, shard, Stage2Config(), signals=[LongerIsBetter()], rule=LengthRule())
     scores = pq.read_table(run.shard(shard).scores)
-    assert "p_length" in scores.column_names
-    info = step_decide(store, run, RND, shard, [], Stage2Config(), rule=LengthRule())
+    assert "logit_length" in scores.column_names
+    info = step_decide(store, run, RND, shard, [], Stage2Config())  # the rule stored with the shard decides
     longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows[20:])
-    assert info["kept"] == 20 + longer  # gold pairs keep their label
-    assert info["dropped"] == 40 - longer
+    assert info.kept == 20 + longer  # gold pairs keep their label
+    assert info.dropped == 40 - longer
+    assert info.rule == {"kind": "length"}
 
 
 def test_the_reliability_rule_refuses_a_round_without_calibration(world):
     store, shard, _ = world
     with pytest.raises(FileNotFoundError, match="decision_rule=paper"):
         step_score(store, store.stage2("old-round"), RND, shard, Stage2Config())
+
+
+def _scored(world, name: str) -> tuple:
+    store, shard, rows = world
+    run = store.stage2(name)
+    step_score(store, run, RND, shard, Stage2Config(), signals=[LongerIsBetter()], rule=LengthRule())
+    return store, run, shard, rows
+
+
+def test_a_finished_shard_is_skipped_only_while_its_content_is_the_same(world, tmp_path):
+    store, shard, rows = world
+    run = store.stage2("fingerprint")
+    cfg = Stage2Config(decision_rule="paper")
+    first = step_score(store, run, RND, shard, cfg)
+    scores_file = run.shard(shard).scores
+    scores_file.unlink()
+    assert step_score(store, run, RND, shard, cfg) == first  # same input: skipped (nothing rewritten)
+    assert not scores_file.exists()
+    write_parquet(read_parquet(shard).slice(0, 50), tmp_path / shard.name)  # a user removed 10 rows
+    changed = step_score(store, run, RND, tmp_path / shard.name, cfg)
+    assert changed.fingerprint != first.fingerprint
+    assert changed.pairs == 50
+    assert read_parquet(scores_file).num_rows == 50
+
+
+def test_decide_refuses_scores_routed_unlike_the_stored_rule(world):
+    store, run, shard, _ = _scored(world, "stale")
+    marker = run.shard(shard).scores_marker
+    record = ShardScores.read(marker)
+    table = read_parquet(run.shard(shard).scores)
+    flags = [True] * table.num_rows  # scores edited by hand (or by another rule) after the rule was stored
+    write_parquet(
+        table.set_column(table.schema.get_field_index("routed_to_llm"), "routed_to_llm", [flags]),
+        run.shard(shard).scores,
+    )
+    assert record.rule == {"kind": "length"}
+    with pytest.raises(ConservationError, match="routed unlike their stored scores"):
+        step_decide(store, run, RND, shard, [], Stage2Config())
+
+
+def _pool_manifest(run, shard, count: int) -> None:
+    manifest = PoolManifest(
+        kind="pool",
+        counts={
+            "input": count,
+            "pool": count,
+            "quarantined": 0,
+            "duplicates": 0,
+            "contaminated": 0,
+            "label_conflicts": 0,
+        },
+        shards=[{"name": shard.name, "count": count}],
+        files=[],
+        skipped_files=[],
+    )
+    manifest.write(run.prepared.manifest)
+
+
+def test_conservation_fails_loudly_on_a_shard_without_decisions(world):
+    store, run, shard, _ = _scored(world, "undecided")
+    _pool_manifest(run, shard, 60)
+    with pytest.raises(ConservationError, match="has no decisions"):
+        step_check_conservation(run, [str(shard)])
+
+
+def test_conservation_fails_loudly_when_a_shard_decided_fewer_pairs_than_it_holds(world):
+    store, run, shard, _ = _scored(world, "short")
+    step_decide(store, run, RND, shard, [], Stage2Config())
+    _pool_manifest(run, shard, 61)
+    with pytest.raises(ConservationError, match="decided 60 pairs but the shard holds 61"):
+        step_check_conservation(run, [str(shard)])
+
+
+def test_conservation_fails_loudly_when_a_marker_does_not_add_up(world):
+    store, run, shard, _ = _scored(world, "lost")
+    decided = step_decide(store, run, RND, shard, [], Stage2Config())
+    _pool_manifest(run, shard, 60)
+    decided.model_copy(update={"dropped": decided.dropped - 1}).write(run.shard(shard).success)
+    with pytest.raises(ConservationError, match="input 60 != kept"):
+        step_check_conservation(run, [str(shard)])
+
+
+def test_a_marker_of_the_wrong_shape_is_a_one_line_error(world):
+    store, run, shard, _ = _scored(world, "garbled")
+    _pool_manifest(run, shard, 60)
+    write_json({"shard": shard.name, "input": 60}, run.shard(shard).success)
+    with pytest.raises(RecordError, match="not a ShardDecided record"):
+        step_check_conservation(run, [str(shard)])

@@ -9,7 +9,6 @@ cross-model merge. Unparseable or tied verdicts are abstentions, never coin flip
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections import Counter, defaultdict
@@ -23,6 +22,7 @@ import pyarrow as pa
 
 from .llm_client import AnnotatorConfig, Budget, Request, run_requests
 from .schema import prompt_text
+from .seeding import seeded_digest, seeded_int
 from .settings import AnnotateSettings, MergePolicy
 from .storage import PathLike
 
@@ -43,14 +43,23 @@ def _jinja(name: str) -> jinja2.Template:
     ).from_string(template(name))
 
 
+def with_samples(settings: AnnotateSettings, annotator: AnnotatorConfig) -> AnnotatorConfig:
+    """The annotator with this run's self-consistency samples, when the run sets them."""
+    return annotator.model_copy(update={"samples": settings.samples}) if settings.samples else annotator
+
+
+def task_budget(settings: AnnotateSettings, tasks: int = 1) -> Budget:
+    """One task's share of the run's budget (split evenly across annotator × shard tasks)."""
+    return Budget(settings.budget_usd / tasks if settings.budget_usd is not None else None)
+
+
 def order_swapped(pair_id: str, annotator: str, sample: int, seed: int) -> bool:
     """Seeded per (pair, annotator, sample): True → the stored chosen is shown as Candidate 2."""
-    h = hashlib.sha256(f"{seed}:{pair_id}:{annotator}:{sample}".encode()).digest()
-    return h[0] & 1 == 1
+    return seeded_digest(seed, pair_id, annotator, sample)[0] & 1 == 1
 
 
 def request_seed(pair_id: str, annotator: str, sample: int, seed: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"req:{seed}:{pair_id}:{annotator}:{sample}".encode()).digest()[:4], "big")
+    return seeded_int("req", seed, pair_id, annotator, sample)
 
 
 def _example_view(ex: dict, swapped: bool) -> dict:
@@ -151,7 +160,7 @@ def judge(
                 )
             )
             meta.append((pair["pair_id"], s, swapped))
-    budget = budget or settings.budget()
+    budget = budget or task_budget(settings)
     responses, usage = run_requests(annotator, requests, cache_dir, budget)
     rows = []
     for (pid, s, swapped), resp in zip(meta, responses):
@@ -343,7 +352,8 @@ def few_shot_examples(
     pairs: list[dict], gold: list[dict], max_examples: int, cache_uri: PathLike | None = None
 ) -> dict[str, list[dict]]:
     """The most similar gold pairs of each target pair, by (conversation, attributes) embeddings."""
-    from .adaptive_retrieval import embed_rows, nearest_examples
+    from .adaptive_retrieval import nearest_examples
+    from .embedding import embed_rows
 
     if not gold or max_examples <= 0:
         return {p["pair_id"]: [] for p in pairs}
@@ -363,7 +373,9 @@ def annotate_pairs(
     examples = few_shot_examples(pairs, gold, settings.max_examples)
     tables, usage = [], {}
     for a in annotators:
-        t, u = judge(pairs, examples, settings.for_annotator(a), cache_dir, settings, settings.budget(len(annotators)))
+        t, u = judge(
+            pairs, examples, with_samples(settings, a), cache_dir, settings, task_budget(settings, len(annotators))
+        )
         tables.append(t)
         usage.update(u)
     samples = pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()

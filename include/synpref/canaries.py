@@ -18,14 +18,15 @@ counted as input.
 
 from __future__ import annotations
 
-import hashlib
-
 import pyarrow as pa
 
+from .records import Interval, QualityEstimates
 from .reliability import wilson_interval
 from .schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, flip
+from .seeding import seeded_int, seeded_sample
 
 PREFIX = "canary:"
+CANARY_SCHEMA = PAIR_SCHEMA.append(pa.field("source_pair_id", pa.string()))  # the gold pair it was made from
 OUTCOME_SCHEMA = pa.schema(
     [
         ("pair_id", pa.string()),
@@ -38,28 +39,23 @@ OUTCOME_SCHEMA = pa.schema(
 )
 
 
-def _rank(pair_id: str) -> str:
-    return hashlib.sha256(f"canary:{pair_id}".encode()).hexdigest()
-
-
 def canary_rows(
     gold_validation: list[dict], shard_name: str, shard_names: list[str], n: int, with_attributes: bool
-) -> tuple[list[dict], dict[str, str]]:
+) -> list[dict]:
     """This shard's canaries (up to ``n`` held-out gold pairs in all, spread over the shards, both
-    orientations) and each canary's gold pair id. Attributes are kept only when the shard's pairs have
-    them, so that canaries look like the data they measure."""
-    chosen = sorted(gold_validation, key=lambda g: _rank(g["pair_id"]))[:n]
-    rows, sources = [], {}
+    orientations; ``CANARY_SCHEMA``: each with its gold pair id). Attributes are kept only when the shard's
+    pairs have them, so that canaries look like the data they measure."""
+    chosen = seeded_sample(gold_validation, n, "canary")
+    rows = []
     blank = {} if with_attributes else {f: None for f in ATTRIBUTE_FIELDS}
     for i, g in enumerate(chosen):
-        if shard_names[int(_rank(g["pair_id"])[:8], 16) % len(shard_names)] != shard_name:
+        if shard_names[seeded_int("canary", g["pair_id"]) % len(shard_names)] != shard_name:
             continue
         base = {**{k: g[k] for k in PAIR_SCHEMA.names}, **blank, "source": "canary", "provenance": "unverified"}
         for orientation, row in (("0", base), ("1", flip(base))):
             pid = f"{PREFIX}{i}:{orientation}"
-            rows.append({**row, "pair_id": pid, "round": None})
-            sources[pid] = g["pair_id"]
-    return rows, sources
+            rows.append({**row, "pair_id": pid, "round": None, "source_pair_id": g["pair_id"]})
+    return rows
 
 
 def is_canary(pair_id: str) -> bool:
@@ -84,10 +80,10 @@ def _precision(prior: float, hit: float, false: float, of_right: bool) -> float 
     return good / (good + bad) if good + bad > 0 else None
 
 
-def estimates(outcomes: list[dict], kept_share: float) -> dict:
+def estimates(outcomes: list[dict], kept_share: float) -> QualityEstimates:
     """Estimated retention, kept precision and recycled precision of a run, with 95% intervals."""
     if not outcomes:
-        return {"canaries": 0}
+        return QualityEstimates(canaries=0)
     tpr, tpr_lo, tpr_hi = _rate(outcomes, True, "kept")
     fpr, fpr_lo, fpr_hi = _rate(outcomes, False, "kept")
     rw, rw_lo, rw_hi = _rate(outcomes, False, "recycled")
@@ -95,8 +91,8 @@ def estimates(outcomes: list[dict], kept_share: float) -> dict:
     prior = (kept_share - fpr) / (tpr - fpr) if tpr is not None and fpr is not None and tpr > fpr else 0.5
     prior = min(max(prior, 0.01), 0.99)
 
-    def interval(point, worst, best) -> dict:
-        return {"estimate": point, "ci_low": worst, "ci_high": best}
+    def interval(point, worst, best) -> Interval:
+        return Interval(estimate=point, ci_low=worst, ci_high=best)
 
     kept = interval(
         _precision(prior, tpr, fpr, True),
@@ -108,10 +104,10 @@ def estimates(outcomes: list[dict], kept_share: float) -> dict:
         _precision(prior, rw_lo, rr_hi, False),
         _precision(prior, rw_hi, rr_lo, False),
     )
-    return {
-        "canaries": len(outcomes),
-        "label_accuracy_of_input": round(prior, 6),
-        "retention": interval(tpr, tpr_lo, tpr_hi),
-        "kept_precision": kept,
-        "recycled_precision": recycled,
-    }
+    return QualityEstimates(
+        canaries=len(outcomes),
+        label_accuracy_of_input=round(prior, 6),
+        retention=interval(tpr, tpr_lo, tpr_hi),
+        kept_precision=kept,
+        recycled_precision=recycled,
+    )

@@ -139,14 +139,17 @@ def cmd_simulate_annotators(a: argparse.Namespace) -> int:
 
 @command
 def cmd_stage1(a: argparse.Namespace) -> int:
+    from .layout import StorageLayout
     from .llm_client import load_annotators
+    from .pipeline import run_round
     from .settings import Stage1Config
-    from .stage1 import run_round
 
     annotators = load_annotators(a.annotators) if a.annotators else []
     cfg = from_flat(Stage1Config, vars(a))
     _require(a.inbox, "--inbox")
-    manifest = run_round(a.root, a.date, annotators, cfg, inbox=a.inbox, params=vars(a))
+    _require(a.pool, "--pool")
+    store = StorageLayout(a.root, a.pool)
+    manifest = run_round(store, a.date, annotators, cfg, inbox=a.inbox, params=vars(a))
     _print({"round": a.date, **manifest["summary"], "report": manifest["report"]})
     return 0
 
@@ -167,9 +170,9 @@ def cmd_simulate_humans(a: argparse.Namespace) -> int:
 def cmd_stage2(a: argparse.Namespace) -> int:
     from .evaluation import accuracy_report
     from .llm_client import load_annotators
+    from .pipeline import run_stage2
     from .report import write_stage2_report
     from .settings import Stage2Config
-    from .stage2 import run_stage2
     from .storage import read_parquet
 
     cfg = from_flat(Stage2Config, vars(a))
@@ -307,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--date", required=True, help="the round's date, YYYY-MM-DD")
     s.add_argument("--inbox", default=None, help="override the inbox directory (default <root>/inbox/<date>/)")
+    s.add_argument("--pool", default=None, help="the unverified pool directory (default <root>/pool/)")
     s.add_argument("--annotators", default=None, help="YAML/JSON annotator list (see `synpref annotate --help`)")
     add_settings(s, Stage1Config)
 

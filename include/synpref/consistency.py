@@ -1,11 +1,16 @@
-"""Stage-2 consistency filtering (paper §3.3): signals score pairs, a decision rule decides.
+"""Stage-2 consistency filtering (paper §3.3): signals score pairs, a fitted decision rule decides.
 
-A **signal** is evidence about a pair's stored label: log-odds that it is right (a reward model's
-``r(x, y_w) − r(x, y_l)``). Each signal ``<name>`` gives the columns ``p_<name>`` / ``log_p_<name>``
-of a shard's scores; a new signal (another RM, a heuristic) is one class with ``name`` and
-``logits(rows)``. A **decision rule** reads a pair's scores (and the LLM judges' merged judgement)
-and routes it to the judges or decides it; a new rule is one class with ``prepare``,
-``needs_judges`` and ``decide``.
+A **signal** is evidence about a pair's stored label: the log-odds that it is right (a reward model's
+``r(x, y_w) − r(x, y_l)``). Each signal ``<name>`` gives the column ``logit_<name>`` of a shard's scores
+(``p_<name>`` = σ(logit) is derived for display); a new signal (another RM, a heuristic) is one class
+with ``name`` and ``logits(rows)``.
+
+A **decision rule** is a value: its settings plus what it fitted to a shard. It is one subclass of
+``RuleBase`` (a frozen pydantic model, stored as JSON with the shard and read back by ``load_rule``):
+``needs_judges`` routes a scored pair to the LLM judges, ``decide`` decides it, and ``fit`` (optional)
+returns the rule fitted to a whole shard — to its scores before routing, to its scores and judgements
+before deciding. The protocol is one pure function, ``decide_shard(scores, verdicts, rule)``, used by
+the DAG's decide task, the CLI and the curation-quality harness alike.
 
 - ``PaperRule`` — the paper's rule, as published: the best RM agrees (``p_best > 0.5 + band``) or
   the pair goes to the judges; **keep** iff the gold RM agrees AND (the best RM agrees OR the
@@ -25,17 +30,18 @@ Every pair gets exactly one decision, a reason, and (reliability rule) its confi
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
 
-from .recycle import should_recycle
+from .recycle import recycle_policy_for, should_recycle
 from .reliability import estimate_prior, judge_weight, logit, sigmoid, verdict_sign
-from .reward_model import RewardModel, p_from_diff
-from .settings import RecyclePolicy
+from .reward_model import RewardModel
+from .settings import RecyclePolicy, Stage2Config
 from .storage import read_json
 
 Decision = Literal["kept", "recycled", "dropped"]
@@ -47,6 +53,9 @@ class Decided:
     reason: str
     confidence: float | None = None  # P(stored label is right) after all evidence
     evidence: dict[str, float] = field(default_factory=dict)  # log-odds contributed by each source
+
+
+GOLD_KEPT = Decided("kept", "human-verified gold pair (label from gold)")
 
 
 class Signal(Protocol):
@@ -72,63 +81,99 @@ class RewardModelSignal:
 
 
 def scores_schema(signal_names: list[str]) -> pa.Schema:
-    """pair_id, in_gold, p_<signal>..., log_p_<signal>..., routed_to_llm, label_conflict."""
+    """pair_id, in_gold, logit_<signal>..., routed_to_llm, label_conflict."""
     return pa.schema(
         [("pair_id", pa.string()), ("in_gold", pa.bool_())]
-        + [(f"p_{n}", pa.float64()) for n in signal_names]
-        + [(f"log_p_{n}", pa.float64()) for n in signal_names]
+        + [(f"logit_{n}", pa.float64()) for n in signal_names]
         + [("routed_to_llm", pa.bool_()), ("label_conflict", pa.bool_())]
     )
 
 
 def score_rows(signals: list[Signal], rows: list[dict]) -> dict[str, np.ndarray]:
-    """``p_<name>`` and ``log_p_<name>`` of every signal over ``rows``."""
-    out: dict[str, np.ndarray] = {}
-    for s in signals:
-        logits = s.logits(rows) if rows else np.zeros(0)
-        out[f"p_{s.name}"], out[f"log_p_{s.name}"] = p_from_diff(logits)
-    return out
+    """``logit_<name>`` of every signal over ``rows``."""
+    return {f"logit_{s.name}": np.asarray(s.logits(rows) if rows else np.zeros(0), dtype=np.float64) for s in signals}
 
 
-def signal_logit(scores: dict, name: str) -> float:
-    """The raw logit of a signal, recovered exactly from its stored log p (log p = −softplus(−d))."""
-    log_p = scores[f"log_p_{name}"]
-    return log_p - math.log(-math.expm1(log_p)) if log_p < 0 else 40.0
+def p_of(scores: Mapping[str, Any], name: str) -> float | None:
+    """σ(logit) of a signal (None when the pair was not scored, e.g. a gold pair)."""
+    value = scores.get(f"logit_{name}")
+    return None if value is None else float(sigmoid(value))
 
 
 class DecisionRule(Protocol):
-    """Routes scored pairs to the LLM judges, then decides them. ``scores`` is a row of the scores table;
-    ``judgement`` the merged verdict row (``verdict``, ``annotator_verdicts``) or None when not judged.
-    ``prepare`` sees a whole shard first: its scores before routing, its scores and judgements before
-    deciding; it returns what it fitted (recorded with the shard)."""
+    """What ``decide_shard`` needs of a rule (every ``RuleBase`` subclass has it)."""
 
-    def prepare(self, scores: list[dict], judgements: dict[str, dict] | None = None) -> dict: ...
+    kind: str
+
+    def fit(self, scores: list[dict], judgements: Mapping[str, dict] | None = None) -> DecisionRule: ...
 
     def needs_judges(self, scores: dict) -> bool: ...
 
     def decide(self, scores: dict, judgement: dict | None) -> Decided: ...
 
+    def summary(self) -> dict: ...
 
-class PaperRule:
-    """Skywork-Reward-V2 §3.3: keep iff gold RM agrees AND (best RM agrees OR LLM judges agree)."""
+    def model_dump(self) -> dict: ...
 
-    def __init__(self, band: float, recycle_policy: RecyclePolicy) -> None:
-        self.band, self.recycle_policy = band, recycle_policy
 
-    def prepare(self, scores: list[dict], judgements: dict[str, dict] | None = None) -> dict:
+class RuleBase(BaseModel):
+    """A decision rule as a stored value: subclass it with a ``kind`` literal, ``needs_judges`` and ``decide``.
+
+    ``scores`` is a row of the scores table (``logit_<signal>``, ``in_gold``, ``label_conflict``);
+    ``judgement`` the merged verdict row (``verdict``, ``annotator_verdicts``) or None when not judged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    registry: ClassVar[dict[str, type[RuleBase]]] = {}
+    kind: str
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        default = cls.model_fields["kind"].default
+        if isinstance(default, str):
+            RuleBase.registry[default] = cls
+
+    def fit(self, scores: list[dict], judgements: Mapping[str, dict] | None = None) -> RuleBase:
+        """The rule fitted to a shard's scores (and, once judged, its judgements); nothing to fit by default."""
+        return self
+
+    def needs_judges(self, scores: dict) -> bool:
+        raise NotImplementedError
+
+    def decide(self, scores: dict, judgement: dict | None) -> Decided:
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        """What it fitted, for the shard's records (rounded for reading)."""
         return {}
 
-    def best_rm_agrees(self, p_best: float) -> bool:
-        return p_best > 0.5 + self.band
+
+def load_rule(record: Mapping[str, Any]) -> RuleBase:
+    """A stored rule back as its class (by ``kind``)."""
+    kind = record.get("kind")
+    if kind not in RuleBase.registry:
+        raise ValueError(f"unknown decision rule kind {kind!r}; known: {sorted(RuleBase.registry)}")
+    return RuleBase.registry[kind].model_validate(dict(record))
+
+
+class PaperRule(RuleBase):
+    """Skywork-Reward-V2 §3.3: keep iff gold RM agrees AND (best RM agrees OR LLM judges agree)."""
+
+    kind: Literal["paper"] = "paper"
+    band: float = 0.0
+    recycle_policy: RecyclePolicy = "both_rms_reject"
+
+    def best_rm_agrees(self, p_best: float | None) -> bool:
+        return p_best is not None and p_best > 0.5 + self.band
 
     def needs_judges(self, scores: dict) -> bool:
         """Route to LLM re-annotation: the best RM disagrees or is within ``band`` of 0.5."""
-        return not self.best_rm_agrees(scores["p_best"])
+        return not self.best_rm_agrees(p_of(scores, "best"))
 
     def decide(self, scores: dict, judgement: dict | None) -> Decided:
-        p_best, p_gold = scores["p_best"], scores["p_gold"]
+        p_best, p_gold = p_of(scores, "best"), p_of(scores, "gold")
         llm_verdict = (judgement or {}).get("verdict")
-        gold_ok = p_gold > 0.5
+        gold_ok = p_gold is not None and p_gold > 0.5
         best_ok = self.best_rm_agrees(p_best)
         llm_ok = llm_verdict == "agree"
         if gold_ok and best_ok:
@@ -143,81 +188,64 @@ class PaperRule:
         flip = (
             llm_verdict == "disagree"
             if self.recycle_policy == "positive_evidence"
-            else should_recycle(p_best, p_gold, self.recycle_policy)
+            else should_recycle(_or_half(p_best), _or_half(p_gold), self.recycle_policy)
         )
         if flip:
             return Decided("recycled", f"{why}; flipped ({self.recycle_policy})")
         return Decided("dropped", why)
 
 
-class ReliabilityRule:
-    """Reliability-weighted, precision-targeted decisions (see the module docstring)."""
+def _or_half(p: float | None) -> float:
+    return 0.5 if p is None else p
 
-    def __init__(
-        self,
-        rm_weights: dict[str, float],
-        judges: dict[str, dict],
-        target_precision: float,
-        recycle_policy: RecyclePolicy,
-        min_confidence: float,
-        rm_only_confidence: float,
-    ) -> None:
-        self.rm_weights = {k: v for k, v in rm_weights.items() if v > 0}
-        self.judges = judges.get("annotators", {})
-        self.judge_shrink = judges.get("shrink", 1.0)
-        self.target = target_precision
-        self.recycle_policy = recycle_policy
-        self.min_confidence = min(min_confidence, target_precision)
-        self.rm_only_confidence = max(rm_only_confidence, target_precision)
-        self.prior = 0.5
-        self.keep_threshold = target_precision
 
-    @classmethod
-    def for_round(
-        cls,
-        rnd: Any,
-        target_precision: float,
-        recycle_policy: RecyclePolicy,
-        min_confidence: float,
-        rm_only_confidence: float,
-    ) -> ReliabilityRule:
-        """With the round's calibration (``calibration.json``) and judge reliability (``judges.json``)."""
-        if not rnd.calibration.exists():
-            raise FileNotFoundError(
-                f"{rnd.calibration} is missing: round {rnd.name} predates the reliability rule; "
-                "re-run the round or choose decision_rule=paper"
-            )
-        weights = read_json(rnd.calibration)["joint_weights"]
-        judges = read_json(rnd.judges) if rnd.judges.exists() else {}
-        return cls(weights, judges, target_precision, recycle_policy, min_confidence, rm_only_confidence)
+class ReliabilityRule(RuleBase):
+    """Reliability-weighted, precision-targeted decisions (see the module docstring).
+
+    ``min_confidence`` ≤ ``target_precision`` ≤ ``rm_only_confidence`` (``Stage2Config`` validates it)."""
+
+    kind: Literal["reliability"] = "reliability"
+    rm_weights: dict[str, float]  # significant RMs only: calibrated logit = weight · reward difference
+    judges: dict[str, dict] = {}  # per annotator: its reliability on the gold probe (``judges.json``)
+    judge_shrink: float = 1.0
+    target_precision: float = 0.98
+    recycle_policy: RecyclePolicy = "positive_evidence"
+    min_confidence: float = 0.9
+    rm_only_confidence: float = 0.995
+    prior: float = 0.5  # fitted: estimated share of right labels among the shard's scored pairs
+    keep_threshold: float | None = None  # fitted once judged: None = the target
+
+    def fit(self, scores: list[dict], judgements: Mapping[str, dict] | None = None) -> ReliabilityRule:
+        """The prior over the shard's scored pairs and, given judgements, the keep threshold: the lowest
+        confidence at which the kept set's mean confidence reaches the target."""
+        scored = [s for s in scores if not s.get("in_gold")]
+        prior = estimate_prior(np.array([sum(self.rm_evidence(s).values()) for s in scored]))
+        fitted = self.model_copy(update={"prior": prior, "keep_threshold": None})
+        if judgements is None:
+            return fitted
+        confidences = [_confidence(fitted.evidence(s, judgements.get(s["pair_id"]))) for s in scored]
+        return fitted.model_copy(update={"keep_threshold": fitted.threshold(confidences)})
+
+    def summary(self) -> dict:
+        return {"prior_label_accuracy": round(self.prior, 6), "keep_threshold": round(self.keep, 6)}
+
+    @property
+    def keep(self) -> float:
+        return self.target_precision if self.keep_threshold is None else self.keep_threshold
 
     def rm_evidence(self, scores: dict) -> dict[str, float]:
-        return {f"rm_{n}": w * signal_logit(scores, n) for n, w in self.rm_weights.items()}
+        return {f"rm_{n}": w * scores[f"logit_{n}"] for n, w in self.rm_weights.items() if w > 0}
 
-    def prepare(self, scores: list[dict], judgements: dict[str, dict] | None = None) -> dict:
-        """The prior (estimated share of right labels among the shard's scored pairs) and, once judged,
-        the keep threshold: the lowest confidence at which the kept set's mean confidence reaches the target."""
-        scored = [s for s in scores if not s.get("in_gold")]
-        self.prior = estimate_prior(np.array([sum(self.rm_evidence(s).values()) for s in scored]))
-        self.keep_threshold = self.target
-        if judgements is not None:
-            confidences = [self._confidence(self._evidence(s, judgements.get(s["pair_id"]))) for s in scored]
-            self.keep_threshold = self.set_threshold(confidences)
-        return {"prior_label_accuracy": round(self.prior, 6), "keep_threshold": round(self.keep_threshold, 6)}
-
-    def set_threshold(self, confidences: list[float]) -> float:
+    def threshold(self, confidences: list[float]) -> float:
         """Lowest per-pair confidence (≥ min_confidence) whose kept set (every pair at or above it, ties
         included) still has mean confidence ≥ target."""
         ranked = np.sort(np.array([c for c in confidences if c >= self.min_confidence]))[::-1]
         if len(ranked) == 0:
-            return self.target
+            return self.target_precision
         mean = np.cumsum(ranked) / np.arange(1, len(ranked) + 1)
         boundary = np.append(ranked[:-1] > ranked[1:], True)  # a cut never splits tied confidences
-        ok = np.nonzero((mean >= self.target) & boundary)[0]
-        return float(min(self.target, ranked[ok[-1]])) if len(ok) else self.target
-
-    def _confidence(self, evidence: dict[str, float]) -> float:
-        return float(sigmoid(sum(evidence.values())))
+        ok = np.nonzero((mean >= self.target_precision) & boundary)[0]
+        return float(min(self.target_precision, ranked[ok[-1]])) if len(ok) else self.target_precision
 
     def prior_evidence(self, scores: dict) -> float:
         """The stored label's prior log-odds; none when the input also held its mirrored copy (a label conflict)."""
@@ -226,7 +254,7 @@ class ReliabilityRule:
     def needs_judges(self, scores: dict) -> bool:
         """Judges are asked unless the prior and the RMs alone give the stored label ``rm_only_confidence``."""
         evidence = {"prior": self.prior_evidence(scores), **self.rm_evidence(scores)}
-        return self._confidence(evidence) < self.rm_only_confidence
+        return _confidence(evidence) < self.rm_only_confidence
 
     def judge_evidence(self, judgement: dict | None) -> dict[str, float]:
         out = {}
@@ -237,16 +265,16 @@ class ReliabilityRule:
                 out[f"judge_{v['annotator']}"] = sign * weight * self.judge_shrink
         return out
 
-    def _evidence(self, scores: dict, judgement: dict | None) -> dict[str, float]:
+    def evidence(self, scores: dict, judgement: dict | None) -> dict[str, float]:
         return {"prior": self.prior_evidence(scores), **self.rm_evidence(scores), **self.judge_evidence(judgement)}
 
     def decide(self, scores: dict, judgement: dict | None) -> Decided:
-        evidence = self._evidence(scores, judgement)
-        conf = self._confidence(evidence)
+        evidence = self.evidence(scores, judgement)
+        conf = _confidence(evidence)
         evidence = {k: round(v, 4) for k, v in evidence.items()}
         judged = sum(v for k, v in evidence.items() if k.startswith("judge_"))
-        if conf >= self.keep_threshold:
-            why = f"confidence {conf:.3f} in the label (keep threshold {self.keep_threshold:.3f})"
+        if conf >= self.keep:
+            why = f"confidence {conf:.3f} in the label (keep threshold {self.keep:.3f})"
             return Decided("kept", why, conf, evidence)
         if self._flip(conf, judged, scores):
             return Decided("recycled", f"confidence {1 - conf:.3f} in the flipped label; flipped", conf, evidence)
@@ -255,5 +283,65 @@ class ReliabilityRule:
 
     def _flip(self, conf: float, judged: float, scores: dict) -> bool:
         if self.recycle_policy == "positive_evidence":
-            return 1 - conf >= self.target and judged < 0
-        return should_recycle(scores.get("p_best", 0.5), scores.get("p_gold", 0.5), self.recycle_policy)
+            return 1 - conf >= self.target_precision and judged < 0
+        p_best, p_gold = _or_half(p_of(scores, "best")), _or_half(p_of(scores, "gold"))
+        return should_recycle(p_best, p_gold, self.recycle_policy)
+
+
+def _confidence(evidence: dict[str, float]) -> float:
+    return float(sigmoid(sum(evidence.values())))
+
+
+def configured_rule(cfg: Stage2Config, rnd: Any) -> RuleBase:
+    """The run's decision rule, with the round's calibration (``calibration.json``) and judge reliability
+    (``judges.json``) for the reliability rule; not yet fitted to a shard."""
+    policy = recycle_policy_for(cfg.decision_rule, cfg.recycle_policy)
+    if cfg.decision_rule == "paper":
+        return PaperRule(band=cfg.band, recycle_policy=policy)
+    if not rnd.calibration.exists():
+        raise FileNotFoundError(
+            f"{rnd.calibration} is missing: round {rnd.name} predates the reliability rule; "
+            "re-run the round or choose decision_rule=paper"
+        )
+    weights = read_json(rnd.calibration)["joint_weights"]
+    judges = read_json(rnd.judges) if rnd.judges.exists() else {}
+    return ReliabilityRule(
+        rm_weights={k: v for k, v in weights.items() if v > 0},
+        judges=judges.get("annotators", {}),
+        judge_shrink=judges.get("shrink", 1.0),
+        target_precision=cfg.target_precision,
+        recycle_policy=policy,
+        min_confidence=cfg.min_confidence,
+        rm_only_confidence=cfg.rm_only_confidence,
+    )
+
+
+@dataclass(frozen=True)
+class ShardDecisions:
+    """``decide_shard``'s result: the rule as fitted to the judgements, and a decision per pair and canary."""
+
+    rule: RuleBase
+    decided: dict[str, Decided]
+    routed: dict[str, bool]  # pair_id → sent to the judges
+    canaries: dict[str, Decided]
+    canaries_routed: dict[str, bool]
+
+
+def decide_shard(
+    scores: list[dict], verdicts: Mapping[str, dict], rule: RuleBase, canary_scores: list[dict] = ()
+) -> ShardDecisions:
+    """The stage-2 decision protocol for one shard, pure: ``rule`` is fitted to the shard's scores (as stored
+    at scoring time), routes, is refitted to the verdicts of the pairs it routed, and decides every pair (gold
+    pairs keep their human label) and every canary. Verdicts of pairs it did not route never count."""
+    routed = {s["pair_id"]: not s["in_gold"] and rule.needs_judges(s) for s in scores}
+    judgements = {pid: verdicts[pid] for pid, r in routed.items() if r and pid in verdicts}
+    fitted = rule.fit(scores, judgements)
+    decided = {
+        s["pair_id"]: GOLD_KEPT if s["in_gold"] else fitted.decide(s, judgements.get(s["pair_id"])) for s in scores
+    }
+    canaries_routed = {c["pair_id"]: rule.needs_judges(c) for c in canary_scores}
+    canaries = {
+        c["pair_id"]: fitted.decide(c, verdicts.get(c["pair_id"]) if canaries_routed[c["pair_id"]] else None)
+        for c in canary_scores
+    }
+    return ShardDecisions(fitted, decided, routed, canaries, canaries_routed)

@@ -15,7 +15,6 @@ Every malformed task, record or file becomes a quarantine row with its reason; n
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import pyarrow as pa
 
 from .readers import FILE_LEVEL, InputError, RecordError, iter_raw, normalize, quarantine_row, scan_inputs
 from .schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, QUARANTINE_SCHEMA, flip
+from .seeding import seeded_int
 from .storage import PathLike, as_path
 
 HUMAN_LABELS = ("chosen", "rejected", "undecidable")
@@ -79,7 +79,7 @@ def _stored_orientation(data: dict, verdict: Any) -> tuple[Any, Any, Any]:
 
 def a_is_chosen(pair_id: str, seed: int = 0) -> bool:
     """The seeded coin that orders a pair for humans: True → the stored chosen response is shown as A."""
-    return int(hashlib.sha256(f"human-order:{seed}:{pair_id}".encode()).hexdigest()[:8], 16) % 2 == 0
+    return seeded_int("human-order", seed, pair_id) % 2 == 0
 
 
 def is_label_studio_task(raw: Any) -> bool:
@@ -226,7 +226,7 @@ def oriented(verification: dict) -> dict:
 
 def is_validation(pair_id: str, fraction: float = 0.2) -> bool:
     """Deterministic gold split by pair_id hash (stable across rounds and machines)."""
-    return int(hashlib.sha256(pair_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+    return seeded_int(pair_id) / 0xFFFFFFFF < fraction
 
 
 def build_gold(history: list[dict], validation_fraction: float = 0.2) -> dict[str, list[dict]]:

@@ -224,6 +224,11 @@ class ShardLayout:
         return self.dir / "annotations" / annotator / "usage.json"
 
     @property
+    def canary_pairs(self) -> Any:
+        """The canaries assigned to this shard (pairs + their gold pair id), built once by the score step."""
+        return self.dir / "canary_pairs.parquet"
+
+    @property
     def canary_scores(self) -> Any:
         """Scores and routing of the canaries assigned to this shard."""
         return self.dir / "canary_scores.parquet"
@@ -296,12 +301,18 @@ class Stage2Layout(_Directory):
 
 @dataclass(frozen=True)
 class StorageLayout:
-    """A storage root (``file://`` or ``s3://<conn>@<bucket>/<prefix>``) and everything under it."""
+    """A storage root (``file://`` or ``s3://<conn>@<bucket>/<prefix>``) and everything under it.
+
+    ``pool_dir`` points the rounds at an unverified pool elsewhere (default ``<root>/pool``); every step
+    reads the pool through ``pool``, so a round never mixes two pools."""
 
     root: Any
+    pool_dir: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", _dir(self.root))
+        if self.pool_dir is not None:
+            object.__setattr__(self, "pool_dir", _dir(self.pool_dir))
 
     raw = property(lambda self: self.root / "raw")
     wild = property(lambda self: self.root / "wild")
@@ -312,7 +323,7 @@ class StorageLayout:
 
     @property
     def pool(self) -> PoolLayout:
-        return PoolLayout(self.root / "pool")
+        return PoolLayout(self.pool_dir if self.pool_dir is not None else self.root / "pool")
 
     @property
     def inbox_dir(self) -> Any:
@@ -324,6 +335,10 @@ class StorageLayout:
     def embedding_cache(self, shard_name: str) -> Any:
         """Pool embeddings of one shard, keyed by pair_id + text hash."""
         return self.root / "cache" / "embeddings" / shard_name
+
+    def gold_embedding_cache(self, rnd: str) -> Any:
+        """A round's gold embeddings (few-shot examples of every annotate task), keyed by pair_id + text hash."""
+        return self.root / "cache" / "embeddings" / "gold" / rnd
 
     @property
     def index_cache(self) -> Any:

@@ -19,11 +19,12 @@ import pyarrow.compute as pc
 
 from . import figures as fig
 from .evaluation import accuracy_report, label_accuracy, truth_coverage
-from .gold import is_validation
-from .layout import DECISIONS, Stage2Layout, StorageLayout, layout
+from .layout import DECISIONS, RoundLayout, Stage2Layout, StorageLayout, layout
+from .records import RoundManifest, RoundSteps, RoundSummary, ShardDecided, Stage2Manifest, Stage2Preview
 from .reliability import wilson_interval
 from .settings import HIST_BINS
-from .storage import PathLike, as_path, read_json, read_parquet, write_bytes
+from .stage1 import round_manifest
+from .storage import PathLike, as_path, read_parquet, write_bytes
 
 
 def fixed_slice(store: StorageLayout) -> set[str]:
@@ -41,25 +42,26 @@ def _on(ev: list[dict], ids: set[str]) -> tuple[int, int]:
 def round_report(root: PathLike | StorageLayout, rnd: str, truth: pa.Table | None = None) -> dict:
     store = layout(root)
     out = store.round(rnd)
-    manifest = read_json(out.manifest)
+    manifest = RoundManifest.read(out.manifest)
     ev = read_parquet(out.gold_eval).to_pylist()
-    val = [e for e in ev if is_validation(e["pair_id"])]
+    validation = _validation_ids(out)
+    val = [e for e in ev if e["pair_id"] in validation]
     fixed_hits, fixed_n = _on(ev, fixed_slice(store))
     silver = read_parquet(out.silver)
     added = silver.filter(pc.and_(pc.equal(silver["provenance"], "llm"), pc.equal(silver["round"], rnd)))
     report = {
         "round": rnd,
-        "previous_round": manifest["previous_round"],
-        "gold": manifest["summary"]["gold"],
-        "best_rm_gold_accuracy": manifest["summary"]["best_rm_gold_accuracy"],
+        "previous_round": manifest.previous_round,
+        "gold": manifest.summary.gold,
+        "best_rm_gold_accuracy": manifest.summary.best_rm_gold_accuracy,
         "best_rm_gold_validation_accuracy": sum(e["correct"] for e in val) / len(val) if val else None,
         "best_rm_fixed_slice_accuracy": fixed_hits / fixed_n if fixed_n else None,
-        "gold_rm_validation_accuracy": manifest["summary"]["gold_rm_validation_accuracy"],
-        "retrieved": manifest["summary"]["retrieved"],
+        "gold_rm_validation_accuracy": manifest.summary.gold_rm_validation_accuracy,
+        "retrieved": manifest.summary.retrieved,
         "silver_added": added.num_rows,
         "silver_total": silver.num_rows,
-        "review_queue": manifest["summary"]["review_queue"],
-        "cost_usd": manifest["summary"]["cost_usd"],
+        "review_queue": manifest.summary.review_queue,
+        "cost_usd": manifest.summary.cost_usd,
     }
     if truth is not None:
         report["silver_added_accuracy_vs_truth"] = label_accuracy(added, truth)
@@ -73,10 +75,8 @@ def all_round_reports(root: PathLike | StorageLayout, truth: pa.Table | None = N
 
 
 def stage2_report(out_dir: PathLike, truth: pa.Table | None = None) -> dict:
-    manifest = read_json(Stage2Layout(out_dir).manifest)
-    report = {"round": manifest["round"], **manifest["counts"]}
-    if "quality_estimates" in manifest:
-        report["quality_estimates"] = manifest["quality_estimates"]
+    manifest = Stage2Manifest.read(Stage2Layout(out_dir).manifest)
+    report = {"round": manifest.round, **manifest.counts, "quality_estimates": manifest.quality_estimates.dump()}
     if truth is not None:
         report["label_accuracy_vs_truth"] = accuracy_report(out_dir, truth)
     return report
@@ -162,23 +162,20 @@ def round_history(store: StorageLayout, upto: str | None = None) -> list[dict]:
     return history
 
 
-def _validation_ids(out) -> set[str]:
-    return {p for p in read_parquet(out.gold_eval, ["pair_id"]).column("pair_id").to_pylist() if is_validation(p)}
+def _validation_ids(out: RoundLayout) -> set[str]:
+    """The round's gold-validation pairs, as its intake split them (``gold_validation.parquet``)."""
+    return set(read_parquet(out.gold_validation, ["pair_id"]).column("pair_id").to_pylist())
 
 
-def _manifest_or_preview(store: StorageLayout, rnd: str) -> dict:
+def _manifest_or_preview(store: StorageLayout, rnd: str) -> RoundManifest:
     out = store.round(rnd)
-    if out.is_complete():
-        return read_json(out.manifest)
-    from .stage1 import round_manifest
-
-    return round_manifest(store, rnd)
+    return RoundManifest.read(out.manifest) if out.is_complete() else round_manifest(store, rnd)
 
 
 def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageLayout) -> list[Section]:
     names = [h["round"] for h in history]
-    steps = [h["manifest"]["steps"] for h in history]
-    summaries = [h["manifest"]["summary"] for h in history]
+    steps: list[RoundSteps] = [h["manifest"].steps for h in history]
+    summaries: list[RoundSummary] = [h["manifest"].summary for h in history]
     rm = Section(
         "Reward models on gold",
         "reward-models",
@@ -192,11 +189,11 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         "gold RM, gold-validation": {"value": [], "low": [], "high": [], "color": "gold"},
     }
     for st, sm, h in zip(steps, summaries, history):
-        cal = st["evaluate"].get("calibration", {})
+        gold_cal = st.evaluate.calibration.get("gold")
         points = {
-            "best RM, all gold": (sm["best_rm_gold_accuracy"], sm["gold"]),
+            "best RM, all gold": (sm.best_rm_gold_accuracy, sm.gold),
             "best RM, fixed held-out slice": (h["fixed"][0] / h["fixed"][1] if h["fixed"][1] else None, h["fixed"][1]),
-            "gold RM, gold-validation": (sm["gold_rm_validation_accuracy"], cal.get("gold", {}).get("n", 0)),
+            "gold RM, gold-validation": (sm.gold_rm_validation_accuracy, gold_cal.n if gold_cal else 0),
         }
         for name, (value, n) in points.items():
             low, high = _wilson(value, n)
@@ -208,10 +205,8 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         "Best-RM and gold-RM accuracy on gold over rounds (95% intervals).",
         fig.accuracy_over_rounds(names, series, "Reward-model accuracy on gold"),
     )
-    categories = sorted({c for st in steps for c in st["evaluate"].get("per_category", {})})
-    per_cat = {
-        c: [st["evaluate"].get("per_category", {}).get(c, {}).get("accuracy") for st in steps] for c in categories
-    }
+    categories = sorted({c for st in steps for c in st.evaluate.per_category})
+    per_cat = {c: [st.evaluate.per_category.get(c, {}).get("accuracy") for st in steps] for c in categories}
     if categories:
         rm.add(
             "rm_accuracy_by_category",
@@ -223,11 +218,11 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         "rows": [
             [
                 n,
-                sm["gold"],
-                fmt(sm["best_rm_gold_accuracy"]),
+                sm.gold,
+                fmt(sm.best_rm_gold_accuracy),
                 fmt(series["best RM, fixed held-out slice"]["value"][i]),
-                fmt(sm["gold_rm_validation_accuracy"]),
-                "; ".join(sm.get("warnings", [])) or "—",
+                fmt(sm.gold_rm_validation_accuracy),
+                "; ".join(sm.warnings) or "—",
             ]
             for i, (n, sm) in enumerate(zip(names, summaries))
         ],
@@ -240,19 +235,19 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         "for the humans' next day, per round.",
     )
     sizes = {
-        "gold": [sm["gold"] for sm in summaries],
-        "silver": [sm["silver"] for sm in summaries],
-        "review queue": [sm["review_queue"] for sm in summaries],
+        "gold": [sm.gold for sm in summaries],
+        "silver": [sm.silver for sm in summaries],
+        "review queue": [sm.review_queue for sm in summaries],
     }
     data.add(
         "sizes", "Gold / silver / review-queue sizes per round.", fig.sizes_over_rounds(names, sizes, "Data per round")
     )
-    last = steps[-1]["retrieve"]
-    ks = last.get("k_distribution", {})
+    last = steps[-1].retrieve
+    ks = last.k_distribution
     data.add(
         "retrieval_k",
         f"Adaptive retrieval in {names[-1]}: how many gold pairs asked for k neighbours "
-        f"(k grows as the best RM's p on the gold pair falls); {last['retrieved']} pool pairs pulled.",
+        f"(k grows as the best RM's p on the gold pair falls); {last.retrieved} pool pairs pulled.",
         fig.bars(
             list(ks), list(ks.values()), f"k(p) of adaptive retrieval, {names[-1]}", "k (neighbours)", "gold pairs"
         ),
@@ -260,9 +255,7 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
     data.add(
         "retrieved",
         "Pool pairs pulled by adaptive retrieval per round.",
-        fig.sizes_over_rounds(
-            names, {"retrieved": [st["retrieve"]["retrieved"] for st in steps]}, "Pool pairs retrieved"
-        ),
+        fig.sizes_over_rounds(names, {"retrieved": [st.retrieve.retrieved for st in steps]}, "Pool pairs retrieved"),
     )
 
     judges = Section(
@@ -272,28 +265,21 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         "random order): accuracy with its 95% interval, share of abstentions, and position bias "
         "(how much more often it picks the first response than the second).",
     )
-    now = steps[-1]["merge"].get("judges", {}).get("annotators", {})
+    now = steps[-1].merge.judges.annotators
     if now:
         jn = sorted(now)
         stats = {
-            "accuracy": [now[n]["accuracy"] for n in jn],
-            "low": [now[n]["ci_low"] for n in jn],
-            "high": [now[n]["ci_high"] for n in jn],
-            "abstention": [now[n].get("abstained", 0) / max(1, now[n].get("pairs", 0)) for n in jn],
-            "position_bias": [abs(now[n].get("position_bias") or 0) for n in jn],
+            "accuracy": [now[n].accuracy for n in jn],
+            "low": [now[n].ci_low for n in jn],
+            "high": [now[n].ci_high for n in jn],
+            "abstention": [now[n].abstained / max(1, now[n].pairs) for n in jn],
+            "position_bias": [abs(now[n].position_bias or 0) for n in jn],
         }
         judges.add("judges", f"Judges on the gold probe, {names[-1]}.", fig.judges(jn, stats, f"Judges, {names[-1]}"))
+        measured = [st.merge.judges.annotators for st in steps]
+        fields = {"value": "accuracy", "low": "ci_low", "high": "ci_high"}
         drift = {
-            n: {
-                "value": [
-                    st["merge"].get("judges", {}).get("annotators", {}).get(n, {}).get("accuracy") for st in steps
-                ],
-                "low": [st["merge"].get("judges", {}).get("annotators", {}).get(n, {}).get("ci_low") for st in steps],
-                "high": [
-                    st["merge"].get("judges", {}).get("annotators", {}).get(n, {}).get("ci_high") for st in steps
-                ],
-            }
-            for n in jn
+            n: {k: [getattr(m[n], f) if n in m else None for m in measured] for k, f in fields.items()} for n in jn
         }
         judges.add(
             "judges_over_rounds",
@@ -312,12 +298,12 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
     spend.add(
         "tokens",
         "Tokens per round.",
-        fig.sizes_over_rounds(names, {"tokens": [sm["tokens"] for sm in summaries]}, "Tokens per round", "tokens"),
+        fig.sizes_over_rounds(names, {"tokens": [sm.tokens for sm in summaries]}, "Tokens per round", "tokens"),
     )
     spend.add(
         "cost",
         "Cost per round (USD).",
-        fig.sizes_over_rounds(names, {"cost": [sm["cost_usd"] for sm in summaries]}, "Cost per round", "USD"),
+        fig.sizes_over_rounds(names, {"cost": [sm.cost_usd for sm in summaries]}, "Cost per round", "USD"),
     )
     sections = [rm, data, judges, spend]
     if truth is not None:
@@ -357,11 +343,13 @@ def stage2_summary(run: Stage2Layout) -> dict:
     categories: dict[str, dict[str, int]] = {}
     for uri in run.pool().shard_uris():
         marker = run.shard(uri).success
-        summary = read_json(marker).get("summary", {}) if marker.exists() else {}
+        if not marker.exists():
+            continue
+        summary = ShardDecided.read(marker).summary
         for k in hist:
-            for d, counts in summary.get(k, {}).items():
+            for d, counts in getattr(summary, k).items():
                 hist[k][d] = [a + b for a, b in zip(hist[k][d], counts)]
-        for cat, by in summary.get("categories", {}).items():
+        for cat, by in summary.categories.items():
             for d, n in by.items():
                 categories.setdefault(cat, {}).setdefault(d, 0)
                 categories[cat][d] += n
@@ -369,12 +357,12 @@ def stage2_summary(run: Stage2Layout) -> dict:
 
 
 def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]:
-    m = read_json(run.manifest if run.is_complete() else run.estimates)  # estimates: a preview before export
-    c = m["counts"]
+    m = Stage2Manifest.read(run.manifest) if run.is_complete() else Stage2Preview.read(run.estimates)  # preview
+    c = m.counts
     funnel = Section(
         "Where every input pair went",
         "funnel",
-        f"Source round {m['round']}, decision rule `{m['config']['decision_rule']}`. "
+        f"Source round {m.round}, decision rule `{m.config['decision_rule']}`. "
         "Counts conserve: input = quarantined + duplicates + contaminated + kept + recycled + dropped.",
     )
     stages = [("input", c["input"])] + [
@@ -420,9 +408,10 @@ def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]
         "From blind canaries (held-out gold in both orientations, never exported): estimated precision "
         "of the kept and of the recycled pairs, and the retention of pairs whose label is right.",
     )
-    q = m.get("quality_estimates", {})
-    if q.get("canaries"):
+    q = m.quality_estimates
+    if q.canaries:
         names = ["kept_precision", "retention", "recycled_precision"]
+        intervals = [getattr(q, n) for n in names]
         truth_values = None
         if truth is not None:
             acc = accuracy_report(run, truth)
@@ -434,14 +423,14 @@ def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]
             "quality",
             "Estimates with 95% intervals" + (", and the synthetic truth (×)." if truth_values else "."),
             fig.estimates(
-                [n.replace("_", " ") for n in names], [q[n] for n in names], truth_values, "Quality estimates"
+                [n.replace("_", " ") for n in names], [i.dump() for i in intervals], truth_values, "Quality estimates"
             ),
         )
         quality.table = {
             "header": ["estimate", "value", "95% interval"],
             "rows": [
-                [n.replace("_", " "), fmt(q[n]["estimate"]), f"{fmt(q[n]['ci_low'])} – {fmt(q[n]['ci_high'])}"]
-                for n in names
+                [n.replace("_", " "), fmt(i.estimate), f"{fmt(i.ci_low)} – {fmt(i.ci_high)}"]
+                for n, i in zip(names, intervals)
             ],
         }
     else:
@@ -494,16 +483,16 @@ def _table(rows: list[tuple[str, object]]) -> str:
 
 def round_sign_off(store: StorageLayout, rnd: str, report_uri: str) -> str:
     """Markdown for the "publish this round's silver?" approval: the round's numbers and its report."""
-    s = _manifest_or_preview(store, rnd)["summary"]
+    s = _manifest_or_preview(store, rnd).summary
     rows = [
-        ("gold (human-verified, cumulative)", s["gold"]),
-        ("silver after this round", s["silver"]),
-        ("best RM accuracy on gold", s["best_rm_gold_accuracy"]),
-        ("gold RM accuracy on gold-validation", s["gold_rm_validation_accuracy"]),
-        ("pool pairs retrieved and judged", s["retrieved"]),
-        ("review queue for tomorrow", s["review_queue"]),
-        ("LLM cost (USD)", s["cost_usd"]),
-        ("warnings", "; ".join(s.get("warnings", [])) or "none"),
+        ("gold (human-verified, cumulative)", s.gold),
+        ("silver after this round", s.silver),
+        ("best RM accuracy on gold", s.best_rm_gold_accuracy),
+        ("gold RM accuracy on gold-validation", s.gold_rm_validation_accuracy),
+        ("pool pairs retrieved and judged", s.retrieved),
+        ("review queue for tomorrow", s.review_queue),
+        ("LLM cost (USD)", s.cost_usd),
+        ("warnings", "; ".join(s.warnings) or "none"),
     ]
     return (
         f"### Publish the silver of round {rnd}?\n\n{_table(rows)}\n\nReport: `{report_uri}` (also under Browse → "
@@ -514,17 +503,14 @@ def round_sign_off(store: StorageLayout, rnd: str, report_uri: str) -> str:
 
 def stage2_sign_off(run: Stage2Layout, report_uri: str) -> str:
     """Markdown for the "export this curated dataset?" approval: the funnel, the estimates and the report."""
-    m = read_json(run.estimates)
-    c, q = m["counts"], m["quality_estimates"]
+    m = Stage2Preview.read(run.estimates)
+    c, q = m.counts, m.quality_estimates
     rows = [(k, f"{c.get(k, 0):,}") for k in ("input", *DECISIONS, "quarantined", "duplicates", "contaminated")]
     for name in ("kept_precision", "retention", "recycled_precision"):
-        if q.get("canaries"):
-            e = q[name]
+        e = getattr(q, name)
+        if q.canaries and e is not None:
             rows.append(
-                (
-                    f"estimated {name.replace('_', ' ')}",
-                    f"{fmt(e['estimate'])} [{fmt(e['ci_low'])}, {fmt(e['ci_high'])}]",
-                )
+                (f"estimated {name.replace('_', ' ')}", f"{fmt(e.estimate)} [{fmt(e.ci_low)}, {fmt(e.ci_high)}]")
             )
     return (
         f"### Export the curated dataset of run {run.name}?\n\n{_table(rows)}\n\nReport: `{report_uri}`.\n\n"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .adaptive_retrieval import bf16_supported
+from .embedding import bf16_supported, default_embedder
 from .progress import Progress, log
 from .schema import prompt_text
 from .settings import RMConfig
@@ -38,6 +38,11 @@ EVAL_SCHEMA = pa.schema(
         ("correct", pa.bool_()),
     ]
 )
+
+
+def resolved_backbone(cfg: RMConfig) -> str:
+    """The RM's backbone: the configured checkpoint, else the packaged all-MiniLM-L6-v2."""
+    return cfg.backbone or default_embedder()
 
 
 def p_from_diff(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +72,7 @@ _last_encoding: list = [None, None]  # (key, features) of the latest call: two R
 
 
 def _encode_pairs(prompts: list[str], responses: list[str], backbone: str) -> np.ndarray:
-    from .adaptive_retrieval import embed_texts
+    from .embedding import embed_texts
 
     key = (backbone, tuple(prompts), tuple(responses))
     if _last_encoding[0] != key:
@@ -90,7 +95,7 @@ def _train_frozen(train: list[dict], select: list[dict], cfg: RMConfig, local: P
     import torch
     from safetensors.torch import save_file
 
-    backbone = cfg.resolved_backbone()
+    backbone = resolved_backbone(cfg)
     enc = lambda rows, side: torch.from_numpy(_encode_pairs(*_texts(rows, side), backbone))  # noqa: E731
     xw, xl = enc(train, "chosen"), enc(train, "rejected")
     sw, sl = (enc(select, "chosen"), enc(select, "rejected")) if select else (None, None)
@@ -101,7 +106,7 @@ def _train_frozen(train: list[dict], select: list[dict], cfg: RMConfig, local: P
 
 def pair_features(rows: list[dict], backbone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Frozen-encoder features of (prompt + chosen) and (prompt + rejected) for every row."""
-    name = backbone or RMConfig().resolved_backbone()
+    name = backbone or resolved_backbone(RMConfig())
     return _encode_pairs(*_texts(rows, "chosen"), name).copy(), _encode_pairs(*_texts(rows, "rejected"), name).copy()
 
 
@@ -181,7 +186,7 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, EarlyStoppingCallback
     from trl import RewardConfig, RewardTrainer
 
-    backbone = cfg.resolved_backbone()
+    backbone = resolved_backbone(cfg)
     _seed_everything(cfg.seed)
     tok = AutoTokenizer.from_pretrained(backbone)
     model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
@@ -264,7 +269,7 @@ def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out
         metrics.update({"train_pairs": len(train), "select_pairs": len(select)})
         (local / "rm_config.json").write_text(
             json.dumps(
-                {**cfg.model_dump(), "backbone": cfg.resolved_backbone() if cfg.backbone else ""},
+                {**cfg.model_dump(), "backbone": resolved_backbone(cfg) if cfg.backbone else ""},
                 sort_keys=True,
                 indent=2,
             )
@@ -328,7 +333,7 @@ class RewardModel:
         if not prompts:
             return np.zeros(0)
         if self.cfg.mode == "frozen":
-            x = torch.from_numpy(_encode_pairs(prompts, responses, self.cfg.resolved_backbone()))
+            x = torch.from_numpy(_encode_pairs(prompts, responses, resolved_backbone(self.cfg)))
             with torch.inference_mode():
                 return model(x).squeeze(-1).double().numpy()
         ids = _tokenize(self._tok, prompts, responses, self.cfg.max_length)

@@ -1,32 +1,27 @@
 """Settings declared once: a typed field (default, bounds, title, section, description) per setting.
 
 The library's configs (``PrepareConfig``, ``AnnotateSettings``, ``Stage1Config``, ``RMConfig``,
-``Stage2Config``, ...) are pydantic models, all declared in this module (it imports nothing heavy,
-so DAG files use it at parse time), their user-facing fields declared with ``setting(...)``. From
-them the DAGs derive their ``Param``s (``dags/synpref_common.py``), the CLI derives its flags
-(``synpref.cli``) and both build the config back with ``from_flat``. A nested config
-(``Stage1Config.rm``) is flattened under its ``prefix`` (``rm_mode``, ``rm_lr``, ...). Fields
-without a title are internal: they keep their default and are not exposed.
+``Stage2Config``, ...) are pydantic models, all declared in this module. It is a leaf: declarations
+only, no behaviour and no import from the rest of the library (so DAG files use it at parse time);
+what a setting does lives in the module that owns the step. User-facing fields are declared with
+``setting(...)``; from them the DAGs derive their ``Param``s (``dags/synpref_common.py``), the CLI
+derives its flags (``synpref.cli``) and both build the config back with ``from_flat``. A nested
+config (``Stage1Config.rm``) is flattened under its ``prefix`` (``rm_mode``, ``rm_lr``, ...). Fields
+without a title are internal: they keep their default and are not exposed. Where two settings
+constrain each other, a validator makes the effective value the one recorded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
-
-if TYPE_CHECKING:
-    from .consistency import DecisionRule
-    from .layout import RoundLayout, StorageLayout
-    from .llm_client import AnnotatorConfig, Budget
 
 RMMode = Literal["full", "frozen"]
 MergePolicy = Literal["majority", "unanimous", "weighted"]
@@ -206,11 +201,6 @@ class RMConfig(BaseModel):
     head_lr: float = 2e-3
     seed: int = 0
 
-    def resolved_backbone(self) -> str:
-        from .adaptive_retrieval import default_embedder
-
-        return self.backbone or default_embedder()
-
 
 class AnnotateSettings(BaseModel):
     """How pairs are judged (shared by stage 1, stage 2 and ``synpref annotate``)."""
@@ -243,16 +233,6 @@ class AnnotateSettings(BaseModel):
     seed: int = setting(
         0, title="Seed", section=SECTION_ANNOTATION, description="Seeds candidate order, sampling and training."
     )
-
-    def for_annotator(self, annotator: AnnotatorConfig) -> AnnotatorConfig:
-        """The annotator with this run's self-consistency samples, when set."""
-        return annotator.model_copy(update={"samples": self.samples}) if self.samples else annotator
-
-    def budget(self, tasks: int = 1) -> Budget:
-        """One task's share of the budget (split evenly across annotator × shard tasks)."""
-        from .llm_client import Budget
-
-        return Budget(self.budget_usd / tasks if self.budget_usd is not None else None)
 
 
 class Stage1Config(AnnotateSettings):
@@ -353,7 +333,7 @@ class Stage2Config(AnnotateSettings):
         title="Minimum pair confidence",
         section=SECTION_CONSISTENCY,
         description="reliability rule: no pair is kept below this confidence, even when the kept set's "
-        "expected precision would still reach the target.",
+        "expected precision would still reach the target (at most the target).",
     )
     band: float = setting(
         0.0,
@@ -374,22 +354,10 @@ class Stage2Config(AnnotateSettings):
     )
     shard_size: int = SHARD_SIZE
 
-    def rule(self, rnd: RoundLayout) -> DecisionRule:
-        """The configured decision rule, with the round's calibration and judge reliability."""
-        from .consistency import PaperRule, ReliabilityRule
-
-        if self.decision_rule == "paper":
-            policy = "both_rms_reject" if self.recycle_policy == "rule_default" else self.recycle_policy
-            return PaperRule(self.band, policy)
-        policy = "positive_evidence" if self.recycle_policy == "rule_default" else self.recycle_policy
-        return ReliabilityRule.for_round(
-            rnd, self.target_precision, policy, self.min_confidence, self.rm_only_confidence
-        )
-
-    def fingerprint(self, store: StorageLayout, rnd: str) -> str:
-        """Identity of a shard's inputs (config + round manifest): a finished shard is skipped only if it matches."""
-        from .storage import read_bytes
-
-        round_manifest = hashlib.sha256(read_bytes(store.round(rnd).manifest)).hexdigest()
-        blob = json.dumps([self.model_dump(), rnd, round_manifest], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    @model_validator(mode="after")
+    def _effective_confidences(self) -> Stage2Config:
+        """The values the reliability rule uses, recorded as such: ``min_confidence`` is at most the target,
+        ``rm_only_confidence`` at least the target (the RMs alone never decide below what judging must reach)."""
+        object.__setattr__(self, "min_confidence", min(self.min_confidence, self.target_precision))
+        object.__setattr__(self, "rm_only_confidence", max(self.rm_only_confidence, self.target_precision))
+        return self

@@ -9,12 +9,12 @@ by the budget are deferred (back to the pool for a later round).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 
 import pyarrow as pa
 
 from .schema import PAIR_SCHEMA, flip
+from .seeding import seeded_sample
 
 QUEUE_SCHEMA = PAIR_SCHEMA.append(pa.field("queue_reason", pa.string()))
 _OBJ = {"objective": 0, "subjective": 1}
@@ -28,10 +28,6 @@ def review_priority(row: dict) -> tuple:
         _CONTRO.get(row.get("controversiality") or "", 3),
         row["pair_id"],
     )
-
-
-def _spot_check_key(pair_id: str, seed: int) -> str:
-    return hashlib.sha256(f"spot:{seed}:{pair_id}".encode()).hexdigest()
 
 
 def merge_into_silver(
@@ -61,7 +57,7 @@ def merge_into_silver(
             counts["queued_contested"] += 1
     if sum(counts.values()) != len(retrieved):
         raise RuntimeError(f"silver merge lost pairs: {dict(counts)} vs {len(retrieved)} retrieved")
-    spots = sorted(added, key=lambda r: _spot_check_key(r["pair_id"], seed))[:spot_check]
+    spots = seeded_sample(added, spot_check, "spot", seed)
     queue += [{**r, "queue_reason": "spot_check"} for r in spots]
     counts["queued_spot_check"] = len(spots)
     queue.sort(key=review_priority)

@@ -3,13 +3,12 @@
 A round is named by its date. It reads the newest completed round before it (or the seed,
 round 0) and writes only under ``<root>/rounds/<round>/``, its manifest last. Each ``step_*``
 function is one Airflow task (the DAG maps the per-shard/per-annotator ones) and one piece of
-``run_round`` (the CLI). Steps record their counts in ``steps/<step>.json``; ``step_publish``
-gathers them into the manifest.
+``pipeline.run_round`` (the CLI). Steps record their counts in ``steps/<step>.json`` (typed:
+``records``); ``step_publish`` gathers them into the manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 
 import numpy as np
@@ -21,21 +20,37 @@ from .adaptive_retrieval import (
     IndexCache,
     RetrievalConfig,
     adaptive_retrieve,
-    embed_rows,
-    embedding_text,
     k_for_p,
     nearest_examples,
-    text_sha,
 )
-from .annotation import annotator_stats, few_shot_examples, judge, merge_samples, status_counts
+from .annotation import (
+    annotator_stats,
+    few_shot_examples,
+    judge,
+    merge_samples,
+    status_counts,
+    task_budget,
+    with_samples,
+)
 from .attributes import generate_attributes
+from .embedding import embed_rows, embedding_dim, embedding_text, text_sha
 from .layout import MANIFEST, SEED_ROUND, RoundLayout, StorageLayout, layout
 from .llm_client import AnnotatorConfig
 from .progress import log, shard_position
 from .readers import InputError
+from .records import (
+    EvaluateRecord,
+    IntakeRecord,
+    MergeRecord,
+    Record,
+    RetrieveRecord,
+    RoundManifest,
+    TrainRecord,
+)
 from .reliability import calibrate, joint_weights, judge_reliability, judge_warnings, rm_warnings
 from .reward_model import RewardModel, evaluate, train_reward_model
 from .schema import PAIR_SCHEMA, has_attributes
+from .seeding import seeded_sample
 from .settings import Stage1Config
 from .silver import QUEUE_SCHEMA, merge_into_silver
 from .storage import (
@@ -78,11 +93,12 @@ def _seed_silver(store: StorageLayout, cfg: Stage1Config, gold_ids: set[str]) ->
     given = _read_any(store.seed, "silver")
     if given:
         return [{**r, "provenance": "seed", "round": SEED_ROUND} for r in given], "seed/silver"
-    key = lambda r: hashlib.sha256(f"seed-silver:{cfg.seed}:{r['pair_id']}".encode()).hexdigest()  # noqa: E731
     pool = [
         r for shard in store.pool.shards() for r in read_parquet(shard).to_pylist() if r["pair_id"] not in gold_ids
     ]
-    sample = sorted(pool, key=key)[: min(cfg.seed_silver, len(pool) // 2)]  # half the pool stays to be retrieved
+    sample = seeded_sample(
+        pool, min(cfg.seed_silver, len(pool) // 2), "seed-silver", cfg.seed
+    )  # half the pool stays to be retrieved
     return [{**r, "round": SEED_ROUND} for r in sample], f"unverified pool sample ({len(sample)} of {len(pool)})"
 
 
@@ -97,9 +113,21 @@ def _require_inputs(store: StorageLayout, rnd: str, gold: int) -> None:
         )
 
 
+STEP_RECORDS: dict[str, type[Record]] = {
+    "intake": IntakeRecord,
+    "train_best_rm": TrainRecord,
+    "train_gold_rm": TrainRecord,
+    "evaluate": EvaluateRecord,
+    "retrieve": RetrieveRecord,
+    "merge": MergeRecord,
+}
+
+
 def _step_record(out: RoundLayout, step: str, info: dict) -> dict:
-    write_json(info, out.step(step))
-    return info
+    """Validated by the step's record type (a changed shape fails here, in the step that made it), then written."""
+    record = STEP_RECORDS[step].model_validate(info)
+    record.write(out.step(step))
+    return record.dump()
 
 
 def _write_table(rows: list[dict], schema: pa.Schema, uri) -> str:
@@ -267,13 +295,13 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
         rows = read_parquet(out.pool_attributes_shard(shard.name)).to_pylist()
         pool_rows += rows
         pool_vecs.append(embed_rows(rows, store.embedding_cache(shard.name)))
-    vecs = np.concatenate(pool_vecs) if pool_vecs else np.zeros((0, 384), np.float32)
+    vecs = np.concatenate(pool_vecs) if pool_vecs else np.zeros((0, embedding_dim()), np.float32)
     pool_ids = [r["pair_id"] for r in pool_rows]
     key = IndexCache.key(pool_ids, [text_sha(embedding_text(r)) for r in pool_rows], RECALL_TARGET)
     index, index_record = IndexCache(store.index_cache).get(key, vecs) if pool_rows else (None, {})
     gold_rows = _rows(out.gold)
     p_by_id = {r["pair_id"]: r["p"] for r in _rows(out.gold_eval)}
-    gold_vecs = embed_rows(gold_rows)
+    gold_vecs = embed_rows(gold_rows, store.gold_embedding_cache(rnd))
     table = adaptive_retrieve(
         [g["pair_id"] for g in gold_rows],
         [p_by_id[g["pair_id"]] for g in gold_rows],
@@ -289,7 +317,7 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
     index = {r["pair_id"]: i for i, r in enumerate(pool_rows)}
     retrieved = [{k: pool_rows[index[pid]][k] for k in PAIR_SCHEMA.names} for pid in wanted]
     _write_table(retrieved, PAIR_SCHEMA, out.retrieved)
-    query_vecs = vecs[[index[pid] for pid in wanted]] if wanted else np.zeros((0, 384), np.float32)
+    query_vecs = vecs[[index[pid] for pid in wanted]] if wanted else np.zeros((0, vecs.shape[1]), np.float32)
     examples = nearest_examples(query_vecs, wanted, gold_rows, gold_vecs, cfg.max_examples)
     example_ids = [[e["pair_id"] for e in v] for v in examples.values()]
     write_parquet(pa.table({"pair_id": list(examples), "examples": example_ids}), out.examples)
@@ -322,14 +350,14 @@ def step_annotate(
     then of a blind probe of gold pairs that measures the annotator (accuracy, position bias)."""
     store = layout(root)
     out = store.round(rnd)
-    annotator = cfg.for_annotator(annotator)
+    annotator = with_samples(cfg, annotator)
     pairs = _rows(out.retrieved)
-    budget = cfg.budget(n_annotators)
+    budget = task_budget(cfg, n_annotators)
     samples, usage = judge(pairs, _examples_for(out), annotator, store.llm_cache, cfg, budget)
     write_parquet(samples, out.samples(annotator.name))
     gold = _rows(out.gold)
     probe = probe_pairs(gold, cfg.judge_probe, cfg.seed)
-    examples = few_shot_examples(probe, gold, cfg.max_examples)
+    examples = few_shot_examples(probe, gold, cfg.max_examples, store.gold_embedding_cache(rnd))
     probe_samples, probe_usage = judge(probe, examples, annotator, store.llm_cache, cfg, budget)
     write_parquet(probe_samples, out.probe(annotator.name))
     work = {"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}
@@ -341,8 +369,7 @@ def step_annotate(
 
 def probe_pairs(gold: list[dict], n: int, seed: int) -> list[dict]:
     """A seeded sample of ``n`` gold pairs for measuring the judges."""
-    key = lambda g: hashlib.sha256(f"probe:{seed}:{g['pair_id']}".encode()).hexdigest()  # noqa: E731
-    return sorted(gold, key=key)[:n]
+    return seeded_sample(gold, n, "probe", seed)
 
 
 def step_merge(
@@ -389,16 +416,16 @@ def _total_usage(record: dict) -> dict:
     return {k: round(sum(p.get(k, 0) for p in parts), 6) for k in ("prompt_tokens", "completion_tokens", "cost_usd")}
 
 
-def step_publish(root: PathLike | StorageLayout, rnd: str, params: dict | None = None) -> dict:
+def step_publish(root: PathLike | StorageLayout, rnd: str, params: dict | None = None) -> RoundManifest:
     """Round manifest (counts at every step, metrics, artifact list) — written LAST."""
     out = layout(root).round(rnd)
     remove_stale(out.pool_attributes, {s.name for s in layout(root).pool.shards()})
     manifest = round_manifest(root, rnd, params)
-    write_json(manifest, out.manifest)
+    manifest.write(out.manifest)
     return manifest
 
 
-def round_manifest(root: PathLike | StorageLayout, rnd: str, params: dict | None = None) -> dict:
+def round_manifest(root: PathLike | StorageLayout, rnd: str, params: dict | None = None) -> RoundManifest:
     """What the manifest of a round whose steps are all recorded says (also a preview before publishing)."""
     out = layout(root).round(rnd)
     steps = {p.name[:-5]: read_json(p) for p in list_files(out.steps, (".json",))}
@@ -428,41 +455,14 @@ def round_manifest(root: PathLike | StorageLayout, rnd: str, params: dict | None
         },
         "warnings": steps["evaluate"].get("warnings", []) + judge_warnings(judges),
     }
-    manifest = {
-        "kind": "stage1_round",
-        "round": rnd,
-        "previous_round": steps["intake"]["previous_round"],
-        "steps": steps,
-        "params": params or {},
-        "artifacts": artifacts,
-        "summary": summary,
-    }
-    return manifest
-
-
-def run_round(
-    root: PathLike | StorageLayout,
-    rnd: str,
-    annotators: list[AnnotatorConfig],
-    cfg: Stage1Config = Stage1Config(),
-    attribute_annotator: AnnotatorConfig | None = None,
-    inbox: PathLike | None = None,
-    params: dict | None = None,
-) -> dict:
-    """A whole round by hand (the CLI): the same steps, in the DAG's order."""
-    store = layout(root)
-    step_intake(store, rnd, inbox, cfg)
-    for shard in store.pool.shard_uris():
-        step_attributes(store, rnd, shard, attribute_annotator or (annotators[0] if annotators else None), cfg)
-        step_embed_shard(store, rnd, as_path(shard).name)
-    step_train(store, rnd, "best", cfg)
-    step_train(store, rnd, "gold", cfg)
-    step_evaluate(store, rnd)
-    step_retrieve(store, rnd, cfg)
-    for a in annotators:
-        step_annotate(store, rnd, a, cfg, len(annotators))
-    step_merge(store, rnd, [a.name for a in annotators], cfg)
-    manifest = step_publish(store, rnd, params)
-    from .report import write_round_report
-
-    return {**manifest, "report": write_round_report(store, rnd)}
+    return RoundManifest.model_validate(
+        {
+            "kind": "stage1_round",
+            "round": rnd,
+            "previous_round": steps["intake"]["previous_round"],
+            "steps": steps,
+            "params": params or {},
+            "artifacts": artifacts,
+            "summary": summary,
+        }
+    )

@@ -1,23 +1,37 @@
 """Stage 2: large-scale automatic curation (paper §3.3, Figure 3 right), sharded and bounded in memory.
 
-prepare (pre-processing into shards) → score (the signals: best-RM and gold-RM p, per shard) →
-route (the decision rule: p_best ≤ 0.5 + band → LLM re-annotation with few-shot gold examples, per
-annotator × shard) → decide (keep / recycle / drop, per shard) → conservation check → export
-(TRL-ready Parquet, dataset card, manifest). Paths: ``layout.Stage2Layout``.
+prepare (pre-processing into shards) → score (the signals: best-RM and gold-RM logits per shard; the
+decision rule fitted to the shard, stored with it, routes pairs to the judges — by default the
+reliability rule: pairs whose RM-only confidence is below ``rm_only_confidence``) → annotate (LLM
+re-annotation with few-shot gold examples, per annotator × shard) → decide (``consistency.decide_shard``:
+keep / recycle / drop, per shard) → conservation check → quality estimates → export (TRL-ready
+Parquet, dataset card, manifest). Paths: ``layout.Stage2Layout``; records: ``records``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 
-from .annotation import few_shot_examples, judge, merge_samples, template
-from .canaries import OUTCOME_SCHEMA, canary_rows, estimates, label_right
-from .consistency import Decided, DecisionRule, RewardModelSignal, Signal, score_rows, scores_schema
-from .layout import DECISIONS, PoolLayout, RoundLayout, Stage2Layout, StorageLayout, layout
+from .annotation import few_shot_examples, judge, merge_samples, task_budget, template, with_samples
+from .canaries import CANARY_SCHEMA, OUTCOME_SCHEMA, canary_rows, estimates, label_right
+from .consistency import (
+    Decided,
+    RewardModelSignal,
+    RuleBase,
+    Signal,
+    configured_rule,
+    decide_shard,
+    load_rule,
+    p_of,
+    score_rows,
+    scores_schema,
+)
+from .layout import DECISIONS, PoolLayout, RoundLayout, ShardLayout, Stage2Layout, StorageLayout, layout
 from .llm_client import AnnotatorConfig
 from .preprocess import (
     DROPPED_SCHEMA,
@@ -26,12 +40,22 @@ from .preprocess import (
     check_conservation,
     clear_staging,
     finalize_pool,
-    map_items,
     normalize_file,
     plan_run,
 )
 from .progress import log, shard_position
 from .readers import scan_inputs
+from .records import (
+    DecisionSummary,
+    Interval,
+    PoolManifest,
+    PoolSource,
+    QualityEstimates,
+    ShardDecided,
+    ShardScores,
+    Stage2Manifest,
+    Stage2Preview,
+)
 from .recycle import recycled
 from .schema import PAIR_SCHEMA, has_attributes, to_trl
 from .settings import HIST_BINS, PrepareConfig, Stage2Config
@@ -39,6 +63,7 @@ from .storage import (
     PathLike,
     as_path,
     list_files,
+    read_bytes,
     read_json,
     read_parquet,
     remove_stale,
@@ -105,7 +130,7 @@ def prepare_inputs(
 
     With ``out_dir``, the input paths skipped (and why) are recorded for the run's pool manifest."""
     manifest = PoolLayout(input_uri).manifest
-    if manifest.exists() and read_json(manifest).get("kind") == "pool":
+    if manifest.exists() and read_json(manifest).get("kind") == "pool":  # a pool, not a stage-2 run's output
         return [], str(as_path(input_uri))
     scan = scan_inputs(input_uri)
     if out_dir is not None:
@@ -129,7 +154,7 @@ def step_finalize_prepare(
     """Global dedup/decontam/shards of the input (or adopt an existing pool); returns shard URIs."""
     prepared = _run(out_dir).prepared
     if source_pool:
-        write_json({"source_pool": source_pool}, prepared.source)
+        PoolSource(source_pool=source_pool).write(prepared.source)
         return PoolLayout(source_pool).shard_uris()
     if prepared.source.exists():
         prepared.source.unlink()
@@ -144,6 +169,15 @@ def _gold(store: StorageLayout, rnd: str) -> dict[str, dict]:
     return {g["pair_id"]: g for g in read_parquet(store.round(rnd).gold).to_pylist()}
 
 
+def shard_fingerprint(cfg: Stage2Config, store: StorageLayout, rnd: str, shard_uri: PathLike) -> str:
+    """Identity of a shard's inputs: the config, the round (its manifest's bytes) and the shard's own bytes.
+    A finished shard is skipped only when this matches: a changed input or round is scored again."""
+    parts = [read_bytes(store.round(rnd).manifest), read_bytes(shard_uri)]
+    digests = [hashlib.sha256(b).hexdigest() for b in parts]
+    blob = json.dumps([cfg.model_dump(), rnd, *digests], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def step_score(
     root: PathLike | StorageLayout,
     out_dir: PathLike | Stage2Layout,
@@ -151,54 +185,59 @@ def step_score(
     shard_uri: PathLike,
     cfg: Stage2Config = Stage2Config(),
     signals: list[Signal] | None = None,
-    rule: DecisionRule | None = None,
-) -> dict:
-    """Every signal's p for every pair of one shard; gold pairs are marked, never scored (they keep their label)."""
-    store = layout(root)
-    shard = _run(out_dir).shard(shard_uri)
+    rule: RuleBase | None = None,
+) -> ShardScores:
+    """Every signal's logit for every pair of one shard (gold pairs are marked, never scored: they keep their
+    label), the decision rule fitted to the shard and its routing; the shard's canaries, built and scored once."""
+    store, run = layout(root), _run(out_dir)
+    shard = run.shard(shard_uri)
     log.info("score: %s", shard_position(shard.name, run_shards(out_dir)))
-    fingerprint = cfg.fingerprint(store, rnd)
-    if shard.scores_marker.exists() and read_json(shard.scores_marker).get("fingerprint") == fingerprint:
-        return read_json(shard.scores_marker)
+    fingerprint = shard_fingerprint(cfg, store, rnd, shard_uri)
+    if shard.scores_marker.exists():
+        done = ShardScores.read(shard.scores_marker)
+        if done.fingerprint == fingerprint:
+            return done
     signals = round_signals(store.round(rnd)) if signals is None else signals
-    rule = rule or cfg.rule(store.round(rnd))
     rows = read_parquet(shard_uri).to_pylist()
     gold_ids = set(_gold(store, rnd))
+    conflicts = _label_conflicts(run)
     to_score = [r for r in rows if r["pair_id"] not in gold_ids]
-    scores = score_rows(signals, to_score)
-    schema = scores_schema([s.name for s in signals])
+    logits = score_rows(signals, to_score)
     position = {r["pair_id"]: i for i, r in enumerate(to_score)}
-    conflicts = _label_conflicts(_run(out_dir))
     table_rows = []
     for r in rows:
         i = position.get(r["pair_id"])
         row: dict[str, Any] = {"pair_id": r["pair_id"], "in_gold": i is None, "routed_to_llm": False}
         row["label_conflict"] = r["pair_id"] in conflicts
         if i is not None:
-            row.update({col: float(values[i]) for col, values in scores.items()})
+            row.update({col: float(values[i]) for col, values in logits.items()})
         table_rows.append(row)
-    fitted = rule.prepare(table_rows)
+    fitted = (rule or configured_rule(cfg, store.round(rnd))).fit(table_rows)
     for row in table_rows:
-        row["routed_to_llm"] = not row["in_gold"] and rule.needs_judges(row)
+        row["routed_to_llm"] = not row["in_gold"] and fitted.needs_judges(row)
+    schema = scores_schema([s.name for s in signals])
     write_parquet(pa.Table.from_pylist(table_rows, schema=schema), shard.scores)
-    canaries, _ = _canaries(store, _run(out_dir), rnd, shard_uri, rows, cfg)
-    canary_scores = score_rows(signals, canaries)
+    canaries = _canaries(store, run, rnd, shard_uri, rows, cfg)
+    write_parquet(pa.Table.from_pylist(canaries, schema=CANARY_SCHEMA), shard.canary_pairs)
+    canary_logits = score_rows(signals, canaries)
     canary_table = []
     for i, c in enumerate(canaries):
-        row = {"pair_id": c["pair_id"], "in_gold": False, **{k: float(v[i]) for k, v in canary_scores.items()}}
-        canary_table.append({**row, "routed_to_llm": rule.needs_judges(row)})
+        row = {"pair_id": c["pair_id"], "in_gold": False, "label_conflict": False}
+        row.update({col: float(values[i]) for col, values in canary_logits.items()})
+        canary_table.append({**row, "routed_to_llm": fitted.needs_judges(row)})
     write_parquet(pa.Table.from_pylist(canary_table, schema=schema), shard.canary_scores)
-    info = {
-        "shard": shard.name,
-        "pairs": len(rows),
-        "in_gold": len(rows) - len(to_score),
-        "routed_to_llm": sum(t["routed_to_llm"] for t in table_rows),
-        "canaries": len(canaries),
-        **fitted,
-        "fingerprint": fingerprint,
-    }
-    write_json(info, shard.scores_marker)
-    return info
+    record = ShardScores(
+        shard=shard.name,
+        pairs=len(rows),
+        in_gold=len(rows) - len(to_score),
+        routed_to_llm=sum(t["routed_to_llm"] for t in table_rows),
+        canaries=len(canaries),
+        rule=fitted.model_dump(mode="json"),
+        fitted=fitted.summary(),
+        fingerprint=fingerprint,
+    )
+    record.write(shard.scores_marker)
+    return record
 
 
 def _label_conflicts(run: Stage2Layout) -> set[str]:
@@ -209,22 +248,26 @@ def _label_conflicts(run: Stage2Layout) -> set[str]:
 
 def _canaries(
     store: StorageLayout, run: Stage2Layout, rnd: str, shard_uri: PathLike, rows: list[dict], cfg: Stage2Config
-) -> tuple[list[dict], dict[str, str]]:
-    """The canaries assigned to this shard, and their gold pair ids (see ``synpref.canaries``)."""
+) -> list[dict]:
+    """The canaries assigned to this shard, each with its gold pair id (see ``synpref.canaries``)."""
     held_out = store.round(rnd).gold_validation
     if not cfg.canaries or not held_out.exists():
-        return [], {}
+        return []
     pool = run.pool()
     name = as_path(shard_uri).name
-    names = [s["name"] for s in read_json(pool.manifest)["shards"]] if pool.is_complete() else [name]
+    names = [s.name for s in PoolManifest.read(pool.manifest).shards] if pool.is_complete() else [name]
     with_attributes = sum(map(has_attributes, rows)) * 2 > len(rows)
     return canary_rows(read_parquet(held_out).to_pylist(), name, names, cfg.canaries, with_attributes)
 
 
-def _routed(run: Stage2Layout, shard_uri: PathLike, rule: DecisionRule) -> list[dict]:
+def _fitted_rule(shard: ShardLayout) -> RuleBase:
+    """The decision rule as the scoring step fitted it to the shard (annotate and decide read it, never refit it
+    to the scores)."""
+    return load_rule(ShardScores.read(shard.scores_marker).rule)
+
+
+def _routed(shard_uri: PathLike, scores: list[dict], rule: RuleBase) -> list[dict]:
     """The shard's pairs routed to the judges, least certain first (a budget then skips the most certain)."""
-    scores = read_parquet(run.shard(shard_uri).scores).to_pylist()
-    rule.prepare(scores)
     priority = {}
     for s in scores:
         if s["routed_to_llm"]:
@@ -248,16 +291,17 @@ def step_annotate_shard(
     store, run = layout(root), _run(out_dir)
     shard = run.shard(shard_uri)
     log.info("annotate: %s", shard_position(shard.name, run_shards(out_dir)))
-    annotator = cfg.for_annotator(annotator)
-    pairs = _routed(run, shard_uri, cfg.rule(store.round(rnd)))
-    canaries, sources = _canaries(store, run, rnd, shard_uri, read_parquet(shard_uri).to_pylist(), cfg)
+    annotator = with_samples(cfg, annotator)
+    pairs = _routed(shard_uri, read_parquet(shard.scores).to_pylist(), _fitted_rule(shard))
     routed = {s["pair_id"] for s in read_parquet(shard.canary_scores).to_pylist() if s["routed_to_llm"]}
-    canaries = [c for c in canaries if c["pair_id"] in routed]
+    canaries = [c for c in read_parquet(shard.canary_pairs).to_pylist() if c["pair_id"] in routed]
     gold = list(_gold(store, rnd).values())
-    examples = few_shot_examples(pairs, gold, cfg.max_examples)
-    blind = [g for g in gold if g["pair_id"] not in set(sources.values())]
-    examples.update(few_shot_examples(canaries, blind, cfg.max_examples))
-    samples, usage = judge(canaries + pairs, examples, annotator, store.llm_cache, cfg, cfg.budget(n_tasks))
+    gold_cache = store.gold_embedding_cache(rnd)
+    examples = few_shot_examples(pairs, gold, cfg.max_examples, gold_cache)
+    sources = {c["source_pair_id"] for c in canaries}
+    blind = [g for g in gold if g["pair_id"] not in sources]
+    examples.update(few_shot_examples(canaries, blind, cfg.max_examples, gold_cache))
+    samples, usage = judge(canaries + pairs, examples, annotator, store.llm_cache, cfg, task_budget(cfg, n_tasks))
     write_parquet(samples, shard.samples(annotator.name))
     write_json(usage[annotator.name]["work"], shard.usage(annotator.name))
     counts = {k: usage[annotator.name][k] for k in ("requests", "cache_hits", "errors")}
@@ -271,34 +315,45 @@ def _decision_schema() -> pa.Schema:
     return base
 
 
-def _decided_row(r: dict, s: dict, gold: dict[str, dict], rule: DecisionRule, m: dict) -> tuple[str, dict]:
-    """(decision, the pair as it is exported) for one pair: gold pairs keep their human label."""
-    verdict = m.get("verdict")
+def _exported(r: dict, s: dict, decided: Decided, gold: dict[str, dict]) -> dict:
+    """The pair as it is exported: gold pairs keep their human label, recycled pairs are flipped."""
     if s["in_gold"]:
         g = gold[r["pair_id"]]
-        label = {"chosen": g["chosen"], "rejected": g["rejected"], "flipped": g["flipped"], "provenance": "human"}
-        decided = Decided("kept", "human-verified gold pair (label from gold)")
-        decision, row = decided.decision, {**r, **label}
-    else:
-        decided = rule.decide(s, m or None)
-        decision = decided.decision
-        if decision == "recycled":
-            row = recycled(r)
-        elif decision == "kept":
-            row = {**r, "provenance": "llm" if s["routed_to_llm"] else "rm"}
-        else:
-            row = r
-    trl = to_trl(pa.Table.from_pylist([row], schema=PAIR_SCHEMA)).to_pylist()[0]
-    votes = {k: m.get(k) for k in ("votes_agree", "votes_disagree", "votes_abstain")}
-    scores = {"p_best": s.get("p_best"), "p_gold": s.get("p_gold"), "routed_to_llm": s["routed_to_llm"]}
+        return {**r, "chosen": g["chosen"], "rejected": g["rejected"], "flipped": g["flipped"], "provenance": "human"}
+    if decided.decision == "recycled":
+        return recycled(r)
+    if decided.decision == "kept":
+        return {**r, "provenance": "llm" if s["routed_to_llm"] else "rm"}
+    return r
+
+
+def _decision_columns(s: dict, decided: Decided, m: dict) -> dict:
+    """Why a pair got its decision: the rule's reason, the RMs' p (for display), the judges' votes."""
     evidence = json.dumps(decided.evidence, sort_keys=True) if decided.evidence else None
-    confidence = {"confidence": decided.confidence, "evidence": evidence}
-    row = {**trl, "decision": decision, "reason": decided.reason, **scores, "llm_verdict": verdict, **votes}
-    return decision, {**row, **confidence}
+    return {
+        "decision": decided.decision,
+        "reason": decided.reason,
+        "p_best": p_of(s, "best"),
+        "p_gold": p_of(s, "gold"),
+        "routed_to_llm": s["routed_to_llm"],
+        "llm_verdict": m.get("verdict"),
+        **{k: m.get(k) for k in ("votes_agree", "votes_disagree", "votes_abstain")},
+        "confidence": decided.confidence,
+        "evidence": evidence,
+    }
 
 
-def decision_summary(decided: dict[str, list[dict]]) -> dict:
-    """What the report needs of a shard, so it never reads the pairs: p histograms and categories by decision."""
+def _decided_table(pairs: list[dict], columns: list[dict], schema: pa.Schema) -> pa.Table:
+    """One decision's part: the pairs in TRL form (converted once per table) with their decision columns."""
+    trl = to_trl(pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA))
+    for f in DECISION_FIELDS:
+        trl = trl.append_column(f, pa.array([c[f.name] for c in columns], type=f.type))
+    return trl.cast(schema)
+
+
+def decision_summary(decided: dict[str, list[dict]]) -> DecisionSummary:
+    """What the report needs of a shard, so it never reads the pairs: p histograms and categories by decision.
+    ``decided``: decision → the decision columns of its pairs plus their ``task_category``."""
     hist: dict[str, dict[str, list[int]]] = {k: {} for k in ("p_best", "p_gold")}
     categories: dict[str, dict[str, int]] = {}
     for decision, rows in decided.items():
@@ -311,7 +366,14 @@ def decision_summary(decided: dict[str, list[dict]]) -> dict:
         for r in rows:
             by = categories.setdefault(r.get("task_category") or "unknown", {})
             by[decision] = by.get(decision, 0) + 1
-    return {**hist, "categories": {c: categories[c] for c in sorted(categories)}}
+    return DecisionSummary(**hist, categories={c: categories[c] for c in sorted(categories)})
+
+
+def merged_verdicts(shard: ShardLayout, annotator_names: list[str], policy: str, rnd: RoundLayout) -> dict[str, dict]:
+    """The judges' samples of one shard merged per pair (every annotator that judged it)."""
+    samples = [read_parquet(shard.samples(a)) for a in sorted(annotator_names) if shard.samples(a).exists()]
+    merged = merge_samples(samples, policy, judge_accuracy(rnd)).to_pylist() if samples else []
+    return {m["pair_id"]: m for m in merged}
 
 
 def step_decide(
@@ -321,50 +383,60 @@ def step_decide(
     shard_uri: PathLike,
     annotator_names: list[str],
     cfg: Stage2Config = Stage2Config(),
-    rule: DecisionRule | None = None,
-) -> dict:
-    """The decision rule over one shard (keep / recycle / drop, each with a reason); marker last."""
+) -> ShardDecided:
+    """The decision protocol (``decide_shard``) over one shard: keep / recycle / drop, each with a reason,
+    the canaries' outcomes; marker last."""
     store, run = layout(root), _run(out_dir)
     shard = run.shard(shard_uri)
     log.info("decide: %s", shard_position(shard.name, run_shards(out_dir)))
     rows = read_parquet(shard_uri).to_pylist()
-    scores = {s["pair_id"]: s for s in read_parquet(shard.scores).to_pylist()}
-    samples = [read_parquet(shard.samples(a)) for a in sorted(annotator_names) if shard.samples(a).exists()]
-    accuracy = judge_accuracy(store.round(rnd))
-    merged = merge_samples(samples, cfg.merge_policy, accuracy).to_pylist() if samples else []
-    merged = {m["pair_id"]: m for m in merged}
-    gold, rule = _gold(store, rnd), rule or cfg.rule(store.round(rnd))
-    routed = {pid: m for pid, m in merged.items() if scores.get(pid, {}).get("routed_to_llm")}
-    fitted = rule.prepare(list(scores.values()), routed)
-    out: dict[str, list[dict]] = {d: [] for d in DECISIONS}
+    scores = read_parquet(shard.scores).to_pylist()
+    canary_scores = read_parquet(shard.canary_scores).to_pylist()
+    merged = merged_verdicts(shard, annotator_names, cfg.merge_policy, store.round(rnd))
+    result = decide_shard(scores, merged, _fitted_rule(shard), canary_scores)
+    stale = [s["pair_id"] for s in scores if s["routed_to_llm"] != result.routed[s["pair_id"]]]
+    stale += [c["pair_id"] for c in canary_scores if c["routed_to_llm"] != result.canaries_routed[c["pair_id"]]]
+    if stale:
+        raise ConservationError(f"shard {shard.name}: {len(stale)} pairs routed unlike their stored scores")
+    by_id, gold = {s["pair_id"]: s for s in scores}, _gold(store, rnd)
+    out: dict[str, tuple[list[dict], list[dict]]] = {d: ([], []) for d in DECISIONS}
     for r in rows:
-        decision, row = _decided_row(r, scores[r["pair_id"]], gold, rule, merged.get(r["pair_id"], {}))
-        out[decision].append(row)
+        s, decided = by_id[r["pair_id"]], result.decided[r["pair_id"]]
+        pairs, columns = out[decided.decision]
+        pairs.append(_exported(r, s, decided, gold))
+        columns.append(_decision_columns(s, decided, merged.get(r["pair_id"], {})))
     schema = _decision_schema()
-    for decision, decided in out.items():
-        write_parquet(pa.Table.from_pylist(decided, schema=schema), run.part(decision, shard.name))
-    counts = {k: len(v) for k, v in out.items()}
+    for decision, (pairs, columns) in out.items():
+        write_parquet(_decided_table(pairs, columns, schema), run.part(decision, shard.name))
+    counts = {d: len(pairs) for d, (pairs, _) in out.items()}
     check_conservation(len(rows), counts, where=f"shard {shard.name}")
-    _, sources = _canaries(store, run, rnd, shard_uri, rows, cfg)
-    outcomes = []
-    for s in read_parquet(shard.canary_scores).to_pylist():
-        d = rule.decide(s, merged.get(s["pair_id"]) if s["routed_to_llm"] else None)
-        outcome = {"decision": d.decision, "confidence": d.confidence, "routed_to_llm": s["routed_to_llm"]}
-        outcomes.append({"pair_id": s["pair_id"], "source_pair_id": sources[s["pair_id"]], **outcome})
-        outcomes[-1]["label_right"] = label_right(s["pair_id"])
+    sources = {c["pair_id"]: c["source_pair_id"] for c in read_parquet(shard.canary_pairs).to_pylist()}
+    outcomes = [
+        {
+            "pair_id": pid,
+            "source_pair_id": sources[pid],
+            "decision": d.decision,
+            "confidence": d.confidence,
+            "routed_to_llm": result.canaries_routed[pid],
+            "label_right": label_right(pid),
+        }
+        for pid, d in result.canaries.items()
+    ]
     write_parquet(pa.Table.from_pylist(outcomes, schema=OUTCOME_SCHEMA), shard.canaries)
-    info = {
-        "shard": shard.name,
-        "input": len(rows),
+    summary = {d: [{**c, "task_category": p["task_category"]} for p, c in zip(*out[d])] for d in DECISIONS}
+    record = ShardDecided(
+        shard=shard.name,
+        input=len(rows),
         **counts,
-        "summary": decision_summary(out),
-        "canaries": len(outcomes),
-        "routed_to_llm": sum(s["routed_to_llm"] for s in scores.values()),
-        **fitted,
-        "fingerprint": cfg.fingerprint(store, rnd),
-    }
-    write_json(info, shard.success)
-    return info
+        summary=decision_summary(summary),
+        canaries=len(outcomes),
+        routed_to_llm=sum(s["routed_to_llm"] for s in scores),
+        rule=result.rule.model_dump(mode="json"),
+        fitted=result.rule.summary(),
+        fingerprint=ShardScores.read(shard.scores_marker).fingerprint,
+    )
+    record.write(shard.success)
+    return record
 
 
 # --- whole run -----------------------------------------------------------------------------
@@ -373,21 +445,21 @@ def step_decide(
 def step_check_conservation(out_dir: PathLike | Stage2Layout, shard_uris: list[str]) -> dict:
     """Fail loudly unless input = kept + recycled + dropped + quarantined + each rule's drops (per shard, overall)."""
     run = _run(out_dir)
-    pool_manifest = read_json(run.pool().manifest)
-    pc = pool_manifest["counts"]
+    pool_manifest = PoolManifest.read(run.pool().manifest)
+    pc = pool_manifest.counts
+    held = {s.name: s.count for s in pool_manifest.shards}
     totals: Counter = Counter()
     for uri in shard_uris:
         marker = run.shard(uri).success
         if not marker.exists():
             raise ConservationError(f"shard {as_path(uri).name} has no decisions (missing {marker})")
-        info = read_json(marker)
-        check_conservation(info["input"], {k: info[k] for k in DECISIONS}, where=f"shard {info['shard']}")
-        expected = next(s["count"] for s in pool_manifest["shards"] if s["name"] == as_path(uri).name)
-        if expected != info["input"]:
-            raise ConservationError(
-                f"shard {info['shard']}: decided {info['input']} pairs but the shard holds {expected}"
-            )
-        totals.update({k: info[k] for k in (*DECISIONS, "routed_to_llm")})
+        info = ShardDecided.read(marker)
+        decided = {d: getattr(info, d) for d in DECISIONS}
+        check_conservation(info.input, decided, where=f"shard {info.shard}")
+        expected = held.get(as_path(uri).name)
+        if expected != info.input:
+            raise ConservationError(f"shard {info.shard}: decided {info.input} pairs but the shard holds {expected}")
+        totals.update({**decided, "routed_to_llm": info.routed_to_llm})
     counts = {
         "input": pc["input"],
         **{d: totals[d] for d in DECISIONS},
@@ -430,7 +502,7 @@ def _quarantined_table(run: Stage2Layout) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=QUARANTINED_SCHEMA)
 
 
-def step_estimate(out_dir: PathLike | Stage2Layout, rnd: str, counts: dict, cfg: Stage2Config) -> dict:
+def step_estimate(out_dir: PathLike | Stage2Layout, rnd: str, counts: dict, cfg: Stage2Config) -> Stage2Preview:
     """Quarantined table, stale parts removed, and the canaries' quality estimates → ``estimates.json``
     (what a sign-off shows before the dataset is exported); → the preview manifest."""
     run = _run(out_dir)
@@ -442,9 +514,15 @@ def step_estimate(out_dir: PathLike | Stage2Layout, rnd: str, counts: dict, cfg:
     outcomes = [o for s in shards if s.canaries.exists() for o in read_parquet(s.canaries).to_pylist()]
     decided = sum(counts[d] for d in DECISIONS)
     quality = estimates(outcomes, counts["kept"] / decided if decided else 0.0)
-    preview = {"kind": "stage2_preview", "run": run.name, "round": rnd, "counts": counts, "quality_estimates": quality}
-    preview["config"] = cfg.model_dump()
-    write_json(preview, run.estimates)
+    preview = Stage2Preview(
+        kind="stage2_preview",
+        run=run.name,
+        round=rnd,
+        counts=counts,
+        quality_estimates=quality,
+        config=cfg.model_dump(),
+    )
+    preview.write(run.estimates)
     return preview
 
 
@@ -455,10 +533,10 @@ def step_export(
     cfg: Stage2Config,
     params: dict | None = None,
     date: str = "",
-) -> dict:
+) -> Stage2Manifest:
     """Dataset card and manifest (last), from the estimates step's ``estimates.json``."""
     run = _run(out_dir)
-    quality = read_json(run.estimates)["quality_estimates"]
+    quality = Stage2Preview.read(run.estimates).quality_estimates
     card = template("dataset_card.md").format(
         run=run.name,
         round=rnd,
@@ -472,40 +550,39 @@ def step_export(
         **counts,
     )
     write_bytes(run.dataset_card, card.encode())
-    manifest = {
-        "kind": "stage2_run",
-        "run": run.name,
-        "round": rnd,
-        "counts": counts,
-        "quality_estimates": quality,
-        "config": cfg.model_dump(),
-        "params": params or {},
-        "splits": {d: sorted(p.name for p in list_files(run.split_dir(d), (".parquet",))) for d in DECISIONS},
-        "tables": [run.quarantined.name],
-        "dataset_card": run.dataset_card.name,
-    }
-    write_json(manifest, run.manifest)
+    manifest = Stage2Manifest(
+        kind="stage2_run",
+        run=run.name,
+        round=rnd,
+        counts=counts,
+        quality_estimates=quality,
+        config=cfg.model_dump(),
+        params=params or {},
+        splits={d: sorted(p.name for p in list_files(run.split_dir(d), (".parquet",))) for d in DECISIONS},
+        tables=[run.quarantined.name],
+        dataset_card=run.dataset_card.name,
+    )
+    manifest.write(run.manifest)
     return manifest
 
 
-def quality_lines(quality: dict) -> str:
+def quality_lines(quality: QualityEstimates) -> str:
     """The canary estimates as markdown lines for the dataset card."""
-    if not quality.get("canaries"):
+    if not quality.canaries:
         return "- No canaries (no held-out gold in the source round, or `canaries` = 0): no estimates."
 
-    def fmt(name: str) -> str:
-        q = quality[name]
-        if q["estimate"] is None:
+    def fmt(q: Interval | None) -> str:
+        if q is None or q.estimate is None:
             return "n/a"
-        return f"{q['estimate']:.3f} (95% interval {q['ci_low'] or 0:.3f}–{q['ci_high'] or 0:.3f})"
+        return f"{q.estimate:.3f} (95% interval {q.ci_low or 0:.3f}–{q.ci_high or 0:.3f})"
 
     return "\n".join(
         [
-            f"- Blind canaries: {quality['canaries']} (held-out gold pairs, both orientations; never exported)",
-            f"- Estimated precision of the kept pairs: {fmt('kept_precision')}",
-            f"- Estimated retention of pairs with a right label: {fmt('retention')}",
-            f"- Estimated precision of the recycled (flipped) pairs: {fmt('recycled_precision')}",
-            f"- Estimated share of right labels in the input: {quality['label_accuracy_of_input']:.3f}",
+            f"- Blind canaries: {quality.canaries} (held-out gold pairs, both orientations; never exported)",
+            f"- Estimated precision of the kept pairs: {fmt(quality.kept_precision)}",
+            f"- Estimated retention of pairs with a right label: {fmt(quality.retention)}",
+            f"- Estimated precision of the recycled (flipped) pairs: {fmt(quality.recycled_precision)}",
+            f"- Estimated share of right labels in the input: {quality.label_accuracy_of_input:.3f}",
         ]
     )
 
@@ -517,35 +594,3 @@ def begin_run(out_dir: PathLike | Stage2Layout) -> Stage2Layout:
         run.manifest.unlink()
     clear_staging(run.prepared)
     return run
-
-
-def run_stage2(
-    root: PathLike | StorageLayout,
-    out_dir: PathLike | Stage2Layout,
-    input_uri: PathLike,
-    annotators: list[AnnotatorConfig],
-    rnd: str = "latest",
-    cfg: Stage2Config = Stage2Config(),
-    benchmark_uri: PathLike | None = None,
-    params: dict | None = None,
-) -> dict:
-    """The whole stage by hand (the CLI), same steps as the DAG."""
-    store = layout(root)
-    rnd = store.resolve_round(rnd)
-    run = begin_run(out_dir)
-    files, pool = prepare_inputs(input_uri, run)
-    for i, f, split in map_items(files):
-        step_prepare_file(run, i, f, split)
-    shards = step_finalize_prepare(run, cfg, benchmark_uri, pool)
-    n_tasks = max(1, len(annotators) * len(shards))
-    for shard in shards:
-        step_score(store, run, rnd, shard, cfg)
-        for a in annotators:
-            step_annotate_shard(store, run, rnd, shard, a, cfg, n_tasks)
-        step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
-    counts = step_check_conservation(run, shards)
-    step_estimate(run, rnd, counts, cfg)
-    manifest = step_export(run, rnd, counts, cfg, params)
-    from .report import write_stage2_report
-
-    return {**manifest, "report": write_stage2_report(run)}

@@ -1,0 +1,96 @@
+"""Each stage's steps in the DAG's order, in one process (the CLI, the harness, the tests).
+
+The DAG files run the same ``step_*`` functions as Airflow tasks (mapped over shards and annotators);
+here they run one after the other, and nothing between them is re-implemented. The HTML report is
+written after the manifest, as the DAGs' report tasks do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .layout import StorageLayout, layout
+from .llm_client import AnnotatorConfig
+from .preprocess import map_items
+from .report import write_round_report, write_stage2_report
+from .settings import Stage1Config, Stage2Config
+from .stage1 import (
+    step_annotate,
+    step_attributes,
+    step_embed_shard,
+    step_evaluate,
+    step_intake,
+    step_merge,
+    step_publish,
+    step_retrieve,
+    step_train,
+)
+from .stage2 import (
+    begin_run,
+    prepare_inputs,
+    step_annotate_shard,
+    step_check_conservation,
+    step_decide,
+    step_estimate,
+    step_export,
+    step_finalize_prepare,
+    step_prepare_file,
+    step_score,
+)
+from .storage import PathLike, as_path
+
+
+def run_round(
+    root: PathLike | StorageLayout,
+    rnd: str,
+    annotators: list[AnnotatorConfig],
+    cfg: Stage1Config = Stage1Config(),
+    attribute_annotator: AnnotatorConfig | None = None,
+    inbox: PathLike | None = None,
+    params: dict | None = None,
+) -> dict[str, Any]:
+    """A whole stage-1 round: the manifest (as JSON) and the report's path under ``report``."""
+    store = layout(root)
+    step_intake(store, rnd, inbox, cfg)
+    for shard in store.pool.shard_uris():
+        step_attributes(store, rnd, shard, attribute_annotator or (annotators[0] if annotators else None), cfg)
+        step_embed_shard(store, rnd, as_path(shard).name)
+    step_train(store, rnd, "best", cfg)
+    step_train(store, rnd, "gold", cfg)
+    step_evaluate(store, rnd)
+    step_retrieve(store, rnd, cfg)
+    for a in annotators:
+        step_annotate(store, rnd, a, cfg, len(annotators))
+    step_merge(store, rnd, [a.name for a in annotators], cfg)
+    manifest = step_publish(store, rnd, params)
+    return {**manifest.dump(), "report": write_round_report(store, rnd)}
+
+
+def run_stage2(
+    root: PathLike | StorageLayout,
+    out_dir: PathLike,
+    input_uri: PathLike,
+    annotators: list[AnnotatorConfig],
+    rnd: str = "latest",
+    cfg: Stage2Config = Stage2Config(),
+    benchmark_uri: PathLike | None = None,
+    params: dict | None = None,
+) -> dict[str, Any]:
+    """The whole of stage 2: the manifest (as JSON) and the report's path under ``report``."""
+    store = layout(root)
+    rnd = store.resolve_round(rnd)
+    run = begin_run(out_dir)
+    files, pool = prepare_inputs(input_uri, run)
+    for i, f, split in map_items(files):
+        step_prepare_file(run, i, f, split)
+    shards = step_finalize_prepare(run, cfg, benchmark_uri, pool)
+    n_tasks = max(1, len(annotators) * len(shards))
+    for shard in shards:
+        step_score(store, run, rnd, shard, cfg)
+        for a in annotators:
+            step_annotate_shard(store, run, rnd, shard, a, cfg, n_tasks)
+        step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
+    counts = step_check_conservation(run, shards)
+    step_estimate(run, rnd, counts, cfg)
+    manifest = step_export(run, rnd, counts, cfg, params)
+    return {**manifest.dump(), "report": write_stage2_report(run)}

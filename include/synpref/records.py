@@ -1,0 +1,309 @@
+"""Typed records: everything that crosses a task or process boundary as JSON.
+
+Pool manifest, each stage-1 step's record (``steps/<step>.json``), the round manifest, a stage-2 shard's
+markers (``scores.json``, ``_SUCCESS.json``), the canaries' quality estimates, ``estimates.json`` and the
+stage-2 manifest. Steps build them and write them with ``write``; the report, the plugin, the CLI and the
+demo read them with ``read`` and use fields, not keys — a renamed or missing field fails where the record
+is made or first read, with the file named, not in a later task.
+
+The JSON keeps the shape it always had (``write`` leaves out fields never set, so an optional part that a
+step did not produce stays absent). Records of open-ended content (a trainer's metrics, per-rule counts)
+type the fields that are read and keep the rest as they come (``extra="allow"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .storage import PathLike, read_json, write_json
+
+Number = int | float  # a JSON number kept as it was written (an int stays an int)
+
+
+class RecordError(ValueError):
+    """A JSON record that does not have the shape its reader expects."""
+
+
+class Record(BaseModel):
+    """A JSON record: ``write`` (validated, only the fields set) and ``read`` (validated, a one-line error)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def write(self, path: PathLike) -> str:
+        return write_json(self.dump(), path)
+
+    @classmethod
+    def read(cls, path: PathLike) -> Self:
+        try:
+            return cls.model_validate(read_json(path))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "(root)"
+            raise RecordError(f"{path}: not a {cls.__name__} record ({where}: {first['msg']})") from None
+
+
+class OpenRecord(Record):
+    """A record whose typed fields are the ones read; other content is kept as it comes."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+# --- the pool ------------------------------------------------------------------------------------
+
+
+class ShardEntry(Record):
+    name: str
+    count: int
+
+
+class PoolManifest(OpenRecord):
+    """``<pool>/manifest.json``: input = pool + each rule's drops + quarantined; the shards. Extra keys: the
+    row counts of the rules' side tables."""
+
+    kind: Literal["pool"]
+    counts: dict[str, int]
+    shards: list[ShardEntry]
+    files: list[dict[str, Any]]
+    skipped_files: list[dict[str, Any]]
+
+
+class PoolSource(Record):
+    """``<run>/prepared/source.json``: the existing pool a stage-2 run adopted."""
+
+    source_pool: str
+
+
+# --- stage 1: step records ------------------------------------------------------------------------
+
+
+class IntakeRecord(OpenRecord):
+    previous_round: str
+    silver_source: str
+    inbox_verifications: int
+    inbox_quarantined: int
+    inbox_conflicts: int
+    inbox_unknown_pairs: int
+    gold: int
+    gold_train: int
+    gold_validation: int
+    discarded: int
+    silver_in: int
+
+
+class TrainRecord(OpenRecord):
+    """A reward model's training: where it is and what its trainer reported (mode-specific extras)."""
+
+    uri: str
+    select_accuracy: Number | None = None
+    history: list[dict[str, Any]] = []
+
+
+class RMCalibration(Record):
+    weight: Number
+    n: int
+    ci_low: Number
+    ci_high: Number
+    significant: bool
+    ece_before: Number
+    ece_after: Number
+    brier_before: Number
+    brier_after: Number
+
+
+class EvaluateRecord(Record):
+    best_rm_gold_accuracy: Number | None
+    per_category: dict[str, dict[str, Number]]
+    errors: int
+    gold_rm_validation_accuracy: Number | None
+    calibration: dict[str, RMCalibration] = {}
+    rm_joint_weights: dict[str, Number] = {}
+    warnings: list[str] = []
+
+
+class RetrieveRecord(Record):
+    pool_pairs: int
+    gold_pairs: int
+    retrieved: int
+    k_distribution: dict[str, int]
+    pulled_by_rm_errors: int
+    index: dict[str, Any]
+
+
+class Reliability(OpenRecord):
+    """A source's accuracy on gold with its 95% Wilson interval (``significant``: the interval excludes 0.5)."""
+
+    n: int
+    accuracy: Number | None
+    ci_low: Number
+    ci_high: Number
+    significant: bool
+
+
+class JudgeStats(Reliability):
+    pairs: int = 0
+    abstained: int = 0
+    position_bias: Number | None = None
+
+
+class Judges(Record):
+    """``judges.json``: each annotator's reliability on the blind gold probe, and the shrink of their sum."""
+
+    annotators: dict[str, JudgeStats] = {}
+    shrink: Number = 1.0
+
+
+class MergeRecord(OpenRecord):
+    """The merge step: silver/queue counts (per outcome, open), verdicts, the judges, usage and cost."""
+
+    silver_total: int
+    review_queue: int
+    verdicts: dict[str, int]
+    annotator_stats: dict[str, Any]
+    judges: Judges
+    usage: dict[str, dict[str, Any]]
+    cost_usd: Number
+    tokens: int
+
+
+class RoundSteps(Record):
+    """Every step's record of a round (``steps/<step>.json``)."""
+
+    intake: IntakeRecord
+    train_best_rm: TrainRecord
+    train_gold_rm: TrainRecord
+    evaluate: EvaluateRecord
+    retrieve: RetrieveRecord
+    merge: MergeRecord
+
+
+class JudgeSummary(Record):
+    accuracy: Number | None
+    ci_low: Number
+    ci_high: Number
+    n: int
+
+
+class RoundSummary(Record):
+    silver_source: str | None
+    inbox_verifications: int
+    inbox_quarantined: int
+    inbox_conflicts: int
+    inbox_unknown_pairs: int
+    gold: int
+    silver: int
+    best_rm_gold_accuracy: Number | None
+    gold_rm_validation_accuracy: Number | None
+    retrieved: int
+    review_queue: int
+    cost_usd: Number
+    tokens: int
+    judges: dict[str, JudgeSummary]
+    warnings: list[str]
+
+
+class RoundManifest(Record):
+    """``rounds/<date>/manifest.json``, written last: present = the round is complete."""
+
+    kind: Literal["stage1_round"]
+    round: str
+    previous_round: str
+    steps: RoundSteps
+    params: dict[str, Any]
+    artifacts: list[str]
+    summary: RoundSummary
+
+
+# --- stage 2 ---------------------------------------------------------------------------------------
+
+
+class ShardScores(Record):
+    """``shards/<shard>/scores.json``: the scoring step's counts, the decision rule as fitted to the shard's
+    scores (annotate and decide read it back), and the fingerprint of its inputs (a re-run skips on a match)."""
+
+    shard: str
+    pairs: int
+    in_gold: int
+    routed_to_llm: int
+    canaries: int
+    rule: dict[str, Any]
+    fitted: dict[str, Number]
+    fingerprint: str
+
+    def for_xcom(self) -> dict[str, Any]:
+        """Counts and what was fitted (the rule itself stays in storage)."""
+        return self.model_dump(mode="json", exclude={"rule"})
+
+
+class DecisionSummary(Record):
+    """What the report needs of a shard, so it never reads the pairs: p histograms and categories by decision."""
+
+    p_best: dict[str, list[int]]
+    p_gold: dict[str, list[int]]
+    categories: dict[str, dict[str, int]]
+
+
+class ShardDecided(Record):
+    """``shards/<shard>/_SUCCESS.json``, written last by decide: input = kept + recycled + dropped."""
+
+    shard: str
+    input: int
+    kept: int
+    recycled: int
+    dropped: int
+    summary: DecisionSummary
+    canaries: int
+    routed_to_llm: int
+    rule: dict[str, Any]
+    fitted: dict[str, Number]
+    fingerprint: str
+
+    def for_xcom(self) -> dict[str, Any]:
+        """Counts, summary and what was fitted (the rule itself stays in storage)."""
+        return self.model_dump(mode="json", exclude={"rule"})
+
+
+class Interval(Record):
+    estimate: Number | None
+    ci_low: Number | None
+    ci_high: Number | None
+
+
+class QualityEstimates(Record):
+    """The blind canaries' estimates (only ``canaries`` = 0 when there were none)."""
+
+    canaries: int
+    label_accuracy_of_input: Number | None = None
+    retention: Interval | None = None
+    kept_precision: Interval | None = None
+    recycled_precision: Interval | None = None
+
+
+class Stage2Preview(Record):
+    """``estimates.json``: counts and quality estimates before export (what a sign-off shows)."""
+
+    kind: Literal["stage2_preview"]
+    run: str
+    round: str
+    counts: dict[str, int]
+    quality_estimates: QualityEstimates
+    config: dict[str, Any]
+
+
+class Stage2Manifest(Record):
+    """``stage2/<run>/manifest.json``, written last: counts (conservation checked), config, splits."""
+
+    kind: Literal["stage2_run"]
+    run: str
+    round: str
+    counts: dict[str, int]
+    quality_estimates: QualityEstimates
+    config: dict[str, Any]
+    params: dict[str, Any]
+    splits: dict[str, list[str]]
+    tables: list[str]
+    dataset_card: str
