@@ -34,9 +34,9 @@ DATE = "2026-11-01"
 
 def _template(d: Path):
     """A prepared storage root and the SIMULATED judges serving its truth."""
-    from synpref.layout import PoolLayout
-    from synpref.preprocess import prepare
-    from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+    from synpref.io.layout import PoolLayout
+    from synpref.io.preprocess import prepare
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
 
     root = d / "template"
     sets = {

@@ -34,17 +34,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from synpref.canaries import estimates, label_right
-from synpref.consistency import PaperRule, RuleBase, configured_rule, decide_shard
-from synpref.evaluation import truth_agree
-from synpref.layout import StorageLayout
-from synpref.llm_client import AnnotatorConfig
+from synpref.io.layout import StorageLayout
+from synpref.io.preprocess import prepare
+from synpref.io.storage import read_json, read_parquet, write_parquet
+from synpref.llm.client import AnnotatorConfig
+from synpref.models.reward_model import fit_bt_head, head_scores, pair_features
 from synpref.pipeline import run_round
-from synpref.preprocess import prepare
-from synpref.reward_model import fit_bt_head, head_scores, pair_features
 from synpref.settings import PrepareConfig, RMConfig, Stage1Config, Stage2Config
-from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex, simulate_human_review
-from synpref.stage2 import (
+from synpref.simulation.evaluation import truth_agree
+from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex, simulate_human_review
+from synpref.simulation.synthetic import generate_disjoint
+from synpref.stage2.canaries import estimates, label_right
+from synpref.stage2.consistency import PaperRule, RuleBase, configured_rule, decide_shard
+from synpref.stage2.steps import (
     begin_run,
     merged_verdicts,
     step_annotate_shard,
@@ -52,8 +54,6 @@ from synpref.stage2 import (
     step_prepare_file,
     step_score,
 )
-from synpref.storage import read_json, read_parquet, write_parquet
-from synpref.synthetic import generate_disjoint
 
 log = logging.getLogger("curation_quality")
 
@@ -284,9 +284,9 @@ def refresh_evidence(store: StorageLayout, rnd: str) -> None:
     """Re-derive the round's calibration and judge reliability from its saved RMs and probes (``--reuse``)."""
     import pyarrow as pa
 
-    from synpref.reliability import judge_reliability
-    from synpref.stage1 import step_evaluate
-    from synpref.storage import write_json
+    from synpref.io.storage import write_json
+    from synpref.models.reliability import judge_reliability
+    from synpref.stage1.steps import step_evaluate
 
     step_evaluate(store, rnd)
     r = store.round(rnd)

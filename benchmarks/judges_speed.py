@@ -7,7 +7,7 @@ state: replies after the first wave divided by the time they took (so process st
 connection set-up, paid once per task, are left out; the wall time of the whole call is shown too).
 Measured, interleaved:
 - bare: ``openai.AsyncOpenAI`` + a semaphore + ``asyncio.gather`` (nothing else);
-- project: ``synpref.llm_client.run_requests`` with the response cache (fresh directory), a budget and a
+- project: ``synpref.llm.client.run_requests`` with the response cache (fresh directory), a budget and a
   rate limiter (set above the ideal rate) in the loop.
 
     python benchmarks/judges_speed.py                             # concurrency 8, 16, 32, 64
@@ -116,7 +116,7 @@ def bare(base_url: str, n: int, concurrency: int) -> None:
 
 
 def project(base_url: str, n: int, concurrency: int, ideal_rate: float) -> None:
-    from synpref.llm_client import AnnotatorConfig, Budget, Request, run_requests
+    from synpref.llm.client import AnnotatorConfig, Budget, Request, run_requests
 
     cfg = AnnotatorConfig(
         name="bench",

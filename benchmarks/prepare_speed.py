@@ -4,7 +4,7 @@ Input: one JSON-lines file per size of conversational pairs (~1 KB each) with 5%
 mirrored copies (chosen and rejected swapped); no broken line (``pandas.read_json`` stops at the first
 one, the project quarantines it). Baseline: ``pandas.read_json``
 + the same sha256 pair id + ``drop_duplicates`` + ``to_parquet`` (no quarantine, no conflicts, no
-decontamination). Project: ``synpref.preprocess.prepare`` (streaming map/reduce, one worker process per
+decontamination). Project: ``synpref.io.preprocess.prepare`` (streaming map/reduce, one worker process per
 core). Each run is a fresh process; peak RSS is the whole process tree's (sampled every 50 ms).
 
     python benchmarks/prepare_speed.py                          # 10k, 100k, 1M pairs, 3 repeats
@@ -38,8 +38,8 @@ print(json.dumps({{"s": time.perf_counter() - start, "kept": len(df)}}))
 
 PROJECT = """
 import json, time
-from synpref.layout import PoolLayout
-from synpref.preprocess import prepare
+from synpref.io.layout import PoolLayout
+from synpref.io.preprocess import prepare
 start = time.perf_counter()
 m = prepare([{src!r}], PoolLayout({out!r}))
 print(json.dumps({{"s": time.perf_counter() - start, "kept": m["counts"]["pool"]}}))

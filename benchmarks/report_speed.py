@@ -25,10 +25,10 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from report_fixtures import fake_rounds, fake_stage2  # noqa: E402
 
-from synpref.layout import DECISIONS, StorageLayout  # noqa: E402
-from synpref.report import round_page, stage2_page, stage2_summary, write_page  # noqa: E402
+from synpref.io.layout import DECISIONS, StorageLayout  # noqa: E402
+from synpref.io.storage import read_parquet, write_parquet  # noqa: E402
+from synpref.reporting.report import round_page, stage2_page, stage2_summary, write_page  # noqa: E402
 from synpref.settings import HIST_BINS  # noqa: E402
-from synpref.storage import read_parquet, write_parquet  # noqa: E402
 
 
 def _scores(store: StorageLayout, run: str, shards: int, pairs: int) -> list[Path]:

@@ -54,7 +54,7 @@ def recall(got: np.ndarray, exact: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from synpref.adaptive_retrieval import build_index
+    from synpref.stage1.adaptive_retrieval import build_index
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])

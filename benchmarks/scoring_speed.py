@@ -45,7 +45,7 @@ def packaged_rm(directory: Path) -> Path:
     """The packaged backbone with a 1-output head, saved as a project RM directory."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from synpref.reward_model import resolved_backbone
+    from synpref.models.reward_model import resolved_backbone
     from synpref.settings import RMConfig
 
     cfg = RMConfig(mode="full")
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from synpref.reward_model import RewardModel, _texts
-    from synpref.synthetic import generate
+    from synpref.models.reward_model import RewardModel, _texts
+    from synpref.simulation.synthetic import generate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=512)

@@ -29,7 +29,7 @@ def plain_trl(rows: list[dict], steps: int, batch: int) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from synpref.embedding import default_embedder
+    from synpref.models.embedding import default_embedder
 
     name = default_embedder()
     tok = AutoTokenizer.from_pretrained(name)
@@ -60,7 +60,7 @@ def plain_trl(rows: list[dict], steps: int, batch: int) -> None:
 
 
 def project(rows: list[dict], steps: int, batch: int) -> None:
-    from synpref.reward_model import train_reward_model
+    from synpref.models.reward_model import train_reward_model
     from synpref.settings import RMConfig
 
     cfg = RMConfig(mode="full", batch_size=batch, min_steps=steps, epochs=1)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
-    from synpref.synthetic import generate
+    from synpref.simulation.synthetic import generate
 
     rows = generate(a.pairs, seed=0)[0].to_pylist()
     per_epoch = -(-a.pairs // a.batch)

@@ -78,8 +78,8 @@ def setting_params(*models: type) -> dict[str, Param]:
 def storage(params: dict):
     """The run's ``StorageLayout``: the ``root`` param, else $SYNPREF_ROOT, else $AIRFLOW_HOME/synpref-data;
     its unverified pool from the ``pool_uri`` param when set (stage 1), else ``<root>/pool``."""
-    from synpref.layout import StorageLayout
-    from synpref.storage import use_uri_factory
+    from synpref.io.layout import StorageLayout
+    from synpref.io.storage import use_uri_factory
 
     uri = params.get("root") or os.environ.get("SYNPREF_ROOT")
     if not uri:
@@ -119,7 +119,7 @@ def annotator_from_connection(conn_id: str):
     """An Airflow connection (openai type: host = base URL, password = API key, extra.model, ...) → AnnotatorConfig."""
     from airflow.sdk import BaseHook
 
-    from synpref.llm_client import annotator_config
+    from synpref.llm.client import annotator_config
 
     conn = BaseHook.get_connection(conn_id)
     extra = conn.extra_dejson
@@ -186,7 +186,7 @@ def review_server(project: str | None = None):
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    from synpref.review_queue import ReviewServer
+    from synpref.stage1.review_queue import ReviewServer
 
     try:
         conn = BaseHook.get_connection(REVIEW_CONN)

@@ -28,7 +28,7 @@ from synpref_common import DEFAULT_ARGS, ROOT_PARAM, TAGS, existing, optional_pa
 
 
 def _pool(params: dict):
-    from synpref.layout import PoolLayout
+    from synpref.io.layout import PoolLayout
 
     store = storage(params)
     return store, PoolLayout(path_or(params["pool_uri"], store.pool.dir))
@@ -59,8 +59,8 @@ def _pool(params: dict):
 def synpref_prepare():
     @task
     def list_inputs(params: dict | None = None) -> list[list]:
-        from synpref.preprocess import clear_staging, map_items, plan_run
-        from synpref.readers import scan_inputs
+        from synpref.io.preprocess import clear_staging, map_items, plan_run
+        from synpref.io.readers import scan_inputs
 
         store, pool = _pool(params)
         scan = scan_inputs(path_or(params["input_uri"], store.raw))
@@ -70,20 +70,20 @@ def synpref_prepare():
 
     @task(max_active_tis_per_dagrun=8)
     def normalize(item: list, params: dict | None = None) -> dict:
-        from synpref.preprocess import normalize_file
+        from synpref.io.preprocess import normalize_file
 
         index, file_uri, split = item
         return normalize_file(file_uri, index, _pool(params)[1], split=split)
 
     @task
     def list_partitions(file_counts: list[dict], params: dict | None = None) -> list[int]:
-        from synpref.preprocess import partitions
+        from synpref.io.preprocess import partitions
 
         return partitions(_pool(params)[1])
 
     @task(max_active_tis_per_dagrun=8)
     def reduce_partition(partition: int, params: dict | None = None) -> dict:
-        from synpref.preprocess import reduce_partition
+        from synpref.io.preprocess import reduce_partition
         from synpref.settings import from_flat
 
         store, pool = _pool(params)
@@ -92,7 +92,7 @@ def synpref_prepare():
 
     @task
     def write_pool(reduced: list[dict], params: dict | None = None) -> dict:
-        from synpref.preprocess import write_pool
+        from synpref.io.preprocess import write_pool
         from synpref.settings import from_flat
 
         _, pool = _pool(params)

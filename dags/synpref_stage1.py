@@ -70,7 +70,7 @@ def _round(params: dict, dag_run) -> tuple:
 
 def _mark_rejected(context: dict, response: dict) -> None:
     """A rejected round stays unpublished; the marker lets later rounds go on without it."""
-    from synpref.storage import write_json
+    from synpref.io.storage import write_json
 
     store, rnd, _ = _round(context["params"], context["dag_run"])
     by = response.get("responded_by_user")
@@ -120,7 +120,7 @@ def synpref_stage1():
 
     @task
     def human_verification_intake(params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_intake
+        from synpref.stage1.steps import step_intake
 
         store, rnd, cfg = _round(params, dag_run)
         return {"round": rnd, **step_intake(store, rnd, path_or(params["inbox_uri"], store.inbox(rnd)), cfg)}
@@ -131,7 +131,7 @@ def synpref_stage1():
 
     @task(pool=LLM_POOL, max_active_tis_per_dagrun=4)
     def generate_attributes(shard, params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_attributes
+        from synpref.stage1.steps import step_attributes
 
         store, rnd, cfg = _round(params, dag_run)
         conn = params["attribute_annotator"] or (params["annotators"][0] if params["annotators"] else "")
@@ -139,35 +139,35 @@ def synpref_stage1():
 
     @task(max_active_tis_per_dagrun=4)
     def embed_pool_shard(attributes: dict, params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_embed_shard
+        from synpref.stage1.steps import step_embed_shard
 
         store, rnd, _ = _round(params, dag_run)
         return step_embed_shard(store, rnd, attributes["shard"])
 
     @task(queue=TRAIN_QUEUE)
     def train_best_rm(intake: dict, params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_train
+        from synpref.stage1.steps import step_train
 
         store, rnd, cfg = _round(params, dag_run)
         return step_train(store, rnd, "best", cfg)
 
     @task(queue=TRAIN_QUEUE)
     def train_gold_rm(intake: dict, params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_train
+        from synpref.stage1.steps import step_train
 
         store, rnd, cfg = _round(params, dag_run)
         return step_train(store, rnd, "gold", cfg)
 
     @task(queue=TRAIN_QUEUE)
     def evaluate_on_gold(best: dict, gold: dict, params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_evaluate
+        from synpref.stage1.steps import step_evaluate
 
         store, rnd, _ = _round(params, dag_run)
         return step_evaluate(store, rnd)
 
     @task
     def adaptive_retrieval(evaluation: dict, embedded: list[dict], params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_retrieve
+        from synpref.stage1.steps import step_retrieve
 
         store, rnd, cfg = _round(params, dag_run)
         return step_retrieve(store, rnd, cfg)
@@ -178,14 +178,14 @@ def synpref_stage1():
 
     @task(pool=LLM_POOL, max_active_tis_per_dagrun=8)
     def annotate(conn_id: str, params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_annotate
+        from synpref.stage1.steps import step_annotate
 
         store, rnd, cfg = _round(params, dag_run)
         return step_annotate(store, rnd, annotator_from_connection(conn_id), cfg, len(params["annotators"]))
 
     @task
     def merge_silver_and_review_queue(annotations: list[dict], params: dict | None = None, dag_run=None) -> dict:
-        from synpref.stage1 import step_merge
+        from synpref.stage1.steps import step_merge
 
         store, rnd, cfg = _round(params, dag_run)
         info = step_merge(store, rnd, [a["annotator"] for a in annotations], cfg)
@@ -193,7 +193,7 @@ def synpref_stage1():
 
     @task(outlets=[BEST_RM, GOLD_RM, GOLD_SILVER])
     def publish_round(report: dict, params: dict | None = None, dag_run=None, outlet_events=None) -> dict:
-        from synpref.stage1 import step_publish
+        from synpref.stage1.steps import step_publish
 
         store, rnd, _ = _round(params, dag_run)
         manifest = step_publish(store, rnd, dict(params))
@@ -204,7 +204,7 @@ def synpref_stage1():
 
     @task
     def write_report(merged: dict, params: dict | None = None, dag_run=None) -> dict:
-        from synpref.report import round_sign_off, write_round_report
+        from synpref.reporting.report import round_sign_off, write_round_report
 
         store, rnd, _ = _round(params, dag_run)
         uri = write_round_report(store, rnd)
@@ -212,7 +212,7 @@ def synpref_stage1():
 
     @task
     def pull_verifications(params: dict | None = None, dag_run=None) -> dict:
-        from synpref.review_queue import ReviewServerError, earlier_pulls, pull_verifications
+        from synpref.stage1.review_queue import ReviewServerError, earlier_pulls, pull_verifications
 
         store, rnd, _ = _round(params, dag_run)
         server = review_server(params["label_studio_project"])
@@ -227,7 +227,7 @@ def synpref_stage1():
 
     @task
     def push_review_queue(published: dict, params: dict | None = None, dag_run=None) -> dict:
-        from synpref.review_queue import push_review_queue
+        from synpref.stage1.review_queue import push_review_queue
 
         store, rnd, _ = _round(params, dag_run)
         server = review_server(params["label_studio_project"])

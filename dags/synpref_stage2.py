@@ -110,7 +110,7 @@ def _run(params: dict, dag_run, triggering_asset_events=None) -> tuple:
 def synpref_stage2():
     @task
     def resolve_source_round(params: dict | None = None, dag_run=None, triggering_asset_events=None) -> str:
-        from synpref.stage2 import begin_run
+        from synpref.stage2.steps import begin_run
 
         params, store, run, _ = _run(params, dag_run, triggering_asset_events)
         rnd = store.resolve_round(params["round"])
@@ -121,8 +121,8 @@ def synpref_stage2():
     def list_input_files(
         rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
     ) -> list[list]:
-        from synpref.preprocess import map_items
-        from synpref.stage2 import prepare_inputs
+        from synpref.io.preprocess import map_items
+        from synpref.stage2.steps import prepare_inputs
 
         params, store, run, _ = _run(params, dag_run, triggering_asset_events)
         files, _ = prepare_inputs(path_or(params["input_uri"], store.wild), run)
@@ -130,7 +130,7 @@ def synpref_stage2():
 
     @task(max_active_tis_per_dagrun=8)
     def prepare_file(item: list, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
-        from synpref.stage2 import step_prepare_file
+        from synpref.stage2.steps import step_prepare_file
 
         _, _, run, _ = _run(params, dag_run, triggering_asset_events)
         return step_prepare_file(run, *item)
@@ -139,7 +139,7 @@ def synpref_stage2():
     def finalize_prepare(
         file_counts: list[dict], params: dict | None = None, dag_run=None, triggering_asset_events=None
     ) -> list:
-        from synpref.stage2 import prepare_inputs, step_finalize_prepare
+        from synpref.stage2.steps import prepare_inputs, step_finalize_prepare
 
         params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
         _, pool = prepare_inputs(path_or(params["input_uri"], store.wild))
@@ -149,7 +149,7 @@ def synpref_stage2():
 
     @task(queue=TRAIN_QUEUE, max_active_tis_per_dagrun=4)
     def score_shard(shard, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
-        from synpref.stage2 import step_score
+        from synpref.stage2.steps import step_score
 
         _, store, run, cfg = _run(params, dag_run, triggering_asset_events)
         return {"shard_uri": shard, **step_score(store, run, rnd, shard, cfg).for_xcom()}
@@ -168,7 +168,7 @@ def synpref_stage2():
         triggering_asset_events=None,
         ti=None,
     ) -> dict:
-        from synpref.stage2 import step_annotate_shard
+        from synpref.stage2.steps import step_annotate_shard
 
         params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
         n_tasks = len(params["annotators"]) * max(1, len(ti.xcom_pull(task_ids="finalize_prepare") or []))
@@ -179,7 +179,7 @@ def synpref_stage2():
     def decide_shard(
         score: dict, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
     ) -> dict:
-        from synpref.stage2 import step_decide
+        from synpref.stage2.steps import step_decide
 
         params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
         return step_decide(store, run, rnd, score["shard_uri"], list(params["annotators"]), cfg).for_xcom()
@@ -188,7 +188,7 @@ def synpref_stage2():
     def check_conservation(
         decisions: list[dict], shards: list, params: dict | None = None, dag_run=None, triggering_asset_events=None
     ) -> dict:
-        from synpref.stage2 import step_check_conservation
+        from synpref.stage2.steps import step_check_conservation
 
         _, _, run, _ = _run(params, dag_run, triggering_asset_events)
         return step_check_conservation(run, shards)
@@ -197,7 +197,7 @@ def synpref_stage2():
     def estimate_quality(
         counts: dict, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
     ) -> dict:
-        from synpref.stage2 import step_estimate
+        from synpref.stage2.steps import step_estimate
 
         _, _, run, cfg = _run(params, dag_run, triggering_asset_events)
         return step_estimate(run, rnd, counts, cfg).dump()
@@ -211,7 +211,7 @@ def synpref_stage2():
         triggering_asset_events=None,
         outlet_events=None,
     ) -> dict:
-        from synpref.stage2 import step_export
+        from synpref.stage2.steps import step_export
 
         params, _, run, cfg = _run(params, dag_run, triggering_asset_events)
         manifest = step_export(run, rnd, counts, cfg, params, date=round_name(dag_run))
@@ -220,7 +220,7 @@ def synpref_stage2():
 
     @task
     def write_report(estimates: dict, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
-        from synpref.report import stage2_sign_off, write_stage2_report
+        from synpref.reporting.report import stage2_sign_off, write_stage2_report
 
         _, _, run, _ = _run(params, dag_run, triggering_asset_events)
         uri = write_stage2_report(run)

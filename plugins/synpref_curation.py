@@ -3,7 +3,7 @@ storage roots, each one's HTML report, and a "Curation report" tab on every DAG 
 
 Roots: ``$SYNPREF_ROOT`` plus the comma-separated ``$SYNPREF_REPORT_ROOTS`` (``file://`` or
 ``s3://<conn_id>@<bucket>/<prefix>``; S3 connections resolve like in the DAGs). Storage is read through
-the library (``synpref.layout``, ``synpref.report``): a report the DAG wrote (``report/index.html`` next
+the library (``synpref.io.layout``, ``synpref.reporting.report``): a report the DAG wrote (``report/index.html`` next
 to the manifest) is served as is; a run without one is rendered on demand from its manifests and
 per-shard summaries (never its pairs) and cached by manifest content. Lists are paginated; endpoints
 are synchronous, so FastAPI runs them in its thread pool and a slow bucket never blocks the API server.
@@ -44,8 +44,8 @@ def report_roots() -> list[str]:
 def _store(root: str):
     from airflow.sdk import ObjectStoragePath
 
-    from synpref.layout import StorageLayout
-    from synpref.storage import use_uri_factory
+    from synpref.io.layout import StorageLayout
+    from synpref.io.storage import use_uri_factory
 
     use_uri_factory(ObjectStoragePath)
     return StorageLayout(ObjectStoragePath(root))
@@ -88,7 +88,7 @@ def _root(index: int) -> str:
 
 def _page(kind: str, root: str, name: str) -> bytes:
     """A round's or run's report: the file the DAG wrote, else rendered now (cached by manifest content)."""
-    from synpref.report import round_page, stage2_page
+    from synpref.reporting.report import round_page, stage2_page
 
     if not _NAME.fullmatch(name):
         raise HTTPException(404, f"no {kind} named {name!r}")

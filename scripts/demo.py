@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from synpref.records import PoolManifest, Stage2Manifest
-from synpref.report import fmt
+from synpref.reporting.report import fmt
 
 REPO = Path(__file__).resolve().parent.parent
 ANNOTATORS = {

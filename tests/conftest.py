@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def sim_truth(tmp_path_factory):
     """Synthetic pairs + truth shared by the simulator tests."""
-    from synpref.storage import write_parquet
-    from synpref.synthetic import generate
+    from synpref.io.storage import write_parquet
+    from synpref.simulation.synthetic import generate
 
     d = tmp_path_factory.mktemp("simdata")
     pairs, truth = generate(120, seed=7, noise=0.3)
@@ -26,7 +26,7 @@ def sim_truth(tmp_path_factory):
 @pytest.fixture()
 def sim_server(sim_truth):
     """SIMULATED OpenAI-compatible judges on loopback (fresh request counters per test)."""
-    from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
 
     _, _, truth, _, gtruth = sim_truth
     profiles = {
@@ -44,8 +44,8 @@ def sim_server(sim_truth):
 
 def write_synthetic_sets(root: Path, sets: dict) -> dict:
     """Write synthetic sets {name: (n, seed, noise, with_attributes, path under root)}; return their hidden truths."""
-    from synpref.storage import write_parquet
-    from synpref.synthetic import generate
+    from synpref.io.storage import write_parquet
+    from synpref.simulation.synthetic import generate
 
     truths = {}
     for name, (n, seed, noise, attrs, rel) in sets.items():
@@ -109,7 +109,7 @@ def conn_env(server, models=("good", "ok", "meh")) -> dict:
 
 def annotator_cfg(server, model, **kw):
     """An annotator config for one SIMULATED model of ``server``."""
-    from synpref.llm_client import AnnotatorConfig
+    from synpref.llm.client import AnnotatorConfig
 
     return AnnotatorConfig(
         name=model,
@@ -150,7 +150,7 @@ class LongerIsBetter:
 def _length_rule():
     from typing import Literal
 
-    from synpref.consistency import Decided, RuleBase
+    from synpref.stage2.consistency import Decided, RuleBase
 
     class LengthRule(RuleBase):
         """A toy decision rule (one class) on the toy signal: never asks the judges, drops what the signal rejects."""

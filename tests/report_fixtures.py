@@ -8,12 +8,12 @@ import random
 
 import pyarrow as pa
 
-from synpref.layout import DECISIONS, PoolLayout, StorageLayout
+from synpref.io.layout import DECISIONS, PoolLayout, StorageLayout
+from synpref.io.storage import write_parquet
+from synpref.models.reward_model import EVAL_SCHEMA
 from synpref.records import PoolManifest, RoundManifest, ShardDecided, Stage2Manifest
-from synpref.reward_model import EVAL_SCHEMA
 from synpref.schema import PAIR_SCHEMA
 from synpref.settings import HIST_BINS
-from synpref.storage import write_parquet
 
 CATEGORIES = ("math", "coding", "safety", "factual_qa", "instruction_following")
 JUDGES = ("judge-a", "judge-b", "judge-c")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from synpref.adaptive_retrieval import (
+from synpref.stage1.adaptive_retrieval import (
     IndexCache,
     RetrievalConfig,
     adaptive_retrieve,

@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import annotator_cfg
-from synpref.annotation import (
+from synpref.llm.annotation import (
     annotate_pairs,
     annotator_stats,
     build_judge_messages,
@@ -11,8 +11,8 @@ from synpref.annotation import (
     parse_verdict,
     slot_to_verdict,
 )
-from synpref.evaluation import merged_accuracy, truth_agree
 from synpref.settings import AnnotateSettings
+from synpref.simulation.evaluation import merged_accuracy, truth_agree
 
 
 @pytest.mark.parametrize(

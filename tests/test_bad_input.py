@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synpref import readers
 from synpref.cli import main
-from synpref.layout import PoolLayout
-from synpref.storage import read_json, read_parquet
-from synpref.synthetic import generate
+from synpref.io import readers
+from synpref.io.layout import PoolLayout
+from synpref.io.storage import read_json, read_parquet
+from synpref.simulation.synthetic import generate
 
 GOOD = 40  # good pairs in good.jsonl next to every case
 

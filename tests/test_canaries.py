@@ -2,8 +2,8 @@
 
 import pytest
 
-from synpref.canaries import canary_rows, estimates, is_canary, label_right
-from synpref.synthetic import generate
+from synpref.simulation.synthetic import generate
+from synpref.stage2.canaries import canary_rows, estimates, is_canary, label_right
 
 
 def test_canaries_come_in_both_orientations_and_hide_their_gold_id():

@@ -54,7 +54,7 @@ def celery(tmp_path_factory):
     """Airflow with the CeleryExecutor and two workers, judges, moto S3; all stopped at the end, failed or not."""
     from moto.server import ThreadedMotoServer
 
-    from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
 
     ensure_services()
     _redis_up()

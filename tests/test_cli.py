@@ -5,7 +5,7 @@ import json
 import pytest
 
 from synpref.cli import build_parser, main
-from synpref.layout import PoolLayout
+from synpref.io.layout import PoolLayout
 
 
 def test_help_lists_every_setting_with_its_title(capsys):

@@ -5,7 +5,9 @@ import itertools
 import pytest
 
 from conftest import LengthRule, LongerIsBetter
-from synpref.consistency import (
+from synpref.models.reliability import logit
+from synpref.settings import Stage2Config
+from synpref.stage2.consistency import (
     PaperRule,
     ReliabilityRule,
     decide_shard,
@@ -14,8 +16,6 @@ from synpref.consistency import (
     score_rows,
     scores_schema,
 )
-from synpref.reliability import logit
-from synpref.settings import Stage2Config
 
 
 @pytest.mark.parametrize("gold_ok,best_ok,llm_ok", list(itertools.product([True, False], repeat=3)))

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import conn_env, dags_test, write_synthetic_sets
-from synpref.evaluation import label_accuracy
-from synpref.storage import write_parquet
-from synpref.synthetic import generate
+from synpref.io.storage import write_parquet
+from synpref.simulation.evaluation import label_accuracy
+from synpref.simulation.synthetic import generate
 
 
 def _hashes(d: Path) -> dict:
@@ -64,7 +64,7 @@ def world(tmp_path_factory):
     """A tiny storage root: seed gold/silver, a raw pool, an in-the-wild set, truths, and simulated judges."""
     import pyarrow as pa
 
-    from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
 
     d = tmp_path_factory.mktemp("world")
     root = d / "root"
@@ -99,7 +99,7 @@ STAGE1_CONF = {"rm_mode": "frozen", "k_max": 4, "samples": 1, "max_examples": 4,
 
 
 def test_stage1_rounds_then_stage2(world, airflow_home):
-    from synpref.simulated import simulate_human_review
+    from synpref.simulation.simulated import simulate_human_review
 
     env, root, uri = conn_env(world["server"]), world["root"], world["uri"]
     _ok(dags_test(airflow_home, "synpref_prepare", "2026-10-31", uri, {"shard_size": 300}))
@@ -154,7 +154,7 @@ def test_stage1_rounds_then_stage2(world, airflow_home):
     assert (
         c["input"] == c["kept"] + c["recycled"] + c["dropped"] + c["quarantined"] + c["duplicates"] + c["contaminated"]
     )
-    from synpref.evaluation import accuracy_report
+    from synpref.simulation.evaluation import accuracy_report
 
     acc = accuracy_report(out, world["truths"]["wild"])
     assert acc["kept"] > acc["input"] + 0.1
@@ -169,7 +169,7 @@ def test_stage1_rounds_then_stage2(world, airflow_home):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from synpref.embedding import default_embedder
+    from synpref.models.embedding import default_embedder
 
     ds = datasets.load_dataset(
         "parquet",

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from synpref.gold import build_gold, is_validation, label_studio_tasks, read_inbox
 from synpref.schema import compute_pair_id
-from synpref.synthetic import generate
+from synpref.simulation.synthetic import generate
+from synpref.stage1.gold import build_gold, is_validation, label_studio_tasks, read_inbox
 
 REPO = Path(__file__).resolve().parent.parent
 

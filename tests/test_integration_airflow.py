@@ -39,7 +39,7 @@ def deployment(tmp_path_factory):
     """Everything a deployment has: PostgreSQL, S3 endpoint, judges, Airflow services; torn down even on failure."""
     from moto.server import ThreadedMotoServer
 
-    from synpref.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
 
     ensure_services()
     d = tmp_path_factory.mktemp("deployment")
@@ -169,7 +169,7 @@ def _prepare(cluster: AirflowCluster, root: str, logical_date: str) -> None:
 
 
 def _check_stage2(s2: dict, out: Path, truth) -> None:
-    from synpref.evaluation import accuracy_report
+    from synpref.simulation.evaluation import accuracy_report
 
     counts = s2["counts"]
     assert counts["input"] == 300
@@ -494,8 +494,8 @@ def test_label_studio_round_trip_and_a_sign_off_approved_through_the_rest_api(de
     """Round 1 pushes its review queue to a real Label Studio server; a SIMULATED annotator labels the tasks
     through its API (A/B, from the hidden truth); round 2 pulls the verdicts, which become gold in the right
     orientation and counts, and publishes only after its sign-off is approved through REST API v2."""
-    from synpref.simulated import human_answer
-    from synpref.storage import read_parquet
+    from synpref.io.storage import read_parquet
+    from synpref.simulation.simulated import human_answer
 
     c, roots, ls = deployment["cluster"], deployment["roots"], deployment["label_studio"]
     root = f"file://{roots['L']}"

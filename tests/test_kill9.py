@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from conftest import REPO
-from synpref.storage import write_parquet
-from synpref.synthetic import generate
+from synpref.io.storage import write_parquet
+from synpref.simulation.synthetic import generate
 
 SYNPREF = str(REPO / ".venv" / "bin" / "synpref")
 

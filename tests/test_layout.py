@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from synpref.layout import SEED_ROUND, PoolLayout, RoundLayout, ShardLayout, Stage2Layout, StorageLayout
-from synpref.storage import write_json
+from synpref.io.layout import SEED_ROUND, PoolLayout, RoundLayout, ShardLayout, Stage2Layout, StorageLayout
+from synpref.io.storage import write_json
 
 
 def _publish(store: StorageLayout, rnd: str) -> None:
@@ -96,7 +96,7 @@ PLACEHOLDERS = {
 def _members(obj) -> list:
     """Every path a layout object names: its properties, and its methods called with placeholders (one
     call per decision for the per-decision ones); nested layouts are followed."""
-    from synpref.layout import DECISIONS
+    from synpref.io.layout import DECISIONS
 
     out = []
     for name in sorted(n for n in dir(type(obj)) if not n.startswith("_") and n not in NOT_PATHS):
@@ -124,7 +124,7 @@ def _members(obj) -> list:
 
 def _relative_artifacts(root) -> set[str]:
     """Every path the layout objects name, relative to the root, with dates/runs/shards as placeholders."""
-    from synpref.preprocess import FILTERS
+    from synpref.io.preprocess import FILTERS
 
     store = StorageLayout(root)
     pool = store.pool

@@ -10,9 +10,9 @@ import threading
 import pytest
 
 from conftest import annotator_cfg
-from synpref.annotation import judge, merge_samples
 from synpref.cli import main
-from synpref.llm_client import (
+from synpref.llm.annotation import judge, merge_samples
+from synpref.llm.client import (
     BACKENDS,
     AnnotatorConfig,
     AnnotatorError,

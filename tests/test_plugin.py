@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from report_fixtures import fake_rounds, fake_stage2
 
 from airflow_cluster import REPO
-from synpref.layout import StorageLayout
+from synpref.io.layout import StorageLayout
 
 sys.path.insert(0, str(REPO / "plugins"))
 import synpref_curation as plugin  # noqa: E402

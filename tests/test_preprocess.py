@@ -4,9 +4,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from synpref import preprocess, readers
-from synpref.layout import PoolLayout
-from synpref.preprocess import (
+from synpref.io import preprocess, readers
+from synpref.io.layout import PoolLayout
+from synpref.io.preprocess import (
     ConservationError,
     Decontaminator,
     PairFilter,
@@ -18,9 +18,9 @@ from synpref.preprocess import (
     partitions,
     prepare,
 )
+from synpref.io.storage import read_json, write_parquet
 from synpref.schema import PairRecord, records_to_table
-from synpref.storage import read_json, write_parquet
-from synpref.synthetic import generate
+from synpref.simulation.synthetic import generate
 
 BENCH = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
 

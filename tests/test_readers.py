@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synpref.readers import read_pairs
+from synpref.io.readers import read_pairs
+from synpref.io.storage import write_parquet
 from synpref.schema import QUARANTINE_SCHEMA, compute_pair_id, records_to_table, to_trl
-from synpref.storage import write_parquet
 
 CONV = [{"role": "user", "content": "What is 2+2?"}]
 

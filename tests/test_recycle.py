@@ -2,7 +2,7 @@
 
 import pytest
 
-from synpref.recycle import recycled, should_recycle
+from synpref.stage2.recycle import recycled, should_recycle
 
 
 @pytest.mark.parametrize(

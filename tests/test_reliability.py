@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synpref.annotation import SAMPLE_SCHEMA
-from synpref.reliability import (
+from synpref.llm.annotation import SAMPLE_SCHEMA
+from synpref.models.reliability import (
     calibrate,
     estimate_prior,
     joint_weights,

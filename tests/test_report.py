@@ -9,8 +9,10 @@ import pyarrow as pa
 from report_fixtures import fake_round, fake_rounds, fake_stage2
 
 from synpref.cli import main
-from synpref.layout import StorageLayout
-from synpref.report import (
+from synpref.io.layout import StorageLayout
+from synpref.io.storage import read_parquet, write_parquet
+from synpref.models.reward_model import EVAL_SCHEMA
+from synpref.reporting.report import (
     all_round_reports,
     fmt,
     round_history,
@@ -19,10 +21,8 @@ from synpref.report import (
     stage2_summary,
     write_round_report,
 )
-from synpref.reward_model import EVAL_SCHEMA
 from synpref.schema import PAIR_SCHEMA
-from synpref.storage import read_parquet, write_parquet
-from synpref.synthetic import generate
+from synpref.simulation.synthetic import generate
 
 
 def _round(store: StorageLayout, rnd: str, truth_pairs: list[dict]) -> None:

@@ -8,8 +8,10 @@ import threading
 
 import pytest
 
-from synpref.gold import build_gold, label_studio_tasks, read_inbox
-from synpref.review_queue import (
+from synpref.simulation.simulated import human_answer
+from synpref.simulation.synthetic import generate
+from synpref.stage1.gold import build_gold, label_studio_tasks, read_inbox
+from synpref.stage1.review_queue import (
     ReviewServer,
     ReviewServerError,
     earlier_pulls,
@@ -17,8 +19,6 @@ from synpref.review_queue import (
     pull_verifications,
     push_review_queue,
 )
-from synpref.simulated import human_answer
-from synpref.synthetic import generate
 
 
 def _queue(tmp_path, rows, rnd):

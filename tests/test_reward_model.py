@@ -1,7 +1,7 @@
 import numpy as np
 
-from synpref.reward_model import RewardModel, RMConfig, evaluate, p_from_diff, train_reward_model
-from synpref.synthetic import generate
+from synpref.models.reward_model import RewardModel, RMConfig, evaluate, p_from_diff, train_reward_model
+from synpref.simulation.synthetic import generate
 
 
 def test_p_from_reward_difference_never_saturates():

@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from synpref.storage import write_json, write_parquet
-from synpref.synthetic import generate
+from synpref.io.storage import write_json, write_parquet
+from synpref.simulation.synthetic import generate
 
 pytestmark = pytest.mark.slow
 SHARD = 20_000
 
 SHARD_TASK = """
 import json, resource, sys
-from synpref.stage2 import Stage2Config, step_decide, step_score
+from synpref.stage2.steps import Stage2Config, step_decide, step_score
 root, out, shard = sys.argv[1:4]
 cfg = Stage2Config(shard_size={shard})
 score = step_score(root, out, "2026-01-01", shard, cfg)
-decided = step_decide(root, out, "2026-01-01", shard, [], cfg)
+decided = step_decide(root, out, "2026-01-01", shard, [], cfg).for_xcom()
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **decided}))
 """.replace("{shard}", str(SHARD))
 
@@ -35,7 +35,7 @@ def _tiny_backbone(path: Path) -> str:
     """A 1-layer, 32-wide BERT with the packaged MiniLM tokenizer: a real RM backbone, cheap enough for 200k pairs."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from synpref.embedding import default_embedder
+    from synpref.models.embedding import default_embedder
 
     tok = AutoTokenizer.from_pretrained(default_embedder())
     cfg = BertConfig(
@@ -53,8 +53,8 @@ def _tiny_backbone(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def scale_root(tmp_path_factory):
-    from synpref.layout import StorageLayout
-    from synpref.reward_model import RMConfig, train_reward_model
+    from synpref.io.layout import StorageLayout
+    from synpref.models.reward_model import RMConfig, train_reward_model
 
     d = tmp_path_factory.mktemp("scale")
     root = d / "root"

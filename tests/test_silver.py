@@ -3,9 +3,9 @@
 import pyarrow as pa
 import pytest
 
-from synpref.annotation import MERGED_SCHEMA
-from synpref.silver import merge_into_silver, review_priority
-from synpref.synthetic import generate
+from synpref.llm.annotation import MERGED_SCHEMA
+from synpref.simulation.synthetic import generate
+from synpref.stage1.silver import merge_into_silver, review_priority
 
 
 def _verdicts(pairs: list[dict], outcomes: list[tuple[str, str]]) -> pa.Table:

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from synpref.gold import label_studio_tasks
-from synpref.layout import StorageLayout
-from synpref.preprocess import prepare
-from synpref.readers import InputError
+from synpref.io.layout import StorageLayout
+from synpref.io.preprocess import prepare
+from synpref.io.readers import InputError
+from synpref.io.storage import read_parquet, write_parquet
 from synpref.settings import Stage1Config
-from synpref.stage1 import step_intake
-from synpref.storage import read_parquet, write_parquet
-from synpref.synthetic import generate
+from synpref.simulation.synthetic import generate
+from synpref.stage1.gold import label_studio_tasks
+from synpref.stage1.steps import step_intake
 
 
 def _root(tmp_path, n_pool=300):

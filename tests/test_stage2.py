@@ -4,13 +4,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import LengthRule, LongerIsBetter
-from synpref.layout import StorageLayout
-from synpref.preprocess import ConservationError
-from synpref.records import PoolManifest, RecordError, ShardScores
-from synpref.reward_model import RMConfig, train_reward_model
-from synpref.stage2 import Stage2Config, step_check_conservation, step_decide, step_score
-from synpref.storage import read_parquet, write_json, write_parquet
-from synpref.synthetic import generate
+from synpref.io.layout import StorageLayout
+from synpref.io.preprocess import ConservationError
+from synpref.io.storage import read_parquet, write_json, write_parquet
+from synpref.models.reward_model import RMConfig, train_reward_model
+from synpref.records import PoolManifest, RecordFormatError, ShardScores
+from synpref.simulation.synthetic import generate
+from synpref.stage2.steps import Stage2Config, step_check_conservation, step_decide, step_score
 
 RND = "2026-11-01"
 
@@ -149,5 +149,5 @@ def test_a_marker_of_the_wrong_shape_is_a_one_line_error(world):
     store, run, shard, _ = _scored(world, "garbled")
     _pool_manifest(run, shard, 60)
     write_json({"shard": shard.name, "input": 60}, run.shard(shard).success)
-    with pytest.raises(RecordError, match="not a ShardDecided record"):
+    with pytest.raises(RecordFormatError, match="not a ShardDecided record"):
         step_check_conservation(run, [str(shard)])

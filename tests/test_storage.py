@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from synpref.storage import (
+from synpref.io.storage import (
     as_path,
     download_dir,
     list_files,

@@ -1,7 +1,7 @@
 """Synthetic data with a hidden truth."""
 
-from synpref.evaluation import label_accuracy
-from synpref.synthetic import CATEGORIES, generate
+from synpref.simulation.evaluation import label_accuracy
+from synpref.simulation.synthetic import CATEGORIES, generate
 
 
 def test_synthetic_is_deterministic_noise_within_tolerance_and_truth_matches():
@@ -21,7 +21,7 @@ def test_synthetic_is_deterministic_noise_within_tolerance_and_truth_matches():
 
 
 def test_generate_disjoint_shares_no_pair_in_either_orientation():
-    from synpref.synthetic import content_key, generate_disjoint
+    from synpref.simulation.synthetic import content_key, generate_disjoint
 
     first, _ = generate(400, seed=3, noise=0.3)
     second, truth = generate_disjoint(400, [first], seed=4, noise=0.3)
@@ -33,8 +33,8 @@ def test_generate_disjoint_shares_no_pair_in_either_orientation():
 def test_the_demo_sets_are_disjoint(tmp_path, capsys):
     """The demo builds its sets with `synpref synth --disjoint-from` the earlier ones (scripts/demo.py)."""
     from synpref.cli import main
-    from synpref.storage import read_parquet
-    from synpref.synthetic import content_key
+    from synpref.io.storage import read_parquet
+    from synpref.simulation.synthetic import content_key
 
     made = []
     for name, seed in (("gold", 1), ("pool", 3), ("wild", 4)):

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .settings import from_flat, specs
+from synpref.settings import from_flat, specs
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -25,8 +25,8 @@ def _print(obj: object) -> None:
 
 def _require(path: str | None, what: str) -> None:
     """Arguments are checked before any work starts."""
-    from .readers import InputError
-    from .storage import as_path
+    from synpref.io.readers import InputError
+    from synpref.io.storage import as_path
 
     if path and not as_path(path).exists():
         raise InputError(f"{what} not found: {path}")
@@ -34,10 +34,10 @@ def _require(path: str | None, what: str) -> None:
 
 @command
 def cmd_prepare(a: argparse.Namespace) -> int:
-    from .layout import PoolLayout
-    from .preprocess import prepare
-    from .readers import scan_inputs
-    from .settings import PrepareConfig
+    from synpref.io.layout import PoolLayout
+    from synpref.io.preprocess import prepare
+    from synpref.io.readers import scan_inputs
+    from synpref.settings import PrepareConfig
 
     _require(a.benchmark, "--benchmark file")
     config = from_flat(PrepareConfig, vars(a))
@@ -53,8 +53,8 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 @command
 def cmd_synth(a: argparse.Namespace) -> int:
-    from .storage import read_parquet, write_parquet
-    from .synthetic import generate_disjoint
+    from synpref.io.storage import read_parquet, write_parquet
+    from synpref.simulation.synthetic import generate_disjoint
 
     exclude = [read_parquet(p) for p in a.disjoint_from]
     pairs, truth = generate_disjoint(
@@ -67,7 +67,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _read_rows(uris: list[str]) -> list[dict]:
-    from .readers import input_files, read_pairs
+    from synpref.io.readers import input_files, read_pairs
 
     rows = []
     for uri in uris:
@@ -84,11 +84,11 @@ def _read_rows(uris: list[str]) -> list[dict]:
 
 @command
 def cmd_annotate(a: argparse.Namespace) -> int:
-    from .annotation import annotate_pairs, annotator_stats, status_counts
-    from .evaluation import merged_accuracy, truth_agree
-    from .llm_client import load_annotators
-    from .settings import AnnotateSettings
-    from .storage import as_path, read_parquet, write_json, write_parquet
+    from synpref.io.storage import as_path, read_parquet, write_json, write_parquet
+    from synpref.llm.annotation import annotate_pairs, annotator_stats, status_counts
+    from synpref.llm.client import load_annotators
+    from synpref.settings import AnnotateSettings
+    from synpref.simulation.evaluation import merged_accuracy, truth_agree
 
     _require(a.pairs, "--pairs")
     _require(a.gold, "--gold")
@@ -125,7 +125,7 @@ def cmd_simulate_annotators(a: argparse.Namespace) -> int:
     import logging
     import os
 
-    from .simulated import SIMULATION_BANNER, JudgeProfile, SimulatedJudgeServer, load_truth
+    from synpref.simulation.simulated import SIMULATION_BANNER, JudgeProfile, SimulatedJudgeServer, load_truth
 
     logging.basicConfig(level=logging.INFO)
     profiles = {name: JudgeProfile.parse(spec) for name, spec in (m.split("=", 1) for m in a.model)}
@@ -139,10 +139,10 @@ def cmd_simulate_annotators(a: argparse.Namespace) -> int:
 
 @command
 def cmd_stage1(a: argparse.Namespace) -> int:
-    from .layout import StorageLayout
-    from .llm_client import load_annotators
-    from .pipeline import run_round
-    from .settings import Stage1Config
+    from synpref.io.layout import StorageLayout
+    from synpref.llm.client import load_annotators
+    from synpref.pipeline import run_round
+    from synpref.settings import Stage1Config
 
     annotators = load_annotators(a.annotators) if a.annotators else []
     cfg = from_flat(Stage1Config, vars(a))
@@ -156,11 +156,12 @@ def cmd_stage1(a: argparse.Namespace) -> int:
 
 @command
 def cmd_simulate_humans(a: argparse.Namespace) -> int:
-    from .simulated import simulate_human_review
+    from synpref.simulation.simulated import simulate_human_review
 
     counts = simulate_human_review(a.queue, a.truth, a.out, a.accuracy, a.seed)
     print(
-        "SIMULATED human verifier (synpref.simulated) answered the review queue from the hidden truth", file=sys.stderr
+        "SIMULATED human verifier (synpref.simulation.simulated) answered the review queue from the hidden truth",
+        file=sys.stderr,
     )
     _print({"export": a.out, **counts})
     return 0
@@ -168,12 +169,12 @@ def cmd_simulate_humans(a: argparse.Namespace) -> int:
 
 @command
 def cmd_stage2(a: argparse.Namespace) -> int:
-    from .evaluation import accuracy_report
-    from .llm_client import load_annotators
-    from .pipeline import run_stage2
-    from .report import write_stage2_report
-    from .settings import Stage2Config
-    from .storage import read_parquet
+    from synpref.io.storage import read_parquet
+    from synpref.llm.client import load_annotators
+    from synpref.pipeline import run_stage2
+    from synpref.reporting.report import write_stage2_report
+    from synpref.settings import Stage2Config
+    from synpref.simulation.evaluation import accuracy_report
 
     cfg = from_flat(Stage2Config, vars(a))
     annotators = load_annotators(a.annotators) if a.annotators else []
@@ -216,8 +217,8 @@ def _with_coverage_warning(report: dict) -> dict:
 def cmd_report(a: argparse.Namespace) -> int:
     import pyarrow as pa
 
-    from .report import all_round_reports, stage2_report, write_root_report
-    from .storage import read_parquet
+    from synpref.io.storage import read_parquet
+    from synpref.reporting.report import all_round_reports, stage2_report, write_root_report
 
     for t in a.truth:
         _require(t, "--truth")
@@ -251,7 +252,7 @@ def add_settings(parser: argparse.ArgumentParser, model: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import AnnotateSettings, PrepareConfig, Stage1Config, Stage2Config, Stage2Source
+    from synpref.settings import AnnotateSettings, PrepareConfig, Stage1Config, Stage2Config, Stage2Source
 
     p = argparse.ArgumentParser(
         prog="synpref", description="SynPref preference-data curation (Skywork-Reward-V2) — run steps by hand."
@@ -376,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     an endpoint that kept failing is exit 1 (its answers so far are cached)."""
     from pydantic import ValidationError
 
-    from .llm_client import AnnotatorError, EndpointError, validation_message
-    from .preprocess import ConservationError
-    from .progress import configure_cli_logging
-    from .readers import InputError
+    from synpref.io.preprocess import ConservationError
+    from synpref.io.readers import InputError
+    from synpref.llm.client import AnnotatorError, EndpointError, validation_message
+    from synpref.progress import configure_cli_logging
 
     args = build_parser().parse_args(argv)
     configure_cli_logging()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layout import StorageLayout, layout
-from .llm_client import AnnotatorConfig
-from .preprocess import map_items
-from .report import write_round_report, write_stage2_report
-from .settings import Stage1Config, Stage2Config
-from .stage1 import (
+from synpref.io.layout import StorageLayout, layout
+from synpref.io.preprocess import map_items
+from synpref.io.storage import PathLike, as_path
+from synpref.llm.client import AnnotatorConfig
+from synpref.reporting.report import write_round_report, write_stage2_report
+from synpref.settings import Stage1Config, Stage2Config
+from synpref.stage1.steps import (
     step_annotate,
     step_attributes,
     step_embed_shard,
@@ -25,7 +26,7 @@ from .stage1 import (
     step_retrieve,
     step_train,
 )
-from .stage2 import (
+from synpref.stage2.steps import (
     begin_run,
     prepare_inputs,
     step_annotate_shard,
@@ -37,7 +38,6 @@ from .stage2 import (
     step_prepare_file,
     step_score,
 )
-from .storage import PathLike, as_path
 
 
 def run_round(

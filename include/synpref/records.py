@@ -17,12 +17,12 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .storage import PathLike, read_json, write_json
+from synpref.io.storage import PathLike, read_json, write_json
 
 Number = int | float  # a JSON number kept as it was written (an int stays an int)
 
 
-class RecordError(ValueError):
+class RecordFormatError(ValueError):
     """A JSON record that does not have the shape its reader expects."""
 
 
@@ -44,7 +44,7 @@ class Record(BaseModel):
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(map(str, first["loc"])) or "(root)"
-            raise RecordError(f"{path}: not a {cls.__name__} record ({where}: {first['msg']})") from None
+            raise RecordFormatError(f"{path}: not a {cls.__name__} record ({where}: {first['msg']})") from None
 
 
 class OpenRecord(Record):

@@ -1,6 +1,6 @@
 """The report's figures: one look (matplotlib, Agg), labelled axes, each figure → PNG bytes.
 
-Each function takes plain numbers (gathered by ``synpref.report`` from manifests and per-shard
+Each function takes plain numbers (gathered by ``synpref.reporting.report`` from manifests and per-shard
 summaries), so a figure never reads data itself and renders in a fraction of a second.
 """
 

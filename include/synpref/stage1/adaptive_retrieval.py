@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .progress import log
-from .storage import PathLike, as_path, read_bytes, read_json, write_bytes, write_json
+from synpref.io.storage import PathLike, as_path, read_bytes, read_json, write_bytes, write_json
+from synpref.models.embedding import flat_index
+from synpref.progress import log
 
 RETRIEVAL_SCHEMA = pa.schema(
     [
@@ -53,17 +54,9 @@ def k_for_p(p: float, k_max: int) -> int:
     return max(0, math.ceil(k_max * (1.0 - p) - 1e-9))
 
 
-def _flat(vectors: np.ndarray):
-    import faiss
-
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    return index
-
-
 def measured_recall(index, vectors: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> float:
     """recall@k of ``index`` against exact search, each query being a pool vector (itself left out)."""
-    _, exact = _flat(vectors).search(vectors[queries], k + 1)
+    _, exact = flat_index(vectors).search(vectors[queries], k + 1)
     _, got = index.search(vectors[queries], k + 1)
     hits = [len((set(e) - {q}) & (set(g) - {q})) / k for q, e, g in zip(queries, exact, got)]
     return float(np.mean(hits))
@@ -78,7 +71,7 @@ def build_index(
 
     n, dim = vectors.shape
     if n <= flat_max:
-        return _flat(vectors), {"kind": "flat", "vectors": n, "recall_at_8": 1.0}
+        return flat_index(vectors), {"kind": "flat", "vectors": n, "recall_at_8": 1.0}
     start = time.monotonic()
     rng = np.random.default_rng(seed)
     nlist = int(min(16384, max(64, 4 * math.sqrt(n))))
@@ -96,7 +89,7 @@ def build_index(
             break
         nprobe *= 2
     else:
-        index = _flat(vectors)
+        index = flat_index(vectors)
         record = {"kind": "flat", "recall_at_8": 1.0, "why": f"no nprobe up to {nlist // 8} reached the target"}
     record.update(
         vectors=n,
@@ -183,17 +176,3 @@ def adaptive_retrieve(
                 best[pid] = cand
     rows = [{**best[pid], "pulled_by_count": count[pid]} for pid in sorted(best)]
     return pa.Table.from_pylist(rows, schema=RETRIEVAL_SCHEMA)
-
-
-def nearest_examples(
-    query_vecs: np.ndarray, query_ids: list[str], gold_rows: list[dict], gold_vecs: np.ndarray, max_examples: int
-) -> dict[str, list[dict]]:
-    """Few-shot examples: the ``max_examples`` most similar gold pairs of each query (never itself)."""
-    if not gold_rows or max_examples <= 0 or len(query_ids) == 0:
-        return {q: [] for q in query_ids}
-    _, idx = _flat(gold_vecs).search(query_vecs.astype(np.float32), min(len(gold_rows), max_examples + 1))
-    out = {}
-    for q, row in zip(query_ids, idx):
-        exs = [gold_rows[j] for j in row if j >= 0 and gold_rows[j]["pair_id"] != q]
-        out[q] = exs[:max_examples]
-    return out

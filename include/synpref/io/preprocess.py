@@ -39,11 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .layout import PoolLayout
-from .readers import FILE_LEVEL, InputError, RecordError, iter_raw, normalize_row, quarantine_row, splits
-from .schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, pair_keys
-from .settings import NGRAM, PrepareConfig
-from .storage import (
+from synpref.io.layout import PoolLayout
+from synpref.io.readers import FILE_LEVEL, InputError, RecordError, iter_raw, normalize_row, quarantine_row, splits
+from synpref.io.storage import (
     PathLike,
     as_path,
     copy_file,
@@ -54,6 +52,8 @@ from .storage import (
     write_json,
     write_parquet,
 )
+from synpref.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, pair_keys
+from synpref.settings import NGRAM, PrepareConfig
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 DROPPED_SCHEMA = PAIR_SCHEMA.append(pa.field("reason", pa.string()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .storage import PathLike, as_path, read_json, write_json
+from synpref.io.storage import PathLike, as_path, read_json, write_json
 
 MANIFEST = "manifest.json"
 SEED_ROUND = "0000-seed"

@@ -20,11 +20,11 @@ from typing import Literal
 import jinja2
 import pyarrow as pa
 
-from .llm_client import AnnotatorConfig, Budget, Request, run_requests
-from .schema import prompt_text
-from .seeding import seeded_digest, seeded_int
-from .settings import AnnotateSettings, MergePolicy
-from .storage import PathLike
+from synpref.io.storage import PathLike
+from synpref.llm.client import AnnotatorConfig, Budget, Request, run_requests
+from synpref.schema import prompt_text
+from synpref.seeding import seeded_digest, seeded_int
+from synpref.settings import AnnotateSettings, MergePolicy
 
 Verdict = Literal["agree", "disagree", "abstain"]
 _TOKEN = re.compile(r"\[\[\s*([^\[\]]{0,8}?)\s*\]\]")
@@ -352,8 +352,7 @@ def few_shot_examples(
     pairs: list[dict], gold: list[dict], max_examples: int, cache_uri: PathLike | None = None
 ) -> dict[str, list[dict]]:
     """The most similar gold pairs of each target pair, by (conversation, attributes) embeddings."""
-    from .adaptive_retrieval import nearest_examples
-    from .embedding import embed_rows
+    from synpref.models.embedding import embed_rows, nearest_examples
 
     if not gold or max_examples <= 0:
         return {p["pair_id"]: [] for p in pairs}

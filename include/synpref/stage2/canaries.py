@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from .records import Interval, QualityEstimates
-from .reliability import wilson_interval
-from .schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, flip
-from .seeding import seeded_int, seeded_sample
+from synpref.models.reliability import wilson_interval
+from synpref.records import Interval, QualityEstimates
+from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, flip
+from synpref.seeding import seeded_int, seeded_sample
 
 PREFIX = "canary:"
 CANARY_SCHEMA = PAIR_SCHEMA.append(pa.field("source_pair_id", pa.string()))  # the gold pair it was made from

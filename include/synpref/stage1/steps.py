@@ -14,46 +14,9 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from . import gold as gold_mod
-from .adaptive_retrieval import (
-    RECALL_TARGET,
-    IndexCache,
-    RetrievalConfig,
-    adaptive_retrieve,
-    k_for_p,
-    nearest_examples,
-)
-from .annotation import (
-    annotator_stats,
-    few_shot_examples,
-    judge,
-    merge_samples,
-    status_counts,
-    task_budget,
-    with_samples,
-)
-from .attributes import generate_attributes
-from .embedding import embed_rows, embedding_dim, embedding_text, text_sha
-from .layout import MANIFEST, SEED_ROUND, RoundLayout, StorageLayout, layout
-from .llm_client import AnnotatorConfig
-from .progress import log, shard_position
-from .readers import InputError
-from .records import (
-    EvaluateRecord,
-    IntakeRecord,
-    MergeRecord,
-    Record,
-    RetrieveRecord,
-    RoundManifest,
-    TrainRecord,
-)
-from .reliability import calibrate, joint_weights, judge_reliability, judge_warnings, rm_warnings
-from .reward_model import RewardModel, evaluate, train_reward_model
-from .schema import PAIR_SCHEMA, has_attributes
-from .seeding import seeded_sample
-from .settings import Stage1Config
-from .silver import QUEUE_SCHEMA, merge_into_silver
-from .storage import (
+from synpref.io.layout import MANIFEST, SEED_ROUND, RoundLayout, StorageLayout, layout
+from synpref.io.readers import InputError
+from synpref.io.storage import (
     PathLike,
     as_path,
     list_files,
@@ -65,6 +28,42 @@ from .storage import (
     write_jsonl,
     write_parquet,
 )
+from synpref.llm.annotation import (
+    annotator_stats,
+    few_shot_examples,
+    judge,
+    merge_samples,
+    status_counts,
+    task_budget,
+    with_samples,
+)
+from synpref.llm.attributes import generate_attributes
+from synpref.llm.client import AnnotatorConfig
+from synpref.models.embedding import embed_rows, embedding_dim, embedding_text, nearest_examples, text_sha
+from synpref.models.reliability import calibrate, joint_weights, judge_reliability, judge_warnings, rm_warnings
+from synpref.models.reward_model import RewardModel, evaluate, train_reward_model
+from synpref.progress import log, shard_position
+from synpref.records import (
+    EvaluateRecord,
+    IntakeRecord,
+    MergeRecord,
+    Record,
+    RetrieveRecord,
+    RoundManifest,
+    TrainRecord,
+)
+from synpref.schema import PAIR_SCHEMA, has_attributes
+from synpref.seeding import seeded_sample
+from synpref.settings import Stage1Config
+from synpref.stage1 import gold as gold_mod
+from synpref.stage1.adaptive_retrieval import (
+    RECALL_TARGET,
+    IndexCache,
+    RetrievalConfig,
+    adaptive_retrieve,
+    k_for_p,
+)
+from synpref.stage1.silver import QUEUE_SCHEMA, merge_into_silver
 
 INTAKE_SUMMARY = ("inbox_verifications", "inbox_quarantined", "inbox_conflicts", "inbox_unknown_pairs")
 STEPS = ("intake", "train_best_rm", "train_gold_rm", "evaluate", "retrieve", "merge")  # recorded before publishing
@@ -76,7 +75,7 @@ def _rows(uri) -> list[dict]:
 
 def _read_any(directory, stem: str) -> list[dict]:
     """``<dir>/<stem>.parquet`` or ``.jsonl`` via the readers (seed data may come in any format)."""
-    from .readers import read_pairs
+    from synpref.io.readers import read_pairs
 
     for ext in (".parquet", ".jsonl", ".json", ".csv"):
         p = as_path(directory) / f"{stem}{ext}"
@@ -199,7 +198,7 @@ def step_attributes(
     name = as_path(shard_uri).name
     log.info("attributes: %s", shard_position(name, [s.name for s in store.pool.shards()]))
     if annotator is None:
-        from .attributes import ATTRIBUTE_STATUS_SCHEMA
+        from synpref.llm.attributes import ATTRIBUTE_STATUS_SCHEMA
 
         status = [{**r, "attributes_status": "present" if has_attributes(r) else "attributes_missing"} for r in rows]
         table = pa.Table.from_pylist(status, schema=ATTRIBUTE_STATUS_SCHEMA)

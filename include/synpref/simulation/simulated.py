@@ -28,12 +28,13 @@ import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .schema import ATTRIBUTE_FIELDS
-from .storage import PathLike, as_path, read_parquet, write_json
+from synpref.io.storage import PathLike, as_path, read_parquet, write_json
+from synpref.schema import ATTRIBUTE_FIELDS
 
 log = logging.getLogger(__name__)
 SIMULATION_BANNER = (
-    "SIMULATED annotators (synpref.simulated): answers come from the synthetic hidden truth, not from an LLM"
+    "SIMULATED annotators (synpref.simulation.simulated): answers come from the synthetic hidden truth, "
+    "not from an LLM"
 )
 _SECTION = re.compile(
     r"## Target "

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from .layout import DECISIONS, Stage2Layout
-from .storage import PathLike, list_files, read_parquet
+from synpref.io.layout import DECISIONS, Stage2Layout
+from synpref.io.storage import PathLike, list_files, read_parquet
 
 
 def label_accuracy(pairs: pa.Table, truth: pa.Table) -> float | None:

@@ -15,9 +15,9 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from .progress import Progress
-from .schema import prompt_text
-from .storage import PathLike, as_path, read_parquet, write_parquet
+from synpref.io.storage import PathLike, as_path, read_parquet, write_parquet
+from synpref.progress import Progress
+from synpref.schema import prompt_text
 
 
 def default_embedder() -> str:
@@ -136,4 +136,27 @@ def embed_rows(rows: list[dict], cache_uri: PathLike | None = None, model_name: 
             }
         )
         write_parquet(table, cache_uri)
+    return out
+
+
+def flat_index(vectors: np.ndarray):
+    """Exact inner-product search over L2-normalised vectors (cosine similarity)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
+def nearest_examples(
+    query_vecs: np.ndarray, query_ids: list[str], gold_rows: list[dict], gold_vecs: np.ndarray, max_examples: int
+) -> dict[str, list[dict]]:
+    """Few-shot examples: the ``max_examples`` most similar gold pairs of each query (never itself)."""
+    if not gold_rows or max_examples <= 0 or len(query_ids) == 0:
+        return {q: [] for q in query_ids}
+    _, idx = flat_index(gold_vecs).search(query_vecs.astype(np.float32), min(len(gold_rows), max_examples + 1))
+    out = {}
+    for q, row in zip(query_ids, idx):
+        exs = [gold_rows[j] for j in row if j >= 0 and gold_rows[j]["pair_id"] != q]
+        out[q] = exs[:max_examples]
     return out

@@ -17,14 +17,14 @@ import jinja2
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import figures as fig
-from .evaluation import accuracy_report, label_accuracy, truth_coverage
-from .layout import DECISIONS, RoundLayout, Stage2Layout, StorageLayout, layout
-from .records import RoundManifest, RoundSteps, RoundSummary, ShardDecided, Stage2Manifest, Stage2Preview
-from .reliability import wilson_interval
-from .settings import HIST_BINS
-from .stage1 import round_manifest
-from .storage import PathLike, as_path, read_parquet, write_bytes
+from synpref.io.layout import DECISIONS, RoundLayout, Stage2Layout, StorageLayout, layout
+from synpref.io.storage import PathLike, as_path, read_parquet, write_bytes
+from synpref.models.reliability import wilson_interval
+from synpref.records import RoundManifest, RoundSteps, RoundSummary, ShardDecided, Stage2Manifest, Stage2Preview
+from synpref.reporting import figures as fig
+from synpref.settings import HIST_BINS
+from synpref.simulation.evaluation import accuracy_report, label_accuracy, truth_coverage
+from synpref.stage1.steps import round_manifest
 
 
 def fixed_slice(store: StorageLayout) -> set[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from .storage import PathLike, as_path, list_files, read_bytes, write_json
+from synpref.io.storage import PathLike, as_path, list_files, read_bytes, write_json
 
 PAGE_SIZE = 100
 

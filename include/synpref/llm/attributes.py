@@ -12,10 +12,10 @@ import re
 import pyarrow as pa
 from pydantic import ValidationError
 
-from .annotation import _jinja, request_seed, template
-from .llm_client import AnnotatorConfig, Budget, Request, run_requests
-from .schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, Attributes, has_attributes, prompt_text
-from .storage import PathLike
+from synpref.io.storage import PathLike
+from synpref.llm.annotation import _jinja, request_seed, template
+from synpref.llm.client import AnnotatorConfig, Budget, Request, run_requests
+from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, Attributes, has_attributes, prompt_text
 
 ATTRIBUTE_STATUS_SCHEMA = PAIR_SCHEMA.append(pa.field("attributes_status", pa.string()))
 _OBJECT = re.compile(r"\{.*\}", re.S)

@@ -22,10 +22,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from .readers import FILE_LEVEL, InputError, RecordError, iter_raw, normalize, quarantine_row, scan_inputs
-from .schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, QUARANTINE_SCHEMA, flip
-from .seeding import seeded_int
-from .storage import PathLike, as_path
+from synpref.io.readers import FILE_LEVEL, InputError, RecordError, iter_raw, normalize, quarantine_row, scan_inputs
+from synpref.io.storage import PathLike, as_path
+from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, QUARANTINE_SCHEMA, flip
+from synpref.seeding import seeded_int
 
 HUMAN_LABELS = ("chosen", "rejected", "undecidable")
 HISTORY_SCHEMA = (

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pyarrow as pa
 
-from .schema import PAIR_SCHEMA, flip
-from .seeding import seeded_sample
+from synpref.schema import PAIR_SCHEMA, flip
+from synpref.seeding import seeded_sample
 
 QUEUE_SCHEMA = PAIR_SCHEMA.append(pa.field("queue_reason", pa.string()))
 _OBJ = {"objective": 0, "subjective": 1}

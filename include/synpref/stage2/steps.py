@@ -17,23 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from .annotation import few_shot_examples, judge, merge_samples, task_budget, template, with_samples
-from .canaries import CANARY_SCHEMA, OUTCOME_SCHEMA, canary_rows, estimates, label_right
-from .consistency import (
-    Decided,
-    RewardModelSignal,
-    RuleBase,
-    Signal,
-    configured_rule,
-    decide_shard,
-    load_rule,
-    p_of,
-    score_rows,
-    scores_schema,
-)
-from .layout import DECISIONS, PoolLayout, RoundLayout, ShardLayout, Stage2Layout, StorageLayout, layout
-from .llm_client import AnnotatorConfig
-from .preprocess import (
+from synpref.io.layout import DECISIONS, PoolLayout, RoundLayout, ShardLayout, Stage2Layout, StorageLayout, layout
+from synpref.io.preprocess import (
     DROPPED_SCHEMA,
     FILTERS,
     ConservationError,
@@ -43,23 +28,8 @@ from .preprocess import (
     normalize_file,
     plan_run,
 )
-from .progress import log, shard_position
-from .readers import scan_inputs
-from .records import (
-    DecisionSummary,
-    Interval,
-    PoolManifest,
-    PoolSource,
-    QualityEstimates,
-    ShardDecided,
-    ShardScores,
-    Stage2Manifest,
-    Stage2Preview,
-)
-from .recycle import recycled
-from .schema import PAIR_SCHEMA, has_attributes, to_trl
-from .settings import HIST_BINS, PrepareConfig, Stage2Config
-from .storage import (
+from synpref.io.readers import scan_inputs
+from synpref.io.storage import (
     PathLike,
     as_path,
     list_files,
@@ -71,6 +41,36 @@ from .storage import (
     write_json,
     write_parquet,
 )
+from synpref.llm.annotation import few_shot_examples, judge, merge_samples, task_budget, template, with_samples
+from synpref.llm.client import AnnotatorConfig
+from synpref.progress import log, shard_position
+from synpref.records import (
+    DecisionSummary,
+    Interval,
+    PoolManifest,
+    PoolSource,
+    QualityEstimates,
+    ShardDecided,
+    ShardScores,
+    Stage2Manifest,
+    Stage2Preview,
+)
+from synpref.schema import PAIR_SCHEMA, has_attributes, to_trl
+from synpref.settings import HIST_BINS, PrepareConfig, Stage2Config
+from synpref.stage2.canaries import CANARY_SCHEMA, OUTCOME_SCHEMA, canary_rows, estimates, label_right
+from synpref.stage2.consistency import (
+    Decided,
+    RewardModelSignal,
+    RuleBase,
+    Signal,
+    configured_rule,
+    decide_shard,
+    load_rule,
+    p_of,
+    score_rows,
+    scores_schema,
+)
+from synpref.stage2.recycle import recycled
 
 DECISION_FIELDS = [
     pa.field("decision", pa.string()),
@@ -249,7 +249,7 @@ def _label_conflicts(run: Stage2Layout) -> set[str]:
 def _canaries(
     store: StorageLayout, run: Stage2Layout, rnd: str, shard_uri: PathLike, rows: list[dict], cfg: Stage2Config
 ) -> list[dict]:
-    """The canaries assigned to this shard, each with its gold pair id (see ``synpref.canaries``)."""
+    """The canaries assigned to this shard, each with its gold pair id (see ``synpref.stage2.canaries``)."""
     held_out = store.round(rnd).gold_validation
     if not cfg.canaries or not held_out.exists():
         return []

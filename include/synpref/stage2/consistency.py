@@ -38,11 +38,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from .recycle import recycle_policy_for, should_recycle
-from .reliability import estimate_prior, judge_weight, logit, sigmoid, verdict_sign
-from .reward_model import RewardModel
-from .settings import RecyclePolicy, Stage2Config
-from .storage import read_json
+from synpref.io.storage import read_json
+from synpref.models.reliability import estimate_prior, judge_weight, logit, sigmoid, verdict_sign
+from synpref.models.reward_model import RewardModel
+from synpref.settings import RecyclePolicy, Stage2Config
+from synpref.stage2.recycle import recycle_policy_for, should_recycle
 
 Decision = Literal["kept", "recycled", "dropped"]
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .embedding import bf16_supported, default_embedder
-from .progress import Progress, log
-from .schema import prompt_text
-from .settings import RMConfig
-from .storage import PathLike, as_path, cleanup, download_dir, local_scratch, read_json, upload_dir
+from synpref.io.storage import PathLike, as_path, cleanup, download_dir, local_scratch, read_json, upload_dir
+from synpref.models.embedding import bf16_supported, default_embedder
+from synpref.progress import Progress, log
+from synpref.schema import prompt_text
+from synpref.settings import RMConfig
 
 EVAL_SCHEMA = pa.schema(
     [
@@ -72,7 +72,7 @@ _last_encoding: list = [None, None]  # (key, features) of the latest call: two R
 
 
 def _encode_pairs(prompts: list[str], responses: list[str], backbone: str) -> np.ndarray:
-    from .embedding import embed_texts
+    from synpref.models.embedding import embed_texts
 
     key = (backbone, tuple(prompts), tuple(responses))
     if _last_encoding[0] != key:

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from .schema import ATTRIBUTE_FIELDS, ENCODE, PAIR_SCHEMA, PairRecord, pair_keys, pair_keys_of
-from .storage import PathLike, as_path
+from synpref.io.storage import PathLike, as_path
+from synpref.schema import ATTRIBUTE_FIELDS, ENCODE, PAIR_SCHEMA, PairRecord, pair_keys, pair_keys_of
 
 FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 COMPRESSIONS = (".gz", ".zst")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from .schema import PairRecord, prompt_text, records_to_table
+from synpref.schema import PairRecord, prompt_text, records_to_table
 
 CAPITALS = {
     "France": "Paris",

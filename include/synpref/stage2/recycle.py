@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import get_args
 
-from .schema import flip
-from .settings import DecisionRuleName, RecyclePolicy
+from synpref.schema import flip
+from synpref.settings import DecisionRuleName, RecyclePolicy
 
 RULE_DEFAULT_POLICY: dict[str, RecyclePolicy] = {"reliability": "positive_evidence", "paper": "both_rms_reject"}
 

@@ -27,8 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .progress import Progress
-from .storage import PathLike, as_path, dumps_json, is_local, replace_local, write_json
+from synpref.io.storage import PathLike, as_path, dumps_json, is_local, replace_local, write_json
+from synpref.progress import Progress
 
 for _noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one INFO line per request would drown task logs
     logging.getLogger(_noisy).setLevel(logging.WARNING)

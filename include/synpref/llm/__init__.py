@@ -1,0 +1,1 @@
+"""The LLM layer: OpenAI-compatible annotator endpoints, preference-aware judging, attribute generation."""

@@ -1,0 +1,1 @@
+"""Reporting: JSON summaries and the HTML reports with their figures (read records, never every pair)."""
