@@ -11,13 +11,16 @@ only under its own prefix, manifest last.
    published (backfills may start several runs at once; `depends_on_past` alone orders tasks, not rounds);
 1. **pull_verifications** (with a Label Studio connection) → **human_verification_intake** — verdicts
    pulled from the server into the inbox, inbox → cumulative gold (+ gold-train/validation), discarded;
-2. **generate_attributes** (mapped over pool shards, LLM, cached) → **embed_pool_shard** (mapped);
+2. **generate_attributes** (mapped over pool shards, LLM, cached) → **embed_pool_shard** (mapped); every
+   step reads the pool of param `pool_uri` (default `<root>/pool/`);
 3. **train_best_rm** (Bradley-Terry on silver, checkpoint by gold accuracy) and **train_gold_rm**
    (on gold-train, checkpoint by gold-validation);
-4. **evaluate_on_gold** — p = σ(r_w − r_l) per gold pair, accuracy overall / per category;
+4. **evaluate_on_gold** — p = σ(r_w − r_l) per gold pair, accuracy overall / per category; both RMs
+   calibrated on gold they did not train on (`calibration.json`, read by stage 2);
 5. **adaptive_retrieval** — k = k_max if p ≤ 0.5 else ⌈k_max(1−p)⌉ neighbours per gold pair;
 6. **annotate** (mapped over annotator connections, pool `llm_api`) — preference-aware judging;
-7. **merge_silver_and_review_queue** — agreeing verdicts → silver; contested → review queue;
+7. **merge_silver_and_review_queue** — agreeing verdicts → silver; contested → review queue; the judges'
+   accuracy on their blind gold probe → `judges.json`;
 8. **write_report** — HTML report with figures (`rounds/<date>/report/`; Browse → Curation, and the
    run's "Curation report" tab);
 9. **sign_off_silver** — optional approval (param `sign_off`; off for scheduled runs): a rejection

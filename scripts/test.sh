@@ -1,10 +1,43 @@
 #!/usr/bin/env bash
-# README command 2: set up (idempotent) and run the test suite, including the scheduler-driven
-# integration suite (real Airflow on PostgreSQL, S3 via moto, headless Chromium).
+# README command 2: set up (idempotent) and run the test suite in tiers, fastest first, failing fast:
+#   1. fast   — unit tests, no services, no subprocess pipelines (a contributor runs it before every commit:
+#               scripts/test.sh fast)
+#   2. e2e    — end to end through real processes: `airflow dags test` of every DAG, the CLI, kill -9,
+#               Label Studio, the README walk-through, docker-compose config
+#   3. integration — the scheduler-driven suites: one real Airflow on PostgreSQL (LocalExecutor, REST,
+#               backfill, UI in Chromium, S3 via moto) and the CeleryExecutor with two workers
+# The time of each tier is printed at the end (and written to .artifacts/test-times.txt).
+# With arguments other than a tier name, they go to one pytest call as they are (e.g. a single test file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/services.sh
 source scripts/env.sh
 .venv/bin/ruff check . && .venv/bin/ruff format --check .   # lint + format (pyproject.toml [tool.ruff])
-exec .venv/bin/python -m pytest -v --durations=15 "$@"   # -v: each test is named as it starts
+
+declare -A MARKS=(
+  [fast]="not integration and not e2e and not slow"
+  [e2e]="e2e and not slow"
+  [integration]="integration and not slow"
+)
+TIERS=(fast e2e integration)
+if [ $# -gt 0 ] && [ -z "${MARKS[$1]:-}" ]; then
+  scripts/services.sh
+  exec .venv/bin/python -m pytest -v --durations=15 "$@"
+fi
+[ $# -gt 0 ] && TIERS=("$@")
+for tier in "${TIERS[@]}"; do [ "$tier" = fast ] || { scripts/services.sh; break; }; done
+
+mkdir -p .artifacts
+TIMES=.artifacts/test-times.txt
+: > "$TIMES"
+summary() { echo "== test time per tier (2 cores in CI; budget: the whole command under 35 minutes)"; cat "$TIMES"; }
+trap summary EXIT
+for tier in "${TIERS[@]}"; do
+  start=$(date +%s)
+  echo "== tier $tier: pytest -m \"${MARKS[$tier]}\""
+  status=0
+  # -v: each test is named as it starts; -x on the fast tier: the first failure stops the run
+  .venv/bin/python -m pytest -v --durations=15 -m "${MARKS[$tier]}" $([ "$tier" = fast ] && echo -x) || status=$?
+  printf '%-12s %5d s  %s\n' "$tier" $(( $(date +%s) - start )) "$([ $status = 0 ] && echo passed || echo FAILED)" >> "$TIMES"
+  [ $status = 0 ] || exit $status
+done

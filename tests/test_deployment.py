@@ -12,6 +12,8 @@ import yaml
 
 from airflow_cluster import REPO, ensure_services
 
+pytestmark = pytest.mark.e2e  # needs Debian's docker-compose
+
 COMPOSE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
 AIRFLOW_SERVICES = {

@@ -12,6 +12,8 @@ from synpref.io.storage import write_parquet
 from synpref.simulation.evaluation import label_accuracy
 from synpref.simulation.synthetic import generate
 
+pytestmark = pytest.mark.e2e  # runs the DAGs with `airflow dags test`
+
 
 def _hashes(d: Path) -> dict:
     return {

@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from conftest import REPO
 from synpref.io.storage import write_parquet
 from synpref.simulation.synthetic import generate
+
+pytestmark = pytest.mark.e2e  # kills real pipeline processes
 
 SYNPREF = str(REPO / ".venv" / "bin" / "synpref")
 

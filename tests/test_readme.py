@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs the README walk-through
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -20,6 +20,8 @@ from synpref.stage1.review_queue import (
     push_review_queue,
 )
 
+pytestmark = pytest.mark.e2e  # a real Label Studio server (.venv-labelstudio)
+
 
 def _queue(tmp_path, rows, rnd):
     tasks = label_studio_tasks([{**r, "round": rnd} for r in rows], seed=3)

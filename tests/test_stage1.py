@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import REPO
 from synpref.io.layout import StorageLayout
 from synpref.io.preprocess import prepare
 from synpref.io.readers import InputError
@@ -64,3 +65,32 @@ def test_a_round_without_any_gold_says_where_to_put_it(tmp_path):
     store, _ = _root(tmp_path)
     with pytest.raises(InputError, match="has no gold"):
         step_intake(store, "2026-01-01")
+
+
+def test_a_round_given_another_pool_reads_that_pool_and_never_the_roots(tmp_path):
+    """``pool_uri`` (DAG) / ``--pool`` (CLI): every step reads the pool through the layout, so the root's own
+    pool (same shard names) never mixes in."""
+    store, rows = _root(tmp_path)  # <root>/pool: rows[:300]
+    other = tmp_path / "other-pool"
+    more, _ = generate(120, seed=99)
+    write_parquet(more, tmp_path / "other.parquet")
+    prepare([str(tmp_path / "other.parquet")], StorageLayout(tmp_path / "x", other).pool)
+    elsewhere = StorageLayout(store.root, other)
+    assert [s.name for s in elsewhere.pool.shards()] == [s.name for s in store.pool.shards()]  # names coincide
+    _inbox(elsewhere, "2026-01-01", rows[:4], ["chosen"] * 4)
+    info = step_intake(elsewhere, "2026-01-01", cfg=Stage1Config(seed_silver=1000))
+    silver = {s["pair_id"] for s in read_parquet(elsewhere.round("2026-01-01").silver_in).to_pylist()}
+    assert silver <= {r["pair_id"] for r in more.to_pylist()}
+    pool_ids = {r["pair_id"] for shard in elsewhere.pool.shards() for r in read_parquet(shard).to_pylist()}
+    n = len(pool_ids - {r["pair_id"] for r in rows[:4]})
+    assert info["silver_source"] == f"unverified pool sample ({n // 2} of {n})"
+    assert info["inbox_unknown_pairs"] == len({r["pair_id"] for r in rows[:4]} - pool_ids)  # not the root's pool
+
+
+def test_the_dag_glue_builds_the_layout_with_the_pool_param(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "dags"))
+    from synpref_common import storage
+
+    store = storage({"root": f"file://{tmp_path}", "pool_uri": f"file://{tmp_path}/elsewhere"})
+    assert str(store.pool.dir).endswith("/elsewhere")
+    assert str(storage({"root": f"file://{tmp_path}", "pool_uri": None}).pool.dir).endswith("/pool")
