@@ -324,7 +324,7 @@ def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dic
         decisions, canaries = decide_all(store, rnd, run, shards, rule, use_judges)
         m = metrics(decisions, correct)
         kept_share = sum(d == "kept" for d, _ in decisions.values()) / len(decisions)
-        m["canary"] = estimates(canaries, kept_share)
+        m["canary"] = estimates(canaries, kept_share).dump()
         kept = [p for p, (d, _) in decisions.items() if d in ("kept", "recycled")]
         flip = {p for p, (d, _) in decisions.items() if d == "recycled"}
         m["rm_test"] = rm_test_accuracy(feats, kept, flip, gold_ids, test_ids) if kept else None

@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import airflow_overhead  # noqa: E402
+import dag_parse  # noqa: E402
 import judges_speed  # noqa: E402
 import prepare_speed  # noqa: E402
 import retrieval_speed  # noqa: E402
@@ -26,6 +27,7 @@ SMOKE = {
     training_speed: ["--pairs", "64", "--steps", "4", "--repeats", "1"],
     judges_speed: ["--concurrency", "8", "--requests", "32", "--latency", "0.05", "--repeats", "1"],
     airflow_overhead: ["--repeats", "1"],
+    dag_parse: ["--repeats", "1"],
 }
 
 

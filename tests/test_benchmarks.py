@@ -37,3 +37,11 @@ def test_judges_benchmark_measures_against_a_fixed_latency_endpoint():
     out = judges_speed.main(["--concurrency", "4", "--requests", "16", "--latency", "0.05", "--repeats", "1"])
     # a ratio of two rates is a benchmark result, not a property: only its sanity is checked here
     assert 0 < out["worst_share_of_ideal"] <= 1.05
+
+
+def test_dag_parse_benchmark_compares_the_project_with_trivial_dags():
+    import dag_parse
+
+    out = dag_parse.main(["--repeats", "1"])
+    assert out["ratio"] > 0
+    assert set(out["stats"]) == {"project dags/", "3 trivial DAGs"}

@@ -52,7 +52,9 @@ def _model(name: str):
 
 def embedding_dim(model_name: str | None = None) -> int:
     """Width of the encoder's vectors (read from the model, never assumed)."""
-    return int(_model(model_name or default_embedder()).get_sentence_embedding_dimension())
+    model = _model(model_name or default_embedder())
+    width = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(width())
 
 
 def bf16_supported() -> bool:
