@@ -42,7 +42,7 @@ from synpref.io.layout import PoolLayout
 from synpref.io.preprocess import prepare
 start = time.perf_counter()
 m = prepare([{src!r}], PoolLayout({out!r}))
-print(json.dumps({{"s": time.perf_counter() - start, "kept": m["counts"]["pool"]}}))
+print(json.dumps({{"s": time.perf_counter() - start, "kept": m.counts["pool"]}}))
 """
 
 

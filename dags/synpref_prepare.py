@@ -97,7 +97,7 @@ def synpref_prepare():
 
         _, pool = _pool(params)
         manifest = write_pool(pool, from_flat(PrepareConfig, params))
-        return {"pool_uri": str(pool.dir), **manifest["counts"]}
+        return {"pool_uri": str(pool.dir), **manifest.counts}
 
     write_pool(reduce_partition.expand(partition=list_partitions(normalize.expand(item=list_inputs()))))
 

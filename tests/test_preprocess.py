@@ -44,14 +44,14 @@ def test_prepare_dedups_decontaminates_and_conserves(tmp_path):
     (tmp_path / "bench.txt").write_text("an unrelated benchmark prompt\n" + BENCH + "\n")
     inputs = [str(tmp_path / "in" / f) for f in ("a.parquet", "b.parquet", "c.parquet")]
     m = prepare(inputs, PoolLayout(tmp_path / "pool"), tmp_path / "bench.txt", PrepareConfig(shard_size=100))
-    c = m["counts"]
+    c = m.counts
     assert c == {"input": 351, "pool": 300, "duplicates": 50, "contaminated": 1, "quarantined": 0}
     assert (
         "benchmark prompt #1" in pq.read_table(tmp_path / "pool" / "contaminated.parquet").column("reason")[0].as_py()
     )
-    assert sum(s["count"] for s in m["shards"]) == c["pool"]
-    assert max(s["count"] for s in m["shards"]) == 100
-    assert read_json(tmp_path / "pool" / "manifest.json") == m
+    assert sum(s.count for s in m.shards) == c["pool"]
+    assert max(s.count for s in m.shards) == 100
+    assert read_json(tmp_path / "pool" / "manifest.json") == m.dump()
     assert (
         pq.read_table(tmp_path / "pool" / "duplicates.parquet")
         .column("reason")
@@ -83,9 +83,9 @@ def test_a_new_rule_is_one_class_with_its_own_table_count_and_conservation(tmp_p
     short = sum(len(c.split()) < 5 for c in pairs.column("chosen").to_pylist())
     m = finalize_pool(pool, None, PrepareConfig(), build_filters(PrepareConfig()) + [ShortAnswer()])
     assert 0 < short < 200
-    assert m["counts"]["too_short"] == short
+    assert m.counts["too_short"] == short
     assert pq.read_table(pool.table("too_short")).num_rows == short
-    assert m["counts"]["pool"] == 200 - short
+    assert m.counts["pool"] == 200 - short
 
 
 def test_a_mirrored_copy_is_a_duplicate_and_its_pair_is_a_recorded_label_conflict(tmp_path):
@@ -96,9 +96,9 @@ def test_a_mirrored_copy_is_a_duplicate_and_its_pair_is_a_recorded_label_conflic
     write_parquet(records_to_table([mirrored]), tmp_path / "in" / "b.parquet")
     inputs = [str(tmp_path / "in" / f) for f in ("a.parquet", "b.parquet")]
     m = prepare(inputs, PoolLayout(tmp_path / "pool"))
-    assert m["counts"]["duplicates"] == 1
-    assert m["counts"]["pool"] == 50
-    assert m["label_conflicts"] == 1
+    assert m.counts["duplicates"] == 1
+    assert m.counts["pool"] == 50
+    assert m.label_conflicts == 1  # a side table's row count
     reason = pq.read_table(tmp_path / "pool" / "duplicates.parquet").column("reason")[0].as_py()
     assert reason.startswith(f"mirrored copy of {rows[0]['pair_id']}")
     conflicts = pq.read_table(tmp_path / "pool" / "label_conflicts.parquet").to_pylist()
@@ -148,13 +148,13 @@ def _pool_rows(pool: PoolLayout) -> dict:
 def test_partitioned_map_reduce_keeps_the_same_pairs_for_the_same_reasons(tmp_path, monkeypatch):
     inputs = _messy_inputs(tmp_path)
     one = prepare(inputs, PoolLayout(tmp_path / "one"), tmp_path / "bench.txt", PrepareConfig(shard_size=170))
-    assert one["counts"] == {"input": 783, "pool": 600, "duplicates": 181, "contaminated": 1, "quarantined": 1}
+    assert one.counts == {"input": 783, "pool": 600, "duplicates": 181, "contaminated": 1, "quarantined": 1}
     monkeypatch.setattr(preprocess, "PARTITION_BYTES", 10_000)  # → many partitions
     many = prepare(inputs, PoolLayout(tmp_path / "many"), tmp_path / "bench.txt", PrepareConfig(shard_size=170))
     assert len(partitions(PoolLayout(tmp_path / "many"))) >= 10
     assert _pool_rows(PoolLayout(tmp_path / "one")) == _pool_rows(PoolLayout(tmp_path / "many"))
-    assert many["label_conflicts"] == 60
-    assert all(s["count"] <= 170 for s in many["shards"])
+    assert many.label_conflicts == 60
+    assert all(s.count <= 170 for s in many.shards)
 
 
 def test_a_large_json_lines_file_read_in_ranges_gives_the_same_records(tmp_path, monkeypatch):
@@ -175,8 +175,8 @@ def test_a_large_json_lines_file_read_in_ranges_gives_the_same_records(tmp_path,
     split = prepare([str(tmp_path / "in" / "big.jsonl")], PoolLayout(tmp_path / "split"), workers=2)
     assert _pool_bytes(PoolLayout(tmp_path / "whole")) == _pool_bytes(PoolLayout(tmp_path / "split"))
     assert (
-        whole["counts"]
-        == split["counts"]
+        whole.counts
+        == split.counts
         == {"input": 399, "pool": 396, "duplicates": 0, "contaminated": 0, "quarantined": 3}
     )
     quarantine = pq.read_table(tmp_path / "split" / "quarantine.parquet").to_pylist()
@@ -198,7 +198,7 @@ def test_the_dag_steps_one_task_each_give_the_cli_pool(tmp_path, monkeypatch):
     for p in reversed(partitions(pool)):
         preprocess.reduce_partition(pool, p, tmp_path / "bench.txt", cfg)
     manifest = preprocess.write_pool(pool, cfg)
-    assert manifest["counts"]["contaminated"] == 1
+    assert manifest.counts["contaminated"] == 1
     assert _pool_bytes(pool) == _pool_bytes(PoolLayout(tmp_path / "cli"))
     normalize_file(inputs[1], 1, pool)  # a retried map task rewrites only its own files, the same bytes
     preprocess.reduce_partition(pool, 0, tmp_path / "bench.txt", cfg)

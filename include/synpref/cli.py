@@ -47,7 +47,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     for x in skipped:
         print(f"skipped {x['path']}: {x['reason']}", file=sys.stderr)
     manifest = prepare(files, PoolLayout(a.out), a.benchmark, config, skipped)
-    _print({"pool": a.out, **manifest["counts"], "shards": len(manifest["shards"]), "skipped_files": len(skipped)})
+    _print({"pool": a.out, **manifest.counts, "shards": len(manifest.shards), "skipped_files": len(skipped)})
     return 0
 
 

@@ -52,6 +52,7 @@ from synpref.io.storage import (
     write_json,
     write_parquet,
 )
+from synpref.records import PoolManifest
 from synpref.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, pair_keys
 from synpref.settings import NGRAM, PrepareConfig
 
@@ -501,7 +502,7 @@ def _concat(paths: list[Any], schema: pa.Schema, target: Any) -> int:
     return rows
 
 
-def write_pool(pool: PoolLayout, config: PrepareConfig = PrepareConfig()) -> dict:
+def write_pool(pool: PoolLayout, config: PrepareConfig = PrepareConfig()) -> PoolManifest:
     """Last step: the reduced partitions one after the other become the pool — shards, one table per rule,
     the rules' side tables, ``quarantine.parquet`` and, last, ``manifest.json``. Memory: one batch."""
     keys = _staged(pool)
@@ -539,9 +540,9 @@ def write_pool(pool: PoolLayout, config: PrepareConfig = PrepareConfig()) -> dic
         parts_text = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "pool")
         raise InputError(f"no usable pair in the input ({parts_text}); the reasons are in {pool.quarantine}")
     skipped = read_json(pool.skipped_inputs) if pool.skipped_inputs.exists() else []
-    manifest = {"kind": "pool", "counts": counts, "shards": shards, "files": files, "skipped_files": skipped}
-    manifest.update({name: table.num_rows for name, table in side.items()})
-    write_json(manifest, pool.manifest)
+    sides = {name: table.num_rows for name, table in side.items()}
+    manifest = PoolManifest(kind="pool", counts=counts, shards=shards, files=files, skipped_files=skipped, **sides)
+    manifest.write(pool.manifest)
     return manifest
 
 
@@ -572,7 +573,7 @@ def finalize_pool(
     benchmark_uri: PathLike | None = None,
     config: PrepareConfig = PrepareConfig(),
     filters: list[PairFilter] | None = None,
-) -> dict:
+) -> PoolManifest:
     """Reduce every partition in this process, then ``write_pool`` (CLI, tests, stage 2's own input)."""
     prompts = load_benchmark_prompts(benchmark_uri)
     for p in partitions(pool):
@@ -595,7 +596,7 @@ def prepare(
     config: PrepareConfig = PrepareConfig(),
     skipped: list[dict] | None = None,
     workers: int | None = None,
-) -> dict:
+) -> PoolManifest:
     """The whole pre-processing step from one call (CLI / tests), the same steps the DAG maps: map items
     and partitions run in ``workers`` processes (default: one per CPU) when there is more than one."""
     load_benchmark_prompts(benchmark_uri)  # checked before any work starts
