@@ -30,6 +30,7 @@ Every pair gets exactly one decision, a reason, and (reliability rule) its confi
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
@@ -100,22 +101,6 @@ def p_of(scores: Mapping[str, Any], name: str) -> float | None:
     return None if value is None else float(sigmoid(value))
 
 
-class DecisionRule(Protocol):
-    """What ``decide_shard`` needs of a rule (every ``RuleBase`` subclass has it)."""
-
-    kind: str
-
-    def fit(self, scores: list[dict], judgements: Mapping[str, dict] | None = None) -> DecisionRule: ...
-
-    def needs_judges(self, scores: dict) -> bool: ...
-
-    def decide(self, scores: dict, judgement: dict | None) -> Decided: ...
-
-    def summary(self) -> dict: ...
-
-    def model_dump(self) -> dict: ...
-
-
 class RuleBase(BaseModel):
     """A decision rule as a stored value: subclass it with a ``kind`` literal, ``needs_judges`` and ``decide``.
 
@@ -137,11 +122,13 @@ class RuleBase(BaseModel):
         """The rule fitted to a shard's scores (and, once judged, its judgements); nothing to fit by default."""
         return self
 
+    @abstractmethod
     def needs_judges(self, scores: dict) -> bool:
-        raise NotImplementedError
+        """Whether a scored pair goes to the LLM judges."""
 
+    @abstractmethod
     def decide(self, scores: dict, judgement: dict | None) -> Decided:
-        raise NotImplementedError
+        """One pair's decision with its reason."""
 
     def summary(self) -> dict:
         """What it fitted, for the shard's records (rounded for reading)."""
