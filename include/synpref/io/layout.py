@@ -115,6 +115,7 @@ class RoundLayout(_Directory):
     retrieval = property(lambda self: self.table("retrieval"))
     retrieved = property(lambda self: self.table("retrieved"))
     examples = property(lambda self: self.table("examples"))
+    probe_examples = property(lambda self: self.table("probe_examples"), doc="few-shot examples of the judge probe")
     verdicts = property(lambda self: self.table("verdicts"))
     silver = property(lambda self: self.table("silver"))
 
@@ -222,6 +223,11 @@ class ShardLayout:
 
     def usage(self, annotator: str) -> Any:
         return self.dir / "annotations" / annotator / "usage.json"
+
+    @property
+    def examples(self) -> Any:
+        """Few-shot gold examples of the routed pairs and canaries (written by score: annotate needs no encoder)."""
+        return self.dir / "examples.parquet"
 
     @property
     def canary_pairs(self) -> Any:

@@ -20,7 +20,7 @@ from typing import Literal
 import jinja2
 import pyarrow as pa
 
-from synpref.io.storage import PathLike
+from synpref.io.storage import PathLike, read_parquet
 from synpref.llm.client import AnnotatorConfig, Budget, Request, run_requests
 from synpref.schema import prompt_text
 from synpref.seeding import seeded_digest, seeded_int
@@ -358,6 +358,21 @@ def few_shot_examples(
         return {p["pair_id"]: [] for p in pairs}
     gold_vecs = embed_rows(gold, cache_uri)
     return nearest_examples(embed_rows(pairs), [p["pair_id"] for p in pairs], gold, gold_vecs, max_examples)
+
+
+def examples_table(examples: dict[str, list[dict]]) -> pa.Table:
+    """Few-shot examples as stored: each target pair's gold example ids, in rank order."""
+    ids = [[e["pair_id"] for e in exs] for exs in examples.values()]
+    return pa.table(
+        {"pair_id": pa.array(list(examples), pa.string()), "examples": pa.array(ids, pa.list_(pa.string()))}
+    )
+
+
+def read_examples(uri: PathLike, gold: list[dict]) -> dict[str, list[dict]]:
+    """Stored few-shot examples back as gold rows (see ``examples_table``)."""
+    by_id = {g["pair_id"]: g for g in gold}
+    rows = read_parquet(uri).to_pylist()
+    return {r["pair_id"]: [by_id[e] for e in r["examples"] if e in by_id] for r in rows}
 
 
 def annotate_pairs(

@@ -120,9 +120,10 @@ def embed_rows(rows: list[dict], cache_uri: PathLike | None = None, model_name: 
         for pid, sha, v in zip(t.column("pair_id").to_pylist(), t.column("text_sha").to_pylist(), vecs):
             cached[(pid, sha)] = v
     missing = [i for i, r in enumerate(rows) if (r["pair_id"], shas[i]) not in cached]
-    fresh = embed_texts([texts[i] for i in missing], model_name)
-    for j, i in enumerate(missing):
-        cached[(rows[i]["pair_id"], shas[i])] = fresh[j]
+    if missing:  # a fully cached shard never loads the model
+        fresh = embed_texts([texts[i] for i in missing], model_name)
+        for j, i in enumerate(missing):
+            cached[(rows[i]["pair_id"], shas[i])] = fresh[j]
     out = (
         np.stack([cached[(r["pair_id"], shas[i])] for i, r in enumerate(rows)])
         if rows

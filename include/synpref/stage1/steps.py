@@ -30,9 +30,11 @@ from synpref.io.storage import (
 )
 from synpref.llm.annotation import (
     annotator_stats,
+    examples_table,
     few_shot_examples,
     judge,
     merge_samples,
+    read_examples,
     status_counts,
     task_budget,
     with_samples,
@@ -318,8 +320,10 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
     _write_table(retrieved, PAIR_SCHEMA, out.retrieved)
     query_vecs = vecs[[index[pid] for pid in wanted]] if wanted else np.zeros((0, vecs.shape[1]), np.float32)
     examples = nearest_examples(query_vecs, wanted, gold_rows, gold_vecs, cfg.max_examples)
-    example_ids = [[e["pair_id"] for e in v] for v in examples.values()]
-    write_parquet(pa.table({"pair_id": list(examples), "examples": example_ids}), out.examples)
+    write_parquet(examples_table(examples), out.examples)
+    probe = probe_pairs(gold_rows, cfg.judge_probe, cfg.seed)  # the annotate tasks then need no encoder
+    probe_examples = few_shot_examples(probe, gold_rows, cfg.max_examples, store.gold_embedding_cache(rnd))
+    write_parquet(examples_table(probe_examples), out.probe_examples)
     k_dist = Counter(k_for_p(p_by_id[g["pair_id"]], cfg.k_max) for g in gold_rows)
     ks = table.column("k").to_pylist() if table.num_rows else []
     info = {
@@ -331,11 +335,6 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
         "index": index_record,
     }
     return _step_record(out, "retrieve", info)
-
-
-def _examples_for(out: RoundLayout) -> dict[str, list[dict]]:
-    gold_by_id = {g["pair_id"]: g for g in _rows(out.gold)}
-    return {r["pair_id"]: [gold_by_id[e] for e in r["examples"] if e in gold_by_id] for r in _rows(out.examples)}
 
 
 def step_annotate(
@@ -352,11 +351,11 @@ def step_annotate(
     annotator = with_samples(cfg, annotator)
     pairs = _rows(out.retrieved)
     budget = task_budget(cfg, n_annotators)
-    samples, usage = judge(pairs, _examples_for(out), annotator, store.llm_cache, cfg, budget)
-    write_parquet(samples, out.samples(annotator.name))
     gold = _rows(out.gold)
+    samples, usage = judge(pairs, read_examples(out.examples, gold), annotator, store.llm_cache, cfg, budget)
+    write_parquet(samples, out.samples(annotator.name))
     probe = probe_pairs(gold, cfg.judge_probe, cfg.seed)
-    examples = few_shot_examples(probe, gold, cfg.max_examples, store.gold_embedding_cache(rnd))
+    examples = read_examples(out.probe_examples, gold)
     probe_samples, probe_usage = judge(probe, examples, annotator, store.llm_cache, cfg, budget)
     write_parquet(probe_samples, out.probe(annotator.name))
     work = {"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}

@@ -41,7 +41,16 @@ from synpref.io.storage import (
     write_json,
     write_parquet,
 )
-from synpref.llm.annotation import few_shot_examples, judge, merge_samples, task_budget, template, with_samples
+from synpref.llm.annotation import (
+    examples_table,
+    few_shot_examples,
+    judge,
+    merge_samples,
+    read_examples,
+    task_budget,
+    template,
+    with_samples,
+)
 from synpref.llm.client import AnnotatorConfig
 from synpref.progress import log, shard_position
 from synpref.records import (
@@ -199,19 +208,10 @@ def step_score(
             return done
     signals = round_signals(store.round(rnd)) if signals is None else signals
     rows = read_parquet(shard_uri).to_pylist()
-    gold_ids = set(_gold(store, rnd))
-    conflicts = _label_conflicts(run)
+    gold = _gold(store, rnd)
+    gold_ids = set(gold)
     to_score = [r for r in rows if r["pair_id"] not in gold_ids]
-    logits = score_rows(signals, to_score)
-    position = {r["pair_id"]: i for i, r in enumerate(to_score)}
-    table_rows = []
-    for r in rows:
-        i = position.get(r["pair_id"])
-        row: dict[str, Any] = {"pair_id": r["pair_id"], "in_gold": i is None, "routed_to_llm": False}
-        row["label_conflict"] = r["pair_id"] in conflicts
-        if i is not None:
-            row.update({col: float(values[i]) for col, values in logits.items()})
-        table_rows.append(row)
+    table_rows = _scored(rows, to_score, signals, _label_conflicts(run))
     fitted = (rule or configured_rule(cfg, store.round(rnd))).fit(table_rows)
     for row in table_rows:
         row["routed_to_llm"] = not row["in_gold"] and fitted.needs_judges(row)
@@ -219,13 +219,13 @@ def step_score(
     write_parquet(pa.Table.from_pylist(table_rows, schema=schema), shard.scores)
     canaries = _canaries(store, run, rnd, shard_uri, rows, cfg)
     write_parquet(pa.Table.from_pylist(canaries, schema=CANARY_SCHEMA), shard.canary_pairs)
-    canary_logits = score_rows(signals, canaries)
-    canary_table = []
-    for i, c in enumerate(canaries):
-        row = {"pair_id": c["pair_id"], "in_gold": False, "label_conflict": False}
-        row.update({col: float(values[i]) for col, values in canary_logits.items()})
-        canary_table.append({**row, "routed_to_llm": fitted.needs_judges(row)})
+    canary_table = _scored(canaries, canaries, signals, set())
+    for row in canary_table:
+        row["routed_to_llm"] = fitted.needs_judges(row)
     write_parquet(pa.Table.from_pylist(canary_table, schema=schema), shard.canary_scores)
+    pairs, routed_canaries = _routed(rows, table_rows, fitted), _routed_canaries(canaries, canary_table)
+    examples = _few_shot(list(gold.values()), pairs, routed_canaries, cfg, store.gold_embedding_cache(rnd))
+    write_parquet(examples_table(examples), shard.examples)
     record = ShardScores(
         shard=shard.name,
         pairs=len(rows),
@@ -238,6 +238,21 @@ def step_score(
     )
     record.write(shard.scores_marker)
     return record
+
+
+def _scored(rows: list[dict], to_score: list[dict], signals: list[Signal], conflicts: set[str]) -> list[dict]:
+    """A scores row per pair: every signal's logit for the pairs in ``to_score`` (the others are gold pairs)."""
+    logits = score_rows(signals, to_score)
+    position = {r["pair_id"]: i for i, r in enumerate(to_score)}
+    out = []
+    for r in rows:
+        i = position.get(r["pair_id"])
+        row: dict[str, Any] = {"pair_id": r["pair_id"], "in_gold": i is None, "routed_to_llm": False}
+        row["label_conflict"] = r["pair_id"] in conflicts
+        if i is not None:
+            row.update({col: float(values[i]) for col, values in logits.items()})
+        out.append(row)
+    return out
 
 
 def _label_conflicts(run: Stage2Layout) -> set[str]:
@@ -266,15 +281,28 @@ def _fitted_rule(shard: ShardLayout) -> RuleBase:
     return load_rule(ShardScores.read(shard.scores_marker).rule)
 
 
-def _routed(shard_uri: PathLike, scores: list[dict], rule: RuleBase) -> list[dict]:
+def _routed(rows: list[dict], scores: list[dict], rule: RuleBase) -> list[dict]:
     """The shard's pairs routed to the judges, least certain first (a budget then skips the most certain)."""
     priority = {}
     for s in scores:
         if s["routed_to_llm"]:
             confidence = rule.decide(s, None).confidence
             priority[s["pair_id"]] = abs(confidence - 0.5) if confidence is not None else 0.0
-    rows = [r for r in read_parquet(shard_uri).to_pylist() if r["pair_id"] in priority]
-    return sorted(rows, key=lambda r: priority[r["pair_id"]])  # stable: shard order among equals
+    return sorted((r for r in rows if r["pair_id"] in priority), key=lambda r: priority[r["pair_id"]])  # stable
+
+
+def _routed_canaries(canaries: list[dict], canary_scores: list[dict]) -> list[dict]:
+    routed = {s["pair_id"] for s in canary_scores if s["routed_to_llm"]}
+    return [c for c in canaries if c["pair_id"] in routed]
+
+
+def _few_shot(gold: list[dict], pairs: list[dict], canaries: list[dict], cfg: Stage2Config, cache: Any) -> dict:
+    """Few-shot gold examples of every pair and canary sent to the judges (the same for every annotator); a
+    canary never sees its own gold pair among its examples."""
+    examples = few_shot_examples(pairs, gold, cfg.max_examples, cache)
+    sources = {c["source_pair_id"] for c in canaries}
+    blind = [g for g in gold if g["pair_id"] not in sources]
+    return examples | few_shot_examples(canaries, blind, cfg.max_examples, cache)
 
 
 def step_annotate_shard(
@@ -286,21 +314,16 @@ def step_annotate_shard(
     cfg: Stage2Config = Stage2Config(),
     n_tasks: int = 1,
 ) -> dict:
-    """LLM re-annotation (no humans) of one shard's routed pairs (and canaries) by one annotator, few-shot gold
-    examples retrieved; a canary never sees its own gold pair among its examples."""
+    """LLM re-annotation (no humans) of one shard's routed pairs (and canaries) by one annotator, with the few-shot
+    gold examples the score step retrieved for them (no encoder here: these tasks are many and only wait on HTTP)."""
     store, run = layout(root), _run(out_dir)
     shard = run.shard(shard_uri)
     log.info("annotate: %s", shard_position(shard.name, run_shards(out_dir)))
     annotator = with_samples(cfg, annotator)
-    pairs = _routed(shard_uri, read_parquet(shard.scores).to_pylist(), _fitted_rule(shard))
-    routed = {s["pair_id"] for s in read_parquet(shard.canary_scores).to_pylist() if s["routed_to_llm"]}
-    canaries = [c for c in read_parquet(shard.canary_pairs).to_pylist() if c["pair_id"] in routed]
-    gold = list(_gold(store, rnd).values())
-    gold_cache = store.gold_embedding_cache(rnd)
-    examples = few_shot_examples(pairs, gold, cfg.max_examples, gold_cache)
-    sources = {c["source_pair_id"] for c in canaries}
-    blind = [g for g in gold if g["pair_id"] not in sources]
-    examples.update(few_shot_examples(canaries, blind, cfg.max_examples, gold_cache))
+    pairs = _routed(read_parquet(shard_uri).to_pylist(), read_parquet(shard.scores).to_pylist(), _fitted_rule(shard))
+    canary_scores = read_parquet(shard.canary_scores).to_pylist()
+    canaries = _routed_canaries(read_parquet(shard.canary_pairs).to_pylist(), canary_scores)
+    examples = read_examples(shard.examples, list(_gold(store, rnd).values()))  # chosen once, by the score step
     samples, usage = judge(canaries + pairs, examples, annotator, store.llm_cache, cfg, task_budget(cfg, n_tasks))
     write_parquet(samples, shard.samples(annotator.name))
     write_json(usage[annotator.name]["work"], shard.usage(annotator.name))
