@@ -76,3 +76,11 @@ def test_the_index_is_built_once_per_pool_version(tmp_path):
     q = vecs[:20]
     assert (first.search(q, 8)[1] == second.search(q, 8)[1]).all()
     assert IndexCache.key(ids, ["other"] * len(ids), 0.95) != key  # new attributes → a new version
+
+
+def test_the_encoder_width_is_read_from_the_model():
+    from synpref.models.embedding import embed_rows, embedding_dim
+
+    width = embedding_dim()
+    assert width == 384  # all-MiniLM-L6-v2
+    assert embed_rows([]).shape == (0, width)

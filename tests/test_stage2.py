@@ -151,3 +151,26 @@ def test_a_marker_of_the_wrong_shape_is_a_one_line_error(world):
     write_json({"shard": shard.name, "input": 60}, run.shard(shard).success)
     with pytest.raises(RecordFormatError, match="not a ShardDecided record"):
         step_check_conservation(run, [str(shard)])
+
+
+def test_the_score_step_chooses_the_few_shot_examples_and_annotate_needs_no_encoder(world, sim_server, monkeypatch):
+    from conftest import annotator_cfg
+    from synpref.models import embedding
+    from synpref.stage2.steps import step_annotate_shard
+
+    store, shard, rows = world
+    run = store.stage2("examples")
+    cfg = Stage2Config(decision_rule="paper", band=0.5, max_examples=2)  # band 0.5: every pair is routed
+    step_score(store, run, RND, shard, cfg)
+    stored = read_parquet(run.shard(shard).examples).to_pylist()
+    gold_ids = {r["pair_id"] for r in rows[:20]}
+    assert {r["pair_id"] for r in stored} == {r["pair_id"] for r in rows[20:]}
+    assert all(len(r["examples"]) == 2 and set(r["examples"]) <= gold_ids for r in stored)
+
+    def no_encoder(name):
+        raise AssertionError("an annotate task loaded the encoder")
+
+    monkeypatch.setattr(embedding, "_model", no_encoder)
+    info = step_annotate_shard(store, run, RND, shard, annotator_cfg(sim_server, "good", samples=1), cfg)
+    assert info["pairs"] == 40
+    assert info["requests"] == 40
