@@ -35,11 +35,15 @@ STAGE2_CONF = {"shard_size": 100, "samples": 1, "max_examples": 4}  # 8 shards: 
 ARTIFACTS = Path(os.environ.get("SYNPREF_TEST_ARTIFACTS", REPO / ".artifacts"))
 SHARD_TASKS = ("score_shard", "annotate_shard", "decide_shard")
 WORKERS = {"worker-a": "default", "worker-b": "gpu,default"}
-# detection fast enough for a test (the deployment keeps Airflow's defaults)
+# detection fast enough for a test (the deployment keeps Airflow's defaults): a running task of a killed worker is
+# found by its missing heartbeat; a task the killed worker had taken from the broker but not started yet is still
+# "queued" (its message is unacknowledged) and is handed out again after the queued timeout. Parallelism equals the
+# workers' slots, so a queued task otherwise waits seconds for a slot, never minutes.
 FAST_DETECTION = {
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "90",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
 }
 
 
