@@ -198,7 +198,9 @@ def test_work_spreads_over_the_workers_and_a_killed_worker_loses_nothing(celery)
     assert len([t for t in tis if t["task_id"] == "decide_shard"]) == 8
     assert judges.repeated() == 0  # no LLM request was asked twice
 
-    # the same inputs in-process (airflow dags test, no Celery): byte-identical curated parts, same counts
+    # the same inputs in-process (airflow dags test, no Celery): byte-identical curated parts, same counts. The DAG
+    # is paused first: `dags test` runs the tasks itself, and the live scheduler must not schedule the same run
+    c.pause("synpref_stage2")
     local_conf = json.dumps({"root": root, "run_name": "local", **STAGE2_CONF})
     c.cli("dags", "test", "synpref_stage2", "2026-10-04", "-c", local_conf, timeout=1200)
     celery_out = _s3_bytes(s3, "root/stage2/celery/")
