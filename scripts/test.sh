@@ -10,6 +10,7 @@
 # With arguments other than a tier name, they go to one pytest call as they are (e.g. a single test file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+T0=$(date +%s)
 scripts/setup.sh
 source scripts/env.sh
 .venv/bin/ruff check . && .venv/bin/ruff format --check .   # lint + format (pyproject.toml [tool.ruff])
@@ -25,14 +26,33 @@ if [ $# -gt 0 ] && [ -z "${MARKS[$1]:-}" ]; then
   exec .venv/bin/python -m pytest -v --durations=15 "$@"
 fi
 [ $# -gt 0 ] && TIERS=("$@")
-for tier in "${TIERS[@]}"; do [ "$tier" = fast ] || { scripts/services.sh; break; }; done
+# the later tiers' services install/start while the fast tier (which needs none) runs
+SERVICES_PID=""
+for tier in "${TIERS[@]}"; do
+  if [ "$tier" != fast ]; then
+    mkdir -p .artifacts
+    scripts/services.sh > .artifacts/services.log 2>&1 &
+    SERVICES_PID=$!
+    break
+  fi
+done
+services_ready() {
+  [ -n "$SERVICES_PID" ] || return 0
+  wait "$SERVICES_PID" || { cat .artifacts/services.log; echo "scripts/services.sh failed" >&2; exit 1; }
+  SERVICES_PID=""
+}
 
 mkdir -p .artifacts
 TIMES=.artifacts/test-times.txt
 : > "$TIMES"
-summary() { echo "== test time per tier (2 cores in CI; budget: the whole command under 35 minutes)"; cat "$TIMES"; }
+summary() {
+  echo "== test time per tier (2 cores in CI; budget: the whole command under 35 minutes)"
+  cat "$TIMES"
+  printf '%-12s %5d s  (setup, services, lint and every tier)\n' total $(( $(date +%s) - T0 ))
+}
 trap summary EXIT
 for tier in "${TIERS[@]}"; do
+  [ "$tier" = fast ] || services_ready
   start=$(date +%s)
   echo "== tier $tier: pytest -m \"${MARKS[$tier]}\""
   status=0
