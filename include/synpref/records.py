@@ -221,22 +221,28 @@ class RoundManifest(Record):
 # --- stage 2 ---------------------------------------------------------------------------------------
 
 
-class ShardScores(Record):
-    """``shards/<shard>/scores.json``: the scoring step's counts, the decision rule as fitted to the shard's
-    scores (annotate and decide read it back), and the fingerprint of its inputs (a re-run skips on a match)."""
+class _ShardMarker(Record):
+    """What both shard markers carry: the shard, its routing counts, the decision rule as stored (fitted) and the
+    fingerprint of the shard's inputs."""
 
     shard: str
-    pairs: int
-    in_gold: int
-    routed_to_llm: int
     canaries: int
+    routed_to_llm: int
     rule: dict[str, Any]
     fitted: dict[str, Number]
     fingerprint: str
 
     def for_xcom(self) -> dict[str, Any]:
-        """Counts and what was fitted (the rule itself stays in storage)."""
+        """The marker without the rule itself (it stays in storage)."""
         return self.model_dump(mode="json", exclude={"rule"})
+
+
+class ShardScores(_ShardMarker):
+    """``shards/<shard>/scores.json``: the scoring step's counts, the decision rule as fitted to the shard's
+    scores (annotate and decide read it back), and the fingerprint of its inputs (a re-run skips on a match)."""
+
+    pairs: int
+    in_gold: int
 
 
 class DecisionSummary(Record):
@@ -247,24 +253,14 @@ class DecisionSummary(Record):
     categories: dict[str, dict[str, int]]
 
 
-class ShardDecided(Record):
+class ShardDecided(_ShardMarker):
     """``shards/<shard>/_SUCCESS.json``, written last by decide: input = kept + recycled + dropped."""
 
-    shard: str
     input: int
     kept: int
     recycled: int
     dropped: int
     summary: DecisionSummary
-    canaries: int
-    routed_to_llm: int
-    rule: dict[str, Any]
-    fitted: dict[str, Number]
-    fingerprint: str
-
-    def for_xcom(self) -> dict[str, Any]:
-        """Counts, summary and what was fitted (the rule itself stays in storage)."""
-        return self.model_dump(mode="json", exclude={"rule"})
 
 
 class Interval(Record):
