@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from synpref.io.storage import PathLike, read_parquet
 from synpref.llm.client import AnnotatorConfig, Budget, Request, run_requests
-from synpref.schema import prompt_text
+from synpref.llm.prompt import block, boundary_marker, marker_line
 from synpref.seeding import seeded_digest, seeded_int
 from synpref.settings import AnnotateSettings, MergePolicy
 
@@ -62,39 +62,58 @@ def request_seed(pair_id: str, annotator: str, sample: int, seed: int) -> int:
     return seeded_int("req", seed, pair_id, annotator, sample)
 
 
-def _example_view(ex: dict, swapped: bool) -> dict:
-    a, b = (ex["rejected"], ex["chosen"]) if swapped else (ex["chosen"], ex["rejected"])
-    return {
-        "task_category": ex.get("task_category") or "unknown",
-        "preference_objectivity": ex.get("preference_objectivity") or "unknown",
-        "controversiality": ex.get("controversiality") or "unknown",
-        "desired_attributes": ex.get("desired_attributes") or [],
-        "conversation_text": prompt_text(ex["conversation"]),
-        "candidate_1": a,
-        "candidate_2": b,
-        "verdict": 2 if swapped else 1,
-    }
+DEFAULT_GUIDELINE = "Prefer the response that is more helpful, correct, honest and harmless."
+GOLD_PROVENANCE = ("human", "seed")
+
+
+def trusted_guideline(pair: dict) -> str:
+    """The guideline a judge is given for ``pair``: its own only when a human verified it (gold) or this
+    project's attribute step generated it; a guideline that came with the data is never presented as one."""
+    trusted = pair.get("provenance") in GOLD_PROVENANCE or pair.get("attributes_status") == "generated"
+    return (pair.get("annotation_guideline") or DEFAULT_GUIDELINE) if trusted else DEFAULT_GUIDELINE
+
+
+def _attributes_text(pair: dict) -> str:
+    return "\n".join(
+        [
+            f"task category: {pair.get('task_category') or 'unknown'}",
+            f"objectivity: {pair.get('preference_objectivity') or 'unknown'}",
+            f"controversiality: {pair.get('controversiality') or 'unknown'}",
+            f"desired attributes: {', '.join(pair.get('desired_attributes') or [])}",
+        ]
+    )
+
+
+def _texts(pair: dict) -> list[str]:
+    """Every untrusted text of a pair shown in a prompt."""
+    return [_attributes_text(pair), pair["chosen"], pair["rejected"], *(m["content"] for m in pair["conversation"])]
+
+
+def pair_blocks(pair: dict, swapped: bool, marker: str, attributes: bool = True) -> str:
+    """A pair as data blocks: attributes, one block per conversation turn, the candidates in the shown order."""
+    a, b = (pair["rejected"], pair["chosen"]) if swapped else (pair["chosen"], pair["rejected"])
+    parts = [block("attributes", _attributes_text(pair), marker)] if attributes else []
+    parts += [block(f"turn {m['role']}", m["content"], marker) for m in pair["conversation"]]
+    parts += [block("candidate_1", a, marker), block("candidate_2", b, marker)]
+    return "\n".join(parts)
 
 
 def build_judge_messages(
     pair: dict, examples: list[dict], swapped: bool, max_examples: int, example_seed: int = 0
 ) -> list[tuple[str, str]]:
-    """System + user messages judging ``pair``; examples first, target pair last."""
-    shown = [
-        _example_view(ex, order_swapped(ex["pair_id"], "example", example_seed, 0)) for ex in examples[:max_examples]
-    ]
-    a, b = (pair["rejected"], pair["chosen"]) if swapped else (pair["chosen"], pair["rejected"])
+    """System + user messages judging ``pair``; examples first, target pair last. Every text from the data sits
+    in a block fenced by this request's boundary marker (``synpref.llm.prompt``)."""
+    shown = examples[:max_examples]
+    marker = boundary_marker([t for p in [*shown, pair] for t in _texts(p)])
+    views = []
+    for ex in shown:
+        ex_swapped = order_swapped(ex["pair_id"], "example", example_seed, 0)
+        views.append({"blocks": pair_blocks(ex, ex_swapped, marker), "verdict": 2 if ex_swapped else 1})
     user = _jinja("judge_user.jinja").render(
-        guideline=pair.get("annotation_guideline")
-        or "Prefer the response that is more helpful, correct, honest and harmless.",
-        examples=shown,
-        task_category=pair.get("task_category") or "unknown",
-        preference_objectivity=pair.get("preference_objectivity") or "unknown",
-        controversiality=pair.get("controversiality") or "unknown",
-        desired_attributes=pair.get("desired_attributes") or [],
-        conversation_text=prompt_text(pair["conversation"]),
-        candidate_1=a,
-        candidate_2=b,
+        marker_line=marker_line(marker),
+        guideline=trusted_guideline(pair),
+        examples=views,
+        target=pair_blocks(pair, swapped, marker),
     )
     return [("system", template("judge_system.txt").strip()), ("user", user)]
 

@@ -15,16 +15,19 @@ from pydantic import ValidationError
 from synpref.io.storage import PathLike
 from synpref.llm.annotation import _jinja, request_seed, template
 from synpref.llm.client import AnnotatorConfig, Budget, Request, run_requests
-from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, Attributes, has_attributes, prompt_text
+from synpref.llm.prompt import block, boundary_marker, marker_line
+from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, Attributes, has_attributes
 
 ATTRIBUTE_STATUS_SCHEMA = PAIR_SCHEMA.append(pa.field("attributes_status", pa.string()))
 _OBJECT = re.compile(r"\{.*\}", re.S)
 
 
 def attribute_messages(pair: dict) -> tuple[tuple[str, str], ...]:
-    user = _jinja("attributes_user.jinja").render(
-        conversation_text=prompt_text(pair["conversation"]), response_a=pair["chosen"], response_b=pair["rejected"]
-    )
+    texts = [pair["chosen"], pair["rejected"], *(m["content"] for m in pair["conversation"])]
+    marker = boundary_marker(texts)
+    blocks = [block(f"turn {m['role']}", m["content"], marker) for m in pair["conversation"]]
+    blocks += [block("response_a", pair["chosen"], marker), block("response_b", pair["rejected"], marker)]
+    user = _jinja("attributes_user.jinja").render(marker_line=marker_line(marker), pair="\n".join(blocks))
     return (("system", template("attributes_system.txt").strip()), ("user", user))
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
+import httpx2 as httpx  # the HTTP library of the openai client (its fork of httpx)
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -38,21 +39,21 @@ class AnnotatorConfig(BaseModel):
     """One annotator model behind an OpenAI-compatible endpoint. The API key is never serialised."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a file name in the run's layout
     base_url: str
     model: str
     backend: str = Field(default="openai", exclude_if=lambda v: v == "openai")  # a key of BACKENDS
     api_key_env: str | None = None
     api_key: str | None = Field(default=None, exclude=True, repr=False)
     samples: int = Field(default=3, ge=1)
-    temperature: float = 0.7
-    max_tokens: int = 512
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=512, ge=1, le=1_000_000)
     max_concurrency: int = Field(default=4, ge=1)
-    requests_per_minute: float | None = None
-    timeout_s: float = 60.0
-    max_retries: int = 4
-    price_in_per_1k: float = 0.0
-    price_out_per_1k: float = 0.0
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0, le=100)
+    price_in_per_1k: float = Field(default=0.0, ge=0.0)  # USD; a negative price would bypass the budget
+    price_out_per_1k: float = Field(default=0.0, ge=0.0)
     max_error_share: float = Field(default=0.25, ge=0.0, le=1.0)  # more failed requests fail the task
     cache_namespace: str | None = None  # default: the endpoint's base_url
     cache: Literal["use", "refresh"] = "use"  # refresh: ask again and overwrite (never reuse) cached answers
@@ -165,6 +166,7 @@ class Usage:
     errors: int = 0
     budget_skipped: int = 0
     missing_usage: int = 0  # answers without token counts (their tokens and cost count as 0)
+    implausible_usage: int = 0  # answers whose token counts could not be true (counted from the text instead)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -311,6 +313,52 @@ class JudgeBackend(Protocol):
 
 
 CONNECTIONS_PER_CLIENT = 16
+REPLY_BYTES_PER_TOKEN = 64  # JSON-escaped non-ASCII text takes up to 12 bytes a character
+REPLY_OVERHEAD_BYTES = 16_384
+CHARS_PER_TOKEN = 4  # the estimate used when a server's token counts are implausible
+MAX_CHARS_PER_TOKEN = 24  # fewer reported tokens than chars / 24 is not a count, it is a bug (or a bypass)
+
+
+def reply_cap(cfg: AnnotatorConfig) -> int:
+    """The largest reply body read (bytes): a multiple of ``max_tokens``; a larger one is a bad reply."""
+    return REPLY_OVERHEAD_BYTES + REPLY_BYTES_PER_TOKEN * cfg.max_tokens
+
+
+class CappedTransport(httpx.AsyncBaseTransport):
+    """httpx transport that reads at most ``cap`` bytes of a reply: a larger one becomes a 413 answer of this
+    client's own (never parsed, never cached, not retried) — a 10 MiB reply costs no memory."""
+
+    CAP_HEADER = "x-synpref-reply-cap"
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        length = response.headers.get("content-length", "")
+        chunks, size, too_large = [], 0, length.isdigit() and int(length) > self.cap
+        if not too_large:
+            async for chunk in response.stream:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.cap:
+                    too_large = True
+                    break
+        await response.aclose()
+        body = b"".join(chunks)
+        if too_large:
+            message = f"reply larger than {self.cap} bytes (64 × max_tokens + 16 KiB)"
+            return httpx.Response(413, headers={self.CAP_HEADER: str(self.cap)}, json={"error": {"message": message}})
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(response.status_code, headers=headers, content=body, extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class OpenAIBackend:
@@ -324,7 +372,11 @@ class OpenAIBackend:
         # pool for every request, which makes one large pool CPU-bound at high concurrency.
         self.clients = [
             openai.AsyncOpenAI(
-                base_url=cfg.base_url, api_key=cfg.resolved_key(), max_retries=cfg.max_retries, timeout=cfg.timeout_s
+                base_url=cfg.base_url,
+                api_key=cfg.resolved_key(),
+                max_retries=cfg.max_retries,
+                timeout=cfg.timeout_s,
+                http_client=openai.DefaultAsyncHttpxClient(transport=CappedTransport(reply_cap(cfg))),
             )
             for _ in range(math.ceil(cfg.max_concurrency / CONNECTIONS_PER_CLIENT))
         ]
@@ -349,6 +401,10 @@ class OpenAIBackend:
                 f"annotator '{cfg.name}' (base_url {cfg.base_url}, model {cfg.model}) is misconfigured: "
                 f"HTTP {e.status_code} {type(e).__name__} — check the URL, model name and API key of its connection"
             ) from None
+        except openai.APIStatusError as e:
+            if CappedTransport.CAP_HEADER not in e.response.headers:
+                raise BackendError(type(e).__name__, f"{type(e).__name__}: {e.status_code}") from None
+            raise BackendError("reply_too_large", f"{cfg.base_url}: {e.message}") from None
         except openai.APIConnectionError as e:  # already retried by the client
             raise BackendError(type(e).__name__, f"{type(e).__name__}: cannot reach {cfg.base_url}") from None
         except openai.APIError as e:
@@ -392,6 +448,28 @@ def make_backend(cfg: AnnotatorConfig) -> JudgeBackend:
     if cfg.backend not in BACKENDS:
         raise AnnotatorError(f"annotator '{cfg.name}': unknown backend {cfg.backend!r} (known: {sorted(BACKENDS)})")
     return BACKENDS[cfg.backend](cfg)
+
+
+def _plausible_count(reported: int, chars: int, most: int) -> bool:
+    return chars / MAX_CHARS_PER_TOKEN <= reported <= most
+
+
+def plausible(out: Completion, chat: ChatRequest, usage: Usage) -> Completion:
+    """The completion with token counts that could be true: a count beyond what was sent or received (more
+    tokens than characters, more than ``max_tokens``, or far fewer than the text needs) is replaced by an
+    estimate from the text (``CHARS_PER_TOKEN``) and counted in ``implausible_usage``."""
+    if not out.usage_reported:
+        return out
+    prompt_chars = sum(len(c) for _, c in chat.messages)
+    text_chars = len(out.text or "")
+    ok_prompt = _plausible_count(out.prompt_tokens, prompt_chars, prompt_chars + 64 * len(chat.messages) + 64)
+    ok_completion = _plausible_count(out.completion_tokens, text_chars, min(chat.max_tokens, text_chars) + 16)
+    if ok_prompt and ok_completion:
+        return out
+    usage.implausible_usage += 1
+    pt = out.prompt_tokens if ok_prompt else math.ceil(prompt_chars / CHARS_PER_TOKEN)
+    ct = out.completion_tokens if ok_completion else math.ceil(text_chars / CHARS_PER_TOKEN)
+    return Completion(out.text, pt, ct, True)
 
 
 async def _complete_with_retries(backend: JudgeBackend, request: ChatRequest, max_retries: int) -> Completion:
@@ -447,6 +525,7 @@ async def _run_async(
                 usage.errors += 1
                 usage.error_messages.append(str(e))
                 return Response(req.key, None, "error", e.kind)
+        out = plausible(out, chat, usage)
         cost = account(out.prompt_tokens, out.completion_tokens)
         usage.missing_usage += not out.usage_reported
         usage.new_cost_usd += cost

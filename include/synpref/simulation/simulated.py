@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from synpref.io.storage import PathLike, as_path, read_parquet, write_json
+from synpref.llm.prompt import parse_prompt
 from synpref.schema import ATTRIBUTE_FIELDS
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,32 @@ SIMULATION_BANNER = (
     "SIMULATED annotators (synpref.simulation.simulated): answers come from the synthetic hidden truth, "
     "not from an LLM"
 )
-_SECTION = re.compile(
-    r"## Target "
-    r"pair.*?<conversation>\n(.*?)\n</conversation>\n<candidate_1>\n(.*?)\n</candidate_1>\n<candidate_2>\n(.*?)\n</candidate_2>",
-    re.S,
-)
-_ATTR_CONV = re.compile(r"<conversation>\n(.*?)\n</conversation>", re.S)
+_DEMAND = re.compile(r"(?i)\banswer\b[^\n\[]{0,20}\[\[([12])\]\]")
+
+
+def _blocks_text(blocks: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
+    """(conversation as ``prompt_text``, {block name: text}) of one pair's data blocks."""
+    turns = [f"{name.removeprefix('turn ')}: {text}" for name, text in blocks if name.startswith("turn ")]
+    return "\n".join(turns), {name: text for name, text in blocks if not name.startswith("turn ")}
+
+
+def read_target(prompt: str) -> tuple[str, str, str] | None:
+    """(conversation, candidate 1, candidate 2) of a judge prompt's target pair, by its boundary marker."""
+    parsed = parse_prompt(prompt)
+    if parsed.marker is None or "## Target pair" not in parsed.skeleton:
+        return None
+    before = parsed.skeleton[: parsed.skeleton.index("## Target pair")].count("{{")
+    conv, named = _blocks_text(parsed.blocks[before:])
+    return (conv, named["candidate_1"], named["candidate_2"]) if {"candidate_1", "candidate_2"} <= set(named) else None
+
+
+def injected_demand(prompt: str) -> int | None:
+    """The ``answer [[n]]`` an instruction-following judge finds in what it can see as instructions: the
+    prompt outside its data blocks (a prompt without boundary markers is instructions throughout)."""
+    found = _DEMAND.findall(parse_prompt(prompt).skeleton)
+    return int(found[-1]) if found else None
+
+
 CATEGORY_ATTRIBUTES = {
     "factual": ("factual_qa", "objective", "low", ["factual accuracy"], "Prefer the factually correct answer."),
     "arithmetic": ("math", "objective", "low", ["correctness"], "Check the arithmetic; the correct result decides."),
@@ -82,6 +103,7 @@ class JudgeProfile:
     fault_rate: float = 0.0
     difficulty: float = 0.0
     slow_s: float = 3.0
+    obeys_injections: bool = False  # SIMULATED careless judge: follows an ``answer [[n]]`` it takes for an instruction
 
     @classmethod
     def parse(cls, spec: str) -> JudgeProfile:
@@ -140,26 +162,28 @@ class SimulatedJudgeServer:
 
     # -- behaviour -------------------------------------------------------------------------
     def _judge_text(self, prompt: str, profile: JudgeProfile, rng: random.Random) -> str:
-        m = _SECTION.search(prompt)
+        target = read_target(prompt)
         correct_slot = None
-        if m:
-            conv, c1, c2 = m.groups()
-            b1 = self.truth.better.get(_key(conv, c1))
+        if target:
+            b1 = self.truth.better.get(_key(target[0], target[1]))
             if b1 is not None:
                 correct_slot = 1 if b1 else 2
-        if rng.random() < profile.position_bias:
+        demand = injected_demand(prompt) if profile.obeys_injections else None
+        if demand is not None:
+            slot = demand
+        elif rng.random() < profile.position_bias:
             slot = 1
         elif correct_slot is None:
             slot = rng.choice([1, 2])
         else:
-            slot = correct_slot if rng.random() < profile.accuracy_on(conv, c1, c2) else 3 - correct_slot
+            slot = correct_slot if rng.random() < profile.accuracy_on(*target) else 3 - correct_slot
         return (
             f"Both candidates address the request. Weighing the guideline, Candidate {slot} is better.\n\n[[{slot}]]"
         )
 
     def _attributes_text(self, prompt: str) -> str:
-        m = _ATTR_CONV.search(prompt)
-        cat = self.truth.category.get(m.group(1) if m else "", "factual")
+        conv, _ = _blocks_text(parse_prompt(prompt).blocks)
+        cat = self.truth.category.get(conv, "factual")
         values = CATEGORY_ATTRIBUTES.get(cat, CATEGORY_ATTRIBUTES["factual"])
         return json.dumps(dict(zip(ATTRIBUTE_FIELDS, values)))
 

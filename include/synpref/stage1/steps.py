@@ -39,7 +39,7 @@ from synpref.llm.annotation import (
     task_budget,
     with_samples,
 )
-from synpref.llm.attributes import generate_attributes
+from synpref.llm.attributes import ATTRIBUTE_STATUS_SCHEMA, generate_attributes
 from synpref.llm.client import AnnotatorConfig
 from synpref.models.embedding import embed_rows, embedding_dim, embedding_text, nearest_examples, text_sha
 from synpref.models.reliability import calibrate, joint_weights, judge_reliability, judge_warnings, rm_warnings
@@ -200,8 +200,6 @@ def step_attributes(
     name = as_path(shard_uri).name
     log.info("attributes: %s", shard_position(name, [s.name for s in store.pool.shards()]))
     if annotator is None:
-        from synpref.llm.attributes import ATTRIBUTE_STATUS_SCHEMA
-
         status = [{**r, "attributes_status": "present" if has_attributes(r) else "attributes_missing"} for r in rows]
         table = pa.Table.from_pylist(status, schema=ATTRIBUTE_STATUS_SCHEMA)
         usage = {}
@@ -316,8 +314,8 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
     write_parquet(table, out.retrieval)
     wanted = sorted(set(table.column("pair_id").to_pylist()))
     index = {r["pair_id"]: i for i, r in enumerate(pool_rows)}
-    retrieved = [{k: pool_rows[index[pid]][k] for k in PAIR_SCHEMA.names} for pid in wanted]
-    _write_table(retrieved, PAIR_SCHEMA, out.retrieved)
+    retrieved = [{k: pool_rows[index[pid]][k] for k in ATTRIBUTE_STATUS_SCHEMA.names} for pid in wanted]
+    _write_table(retrieved, ATTRIBUTE_STATUS_SCHEMA, out.retrieved)  # the status says whose guideline it is
     query_vecs = vecs[[index[pid] for pid in wanted]] if wanted else np.zeros((0, vecs.shape[1]), np.float32)
     examples = nearest_examples(query_vecs, wanted, gold_rows, gold_vecs, cfg.max_examples)
     write_parquet(examples_table(examples), out.examples)
