@@ -135,6 +135,13 @@ def annotator_from_connection(conn_id: str):
     return annotator_config(config, f"connection {conn_id!r}").model_copy(update={"api_key": conn.password or None})
 
 
+def run_lock(run, dag_run, ti):
+    """The writer lock of a stage-2 output, held by this DAG run (a finished or failed run no longer holds it)."""
+    from synpref.io.storage import WriterLock
+
+    return WriterLock.for_dag_run(run.lock, dag_run.dag_id, dag_run.run_id, ti.get_dagrun_state if ti else None)
+
+
 def round_name(dag_run) -> str:
     """A run's round: its logical date (or run_after for runs without one) as YYYY-MM-DD."""
     when = dag_run.logical_date or dag_run.run_after

@@ -49,6 +49,7 @@ from synpref_common import (
     optional_param,
     path_or,
     round_name,
+    run_lock,
     setting_params,
     storage,
 )
@@ -109,12 +110,12 @@ def _run(params: dict, dag_run, triggering_asset_events=None) -> tuple:
 )
 def synpref_stage2():
     @task
-    def resolve_source_round(params: dict | None = None, dag_run=None, triggering_asset_events=None) -> str:
+    def resolve_source_round(params: dict | None = None, dag_run=None, triggering_asset_events=None, ti=None) -> str:
         from synpref.stage2.steps import begin_run
 
         params, store, run, _ = _run(params, dag_run, triggering_asset_events)
         rnd = store.resolve_round(params["round"])
-        begin_run(run)  # a re-run is incomplete until re-exported
+        begin_run(run, run_lock(run, dag_run, ti))  # one DAG run writes an output; incomplete until re-exported
         return rnd
 
     @task
@@ -210,11 +211,13 @@ def synpref_stage2():
         dag_run=None,
         triggering_asset_events=None,
         outlet_events=None,
+        ti=None,
     ) -> dict:
-        from synpref.stage2.steps import step_export
+        from synpref.stage2.steps import end_run, step_export
 
         params, _, run, cfg = _run(params, dag_run, triggering_asset_events)
         manifest = step_export(run, rnd, counts, cfg, params, date=round_name(dag_run))
+        end_run(run, run_lock(run, dag_run, ti))
         outlet_events[CURATED_DATASET].extra = {"uri": str(run.dir), "round": rnd, **counts}
         return {"out": str(run.dir), **manifest.counts}
 

@@ -243,3 +243,171 @@ def test_implausible_token_counts_are_counted_from_what_was_received(tmp_path, r
 def test_careless_annotator_settings_are_refused(field, value):
     with pytest.raises(ValidationError, match=field):
         AnnotatorConfig(**{"name": "a", "base_url": "http://x/v1", "model": "m", field: value})
+
+
+# --- runs: a re-run on a changed input, outputs that are not stage-2 runs, one writer per output -----------
+
+RND = "2026-11-01"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A published round (gold + two tiny frozen RMs) and 400 unverified pairs to curate."""
+    from synpref.io.layout import StorageLayout
+    from synpref.io.storage import write_json, write_parquet
+    from synpref.models.reward_model import RMConfig, train_reward_model
+
+    tmp = tmp_path_factory.mktemp("published")
+    store = StorageLayout(tmp / "root")
+    gold, _ = generate(30, seed=5)
+    rows = gold.to_pylist()
+    rnd = store.round(RND)
+    write_parquet(gold, rnd.gold)
+    cfg = RMConfig(mode="frozen", head_epochs=3)
+    train_reward_model(rows[:20], rows[20:], cfg, rnd.best_rm)
+    train_reward_model(rows[:20], rows[20:], cfg, rnd.gold_rm)
+    write_json({"round": RND}, rnd.manifest)
+    wild, _ = generate(400, seed=6, noise=0.3)
+    return store, tmp, wild.to_pylist()
+
+
+def _stage2(store, out, input_file):
+    from synpref.pipeline import run_stage2
+    from synpref.settings import Stage2Config
+
+    return run_stage2(store, out, input_file, [], RND, Stage2Config(decision_rule="paper", shard_size=150))
+
+
+def _parts(out) -> dict[str, bytes]:
+    files = [p for d in ("kept", "recycled", "dropped") for p in sorted((out / d).glob("*.parquet"))]
+    return {str(p.relative_to(out)): p.read_bytes() for p in [*files, out / "quarantined.parquet"]}
+
+
+def _jsonl_file(path, rows) -> str:
+    path.write_text(
+        "".join(json.dumps({k: r[k] for k in ("conversation", "chosen", "rejected")}) + "\n" for r in rows)
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("change", ["superset", "subset", "edited", "other"])
+def test_a_rerun_on_a_changed_input_publishes_what_a_fresh_output_does(published, tmp_path, change):
+    store, _, wild = published
+    first = _jsonl_file(tmp_path / "first.jsonl", wild[:300])
+    changed = {
+        "superset": wild,
+        "subset": wild[100:300],
+        "edited": [{**r, "chosen": r["chosen"] + " (edited)"} if i % 7 == 0 else r for i, r in enumerate(wild[:300])],
+        "other": wild[300:],
+    }[change]
+    second = _jsonl_file(tmp_path / "second.jsonl", changed)
+    _stage2(store, tmp_path / "reused", first)
+    rerun = _stage2(store, tmp_path / "reused", second)
+    fresh = _stage2(store, tmp_path / "fresh", second)
+    assert _parts(tmp_path / "reused") == _parts(tmp_path / "fresh")
+    assert rerun["counts"] == fresh["counts"]
+    assert rerun["counts"]["routed_to_llm"] <= rerun["counts"]["input"]
+
+
+@pytest.mark.parametrize("target", ["round", "pool", "root", "other"])
+def test_an_output_that_is_not_a_stage2_run_is_refused_before_anything_is_deleted(published, tmp_path, capsys, target):
+    from synpref.cli import main
+    from synpref.io.storage import write_json
+
+    store, _, wild = published
+    out = {"round": store.round(RND).dir, "pool": tmp_path / "pool", "root": store.root, "other": tmp_path / "docs"}[
+        target
+    ]
+    if target == "pool":
+        write_json({"kind": "pool", "counts": {}}, out / "manifest.json")
+    if target == "other":
+        (out / "notes.txt").parent.mkdir(parents=True)
+        (out / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in as_local(out).rglob("*") if p.is_file()}
+    source = _jsonl_file(tmp_path / "in.jsonl", wild[:50])
+    code = main(
+        ["stage2", "--root", str(store.root), "--out", str(out), "--input", source, "--decision-rule", "paper"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "not a stage-2 output" in err
+    assert {p: p.read_bytes() for p in as_local(out).rglob("*") if p.is_file()} == before
+
+
+def as_local(p):
+    from pathlib import Path
+
+    return Path(str(getattr(p, "path", p)))
+
+
+@pytest.mark.parametrize("name", ["../rounds/2026-11-01", "a/b", "..", "", ".hidden"])
+def test_run_names_are_checked_where_paths_are_made(published, name):
+    from synpref.io.storage import StorageError
+
+    store, _, _ = published
+    with pytest.raises(StorageError, match="run name"):
+        store.stage2(name)
+
+
+@pytest.mark.parametrize("date", ["2026-13-01", "../pool", "yesterday", "2026-1-1"])
+def test_a_round_date_that_is_not_a_date_is_one_line(published, tmp_path, capsys, date):
+    from synpref.cli import main
+
+    store, _, _ = published
+    code = main(["stage1", "--root", str(store.root), "--date", date])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"synpref stage1: error: round {date!r} is not a date YYYY-MM-DD"
+
+
+def test_a_second_writer_of_one_output_is_refused_while_the_first_runs(published, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from synpref.io.storage import StorageError, WriterLock
+    from synpref.stage2.steps import begin_run, end_run
+
+    store, _, _ = published
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_file = out / ".writer.lock"
+        lock_file.parent.mkdir(parents=True)
+        lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
+        with pytest.raises(StorageError, match=f"being written by process {holder.pid}"):
+            begin_run(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    run = begin_run(out)  # its holder is gone: the lock is taken over
+    with pytest.raises(StorageError, match="being written by"):
+        begin_run(out, WriterLock.for_dag_run(run.lock, "synpref_stage2", "manual__1", lambda d, r: "running"))
+    end_run(out)
+    assert not (out / ".writer.lock").exists()
+    finished = WriterLock.for_dag_run(run.lock, "synpref_stage2", "manual__1", lambda d, r: "running")
+    finished.acquire()
+    begin_run(out, WriterLock.for_dag_run(run.lock, "synpref_stage2", "manual__2", lambda d, r: "failed"))
+
+
+def test_concurrent_cli_runs_on_one_output_never_merge_their_inputs(published, tmp_path):
+    import subprocess
+    import sys
+
+    store, _, wild = published
+    a, b = _jsonl_file(tmp_path / "a.jsonl", wild[:200]), _jsonl_file(tmp_path / "b.jsonl", wild[200:])
+    out = tmp_path / "shared"
+
+    def start(source):
+        args = ["stage2", "--root", str(store.root), "--out", str(out), "--input", source, "--decision-rule", "paper"]
+        return subprocess.Popen(
+            [sys.executable, "-m", "synpref.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    first = start(a)
+    while not (out / ".writer.lock").exists() and first.poll() is None:
+        pass
+    second = start(b)
+    _, err = second.communicate(timeout=300)
+    first.communicate(timeout=300)
+    assert second.returncode == 2 and "is being written by process" in err.strip().splitlines()[-1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert first.returncode == 0 and manifest["counts"]["input"] == 200

@@ -81,8 +81,8 @@ NOT_PATHS = {  # layout members that are bookkeeping, not a path of their own
     "annotator_dir",  # samples / usage / probe
 }
 PLACEHOLDERS = {
-    "rnd": "<date>",
-    "run": "<run>",
+    "rnd": "2099-12-31",  # names the layout accepts, shown as <date> / <run> (``_relative_artifacts``)
+    "run": "RUN-NAME",
     "shard_name": "<shard>",
     "shard_uri": "<shard>",
     "annotator": "<annotator>",
@@ -130,8 +130,9 @@ def _relative_artifacts(root) -> set[str]:
     pool = store.pool
     paths = [*_members(store), *(p for p in _members(pool) if p != pool.source), pool.dir]
     paths += [pool.table(name) for name in {f.name for f in FILTERS} | {"label_conflicts"}]
-    paths += [store.round("<date>").dir, store.stage2("<run>").dir]
-    return {str(getattr(p, "dir", p))[len(str(root)) + 1 :] for p in paths} - {""}
+    paths += [store.round("2099-12-31").dir, store.stage2("RUN-NAME").dir]
+    relative = {str(getattr(p, "dir", p))[len(str(root)) + 1 :] for p in paths} - {""}
+    return {p.replace("2099-12-31", "<date>").replace("RUN-NAME", "<run>") for p in relative}
 
 
 def _leaves(paths: set[str]) -> set[str]:

@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from synpref.io.preprocess import ConservationError
     from synpref.io.readers import InputError
+    from synpref.io.storage import StorageError
     from synpref.llm.client import AnnotatorError, EndpointError, validation_message
     from synpref.progress import configure_cli_logging
 
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_cli_logging()
     try:
         return COMMANDS[args.command](args)
-    except (InputError, AnnotatorError, FileNotFoundError) as e:
+    except (InputError, AnnotatorError, FileNotFoundError, StorageError) as e:
         print(f"synpref {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:
@@ -394,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (EndpointError, ConservationError) as e:
         print(f"synpref {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, read-only storage: nothing was published (every write is atomic)
+        print(f"synpref {args.command}: error: {e.strerror or e}; nothing was published", file=sys.stderr)
         return 1
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from synpref.io.layout import StorageLayout, layout
 from synpref.io.preprocess import map_items
-from synpref.io.storage import PathLike, as_path
+from synpref.io.storage import PathLike, WriterLock, as_path
 from synpref.llm.client import AnnotatorConfig
 from synpref.reporting.report import write_round_report, write_stage2_report
 from synpref.settings import Stage1Config, Stage2Config
@@ -28,6 +28,7 @@ from synpref.stage1.steps import (
 )
 from synpref.stage2.steps import (
     begin_run,
+    end_run,
     prepare_inputs,
     step_annotate_shard,
     step_check_conservation,
@@ -49,21 +50,27 @@ def run_round(
     inbox: PathLike | None = None,
     params: dict | None = None,
 ) -> dict[str, Any]:
-    """A whole stage-1 round: the manifest (as JSON) and the report's path under ``report``."""
+    """A whole stage-1 round: the manifest (as JSON) and the report's path under ``report``. One writer per
+    round: a second in-process run of the same date is refused while this one runs."""
     store = layout(root)
-    step_intake(store, rnd, inbox, cfg)
-    for shard in store.pool.shard_uris():
-        step_attributes(store, rnd, shard, attribute_annotator or (annotators[0] if annotators else None), cfg)
-        step_embed_shard(store, rnd, as_path(shard).name)
-    step_train(store, rnd, "best", cfg)
-    step_train(store, rnd, "gold", cfg)
-    step_evaluate(store, rnd)
-    step_retrieve(store, rnd, cfg)
-    for a in annotators:
-        step_annotate(store, rnd, a, cfg, len(annotators))
-    step_merge(store, rnd, [a.name for a in annotators], cfg)
-    manifest = step_publish(store, rnd, params)
-    return {**manifest.dump(), "report": write_round_report(store, rnd)}
+    lock = WriterLock.for_process(store.round(rnd).lock)
+    lock.acquire()
+    try:
+        step_intake(store, rnd, inbox, cfg)
+        for shard in store.pool.shard_uris():
+            step_attributes(store, rnd, shard, attribute_annotator or (annotators[0] if annotators else None), cfg)
+            step_embed_shard(store, rnd, as_path(shard).name)
+        step_train(store, rnd, "best", cfg)
+        step_train(store, rnd, "gold", cfg)
+        step_evaluate(store, rnd)
+        step_retrieve(store, rnd, cfg)
+        for a in annotators:
+            step_annotate(store, rnd, a, cfg, len(annotators))
+        step_merge(store, rnd, [a.name for a in annotators], cfg)
+        manifest = step_publish(store, rnd, params)
+        return {**manifest.dump(), "report": write_round_report(store, rnd)}
+    finally:
+        lock.release()
 
 
 def run_stage2(
@@ -79,18 +86,21 @@ def run_stage2(
     """The whole of stage 2: the manifest (as JSON) and the report's path under ``report``."""
     store = layout(root)
     rnd = store.resolve_round(rnd)
-    run = begin_run(out_dir)
-    files, pool = prepare_inputs(input_uri, run)
-    for i, f, split in map_items(files):
-        step_prepare_file(run, i, f, split)
-    shards = step_finalize_prepare(run, cfg, benchmark_uri, pool)
-    n_tasks = max(1, len(annotators) * len(shards))
-    for shard in shards:
-        step_score(store, run, rnd, shard, cfg)
-        for a in annotators:
-            step_annotate_shard(store, run, rnd, shard, a, cfg, n_tasks)
-        step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
-    counts = step_check_conservation(run, shards)
-    step_estimate(run, rnd, counts, cfg)
-    manifest = step_export(run, rnd, counts, cfg, params)
-    return {**manifest.dump(), "report": write_stage2_report(run)}
+    run = begin_run(out_dir)  # refuses an output that is not a stage-2 run's, or one another writer holds
+    try:
+        files, pool = prepare_inputs(input_uri, run)
+        for i, f, split in map_items(files):
+            step_prepare_file(run, i, f, split)
+        shards = step_finalize_prepare(run, cfg, benchmark_uri, pool)
+        n_tasks = max(1, len(annotators) * len(shards))
+        for shard in shards:
+            step_score(store, run, rnd, shard, cfg)
+            for a in annotators:
+                step_annotate_shard(store, run, rnd, shard, a, cfg, n_tasks)
+            step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
+        counts = step_check_conservation(run, shards)
+        step_estimate(run, rnd, counts, cfg)
+        manifest = step_export(run, rnd, counts, cfg, params)
+        return {**manifest.dump(), "report": write_stage2_report(run)}
+    finally:
+        end_run(run)

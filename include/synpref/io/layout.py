@@ -8,13 +8,35 @@ checked against these objects (``tests/test_layout.py``).
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from synpref.io.storage import PathLike, as_path, read_json, write_json
+from synpref.io.storage import PathLike, StorageError, as_path, read_json, write_json
 
 MANIFEST = "manifest.json"
 SEED_ROUND = "0000-seed"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def round_name(rnd: str) -> str:
+    """A round's name checked where its path is made: a date ``YYYY-MM-DD`` (or the seed round)."""
+    if rnd == SEED_ROUND:
+        return rnd
+    try:
+        if dt.date.fromisoformat(rnd).isoformat() == rnd:
+            return rnd
+    except (TypeError, ValueError):
+        pass
+    raise StorageError(f"round {rnd!r} is not a date YYYY-MM-DD")
+
+
+def run_name(name: str) -> str:
+    """A stage-2 run's name checked where its path is made: one path segment of letters, digits, ``._-``."""
+    if not isinstance(name, str) or not _RUN_NAME.match(name) or ".." in name:
+        raise StorageError(f"run name {name!r}: use letters, digits, '.', '_' and '-' (one folder name, no '..')")
+    return name
 
 
 def _dir(path: PathLike) -> Any:
@@ -93,6 +115,11 @@ class PoolLayout(_Directory):
 @dataclass(frozen=True)
 class RoundLayout(_Directory):
     """One stage-1 round: ``<root>/rounds/<date>/``. Its manifest, written last, marks it complete."""
+
+    @property
+    def lock(self) -> Any:
+        """The round's writer lock for in-process runs (``synpref stage1``): one writer per date."""
+        return self.dir / ".writer.lock"
 
     @property
     def name(self) -> str:
@@ -296,6 +323,11 @@ class Stage2Layout(_Directory):
         return self.dir / "quarantined.parquet"
 
     @property
+    def lock(self) -> Any:
+        """The run's writer lock (``synpref.io.storage.WriterLock``): one writer per output at a time."""
+        return self.dir / ".writer.lock"
+
+    @property
     def estimates(self) -> Any:
         """Counts and quality estimates before export (shown by the sign-off; copied into the manifest)."""
         return self.dir / "estimates.json"
@@ -356,27 +388,28 @@ class StorageLayout:
         return self.root / "rounds"
 
     def round(self, rnd: str) -> RoundLayout:
-        return RoundLayout(self.rounds_dir / rnd)
+        return RoundLayout(self.rounds_dir / round_name(rnd))
 
     @property
     def stage2_dir(self) -> Any:
         return self.root / "stage2"
 
     def stage2(self, run: str) -> Stage2Layout:
-        return Stage2Layout(self.stage2_dir / run)
+        return Stage2Layout(self.stage2_dir / run_name(run))
 
     def completed_stage2_runs(self) -> list[str]:
         """Stage-2 runs under ``<root>/stage2/`` that have published a manifest (runs with ``--out``
         elsewhere are not found here)."""
         d = self.stage2_dir
         names = [p.name for p in d.iterdir()] if d.exists() else []
-        return sorted(n for n in names if self.stage2(n).is_complete())
+        return sorted(n for n in names if _RUN_NAME.match(n) and self.stage2(n).is_complete())
 
     # --- round discovery (shared by stage 1, stage 2 and the reports) --------------------
 
     def _round_names(self) -> list[str]:
         d = self.rounds_dir
-        return [p.name for p in d.iterdir()] if d.exists() else []
+        names = [p.name for p in d.iterdir()] if d.exists() else []
+        return [n for n in names if _is_round_name(n)]
 
     def completed_rounds(self) -> list[str]:
         return sorted(r for r in self._round_names() if self.round(r).is_complete())
@@ -420,6 +453,13 @@ class StorageLayout:
         if rnd not in rounds:
             raise FileNotFoundError(f"stage-1 round {rnd} is not completed (have: {rounds})")
         return rnd
+
+
+def _is_round_name(name: str) -> bool:
+    try:
+        return round_name(name) == name
+    except StorageError:
+        return False
 
 
 def layout(root: PathLike | StorageLayout) -> StorageLayout:

@@ -11,9 +11,11 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,13 @@ import pyarrow.parquet as pq
 from upath import UPath
 
 PathLike = str | os.PathLike | UPath
+PERSISTENT_SCHEMES = ("file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
+class StorageError(ValueError):
+    """A storage location or name that cannot be used (one line for the user, never a traceback)."""
+
+
 _uri_factory: Callable[[str], Any] = UPath
 
 
@@ -41,7 +50,25 @@ def as_path(uri: PathLike) -> UPath:
     s = str(uri)
     if "://" not in s:
         return UPath(Path(s).absolute())
-    return _uri_factory(s)
+    return _uri_factory(_checked_scheme(s))
+
+
+def _checked_scheme(s: str) -> str:
+    """Only storage that persists and whose filesystem is installed (``memory://`` keeps nothing)."""
+    import fsspec
+
+    scheme = s.split("://", 1)[0].lower()
+    if scheme not in PERSISTENT_SCHEMES:
+        raise StorageError(
+            f"{s}: storage scheme {scheme}:// is not supported (use one of file://, s3://, gs://, az://)"
+        )
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as e:
+        raise StorageError(
+            f"{s}: {scheme}:// needs a package that is not installed ({str(e).splitlines()[0]})"
+        ) from None
+    return s
 
 
 def uri(path: PathLike) -> str:
@@ -55,14 +82,18 @@ def is_local(path: PathLike) -> bool:
 def write_bytes(path: PathLike, data: bytes) -> None:
     """Atomic: a reader sees the old file or the new one, never a torn one (a kill -9 leaves no partial file).
 
-    Local files are written under a temporary name and renamed; an object-store put is atomic by itself."""
+    Local files are written under a temporary name and renamed; an object-store put is atomic by itself. A write
+    that fails (disk full, read-only storage) is an ``OSError`` naming the path, with nothing left behind."""
     p = as_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if not is_local(p):
-        with p.open("wb") as f:
-            f.write(data)
-        return
-    replace_local(Path(p.path), data)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if not is_local(p):
+            with p.open("wb") as f:
+                f.write(data)
+            return
+        replace_local(Path(p.path), data)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {p}: {e.strerror or e}") from None
 
 
 def replace_local(target: Path, data: bytes) -> None:
@@ -225,3 +256,96 @@ def local_scratch(prefix: str) -> Path:
 
 def cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class WriterLock:
+    """One writer per output at a time: ``path`` names who holds it (a process, or an Airflow DAG run).
+
+    The holder may take it again (a retried task, a re-run of the same DAG run); a process on this host that is
+    gone, or a DAG run that ``run_state`` says is over, no longer holds it. Anyone else is refused with one line
+    naming the holder. Local files are created exclusively (``O_EXCL``); an object store is checked, then put."""
+
+    path: Any
+    holder: dict
+    run_state: Callable[[str, str], str] | None = None  # (dag_id, run_id) → the DAG run's state
+
+    @classmethod
+    def for_process(cls, path: PathLike) -> WriterLock:
+        return cls(as_path(path), {"host": socket.gethostname(), "pid": os.getpid()})
+
+    @classmethod
+    def for_dag_run(cls, path: PathLike, dag_id: str, run_id: str, run_state: Callable | None = None) -> WriterLock:
+        return cls(as_path(path), {"dag_id": dag_id, "run_id": run_id}, run_state)
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            held = self._read()
+            if held is not None and held != self.holder and not self._gone(held):
+                raise StorageError(
+                    f"{self.path.parent} is being written by {_holder_text(held)}: wait for it to finish "
+                    f"(or delete {self.path} if it is not running)"
+                )
+            if held is not None:
+                self.path.unlink(missing_ok=True)
+            if self._create():
+                return
+        raise StorageError(f"{self.path.parent}: another writer took the lock at the same time; try again")
+
+    def release(self) -> None:
+        if self._read() == self.holder:
+            self.path.unlink(missing_ok=True)
+
+    def _read(self) -> dict | None:
+        try:
+            value = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"unreadable": str(self.path)}
+        return value if isinstance(value, dict) else {"unreadable": str(self.path)}
+
+    def _create(self) -> bool:
+        data = dumps_json(self.holder)
+        if not is_local(self.path):
+            if self.path.exists():
+                return False
+            write_bytes(self.path, data)
+            return True
+        local = Path(self.path.path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def _gone(self, held: dict) -> bool:
+        if "pid" in held:
+            return held.get("host") == socket.gethostname() and not _alive(int(held["pid"]))
+        if "run_id" in held and self.run_state is not None:
+            try:
+                return self.run_state(held["dag_id"], held["run_id"]) not in ("queued", "running")
+            except Exception:  # the run is unknown (deleted) or its state cannot be asked: it holds nothing
+                return True
+        return False
+
+
+def _holder_text(held: dict) -> str:
+    if "pid" in held:
+        return f"process {held['pid']} on {held.get('host')}"
+    if "run_id" in held:
+        return f"DAG run {held['dag_id']}/{held['run_id']}"
+    return f"an unknown writer ({held})"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

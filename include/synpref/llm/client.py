@@ -31,6 +31,8 @@ from pydantic_core import PydanticCustomError
 from synpref.io.storage import PathLike, as_path, dumps_json, is_local, replace_local, write_json
 from synpref.progress import Progress
 
+log = logging.getLogger(__name__)
+
 for _noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one INFO line per request would drown task logs
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
@@ -166,6 +168,7 @@ class Usage:
     errors: int = 0
     budget_skipped: int = 0
     missing_usage: int = 0  # answers without token counts (their tokens and cost count as 0)
+    cache_write_errors: int = 0  # answers used but not cached (the cache could not be written)
     implausible_usage: int = 0  # answers whose token counts could not be true (counted from the text instead)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -548,11 +551,32 @@ async def _run_async(
     try:
         with Progress(f"annotator {cfg.name}", len(requests), "requests") as progress:
             responses = list(await asyncio.gather(*(counted(r, h, progress) for r, h in zip(requests, hashes))))
-        await asyncio.to_thread(lambda: [w.result() for w in writes])  # every answer stored before returning
+        failed = await asyncio.to_thread(_failed_writes, writes)  # every answer stored (or known not to be)
+        if failed:
+            usage.cache_write_errors += len(failed)
+            log.warning(
+                "annotator %s: %d answers could not be stored in the LLM cache (%s); they are kept for this task's "
+                "outputs, and a re-run will ask for them again",
+                cfg.name,
+                len(failed),
+                failed[0],
+            )
         return responses
     finally:
         writer.shutdown(wait=True)
         await backend.aclose()
+
+
+def _failed_writes(writes: list) -> list[str]:
+    """The cache writes that failed (disk full, read-only storage), as messages: a cache that cannot be written
+    must not cost the answers already paid for."""
+    failed = []
+    for w in writes:
+        try:
+            w.result()
+        except OSError as e:
+            failed.append(str(e))
+    return failed
 
 
 def run_requests(

@@ -18,6 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Z95 = 1.959964
 DEFAULT_JUDGE_ACCURACY = 0.7  # assumed for an annotator never measured on gold (a round without gold probes)
@@ -190,14 +191,35 @@ def _pair(tally: list[int]) -> tuple[int, int]:
     return tally[0], tally[0] + tally[1]
 
 
+POSITION_BIAS_LIMIT = 0.8  # |2·P(slot 1) − 1| at or above this: the verdicts follow the position, not the content
+
+
+def uninformative_judges(judges: dict) -> dict[str, str]:
+    """Annotators whose votes count zero under every merge policy, with why: not significantly better than
+    chance on the gold probe, or answering one position whatever the content."""
+    out = {}
+    for name, j in sorted(judges.get("annotators", {}).items()):
+        bias = j.get("position_bias")
+        if bias is not None and abs(bias) >= POSITION_BIAS_LIMIT:
+            out[name] = f"position bias {bias:+.2f} on the gold probe (it answers one position whatever the content)"
+        elif not j["significant"]:
+            out[name] = (
+                f"not significantly better than chance on {j['n']} gold probe pairs "
+                f"(accuracy {j['accuracy'] if j['accuracy'] is not None else 'n/a'}, "
+                f"95% CI [{j['ci_low']:.3f}, {j['ci_high']:.3f}])"
+            )
+    return out
+
+
 def judge_warnings(judges: dict) -> list[str]:
-    """One line per annotator that is not significantly better than chance on the gold probe."""
-    return [
-        f"annotator {name} is not significantly better than chance on {j['n']} gold probe pairs "
-        f"(95% CI [{j['ci_low']:.3f}, {j['ci_high']:.3f}]): it counts zero in stage-2 decisions"
-        for name, j in sorted(judges.get("annotators", {}).items())
-        if not j["significant"]
-    ]
+    """One line per annotator whose votes count zero (``uninformative_judges``)."""
+    return [f"annotator {n}: {why}: its votes count zero" for n, why in uninformative_judges(judges).items()]
+
+
+def counted_samples(samples: list[pa.Table], judges: dict) -> list[pa.Table]:
+    """The sample tables without the votes of uninformative judges (they count zero in every merge)."""
+    drop = pa.array(sorted(uninformative_judges(judges)), pa.string())
+    return [t.filter(pc.invert(pc.is_in(t["annotator"], drop))) for t in samples] if len(drop) else samples
 
 
 def judge_weight(stats: dict | None, unanimous: bool = True) -> float:

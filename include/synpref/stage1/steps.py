@@ -42,7 +42,14 @@ from synpref.llm.annotation import (
 from synpref.llm.attributes import ATTRIBUTE_STATUS_SCHEMA, generate_attributes
 from synpref.llm.client import AnnotatorConfig
 from synpref.models.embedding import embed_rows, embedding_dim, embedding_text, nearest_examples, text_sha
-from synpref.models.reliability import calibrate, joint_weights, judge_reliability, judge_warnings, rm_warnings
+from synpref.models.reliability import (
+    calibrate,
+    counted_samples,
+    joint_weights,
+    judge_reliability,
+    judge_warnings,
+    rm_warnings,
+)
 from synpref.models.reward_model import RewardModel, evaluate, train_reward_model
 from synpref.progress import log, shard_position
 from synpref.records import (
@@ -386,7 +393,8 @@ def step_merge(
     write_json(judges, out.judges)
     accuracy = {n: j["accuracy"] for n, j in judges.get("annotators", {}).items() if j["accuracy"] is not None}
     retrieved = _rows(out.retrieved)
-    merged = merge_samples(sample_tables, cfg.merge_policy, accuracy, [r["pair_id"] for r in retrieved])
+    votes = counted_samples(sample_tables, judges)  # an uninformative judge counts zero under every policy
+    merged = merge_samples(votes, cfg.merge_policy, accuracy, [r["pair_id"] for r in retrieved])
     write_parquet(merged, out.verdicts)
     silver, queue, counts = merge_into_silver(_rows(out.silver_in), retrieved, merged, rnd, cfg.spot_check, cfg.seed)
     _write_table(silver, PAIR_SCHEMA, out.silver)

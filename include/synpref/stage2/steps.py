@@ -31,6 +31,8 @@ from synpref.io.preprocess import (
 from synpref.io.readers import scan_inputs
 from synpref.io.storage import (
     PathLike,
+    StorageError,
+    WriterLock,
     as_path,
     list_files,
     read_bytes,
@@ -52,6 +54,7 @@ from synpref.llm.annotation import (
     with_samples,
 )
 from synpref.llm.client import AnnotatorConfig
+from synpref.models.reliability import counted_samples
 from synpref.progress import log, shard_position
 from synpref.records import (
     DecisionSummary,
@@ -395,6 +398,7 @@ def decision_summary(decided: dict[str, list[dict]]) -> DecisionSummary:
 def merged_verdicts(shard: ShardLayout, annotator_names: list[str], policy: str, rnd: RoundLayout) -> dict[str, dict]:
     """The judges' samples of one shard merged per pair (every annotator that judged it)."""
     samples = [read_parquet(shard.samples(a)) for a in sorted(annotator_names) if shard.samples(a).exists()]
+    samples = counted_samples(samples, read_json(rnd.judges) if rnd.judges.exists() else {})
     merged = merge_samples(samples, policy, judge_accuracy(rnd)).to_pylist() if samples else []
     return {m["pair_id"]: m for m in merged}
 
@@ -610,10 +614,46 @@ def quality_lines(quality: QualityEstimates) -> str:
     )
 
 
-def begin_run(out_dir: PathLike | Stage2Layout) -> Stage2Layout:
-    """A (re-)run is incomplete until re-exported: drop its manifest and the staging of a previous run."""
+STAGE2_ENTRIES = {"prepared", "shards", "estimates.json", ".writer.lock"}  # what only a stage-2 output holds
+
+
+def check_output(run: Stage2Layout) -> None:
+    """Refuse an output that is not a stage-2 run's (a round, the pool, a root, any other folder), before
+    anything in it is touched: a new or empty folder, or a stage-2 output (finished or not)."""
+    if not run.dir.exists():
+        return
+    if run.manifest.exists():
+        try:
+            kind = read_json(run.manifest).get("kind")
+        except (ValueError, AttributeError):
+            kind = None
+        if kind != "stage2_run":
+            raise StorageError(
+                f"{run.dir} is not a stage-2 output (its manifest.json is a {kind or 'foreign'} manifest): "
+                "nothing was changed; choose a new or empty folder for --out"
+            )
+        return
+    names = {p.name for p in run.dir.iterdir()}
+    if names and not names & STAGE2_ENTRIES:
+        raise StorageError(
+            f"{run.dir} is not empty and is not a stage-2 output: nothing was changed; "
+            "choose a new or empty folder for --out"
+        )
+
+
+def begin_run(out_dir: PathLike | Stage2Layout, lock: WriterLock | None = None) -> Stage2Layout:
+    """Check the output is a stage-2 run's, take its writer lock (this process's unless ``lock``), then drop
+    its manifest and the staging of a previous run: a (re-)run is incomplete until re-exported."""
     run = _run(out_dir)
+    check_output(run)
+    (lock or WriterLock.for_process(run.lock)).acquire()
     if run.manifest.exists():
         run.manifest.unlink()
     clear_staging(run.prepared)
     return run
+
+
+def end_run(out_dir: PathLike | Stage2Layout, lock: WriterLock | None = None) -> None:
+    """Release the run's writer lock (after the export, or when an in-process run stops)."""
+    run = _run(out_dir)
+    (lock or WriterLock.for_process(run.lock)).release()
