@@ -7,6 +7,7 @@ import threading
 import pytest
 from pydantic import ValidationError
 
+from conftest import annotator_cfg
 from synpref.llm.annotation import DEFAULT_GUIDELINE, build_judge_messages, judge, order_swapped
 from synpref.llm.attributes import attribute_messages
 from synpref.llm.client import AnnotatorConfig, Request, run_requests
@@ -411,3 +412,97 @@ def test_concurrent_cli_runs_on_one_output_never_merge_their_inputs(published, t
     assert second.returncode == 2 and "is being written by process" in err.strip().splitlines()[-1]
     manifest = json.loads((out / "manifest.json").read_text())
     assert first.returncode == 0 and manifest["counts"]["input"] == 200
+
+
+# --- judges that say nothing, storage that cannot be written, storage that keeps nothing ----------------
+
+
+def _samples(annotator: str, slots: list[int], truth_slot: list[int]):
+    import pyarrow as pa
+
+    from synpref.llm.annotation import SAMPLE_SCHEMA
+
+    rows = [
+        {
+            "pair_id": f"p{i}",
+            "annotator": annotator,
+            "sample": 0,
+            "swapped": t == 2,
+            "slot": s,
+            "verdict": "agree" if s == t else "disagree",
+            "reason": "ok",
+            "status": "ok",
+        }
+        for i, (s, t) in enumerate(zip(slots, truth_slot))
+    ]
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+
+@pytest.mark.parametrize("policy", ["majority", "unanimous", "weighted"])
+def test_a_judge_that_always_answers_one_position_counts_zero_under_every_policy(policy):
+    from synpref.llm.annotation import merge_samples
+    from synpref.models.reliability import counted_samples, judge_reliability, judge_warnings
+
+    truth = [1 + (i * 7 % 3 == 0) for i in range(20)]
+    probe = [_samples("always1", [1] * 20, truth), _samples("good", truth, truth)]
+    judges = judge_reliability(__import__("pyarrow").concat_tables(probe))
+    assert judges["annotators"]["always1"]["position_bias"] == 1.0
+    assert [w.split(":")[0] for w in judge_warnings(judges)] == ["annotator always1"]
+    pairs = [_samples("always1", [1] * 20, truth), _samples("good", truth, truth)]
+    merged = merge_samples(counted_samples(pairs, judges), policy).to_pylist()
+    assert all(m["verdict"] == "agree" for m in merged)  # only the good judge's votes count
+    assert all(m["votes_disagree"] == 0 for m in merged)
+
+
+def test_a_cache_that_cannot_be_written_does_not_cost_the_answers(
+    sim_server, sim_truth, tmp_path, monkeypatch, caplog
+):
+    import errno
+
+    from synpref.llm import client
+
+    def full(self, h, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(client.ResponseCache, "put", full)
+    _, pairs, _, _, _ = sim_truth
+    annotator = annotator_cfg(sim_server, "good", samples=1)
+    samples, usage = judge(pairs.to_pylist()[:10], {}, annotator, tmp_path / "cache")
+    assert samples.num_rows == 10 and set(samples.column("status").to_pylist()) == {"ok"}
+    assert usage["good"]["cache_write_errors"] == 10
+    assert "could not be stored in the LLM cache" in caplog.text
+
+
+def test_outputs_that_cannot_be_written_stop_with_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from synpref.cli import main
+    from synpref.io import storage
+
+    pairs, truth = generate(20, seed=1)
+    storage.write_parquet(pairs, tmp_path / "pairs.parquet")
+
+    def full(target, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "replace_local", full)
+    code = main(["prepare", "--input", str(tmp_path / "pairs.parquet"), "--out", str(tmp_path / "pool")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "No space left on device" in err and "nothing was published" in err
+    assert not (tmp_path / "pool" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "uri,why",
+    [("memory://pool", "not supported"), ("ftp://host/pool", "not supported"), ("gs://bucket/pool", "not installed")],
+)
+def test_storage_that_keeps_nothing_or_is_not_installed_is_one_line(tmp_path, capsys, uri, why):
+    from synpref.cli import main
+    from synpref.io import storage
+
+    pairs, _ = generate(5, seed=1)
+    storage.write_parquet(pairs, tmp_path / "pairs.parquet")
+    code = main(["prepare", "--input", str(tmp_path / "pairs.parquet"), "--out", uri])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and why in err
