@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
 
-from airflow.api_fastapi.core_api.security import get_user
+from airflow.api_fastapi.core_api.security import GetUserDep, get_user
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -32,7 +32,39 @@ _NAME = re.compile(r"[\w][\w.-]*")  # a round (date) or run name: never a path
 MANIFEST_TTL_S = 30.0
 REPORT_TASK = "write_report"
 
-app = FastAPI(title="SynPref curation", dependencies=[Depends(get_user)])
+DAG_OF = {"round": "synpref_stage1", "stage2": "synpref_stage2"}  # whose runs a page shows
+
+# authenticated pages only (no docs routes); each page is also authorized like the DAG runs it shows
+app = FastAPI(
+    title="SynPref curation", dependencies=[Depends(get_user)], docs_url=None, redoc_url=None, openapi_url=None
+)
+
+
+def may_read_runs(user: Any, dag_id: str) -> bool:
+    """Airflow's own authorization: may ``user`` read the runs of ``dag_id`` (FAB, Keycloak, simple auth...)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    return get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id), user=user
+    )
+
+
+def _authorize(user: Any, dag_id: str) -> None:
+    if not may_read_runs(user, dag_id):
+        raise HTTPException(403, f"not authorized to read the runs of {dag_id}")
+
+
+def _inside(root: str, path: Any) -> bool:
+    """A local path stays inside its root once symlinks are resolved (an object store has no symlinks)."""
+    from pathlib import Path
+
+    from synpref.io.storage import is_local
+
+    if not is_local(path):
+        return True
+    base = Path(str(_store(root).root.path)).resolve()
+    return Path(str(path.path)).resolve().is_relative_to(base)
 
 
 def report_roots() -> list[str]:
@@ -95,6 +127,8 @@ def _page(kind: str, root: str, name: str) -> bytes:
     store = _store(root)
     target = store.round(name) if kind == "round" else store.stage2(name)
     written = target.report_dir / "index.html"
+    if not _inside(root, target.dir) or not _inside(root, written):
+        raise HTTPException(404, f"no {kind} named {name!r}")
     if written.exists():  # also the preview of a round or run awaiting its sign-off
         return written.read_bytes()
     if not target.is_complete():
@@ -141,8 +175,12 @@ td:first-child,th:first-child{text-align:left}h2{font-size:1.05rem;margin-top:1.
 
 
 @app.get("/", response_class=HTMLResponse)
-def index(rounds_page: int = Query(1, ge=1), runs_page: int = Query(1, ge=1)) -> str:
-    """Every root: its rounds (newest first) and stage-2 runs, paginated, with links to their reports."""
+def index(user: GetUserDep, rounds_page: int = Query(1, ge=1), runs_page: int = Query(1, ge=1)) -> str:
+    """Every root: its rounds (newest first) and stage-2 runs, paginated, with links to their reports (only the
+    kinds whose DAG runs the user may read)."""
+    shown = {kind: may_read_runs(user, dag_id) for kind, dag_id in DAG_OF.items()}
+    if not any(shown.values()):
+        raise HTTPException(403, "not authorized to read the runs of the curation DAGs")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Curation</title>{_STYLE}</head><body>"]
     parts.append("<h1>SynPref curation</h1>")
     roots = report_roots()
@@ -151,8 +189,8 @@ def index(rounds_page: int = Query(1, ge=1), runs_page: int = Query(1, ge=1)) ->
     for i, root in enumerate(roots):
         store = _store(root)
         try:
-            rounds = sorted(store.completed_rounds(), reverse=True)
-            runs = sorted(store.completed_stage2_runs(), reverse=True)
+            rounds = sorted(store.completed_rounds(), reverse=True) if shown["round"] else []
+            runs = sorted(store.completed_stage2_runs(), reverse=True) if shown["stage2"] else []
         except Exception as e:  # an unreachable root must not take the page down
             parts.append(
                 f"<h2>{html.escape(root)}</h2><p class='muted'>cannot list: {html.escape(type(e).__name__)}</p>"
@@ -161,13 +199,15 @@ def index(rounds_page: int = Query(1, ge=1), runs_page: int = Query(1, ge=1)) ->
         shown_rounds = rounds[(rounds_page - 1) * PER_PAGE : rounds_page * PER_PAGE]
         shown_runs = runs[(runs_page - 1) * PER_PAGE : runs_page * PER_PAGE]
         parts.append(f"<h2>Storage root {html.escape(root)}</h2>")
-        parts.append(f"<h3>Stage-1 rounds ({len(rounds)})</h3>")
+        if shown["round"]:
+            parts.append(f"<h3>Stage-1 rounds ({len(rounds)})</h3>")
         if rounds:
             head = ["round", "gold", "silver", "best RM on gold", "retrieved", "review queue", "cost USD"]
             parts.append("<table class='rounds'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
             parts.append(_rows("round", i, root, shown_rounds) + "</table>")
             parts.append(_pager("rounds_page", rounds_page, len(rounds), f"&runs_page={runs_page}"))
-        parts.append(f"<h3>Stage-2 runs ({len(runs)})</h3>")
+        if shown["stage2"]:
+            parts.append(f"<h3>Stage-2 runs ({len(runs)})</h3>")
         if runs:
             head = ["run", "round", "input", "kept", "recycled", "dropped", "quarantined"]
             parts.append("<table class='runs'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
@@ -179,9 +219,13 @@ def index(rounds_page: int = Query(1, ge=1), runs_page: int = Query(1, ge=1)) ->
 
 @app.get("/{kind}", response_class=HTMLResponse)
 def report(
-    kind: Literal["round", "stage2"], root: int = Query(0, ge=0), name: str = Query(..., min_length=1)
+    user: GetUserDep,
+    kind: Literal["round", "stage2"],
+    root: int = Query(0, ge=0),
+    name: str = Query(..., min_length=1),
 ) -> HTMLResponse:
-    """A round's (``/round``) or a stage-2 run's (``/stage2``) report."""
+    """A round's (``/round``) or a stage-2 run's (``/stage2``) report, for users who may read that DAG's runs."""
+    _authorize(user, DAG_OF[kind])
     return HTMLResponse(_page(kind, _root(root), name))
 
 
@@ -209,8 +253,10 @@ def locate(page_uri: str) -> tuple[str, int, str] | None:
 
 
 @app.get("/dag-run/{dag_id}/{run_id}")
-def dag_run_report(dag_id: str, run_id: str):
-    """The report of the round or stage-2 run a DAG run wrote (the "Curation report" tab of a run)."""
+def dag_run_report(user: GetUserDep, dag_id: str, run_id: str):
+    """The report of the round or stage-2 run a DAG run wrote (the "Curation report" tab of a run), for users
+    who may read that DAG's runs."""
+    _authorize(user, dag_id)
     uri = _report_of_run(dag_id, run_id)
     where = locate(uri) if isinstance(uri, str) else None
     if where is None:

@@ -22,6 +22,7 @@ def client(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNPREF_ROOT", f"file://{tmp_path / 'a'}")
     monkeypatch.setenv("SYNPREF_REPORT_ROOTS", f"file://{tmp_path / 'b'},file://{tmp_path / 'a'}")
     plugin.app.dependency_overrides[plugin.get_user] = lambda: None
+    monkeypatch.setattr(plugin, "may_read_runs", lambda user, dag_id: True)  # the auth manager's answer
     yield TestClient(plugin.app)
     plugin.app.dependency_overrides.clear()
 
@@ -66,3 +67,33 @@ def test_the_plugin_registers_a_nav_page_and_a_dag_run_tab():
     views = {v["destination"]: v for v in plugin.SynPrefCurationPlugin.external_views}
     assert views["nav"]["href"] == "curation/"
     assert "{RUN_ID}" in views["dag_run"]["href"]
+
+
+def test_pages_are_authorized_like_the_dag_runs_they_show(client, monkeypatch):
+    allowed = {"synpref_stage2"}
+    monkeypatch.setattr(plugin, "may_read_runs", lambda user, dag_id: dag_id in allowed)
+    assert client.get("/round", params={"root": 0, "name": "2026-01-25"}).status_code == 403
+    assert client.get("/stage2", params={"root": 0, "name": "run-1"}).status_code == 200
+    page = client.get("/").text
+    assert "Stage-2 runs (1)" in page and "Stage-1 rounds" not in page
+    assert client.get("/dag-run/some_other_dag/manual__1").status_code == 403
+    allowed.clear()
+    assert client.get("/").status_code == 403
+
+
+def test_no_docs_routes(client):
+    for route in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(route).status_code in (403, 404, 422)
+        assert "swagger" not in client.get(route).text.lower()
+
+
+def test_a_symlink_out_of_the_root_is_not_followed(client, tmp_path):
+    outside = tmp_path / "elsewhere" / "report"
+    outside.mkdir(parents=True)
+    (outside / "index.html").write_text("secret from outside the root")
+    run = StorageLayout(tmp_path / "a").round("2026-01-24")
+    run.report_dir.parent.mkdir(parents=True, exist_ok=True)
+    __import__("shutil").rmtree(run.report_dir, ignore_errors=True)
+    run.report_dir.symlink_to(outside)
+    page = client.get("/round", params={"root": 0, "name": "2026-01-24"})
+    assert page.status_code == 404 and "secret" not in page.text
