@@ -381,13 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     from synpref.io.readers import InputError
     from synpref.io.storage import StorageError
     from synpref.llm.client import AnnotatorError, EndpointError, validation_message
+    from synpref.models.device import DeviceError
+    from synpref.models.reward_model import BackboneError
     from synpref.progress import configure_cli_logging
 
     args = build_parser().parse_args(argv)
     configure_cli_logging()
     try:
         return COMMANDS[args.command](args)
-    except (InputError, AnnotatorError, FileNotFoundError, StorageError) as e:
+    except (InputError, AnnotatorError, FileNotFoundError, StorageError, DeviceError, BackboneError) as e:
         print(f"synpref {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:

@@ -123,6 +123,8 @@ class EvaluateRecord(Record):
     calibration: dict[str, RMCalibration] = {}
     rm_joint_weights: dict[str, Number] = {}
     warnings: list[str] = []
+    device: str | None = None  # where the RMs scored gold (resolved SYNPREF_DEVICE)
+    truncated: int | None = None  # gold pairs cut to an RM's max length (both RMs)
 
 
 class RetrieveRecord(Record):
@@ -243,6 +245,8 @@ class ShardScores(_ShardMarker):
 
     pairs: int
     in_gold: int
+    device: str | None = None  # where the reward models ran (resolved SYNPREF_DEVICE)
+    truncated: int | None = None  # pairs cut to an RM's max length (summed over the RMs)
 
 
 class DecisionSummary(Record):

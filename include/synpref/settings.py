@@ -29,6 +29,11 @@ RecyclePolicy = Literal["rule_default", "positive_evidence", "both_rms_reject", 
 DecisionRuleName = Literal["reliability", "paper"]
 NGRAM = 13  # decontamination n-gram length (paper appendix C)
 HIST_BINS = 20  # p histograms of a stage-2 shard summary (report figures): 20 bins over [0, 1]
+# The device a worker trains, scores and embeds on: a property of the worker (its environment), not of a
+# run, since a run's params cannot know which Celery worker picks a task. auto = CUDA if visible, else CPU.
+DEVICE_ENV = "SYNPREF_DEVICE"
+DEVICE_PATTERN = r"auto|cpu|cuda|cuda:\d+"
+SCORE_TOKEN_BUDGET = 16384  # tokens (padding included) per RM scoring forward pass, batches sorted by length
 
 SECTION_DATA = "Data"
 SECTION_RETRIEVAL = "Adaptive retrieval"

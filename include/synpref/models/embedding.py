@@ -1,9 +1,9 @@
 """The sentence encoder: (conversation, attributes) → L2-normalised vectors, cached per shard.
 
 sentence-transformers with the packaged all-MiniLM-L6-v2 by default (offline), batched and sorted by
-length, bf16 autocast where the CPU has it natively. The cache (Parquet of pair_id, text sha,
-vector) is keyed by pair_id + text hash, so a changed text is re-embedded. The vector width is the
-model's own (``embedding_dim``), never assumed.
+length, on the worker's device (``synpref.models.device``) with bf16 autocast where it is native.
+The cache (Parquet of pair_id, text sha, vector) is keyed by pair_id + text hash, so a changed text
+is re-embedded. The vector width is the model's own (``embedding_dim``), never assumed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from synpref.io.storage import PathLike, as_path, read_parquet, write_parquet
+from synpref.models.device import bf16_on, resolve_device
 from synpref.progress import Progress
 from synpref.schema import prompt_text
 
@@ -41,50 +42,46 @@ def embedding_text(row: dict) -> str:
 
 
 @lru_cache(maxsize=2)
-def _model(name: str):
+def _model(name: str, device: str = "cpu"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(name, device="cpu")
+    model = SentenceTransformer(name, device=device)
     model.max_seq_length = 128
     return model
 
 
 def embedding_dim(model_name: str | None = None) -> int:
     """Width of the encoder's vectors (read from the model, never assumed)."""
-    model = _model(model_name or default_embedder())
+    model = _model(model_name or default_embedder(), resolve_device())
     width = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return int(width())
-
-
-def bf16_supported() -> bool:
-    """True when the CPU has native bf16 (AVX512_BF16/AMX): autocast is then ~2.8× faster here."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
 
 
 EMBED_CHUNK = 4096  # texts per progress update (sentence-transformers batches inside)
 
 
 def embed_texts(
-    texts: list[str], model_name: str | None = None, batch_size: int = 64, bf16: bool | None = None
+    texts: list[str],
+    model_name: str | None = None,
+    batch_size: int = 64,
+    bf16: bool | None = None,
+    device: str | None = None,
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings, batched and sorted by length, under inference_mode (+bf16 autocast)."""
+    """L2-normalised float32 embeddings, batched and sorted by length, under inference_mode (+bf16 autocast)
+    on ``device`` (default: the worker's ``SYNPREF_DEVICE``)."""
     import torch
 
     if not texts:
         return np.zeros((0, embedding_dim(model_name)), dtype=np.float32)
-    model = _model(model_name or default_embedder())
-    use_bf16 = bf16_supported() if bf16 is None else bf16
+    where = resolve_device(device)
+    model = _model(model_name or default_embedder(), where)
+    use_bf16 = bf16_on(where) if bf16 is None else bf16
     order = np.argsort([len(t) for t in texts], kind="stable")
     chunks = []
     with (
         torch.inference_mode(),
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16),
+        torch.autocast(where.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16),
         Progress("embedding", len(texts), "texts") as progress,
     ):
         for s in range(0, len(order), EMBED_CHUNK):
@@ -109,7 +106,9 @@ def text_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def embed_rows(rows: list[dict], cache_uri: PathLike | None = None, model_name: str | None = None) -> np.ndarray:
+def embed_rows(
+    rows: list[dict], cache_uri: PathLike | None = None, model_name: str | None = None, device: str | None = None
+) -> np.ndarray:
     """Embeddings of rows, reusing ``cache_uri`` (Parquet of pair_id, text_sha, vector) and rewriting it."""
     texts = [embedding_text(r) for r in rows]
     shas = [text_sha(t) for t in texts]
@@ -121,7 +120,7 @@ def embed_rows(rows: list[dict], cache_uri: PathLike | None = None, model_name: 
             cached[(pid, sha)] = v
     missing = [i for i, r in enumerate(rows) if (r["pair_id"], shas[i]) not in cached]
     if missing:  # a fully cached shard never loads the model
-        fresh = embed_texts([texts[i] for i in missing], model_name)
+        fresh = embed_texts([texts[i] for i in missing], model_name, device=device)
         for j, i in enumerate(missing):
             cached[(rows[i]["pair_id"], shas[i])] = fresh[j]
     out = (

@@ -3,12 +3,17 @@
 Two modes:
 - ``full`` (default): fine-tune a sequence-classification backbone (num_labels=1) with TRL's
   RewardTrainer; the checkpoint is chosen by accuracy on the selection set (gold) through
-  ``load_best_model_at_end``. Inputs are pre-tokenised as (prompt, response) text pairs with
-  ``longest_first`` truncation so TRL's length filter drops nothing (drops are still counted).
+  ``load_best_model_at_end``. Chat backbones (a tokenizer with a chat template: Qwen3, Llama 3, ...)
+  see each pair as TRL formats conversational data, the conversation plus the response as the final
+  assistant turn through the chat template, cut from the left to ``max_length`` so the final turn
+  stays (counted). Encoders without a template (the packaged MiniLM) see (prompt, response) text
+  pairs with ``longest_first`` truncation. Inputs are pre-tokenised, so TRL's length filter drops
+  nothing (drops are still counted).
 - ``frozen``: a frozen sentence-transformers encoder + a small MLP head trained with the same
   BT loss; the epoch with the best selection accuracy is kept. Cheap on CPUs.
-``p = σ(r_w − r_l)`` is computed from the reward difference (``log p = −softplus(−d)``), so it
-never saturates by accident.
+Both run on the worker's device (``synpref.models.device``), bf16 where it is native. Scoring
+batches by a token budget over length-sorted sequences. ``p = σ(r_w − r_l)`` is computed from the
+reward difference (``log p = −softplus(−d)``), so it never saturates by accident.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import numpy as np
 import pyarrow as pa
 
 from synpref.io.storage import PathLike, as_path, cleanup, download_dir, local_scratch, read_json, upload_dir
-from synpref.models.embedding import bf16_supported, default_embedder
+from synpref.models.device import bf16_on, resolve_device
+from synpref.models.embedding import default_embedder
 from synpref.progress import Progress, log
 from synpref.schema import prompt_text
-from synpref.settings import RMConfig
+from synpref.settings import SCORE_TOKEN_BUDGET, RMConfig
 
 EVAL_SCHEMA = pa.schema(
     [
@@ -71,13 +77,13 @@ def _seed_everything(seed: int) -> None:
 _last_encoding: list = [None, None]  # (key, features) of the latest call: two RMs on one backbone encode once
 
 
-def _encode_pairs(prompts: list[str], responses: list[str], backbone: str) -> np.ndarray:
+def _encode_pairs(prompts: list[str], responses: list[str], backbone: str, device: str | None = None) -> np.ndarray:
     from synpref.models.embedding import embed_texts
 
     key = (backbone, tuple(prompts), tuple(responses))
     if _last_encoding[0] != key:
         texts = [f"{p}\nassistant: {r}" for p, r in zip(prompts, responses)]
-        _last_encoding[:] = [key, embed_texts(texts, backbone)]
+        _last_encoding[:] = [key, embed_texts(texts, backbone, device=device)]
     return _last_encoding[1]
 
 
@@ -91,12 +97,12 @@ def _bt_accuracy(diff: np.ndarray) -> float:
     return float((diff > 0).mean()) if len(diff) else float("nan")
 
 
-def _train_frozen(train: list[dict], select: list[dict], cfg: RMConfig, local: Path) -> dict:
+def _train_frozen(train: list[dict], select: list[dict], cfg: RMConfig, local: Path, device: str) -> dict:
     import torch
     from safetensors.torch import save_file
 
     backbone = resolved_backbone(cfg)
-    enc = lambda rows, side: torch.from_numpy(_encode_pairs(*_texts(rows, side), backbone))  # noqa: E731
+    enc = lambda rows, side: torch.from_numpy(_encode_pairs(*_texts(rows, side), backbone, device))  # noqa: E731
     xw, xl = enc(train, "chosen"), enc(train, "rejected")
     sw, sl = (enc(select, "chosen"), enc(select, "rejected")) if select else (None, None)
     state, metrics = fit_bt_head(xw, xl, sw, sl, cfg)
@@ -153,9 +159,52 @@ def fit_bt_head(xw, xl, sw, sl, cfg: RMConfig) -> tuple[dict, dict]:
 # --- full fine-tuning with TRL --------------------------------------------------------------
 
 
-def _tokenize(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> list[list[int]]:
-    enc = tokenizer(prompts, responses, truncation="longest_first", max_length=max_length)
-    return enc["input_ids"]
+class BackboneError(ValueError):
+    """A reward-model backbone that cannot be loaded (message is one line, naming it)."""
+
+
+def load_backbone(name: str, **model_kwargs):
+    """(tokenizer, sequence-classification model with one output) of a hub id or local path, offline-safe:
+    a backbone that is neither local nor cached is a one-line ``BackboneError`` naming it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **model_kwargs)
+    except (OSError, ValueError) as e:
+        offline = " (offline: HF_HUB_OFFLINE=1, nothing is downloaded)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise BackboneError(
+            f"RM backbone {name!r} cannot be loaded{offline}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    if tok.pad_token is None:  # decoders (Llama) ship without one: pad with EOS, as TRL does
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"  # the classification head reads the last non-pad token
+    model.config.pad_token_id = tok.pad_token_id
+    return tok, model
+
+
+def is_chat(tokenizer) -> bool:
+    """A chat backbone: its tokenizer carries a chat template (pairs are then formatted through it)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def tokenize_side(tokenizer, rows: list[dict], side: str, max_length: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of (conversation, ``side`` response) for every row, and which were cut to ``max_length``.
+
+    Chat backbones: ``apply_chat_template(conversation + [assistant: response])`` exactly as TRL's
+    RewardTrainer tokenises conversational data, then cut from the left (the final assistant turn stays).
+    Encoders: (prompt text, response) pairs, ``longest_first`` truncation."""
+    if is_chat(tokenizer):
+        convs = [[dict(m) for m in r["conversation"]] + [{"role": "assistant", "content": r[side]}] for r in rows]
+        full = tokenizer.apply_chat_template(convs, tokenize=True, return_dict=True)["input_ids"] if rows else []
+        return [ids[-max_length:] for ids in full], [len(ids) > max_length for ids in full]
+    prompts, responses = _texts(rows, side)
+    if not rows:
+        return [], []
+    whole = tokenizer(prompts, responses)["input_ids"]
+    cut = tokenizer(prompts, responses, truncation="longest_first", max_length=max_length)["input_ids"]
+    return cut, [len(a) > max_length for a in whole]
 
 
 CURVE = ("step", "loss", "eval_loss", "eval_accuracy")  # what a training curve records per logged step
@@ -180,29 +229,24 @@ def _progress_callback():
     return ProgressCallback()
 
 
-def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Path) -> dict:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Path, device: str) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback
     from trl import RewardConfig, RewardTrainer
 
     backbone = resolved_backbone(cfg)
     _seed_everything(cfg.seed)
-    tok = AutoTokenizer.from_pretrained(backbone)
-    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.config.pad_token_id = tok.pad_token_id
+    tok, model = load_backbone(backbone)
+    truncated = {"train": 0, "select": 0}
 
-    def ds(rows: list[dict]) -> Dataset:
-        p, c = _texts(rows, "chosen")
-        _, r = _texts(rows, "rejected")
-        return Dataset.from_dict(
-            {"chosen_ids": _tokenize(tok, p, c, cfg.max_length), "rejected_ids": _tokenize(tok, p, r, cfg.max_length)}
-        )
+    def ds(rows: list[dict], name: str) -> Dataset:
+        chosen, cut_c = tokenize_side(tok, rows, "chosen", cfg.max_length)
+        rejected, cut_r = tokenize_side(tok, rows, "rejected", cfg.max_length)
+        truncated[name] = sum(a or b for a, b in zip(cut_c, cut_r))
+        return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
 
-    train_ds = ds(train)
-    eval_ds = ds(select) if select else None
+    train_ds = ds(train, "train")
+    eval_ds = ds(select, "select") if select else None
     eos = tok.eos_token or tok.sep_token
     # small sets (a few hundred gold pairs) get enough updates: at least min_steps, with the checkpoint
     # chosen on the selection set and early stopping once it stops improving
@@ -215,8 +259,8 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
         learning_rate=cfg.learning_rate,
         num_train_epochs=epochs,
         lr_scheduler_type="linear",
-        use_cpu=True,
-        bf16=bf16_supported(),  # mixed precision where the CPU has native bf16 (TRL's default is on)
+        use_cpu=device == "cpu",  # else the Trainer (accelerate) places the model on the worker's GPU(s)
+        bf16=bf16_on(device),  # mixed precision where the device has native bf16 (TRL's default is on)
         gradient_checkpointing=False,  # TRL's default re-computes activations: no memory to save at this size
         eos_token=eos,
         max_length=cfg.max_length,
@@ -248,6 +292,8 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
     return {
         "train_pairs_used": used,
         "dropped_too_long": len(train) - used,
+        "truncated": truncated,
+        "chat_template": is_chat(tok),
         "select_accuracy": select_acc,
         "train_loss": result.training_loss,
         "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
@@ -263,10 +309,11 @@ def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out
     """Train a BT RM on ``train`` (checkpoint chosen on ``select``) and save it with its metrics under ``out_dir``."""
     if not train:
         raise ValueError("no training pairs for the reward model")
+    device = resolve_device()
     local = local_scratch("rm")
     try:
-        metrics = (_train_full if cfg.mode == "full" else _train_frozen)(train, select, cfg, local)
-        metrics.update({"train_pairs": len(train), "select_pairs": len(select)})
+        metrics = (_train_full if cfg.mode == "full" else _train_frozen)(train, select, cfg, local, device)
+        metrics.update({"train_pairs": len(train), "select_pairs": len(select), "device": device})
         (local / "rm_config.json").write_text(
             json.dumps(
                 {**cfg.model_dump(), "backbone": resolved_backbone(cfg) if cfg.backbone else ""},
@@ -281,24 +328,45 @@ def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out
     return metrics
 
 
-SCORE_BATCH = 64  # sequences per forward pass when scoring (sorted by length)
-
-
-def scoring_dtype() -> dict:
-    """How a full RM is loaded for scoring: bf16 weights where the CPU has native bf16 (no per-call casts
-    as under autocast), eager attention (faster than CPU flash attention at these lengths); fp32 else."""
+def scoring_kwargs(device: str) -> dict:
+    """How a full RM is loaded for scoring on ``device``: bf16 weights where bf16 is native (no per-call casts
+    as under autocast), fp32 else; SDPA (fused/flash kernels) on GPUs, eager attention on CPUs (faster than
+    CPU SDPA at these lengths, measured)."""
     import torch
 
-    return {"dtype": torch.bfloat16 if bf16_supported() else torch.float32, "attn_implementation": "eager"}
+    dtype = torch.bfloat16 if bf16_on(device) else torch.float32
+    return {"dtype": dtype, "attn_implementation": "sdpa" if device.startswith("cuda") else "eager"}
+
+
+def token_batches(lengths: list[int], budget: int = SCORE_TOKEN_BUDGET) -> list[np.ndarray]:
+    """Indices of sequences in batches of at most ``budget`` tokens (padding included), shortest first.
+
+    Sorted by length, a batch's padding is small; a long sequence gets a batch of its own when it alone
+    exceeds the budget."""
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):
+        if end - start > 1 and (end - start) * lengths[order[end - 1]] > budget:
+            batches.append(order[start : end - 1])
+            start = end - 1
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
 
 
 class RewardModel:
-    """A trained RM loaded from storage; ``reward_diff(rows)`` = r(x, chosen) − r(x, rejected)."""
+    """A trained RM loaded from storage; ``reward_diff(rows)`` = r(x, chosen) − r(x, rejected).
 
-    def __init__(self, rm_dir: PathLike):
+    It runs on ``device`` (default: the worker's ``SYNPREF_DEVICE``; ``self.device`` is the resolved one)
+    and counts the pairs whose input was cut to the RM's ``max_length`` in ``self.truncated``."""
+
+    def __init__(self, rm_dir: PathLike, device: str | None = None, token_budget: int = SCORE_TOKEN_BUDGET):
         self.dir = as_path(rm_dir)
         cfg = read_json(self.dir / "rm_config.json")
         self.cfg = RMConfig(**cfg)
+        self.device = resolve_device(device)
+        self.token_budget = token_budget
+        self.truncated = 0
         scratch = local_scratch("rm-load")
         self._local = download_dir(self.dir, scratch)
         self._owned = self._local == scratch
@@ -316,47 +384,47 @@ class RewardModel:
                 head.load_state_dict(state)
                 self._model = head.eval()
             else:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-                self._tok = AutoTokenizer.from_pretrained(str(self._local / "model"))
-                self._model = AutoModelForSequenceClassification.from_pretrained(
-                    str(self._local / "model"), **scoring_dtype()
-                ).eval()
+                self._tok, model = load_backbone(str(self._local / "model"), **scoring_kwargs(self.device))
+                self._model = model.to(self.device).eval()
         return self._model
 
-    def rewards(self, prompts: list[str], responses: list[str], batch_size: int = SCORE_BATCH) -> np.ndarray:
-        """Scalar rewards: batched, sorted by length (less padding), inference_mode, bf16 weights where native."""
+    def score_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Scalar rewards of token sequences: token-budget batches over length-sorted sequences, inference_mode."""
         import torch
 
         model = self._load()
-        if not prompts:
-            return np.zeros(0)
-        if self.cfg.mode == "frozen":
-            x = torch.from_numpy(_encode_pairs(prompts, responses, resolved_backbone(self.cfg)))
-            with torch.inference_mode():
-                return model(x).squeeze(-1).double().numpy()
-        ids = _tokenize(self._tok, prompts, responses, self.cfg.max_length)
-        order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.empty(len(ids), dtype=np.float64)
         pad = self._tok.pad_token_id or 0
-        with torch.inference_mode(), Progress("RM scoring", len(order), "responses") as progress:
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
+        with torch.inference_mode(), Progress("RM scoring", len(ids), "responses") as progress:
+            for idx in token_batches([len(i) for i in ids], self.token_budget):
                 width = max(len(ids[i]) for i in idx)
                 input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
                 for row, i in enumerate(idx):
                     input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
                     mask[row, : len(ids[i])] = 1
-                out[idx] = model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().double().numpy()
+                logits = model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                out[idx] = logits[:, 0].float().cpu().double().numpy()
                 progress.update(len(idx))
         return out
 
     def reward_diff(self, rows: list[dict]) -> np.ndarray:
-        p, c = _texts(rows, "chosen")
-        _, r = _texts(rows, "rejected")
-        both = self.rewards(p + p, c + r)
+        import torch
+
+        model = self._load()
+        if not rows:
+            return np.zeros(0)
+        if self.cfg.mode == "frozen":
+            p, c = _texts(rows, "chosen")
+            _, r = _texts(rows, "rejected")
+            x = torch.from_numpy(_encode_pairs(p + p, c + r, resolved_backbone(self.cfg), self.device))
+            with torch.inference_mode():
+                both = model(x).squeeze(-1).double().numpy()
+        else:
+            chosen, cut_c = tokenize_side(self._tok, rows, "chosen", self.cfg.max_length)
+            rejected, cut_r = tokenize_side(self._tok, rows, "rejected", self.cfg.max_length)
+            self.truncated += sum(a or b for a, b in zip(cut_c, cut_r))
+            both = self.score_ids(chosen + rejected)
         return both[: len(rows)] - both[len(rows) :]
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ from synpref.llm.annotation import (
 )
 from synpref.llm.attributes import ATTRIBUTE_STATUS_SCHEMA, generate_attributes
 from synpref.llm.client import AnnotatorConfig
+from synpref.models.device import resolve_device
 from synpref.models.embedding import embed_rows, embedding_dim, embedding_text, nearest_examples, text_sha
 from synpref.models.reliability import (
     calibrate,
@@ -224,7 +225,7 @@ def step_embed_shard(root: PathLike | StorageLayout, rnd: str, shard_name: str) 
     log.info("embedding: %s", shard_position(shard_name, [s.name for s in store.pool.shards()]))
     rows = read_parquet(store.round(rnd).pool_attributes_shard(shard_name)).to_pylist()
     embed_rows(rows, store.embedding_cache(shard_name))
-    return {"shard": shard_name, "pairs": len(rows)}
+    return {"shard": shard_name, "pairs": len(rows), "device": resolve_device()}
 
 
 def step_train(root: PathLike | StorageLayout, rnd: str, which: str, cfg: Stage1Config = Stage1Config()) -> dict:
@@ -253,6 +254,7 @@ def step_evaluate(root: PathLike | StorageLayout, rnd: str) -> dict:
     gold_rm = RewardModel(out.gold_rm)
     gold_table, gold_rm_metrics = evaluate(gold_rm, _rows(out.gold_validation))
     gold_rm.close()
+    device, truncated = rm.device, rm.truncated + gold_rm.truncated
     best_diff = dict(zip(table.column("pair_id").to_pylist(), table.column("reward_diff").to_pylist()))
     validation = gold_table.column("pair_id").to_pylist()
     shared = {
@@ -274,6 +276,8 @@ def step_evaluate(root: PathLike | StorageLayout, rnd: str) -> dict:
         },
         "rm_joint_weights": weights,
         "warnings": warnings,
+        "device": device,
+        "truncated": truncated,
     }
     write_json({**metrics, "gold_rm_validation": gold_rm_metrics}, out.gold_eval_metrics)
     return _step_record(out, "evaluate", info)

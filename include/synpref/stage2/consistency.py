@@ -68,16 +68,21 @@ class Signal(Protocol):
 
 
 class RewardModelSignal:
-    """A trained Bradley-Terry RM as a signal: logit = r(x, chosen) − r(x, rejected)."""
+    """A trained Bradley-Terry RM as a signal: logit = r(x, chosen) − r(x, rejected).
+
+    After scoring, ``device`` is where it ran and ``truncated`` how many pairs were cut to its max length."""
 
     def __init__(self, name: str, rm_dir: Any) -> None:
         self.name, self.rm_dir = name, rm_dir
+        self.device: str | None = None
+        self.truncated = 0
 
     def logits(self, rows: list[dict]) -> np.ndarray:
         rm = RewardModel(self.rm_dir)
         try:
             return rm.reward_diff(rows)
         finally:
+            self.device, self.truncated = rm.device, self.truncated + rm.truncated
             rm.close()
 
 

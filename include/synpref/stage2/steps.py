@@ -229,6 +229,7 @@ def step_score(
     pairs, routed_canaries = _routed(rows, table_rows, fitted), _routed_canaries(canaries, canary_table)
     examples = _few_shot(list(gold.values()), pairs, routed_canaries, cfg, store.gold_embedding_cache(rnd))
     write_parquet(examples_table(examples), shard.examples)
+    rms = [s for s in signals if isinstance(s, RewardModelSignal)]
     record = ShardScores(
         shard=shard.name,
         pairs=len(rows),
@@ -238,6 +239,7 @@ def step_score(
         rule=fitted.model_dump(mode="json"),
         fitted=fitted.summary(),
         fingerprint=fingerprint,
+        **({"device": rms[0].device, "truncated": sum(s.truncated for s in rms)} if rms else {}),
     )
     record.write(shard.scores_marker)
     return record
