@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import airflow_overhead  # noqa: E402
 import dag_parse  # noqa: E402
+import gpu_speed  # noqa: E402
 import judges_speed  # noqa: E402
 import prepare_speed  # noqa: E402
 import retrieval_speed  # noqa: E402
@@ -23,7 +24,8 @@ import training_speed  # noqa: E402
 SMOKE = {
     prepare_speed: ["--sizes", "2000", "--repeats", "1"],
     retrieval_speed: ["--sizes", "3000", "25000", "--repeats", "1"],
-    scoring_speed: ["--pairs", "32", "--repeats", "1"],
+    scoring_speed: ["--pairs", "8", "--repeats", "1"],
+    gpu_speed: ["--smoke"],
     training_speed: ["--pairs", "64", "--steps", "4", "--repeats", "1"],
     judges_speed: ["--concurrency", "8", "--requests", "32", "--latency", "0.05", "--repeats", "1"],
     airflow_overhead: ["--repeats", "1"],

@@ -1,13 +1,18 @@
-"""RM scoring: the project's scoring path vs a naive loop, and its share of this machine's bf16 peak.
+"""RM scoring at realistic lengths: the project's path vs what a competent user writes, on the same cores
+and in the same precision (bf16 weights where the CPU has native bf16, fp32 else).
 
-Same RM (the packaged MiniLM with a 1-output head, full mode), same pairs (synthetic). Naive: one
-sequence per forward pass in fp32 (what a first script does). Project: ``RewardModel.reward_diff``
-(sorted by length, batches of 64, ``inference_mode``, bf16 weights where the CPU has native bf16).
-Peak: the median of bf16 ``2048×2048 @ 2048×2048`` matmuls. Achieved FLOP/s counts the model's useful
-work on real tokens (no padding): 2 × non-embedding parameters per token plus attention.
+- one pair at a time: a warmed loop, the pair's two sequences in one forward pass;
+- plain HF batching: batches of 32 pairs in input order, the tokenizer pads each batch to its longest;
+- project: ``RewardModel.reward_diff`` (token-budget batches over length-sorted sequences).
 
-    python benchmarks/scoring_speed.py                         # 512 pairs, 3 repeats
-    python benchmarks/scoring_speed.py --pairs 64 --repeats 1  # smoke
+Two settings: the packaged MiniLM encoder (text pairs) at ~256 tokens per sequence, and a random-initialised
+Qwen3-architecture decoder (chat template; hidden 384, 6 layers: MiniLM's width and depth) at ~1,024 tokens.
+Sequence lengths are spread over about [0.4, 1] × the target, as in-the-wild responses are. Achieved FLOP/s
+counts useful work on real tokens: 2 × non-embedding parameters per token plus attention. Peak: the median
+of bf16 ``2048×2048 @ 2048×2048`` matmuls.
+
+    python benchmarks/scoring_speed.py                          # 96 pairs per setting, 3 repeats
+    python benchmarks/scoring_speed.py --pairs 8 --repeats 1 --lengths 256   # smoke
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -24,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved, report, summary, table, timed  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PLAIN_BATCH = 32
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
@@ -41,90 +48,128 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / sorted(times)[len(times) // 2] / 1e9
 
 
-def packaged_rm(directory: Path) -> Path:
-    """The packaged backbone with a 1-output head, saved as a project RM directory."""
+def rm_dir(directory: Path, decoder: bool) -> Path:
+    """A project RM directory: the packaged MiniLM with a 1-output head, or a random Qwen3-architecture decoder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from synpref.models.reward_model import resolved_backbone
     from synpref.settings import RMConfig
+    from synpref.simulation.random_models import random_reward_model
 
-    cfg = RMConfig(mode="full")
-    name = resolved_backbone(cfg)
-    AutoModelForSequenceClassification.from_pretrained(name, num_labels=1).save_pretrained(directory / "model")
-    AutoTokenizer.from_pretrained(name).save_pretrained(directory / "model")
+    if decoder:
+        name = str(random_reward_model(directory / "model", "qwen3", "minilm-sized"))
+        cfg = RMConfig(mode="full", max_length=2048)
+    else:
+        cfg = RMConfig(mode="full", max_length=512)
+        name = resolved_backbone(cfg)
+        AutoModelForSequenceClassification.from_pretrained(name, num_labels=1).save_pretrained(directory / "model")
+        AutoTokenizer.from_pretrained(name).save_pretrained(directory / "model")
     (directory / "rm_config.json").write_text(json.dumps({**cfg.model_dump(), "backbone": name}))
     return directory
+
+
+def long_pairs(n: int, tokens: int, seed: int = 0) -> list[dict]:
+    """Synthetic pairs whose sequences are spread over about [0.4, 1] × ``tokens`` word pieces."""
+    from synpref.simulation.synthetic import generate
+
+    rng = random.Random(seed)
+    words = "the answer explains each step of the method and checks the result against the question".split()
+    text = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
+    rows = generate(n, seed=seed)[0].to_pylist()
+    for r in rows:
+        r["chosen"] = text(int(tokens * rng.uniform(0.2, 0.8)))
+        r["rejected"] = text(int(tokens * rng.uniform(0.2, 0.8)))
+        r["conversation"] = [{"role": "user", "content": text(int(tokens * 0.2))}]
+    return rows
+
+
+def plain_inputs(tok, rows: list[dict], max_length: int) -> list[dict]:
+    """What a competent user feeds the model: chat-formatted text (decoders) or text pairs, batched as they come."""
+    from synpref.models.reward_model import _texts, is_chat
+
+    batches = []
+    for s in range(0, len(rows), PLAIN_BATCH):
+        part = rows[s : s + PLAIN_BATCH]
+        for side in ("chosen", "rejected"):
+            if is_chat(tok):
+                convs = [list(r["conversation"]) + [{"role": "assistant", "content": r[side]}] for r in part]
+                texts = tok.apply_chat_template(convs, tokenize=False)
+                enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            else:
+                p, resp = _texts(part, side)
+                enc = tok(
+                    p, resp, padding=True, truncation="longest_first", max_length=max_length, return_tensors="pt"
+                )
+            batches.append(enc)
+    return batches
+
+
+def run(model, batches: list) -> None:
+    import torch
+
+    with torch.inference_mode():
+        for enc in batches:
+            model(**enc)
 
 
 def useful_flops(model, lengths: list[int]) -> float:
     """2 × non-embedding parameters per real token + attention (QKᵀ and AV) per layer."""
     cfg = model.config
-    params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
     attention = sum(4 * n * n * cfg.hidden_size * cfg.num_hidden_layers for n in lengths)
     return 2 * params * sum(lengths) + attention
 
 
-def naive(model, tok, prompts: list[str], responses: list[str]) -> None:
-    import torch
+def measure(tokens: int, pairs: int, repeats: int, peak: float) -> list:
+    from synpref.models.reward_model import RewardModel, load_backbone, scoring_kwargs, tokenize_side
 
-    with torch.inference_mode():
-        for p, r in zip(prompts, responses):
-            model(**tok(p, r, truncation="longest_first", max_length=256, return_tensors="pt"))
+    decoder = tokens > 256
+    rows = long_pairs(pairs, tokens)
+    with tempfile.TemporaryDirectory() as tmp:
+        rm = RewardModel(rm_dir(Path(tmp), decoder), device="cpu")
+        rm.reward_diff(rows[:4])  # load and warm
+        tok, plain = load_backbone(str(Path(tmp) / "model"), **scoring_kwargs("cpu"))
+        plain.eval()
+        batched = plain_inputs(tok, rows, rm.cfg.max_length)
+        singles = [b for r in rows for b in plain_inputs(tok, [r], rm.cfg.max_length)]
+        run(plain, singles[:4])  # warm
+        lengths = [len(i) for s in ("chosen", "rejected") for i in tokenize_side(tok, rows, s, rm.cfg.max_length)[0]]
+        runs = interleaved(
+            {
+                "single": lambda: timed(lambda: run(plain, singles)),
+                "plain": lambda: timed(lambda: run(plain, batched)),
+                "project": lambda: timed(lambda: rm.reward_diff(rows)),
+            },
+            repeats,
+        )
+        flops = useful_flops(plain, lengths)
+        rm.close()
+    label = "decoder (Qwen3 arch., chat template)" if decoder else "encoder (packaged MiniLM)"
+    mean = sum(lengths) / len(lengths)
+    out, base = [], summary(runs["plain"], "s")["median"]
+    for key, name in (("single", "one pair at a time"), ("plain", f"plain HF batching ({PLAIN_BATCH})"),
+                      ("project", "project (token budget, sorted)")):  # fmt: skip
+        s = summary(runs[key], "s")["median"]
+        gf = flops / s / 1e9
+        out.append([f"{label}, {mean:.0f} tok", name, s, pairs / s, gf, 100 * gf / peak, base / s])
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from synpref.models.reward_model import RewardModel, _texts
-    from synpref.simulation.synthetic import generate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--pairs", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    rows = generate(a.pairs, seed=0)[0].to_pylist()
-    prompts, chosen = _texts(rows, "chosen")
-    _, rejected = _texts(rows, "rejected")
-    with tempfile.TemporaryDirectory() as tmp:
-        rm = RewardModel(packaged_rm(Path(tmp)))
-        rm.reward_diff(rows[:8])  # load
-        plain = AutoModelForSequenceClassification.from_pretrained(Path(tmp) / "model").eval()
-        tok = AutoTokenizer.from_pretrained(Path(tmp) / "model")
-        lengths = [
-            len(ids)
-            for ids in tok(prompts * 2, chosen + rejected, truncation="longest_first", max_length=256)["input_ids"]
-        ]
-        runs = interleaved(
-            {
-                "naive": lambda: timed(lambda: naive(plain, tok, prompts * 2, chosen + rejected)),
-                "project": lambda: timed(lambda: rm.reward_diff(rows)),
-                "peak": lambda: {"gflops": matmul_peak()},
-            },
-            a.repeats,
-        )
-        flops = useful_flops(plain, lengths)
-        rm.close()
-    base, ours = summary(runs["naive"], "s")["median"], summary(runs["project"], "s")["median"]
-    peak = summary(runs["peak"], "gflops")["median"]
-    achieved = flops / ours / 1e9
-    rows_out = [
-        [
-            "naive loop (fp32, 1 sequence per pass)",
-            base,
-            a.pairs / base,
-            flops / base / 1e9,
-            100 * flops / base / 1e9 / peak,
-            1.0,
-        ],
-        ["project (sorted, batched, bf16)", ours, a.pairs / ours, achieved, 100 * achieved / peak, base / ours],
-    ]
-    head = ["path", "median s", "pairs/s", "GFLOP/s", "% of bf16 peak", "speed vs naive"]
-    mean_len = sum(lengths) / len(lengths)
-    title = f"RM scoring of {a.pairs} pairs ({mean_len:.0f} tokens per sequence; bf16 matmul peak {peak:,.0f} GFLOP/s)"
+    peak = matmul_peak()
+    rows_out = [row for tokens in a.lengths for row in measure(tokens, a.pairs, a.repeats, peak)]
+    head = ["model, mean tokens", "path", "median s", "pairs/s", "GFLOP/s", "% of bf16 peak", "speed vs plain HF"]
+    title = f"RM scoring of {a.pairs} pairs per setting (bf16 matmul peak {peak:,.0f} GFLOP/s, same precision)"
     report("scoring", table(title, head, rows_out))
-    return {"speedup": base / ours, "share_of_peak": achieved / peak}
+    return {f"{r[0]} / {r[1]}": {"pairs_per_s": r[3], "vs_plain": r[6]} for r in rows_out}
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ CURATED_DATASET = Asset("synpref_curated_dataset")
 
 LLM_POOL = os.environ.get("SYNPREF_LLM_POOL", "llm_api")
 TRAIN_QUEUE = os.environ.get("SYNPREF_TRAIN_QUEUE", "default")  # "gpu" routes RM training/scoring to GPU workers
+RM_POOL = os.environ.get("SYNPREF_RM_POOL", "default_pool")  # "gpu": RM tasks take a gpu pool slot (one per GPU)
+# stage-2 score tasks running at once per run: size it to the GPUs (or CPU worker slots) of the deployment
+SCORE_PARALLELISM = int(os.environ.get("SYNPREF_SCORE_PARALLELISM", "4"))
 DEFAULT_ANNOTATORS = [
     c for c in os.environ.get("SYNPREF_ANNOTATORS", "synpref_judge_a,synpref_judge_b,synpref_judge_c").split(",") if c
 ]

@@ -47,6 +47,7 @@ from synpref_common import (
     LABEL_STUDIO_PROJECT_PARAM,
     LLM_POOL,
     REVIEW_CONN,
+    RM_POOL,
     ROOT_PARAM,
     SIGN_OFF_PARAMS,
     TAGS,
@@ -147,21 +148,21 @@ def synpref_stage1():
         store, rnd, _ = _round(params, dag_run)
         return step_embed_shard(store, rnd, attributes["shard"])
 
-    @task(queue=TRAIN_QUEUE)
+    @task(queue=TRAIN_QUEUE, pool=RM_POOL)
     def train_best_rm(intake: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1.steps import step_train
 
         store, rnd, cfg = _round(params, dag_run)
         return step_train(store, rnd, "best", cfg)
 
-    @task(queue=TRAIN_QUEUE)
+    @task(queue=TRAIN_QUEUE, pool=RM_POOL)
     def train_gold_rm(intake: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1.steps import step_train
 
         store, rnd, cfg = _round(params, dag_run)
         return step_train(store, rnd, "gold", cfg)
 
-    @task(queue=TRAIN_QUEUE)
+    @task(queue=TRAIN_QUEUE, pool=RM_POOL)
     def evaluate_on_gold(best: dict, gold: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1.steps import step_evaluate
 

@@ -39,7 +39,9 @@ from synpref_common import (
     CURATED_DATASET,
     DEFAULT_ARGS,
     LLM_POOL,
+    RM_POOL,
     ROOT_PARAM,
+    SCORE_PARALLELISM,
     SIGN_OFF_PARAMS,
     TAGS,
     TRAIN_QUEUE,
@@ -148,7 +150,7 @@ def synpref_stage2():
         step_finalize_prepare(run, cfg, bench, pool)
         return run.pool().shards()
 
-    @task(queue=TRAIN_QUEUE, max_active_tis_per_dagrun=4)
+    @task(queue=TRAIN_QUEUE, pool=RM_POOL, max_active_tis_per_dagrun=SCORE_PARALLELISM)
     def score_shard(shard, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
         from synpref.stage2.steps import step_score
 

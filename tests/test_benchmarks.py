@@ -46,3 +46,22 @@ def test_dag_parse_benchmark_compares_the_project_with_trivial_dags():
     out = dag_parse.main(["--repeats", "1"])
     assert out["ratio"] > 0
     assert set(out["stats"]) == {"project dags/", "3 trivial DAGs"}
+
+
+def test_gpu_benchmark_without_a_gpu_says_it_measured_none(tmp_path, monkeypatch):
+    import gpu_speed
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = gpu_speed.main([])
+    text = (tmp_path / "gpu.md").read_text()
+    assert out["gpu"] is False and text.startswith("**Not measured on a GPU**")
+    assert "not projected (smoke)" in text and len(out["score"]) == 2 and out["train"][0][2] > 0
+
+
+def test_scoring_benchmark_compares_three_paths_at_one_length(tmp_path):
+    import scoring_speed
+
+    out = scoring_speed.main(["--pairs", "4", "--repeats", "1", "--lengths", "256"])
+    assert len(out) == 3 and all(v["pairs_per_s"] > 0 for v in out.values())
+    assert "plain HF batching" in (tmp_path / "scoring.md").read_text()

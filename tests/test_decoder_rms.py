@@ -72,9 +72,11 @@ def test_decoder_rms_train_and_score_through_the_production_code(backbone, rows,
     assert m["chat_template"] and m["device"] == "cpu"
     assert m["train_pairs_used"] == 32 and m["dropped_too_long"] == 0  # long pairs are cut, never dropped
     tok, _ = load_backbone(backbone)
-    cut = lambda part: sum(
-        a or b for a, b in zip(*(tokenize_side(tok, part, s, 40)[1] for s in ("chosen", "rejected")))
-    )  # noqa: E731
+
+    def cut(part: list[dict]) -> int:
+        chosen, rejected = (tokenize_side(tok, part, side, 40)[1] for side in ("chosen", "rejected"))
+        return sum(a or b for a, b in zip(chosen, rejected))
+
     assert m["truncated"] == {"train": cut(rows[:32]), "select": cut(rows[32:])} and m["truncated"]["select"] > 0
     rm = RewardModel(tmp_path / "rm")
     table, metrics = evaluate(rm, rows[32:])

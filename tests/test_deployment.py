@@ -75,6 +75,9 @@ def test_compose_config_resolves_the_celery_deployment(resolved):
     gpu = services["airflow-worker-gpu"]
     assert "--queues gpu" in _cmd(gpu["command"])
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0"]  # one worker per GPU
+    assert gpu["environment"]["SYNPREF_DEVICE"] == "cuda"  # never a silent fall-back to the worker's CPU
+    assert services["airflow-worker"]["environment"]["SYNPREF_DEVICE"] == "auto"
     assert gpu["profiles"] == ["gpu"]
     assert services["local-llm"]["profiles"] == ["local-llm"]
     assert _cmd(services["airflow-worker"]["command"]) == "celery worker --queues default"

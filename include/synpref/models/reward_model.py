@@ -354,6 +354,26 @@ def token_batches(lengths: list[int], budget: int = SCORE_TOKEN_BUDGET) -> list[
     return batches
 
 
+def score_token_ids(model, ids: list[list[int]], pad_id: int, device: str, budget: int) -> np.ndarray:
+    """Rewards of token sequences by a sequence-classification ``model`` on ``device``: token-budget batches over
+    length-sorted sequences (little padding), right-padded, under inference_mode."""
+    import torch
+
+    out = np.empty(len(ids), dtype=np.float64)
+    with torch.inference_mode(), Progress("RM scoring", len(ids), "responses") as progress:
+        for idx in token_batches([len(i) for i in ids], budget):
+            width = max(len(ids[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                mask[row, : len(ids[i])] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+            out[idx] = logits[:, 0].float().cpu().double().numpy()
+            progress.update(len(idx))
+    return out
+
+
 class RewardModel:
     """A trained RM loaded from storage; ``reward_diff(rows)`` = r(x, chosen) − r(x, rejected).
 
@@ -389,24 +409,9 @@ class RewardModel:
         return self._model
 
     def score_ids(self, ids: list[list[int]]) -> np.ndarray:
-        """Scalar rewards of token sequences: token-budget batches over length-sorted sequences, inference_mode."""
-        import torch
-
+        """Scalar rewards of token sequences (see ``score_token_ids``)."""
         model = self._load()
-        out = np.empty(len(ids), dtype=np.float64)
-        pad = self._tok.pad_token_id or 0
-        with torch.inference_mode(), Progress("RM scoring", len(ids), "responses") as progress:
-            for idx in token_batches([len(i) for i in ids], self.token_budget):
-                width = max(len(ids[i]) for i in idx)
-                input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[row, : len(ids[i])] = 1
-                logits = model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                out[idx] = logits[:, 0].float().cpu().double().numpy()
-                progress.update(len(idx))
-        return out
+        return score_token_ids(model, ids, self._tok.pad_token_id or 0, self.device, self.token_budget)
 
     def reward_diff(self, rows: list[dict]) -> np.ndarray:
         import torch
