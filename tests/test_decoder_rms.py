@@ -83,7 +83,7 @@ def test_decoder_rms_train_and_score_through_the_production_code(backbone, rows,
     assert metrics["pairs"] == 9 and rm.device == "cpu" and rm.truncated >= 1
     assert np.isfinite(table.column("reward_diff").to_numpy()).all()
     # token-budget batches give the rewards that one pair at a time gives (within bf16 rounding)
-    one_at_a_time = RewardModel(tmp_path / "rm", token_budget=1)
+    one_at_a_time = RewardModel(tmp_path / "rm", budget=1)
     assert np.allclose(one_at_a_time.reward_diff(rows[32:]), table.column("reward_diff").to_numpy(), atol=0.05)
 
 
@@ -127,3 +127,26 @@ def test_the_device_setting_reaches_training_scoring_and_embedding(tmp_path, mon
     ):
         with pytest.raises(DeviceError, match="sees no CUDA device"):
             step()
+
+
+@pytest.mark.e2e
+def test_training_in_two_data_parallel_processes_writes_one_checkpoint(rows, tmp_path, monkeypatch):
+    """torchrun from the task, as on a worker with two GPUs (here two CPU processes over gloo)."""
+    backbone = str(random_reward_model(tmp_path / "qwen3", "qwen3"))
+    monkeypatch.setenv("SYNPREF_DEVICE", "cpu")
+    monkeypatch.setenv("SYNPREF_TRAIN_PROCESSES", "2")
+    cfg = RMConfig(backbone=backbone, max_length=64, batch_size=4, eval_steps=2, learning_rate=1e-3, min_steps=4)
+    m = train_reward_model(rows[:32], rows[32:], cfg, tmp_path / "rm")
+    assert m["processes"] == 2 and m["device"] == "cpu" and m["train_pairs_used"] == 32
+    assert sorted(p.name for p in (tmp_path / "rm").iterdir()) == ["metrics.json", "model", "rm_config.json"]
+    assert len(RewardModel(tmp_path / "rm").reward_diff(rows[32:])) == 9
+
+
+def test_a_number_of_training_processes_that_is_not_one_is_refused(monkeypatch):
+    from synpref.models.device import train_processes
+
+    monkeypatch.setenv("SYNPREF_TRAIN_PROCESSES", "two")
+    with pytest.raises(DeviceError, match="not a number of processes"):
+        train_processes("cpu")
+    monkeypatch.setenv("SYNPREF_TRAIN_PROCESSES", "")
+    assert train_processes("cpu") == 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from synpref.settings import DEVICE_ENV, DEVICE_PATTERN
+from synpref.settings import DEVICE_ENV, DEVICE_PATTERN, TRAIN_PROCESSES_ENV
 
 
 class DeviceError(ValueError):
@@ -68,3 +68,19 @@ def visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def train_processes(device: str) -> int:
+    """Data-parallel processes to train on: ``SYNPREF_TRAIN_PROCESSES`` if set, else every visible GPU when the
+    device setting is ``auto``/``cuda`` on a CUDA worker, else 1 (a pinned ``cuda:N`` trains on that GPU only)."""
+    value = os.environ.get(TRAIN_PROCESSES_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise DeviceError(f"{TRAIN_PROCESSES_ENV}={value!r} is not a number of processes (1 or more)")
+        return int(value)
+    return visible_gpus() if device.startswith("cuda") and requested_device() in ("auto", "cuda") else 1
+
+
+def in_launched_process() -> bool:
+    """True inside a torchrun/accelerate-launched training process."""
+    return "LOCAL_RANK" in os.environ
