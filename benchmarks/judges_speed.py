@@ -136,7 +136,7 @@ def project(base_url: str, n: int, concurrency: int, ideal_rate: float) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--serve", nargs=2, metavar=("PORT", "LATENCY"), help=argparse.SUPPRESS)
-    ap.add_argument("--latency", type=float, default=0.25, help="seconds per answer (real LLMs: 1-20 s)")
+    ap.add_argument("--latency", type=float, default=0.2, help="seconds per answer (real LLMs: 1-20 s)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--requests", type=int, default=0, help="per run (default: 24 waves of the concurrency)")
     ap.add_argument("--repeats", type=int, default=3)

@@ -19,7 +19,7 @@ def test_prepare_benchmark_runs_both_sides_on_the_same_input(tmp_path):
     import prepare_speed
 
     out = prepare_speed.main(["--sizes", "1500", "--repeats", "1"])
-    assert out[1500]["time_ratio"] > 0 and out[1500]["peak_mb"] > 0
+    assert len(out[1500]) == 2 and all(v["time_ratio"] > 0 and v["peak_mb"] > 0 for v in out[1500].values())
     assert "| 1,500 |" in (tmp_path / "prepare.md").read_text()
 
 

@@ -37,8 +37,8 @@ DEVICE_PATTERN = r"auto|cpu|cuda|cuda:\d+"
 # auto/cuda, else 1. A number > 1 on a CPU worker runs that many CPU processes (gloo): how the tests check it.
 TRAIN_PROCESSES_ENV = "SYNPREF_TRAIN_PROCESSES"
 # tokens (padding included) per RM scoring forward pass, batches sorted by length; on CPUs small batches stay in
-# cache (measured: 4,096 is 1.5-2x faster than 16,384 at 256-1,024 tokens), GPUs want large ones
-SCORE_TOKEN_BUDGET = {"cpu": 4096, "cuda": 131072}
+# cache (measured here at ~180 and ~720 tokens: 1,024-2,048 best, 16,384 1.5-2x slower), GPUs want large ones
+SCORE_TOKEN_BUDGET = {"cpu": 2048, "cuda": 131072}
 
 SECTION_DATA = "Data"
 SECTION_RETRIEVAL = "Adaptive retrieval"
