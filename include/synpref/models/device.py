@@ -84,3 +84,8 @@ def train_processes(device: str) -> int:
 def in_launched_process() -> bool:
     """True inside a torchrun/accelerate-launched training process."""
     return "LOCAL_RANK" in os.environ
+
+
+def pinned_gpu(device: str) -> str | None:
+    """The GPU index when the setting pins one (``cuda:N``) and ``device`` is it, else None."""
+    return device.split(":")[1] if device.startswith("cuda") and requested_device().startswith("cuda:") else None

@@ -42,7 +42,7 @@ def embedding_text(row: dict) -> str:
 
 
 @lru_cache(maxsize=2)
-def _model(name: str, device: str = "cpu"):
+def _model(name: str, device: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 

@@ -28,7 +28,14 @@ import numpy as np
 import pyarrow as pa
 
 from synpref.io.storage import PathLike, as_path, cleanup, download_dir, local_scratch, read_json, upload_dir
-from synpref.models.device import bf16_on, in_launched_process, resolve_device, train_processes
+from synpref.models.device import (
+    bf16_on,
+    in_launched_process,
+    pinned_gpu,
+    resolve_device,
+    train_processes,
+    visible_gpus,
+)
 from synpref.models.embedding import default_embedder
 from synpref.progress import Progress, log
 from synpref.schema import prompt_text
@@ -309,17 +316,21 @@ def _train_full(train: list[dict], select: list[dict], cfg: RMConfig, local: Pat
 
 def _train_launched(train: list[dict], select: list[dict], cfg: RMConfig, local: Path, device: str, n: int) -> dict:
     """Full-mode training in ``n`` data-parallel processes (torchrun; TRL/accelerate's DDP inside), one per GPU
-    (or CPU processes with gloo). Inputs go through a local pickle; rank 0 writes the checkpoint and metrics."""
+    (or CPU processes with gloo). Inputs go through a local pickle; rank 0 writes the checkpoint and metrics.
+    A pinned ``cuda:N`` trains in one process that sees only GPU N (the Trainer would otherwise take GPU 0)."""
     import pickle
     import subprocess
     import sys
 
     job = local / "launch"
     job.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if pinned_gpu(device) is not None:
+        env["CUDA_VISIBLE_DEVICES"], device = pinned_gpu(device), "cuda:0"
     (job / "inputs.pkl").write_bytes(pickle.dumps((train, select, cfg.model_dump(), device)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
-    log.info("RM training: %d data-parallel processes on %s (torchrun)", n, device)
-    done = subprocess.run([*cmd, "-m", "synpref.models.train_worker", str(job)], check=False)
+    log.info("RM training: %d data-parallel process(es) on %s (torchrun)", n, device)
+    done = subprocess.run([*cmd, "-m", "synpref.models.train_worker", str(job)], check=False, env=env)
     if done.returncode != 0 or not (job / "metrics.json").exists():
         raise RuntimeError(f"RM training in {n} processes failed (exit {done.returncode}): see the task log above")
     (job / "model").rename(local / "model")
@@ -346,7 +357,9 @@ def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out
     local = local_scratch("rm")
     try:
         processes = train_processes(device) if cfg.mode == "full" and not in_launched_process() else 1
-        if processes > 1:
+        if processes > 1 or (
+            cfg.mode == "full" and not in_launched_process() and pinned_gpu(device) not in (None, "0")
+        ):
             metrics = _train_launched(train, select, cfg, local, device, processes)
         else:
             metrics = (_train_full if cfg.mode == "full" else _train_frozen)(train, select, cfg, local, device)
