@@ -356,10 +356,10 @@ def train_reward_model(train: list[dict], select: list[dict], cfg: RMConfig, out
     device = resolve_device()
     local = local_scratch("rm")
     try:
-        processes = train_processes(device) if cfg.mode == "full" and not in_launched_process() else 1
-        if processes > 1 or (
-            cfg.mode == "full" and not in_launched_process() and pinned_gpu(device) not in (None, "0")
-        ):
+        launch = cfg.mode == "full" and not in_launched_process()
+        processes = train_processes(device) if launch else 1
+        # a pinned GPU among several: one process that sees only it (in-process, the Trainer would take them all)
+        if processes > 1 or (launch and pinned_gpu(device) is not None and visible_gpus() > 1):
             metrics = _train_launched(train, select, cfg, local, device, processes)
         else:
             metrics = (_train_full if cfg.mode == "full" else _train_frozen)(train, select, cfg, local, device)
