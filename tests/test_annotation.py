@@ -67,10 +67,9 @@ def test_merge_policies():
 def test_merged_verdicts_beat_single_samples_and_second_run_is_free(sim_server, sim_truth, tmp_path):
     _, pairs, truth, gold, _ = sim_truth
     rows, gold_rows = pairs.to_pylist(), gold.to_pylist()
-    annotators = [annotator_cfg(sim_server, m) for m in ("good", "ok", "meh")]
-    merged, samples, usage = annotate_pairs(
-        rows, gold_rows, annotators, tmp_path / "cache", AnnotateSettings(max_examples=4)
-    )
+    annotators = [annotator_cfg(sim_server, m, verdicts="sampled") for m in ("good", "ok", "meh")]
+    fixed = AnnotateSettings(max_examples=4, sampling="fixed")
+    merged, samples, usage = annotate_pairs(rows, gold_rows, annotators, tmp_path / "cache", fixed)
     agree = truth_agree(rows, truth)
     stats = annotator_stats(samples, agree)
     merged_acc = merged_accuracy(merged, agree)["accuracy"]
@@ -79,9 +78,7 @@ def test_merged_verdicts_beat_single_samples_and_second_run_is_free(sim_server, 
     first_requests = sum(sim_server.counts.values())
     assert first_requests == len(rows) * 9
     assert sum(u["cost_usd"] for u in usage.values()) > 0
-    merged2, _, usage2 = annotate_pairs(
-        rows, gold_rows, annotators, tmp_path / "cache", AnnotateSettings(max_examples=4)
-    )
+    merged2, _, usage2 = annotate_pairs(rows, gold_rows, annotators, tmp_path / "cache", fixed)
     assert sum(sim_server.counts.values()) == first_requests  # zero new requests
     assert all(u["requests"] == 0 and u["cache_hits"] == len(rows) * 3 for u in usage2.values())
     assert merged2.equals(merged)

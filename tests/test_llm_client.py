@@ -31,7 +31,8 @@ from synpref.settings import AnnotateSettings
 def test_faults_end_in_verdicts_or_recorded_abstentions(sim_server, sim_truth, tmp_path):
     _, pairs, _, _, _ = sim_truth
     rows = pairs.to_pylist()[:60]
-    samples, usage = judge(rows, {}, annotator_cfg(sim_server, "faulty", timeout_s=1.0, max_retries=5), tmp_path / "c")
+    faulty = annotator_cfg(sim_server, "faulty", timeout_s=1.0, max_retries=5, verdicts="sampled")
+    samples, usage = judge(rows, {}, faulty, tmp_path / "c", AnnotateSettings(sampling="fixed"))
     merged = merge_samples([samples], pair_ids=[r["pair_id"] for r in rows])
     assert merged.num_rows == 60
     assert samples.num_rows == 180

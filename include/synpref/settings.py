@@ -25,6 +25,7 @@ from pydantic.fields import FieldInfo
 
 RMMode = Literal["full", "frozen"]
 MergePolicy = Literal["majority", "unanimous", "weighted"]
+SamplingPolicy = Literal["adaptive", "fixed"]
 RecyclePolicy = Literal["rule_default", "positive_evidence", "both_rms_reject", "all_discarded"]
 DecisionRuleName = Literal["reliability", "paper"]
 NGRAM = 13  # decontamination n-gram length (paper appendix C)
@@ -223,6 +224,14 @@ class AnnotateSettings(BaseModel):
         section=SECTION_ANNOTATION,
         description="Verdicts sampled per annotator per pair (separate requests). "
         "Empty: each annotator's own setting.",
+    )
+    sampling: SamplingPolicy = setting(
+        "adaptive",
+        title="Self-consistency sampling",
+        section=SECTION_ANNOTATION,
+        description="adaptive: ask an annotator again only while its verdict on the pair is still open (stop as "
+        "soon as the remaining samples cannot change its majority: the majority fixed sampling would give); "
+        "fixed: always every sample.",
     )
     merge_policy: MergePolicy = setting("majority", title="Cross-model merge policy", section=SECTION_ANNOTATION)
     max_examples: int = setting(

@@ -21,7 +21,7 @@ import jinja2
 import pyarrow as pa
 
 from synpref.io.storage import PathLike, read_parquet
-from synpref.llm.client import AnnotatorConfig, Budget, Request, run_requests
+from synpref.llm.client import AnnotatorConfig, AnnotatorError, Budget, Request, run_requests
 from synpref.llm.prompt import block, boundary_marker, marker_line
 from synpref.seeding import seeded_digest, seeded_int
 from synpref.settings import AnnotateSettings, MergePolicy
@@ -154,8 +154,58 @@ SAMPLE_SCHEMA = pa.schema(
         ("verdict", pa.string()),
         ("reason", pa.string()),
         ("status", pa.string()),
+        ("p_slot1", pa.float64()),  # P(Candidate 1) from the verdict token's logprobs; null for a sampled verdict
+        ("stopped", pa.string()),  # on an annotator's last sample of a pair: why it asked no more (STOP_REASONS)
     ]
 )
+STOP_REASONS = {
+    "logprobs": "one request: the verdict token's probability is the verdict",
+    "settled": "the remaining samples could not change this annotator's majority",
+    "all_samples": "every sample was asked",
+}
+
+
+def slot_from_logprobs(logprobs: dict[str, float] | None) -> tuple[int | None, float | None]:
+    """(slot, P(Candidate 1)) from the verdict token's log-probabilities of "1" and "2"; (None, None) without."""
+    if not logprobs:
+        return None, None
+    p1 = 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, logprobs["2"] - logprobs["1"]))))
+    return (1 if p1 > 0.5 else 2 if p1 < 0.5 else None), p1
+
+
+def _sample_row(pid: str, annotator: str, s: int, swapped: bool, resp) -> dict:
+    """One asked sample: its slot and verdict (from the logprobs when the reply has them, else from the text)."""
+    if resp.status in ("error", "budget"):
+        slot, reason, p1 = None, resp.error or "budget", None
+    else:
+        slot, reason = parse_verdict(resp.text)
+        lp_slot, p1 = slot_from_logprobs(resp.verdict_logprobs) if slot is not None else (None, None)
+        if p1 is not None:
+            slot, reason = lp_slot, "ok" if lp_slot is not None else "logprobs_tied"
+    return {
+        "pair_id": pid,
+        "annotator": annotator,
+        "sample": s,
+        "swapped": swapped,
+        "slot": slot,
+        "verdict": slot_to_verdict(slot, swapped),
+        "reason": reason,
+        "status": resp.status,
+        "p_slot1": p1,
+        "stopped": None,
+    }
+
+
+def _stop_reason(rows: list[dict], samples: int, adaptive: bool) -> str | None:
+    """Why a pair needs no more samples from this annotator (None: ask again)."""
+    last = rows[-1]
+    if last["p_slot1"] is not None and last["slot"] is not None:
+        return "logprobs"
+    if len(rows) >= samples:
+        return "all_samples"
+    agree = sum(r["verdict"] == "agree" for r in rows)
+    disagree = sum(r["verdict"] == "disagree" for r in rows)
+    return "settled" if adaptive and abs(agree - disagree) > samples - len(rows) else None
 
 
 def judge(
@@ -166,42 +216,70 @@ def judge(
     settings: AnnotateSettings = AnnotateSettings(),
     budget: Budget | None = None,
 ) -> tuple[pa.Table, dict]:
-    """All samples of one annotator over ``pairs``; returns one row per (pair, sample) and usage."""
-    requests, meta = [], []
-    for pair in pairs:
-        exs = examples.get(pair["pair_id"], [])
-        for s in range(annotator.samples):
-            swapped = order_swapped(pair["pair_id"], annotator.name, s, settings.seed)
-            msgs = tuple(build_judge_messages(pair, exs, swapped, settings.max_examples, settings.seed))
-            requests.append(
-                Request(
-                    f"{pair['pair_id']}:{s}", msgs, s, request_seed(pair["pair_id"], annotator.name, s, settings.seed)
-                )
-            )
-            meta.append((pair["pair_id"], s, swapped))
+    """One annotator's verdicts on ``pairs``: one row per sample asked, and usage.
+
+    Samples are asked in waves (sample 0 of every pair, then sample 1 of the pairs still open, ...): with
+    ``sampling=adaptive`` a pair stops as soon as the remaining samples cannot change the annotator's majority;
+    with ``verdicts`` logprobs/auto the first request asks for the verdict token's log-probabilities, and a reply
+    that has them is the verdict (one request); one without falls back to sampling. Every request keeps its
+    seeded identity (pair, sample), so a re-run asks exactly the same requests and finds them in the cache."""
     budget = budget or task_budget(settings)
-    responses, usage = run_requests(annotator, requests, cache_dir, budget)
-    rows = []
-    for (pid, s, swapped), resp in zip(meta, responses):
-        if resp.status in ("error", "budget"):
-            slot, reason = None, resp.error or "budget"
+    adaptive = settings.sampling == "adaptive"
+    logprobs = annotator.verdicts in ("logprobs", "auto")
+    asked: dict[str, list[dict]] = {p["pair_id"]: [] for p in pairs}
+    usage_total: dict = {}
+    open_pairs = list(pairs)
+    waves = range(annotator.samples) if adaptive or logprobs else [None]  # fixed sampling: every sample at once
+    for wave in waves:
+        requests, meta = [], []
+        for pair in open_pairs:
+            exs = examples.get(pair["pair_id"], [])
+            for s in range(annotator.samples) if wave is None else [wave]:
+                swapped = order_swapped(pair["pair_id"], annotator.name, s, settings.seed)
+                msgs = tuple(build_judge_messages(pair, exs, swapped, settings.max_examples, settings.seed))
+                seed = request_seed(pair["pair_id"], annotator.name, s, settings.seed)
+                requests.append(Request(f"{pair['pair_id']}:{s}", msgs, s, seed))
+                meta.append((pair["pair_id"], s, swapped))
+        responses, usage = run_requests(annotator, requests, cache_dir, budget, logprobs=logprobs and wave == 0)
+        _add_usage(usage_total, usage)
+        if wave == 0 and annotator.verdicts == "logprobs" and _no_logprobs(responses):
+            raise AnnotatorError(
+                f"annotator '{annotator.name}' has verdicts: logprobs but its endpoint returned no logprobs; "
+                "use verdicts: auto (falls back to sampling) or sampled"
+            )
+        for (pid, s, swapped), resp in zip(meta, responses):
+            asked[pid].append(_sample_row(pid, annotator.name, s, swapped, resp))
+        still_open = []
+        for pair in open_pairs:
+            rows = asked[pair["pair_id"]]
+            reason = _stop_reason(rows, annotator.samples, adaptive)
+            if reason is None:
+                still_open.append(pair)
+            else:
+                rows[-1]["stopped"] = reason
+        open_pairs = still_open
+    rows = [r for p in pairs for r in asked[p["pair_id"]]]
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), {annotator.name: usage_total}
+
+
+def _no_logprobs(responses: list) -> bool:
+    answered = [r for r in responses if r.status == "ok"]
+    return bool(answered) and all(r.verdict_logprobs is None for r in answered)
+
+
+def _add_usage(total: dict, usage) -> None:
+    """Sum one wave's usage into the annotator's total (``as_dict`` figures and the cache-invariant ``work``)."""
+    for key, value in {**usage.as_dict(), "work": usage.work_dict()}.items():
+        if isinstance(value, dict):
+            inner = total.setdefault(key, {})
+            for k, v in value.items():
+                inner[k] = round(inner.get(k, 0) + v, 6) if isinstance(v, float) else inner.get(k, 0) + v
+        elif isinstance(value, list):
+            total[key] = sorted(set(total.get(key, [])) | set(value))[:10]
+        elif isinstance(value, float):
+            total[key] = round(total.get(key, 0.0) + value, 6)
         else:
-            slot, reason = parse_verdict(resp.text)
-        rows.append(
-            {
-                "pair_id": pid,
-                "annotator": annotator.name,
-                "sample": s,
-                "swapped": swapped,
-                "slot": slot,
-                "verdict": slot_to_verdict(slot, swapped),
-                "reason": reason,
-                "status": resp.status,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), {
-        annotator.name: {**usage.as_dict(), "work": usage.work_dict()}
-    }
+            total[key] = total.get(key, 0) + value
 
 
 def majority(agree: int, disagree: int) -> Verdict:
@@ -260,6 +338,8 @@ MERGED_SCHEMA = pa.schema(
                         ("agree", pa.int32()),
                         ("disagree", pa.int32()),
                         ("abstain", pa.int32()),
+                        ("asked", pa.int32()),  # samples asked of this annotator
+                        ("stopped", pa.string()),  # why it stopped (STOP_REASONS); null for older sample tables
                     ]
                 )
             ),
@@ -277,10 +357,16 @@ def merge_samples(
     """Per-pair merged verdicts from the sample tables of all annotators (sorted by pair_id)."""
     counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     statuses: dict[str, Counter] = defaultdict(Counter)
+    stopped: dict[tuple[str, str], str] = {}
     for t in samples:
-        for r in t.select(["pair_id", "annotator", "verdict", "status"]).to_pylist():
+        has_stop = "stopped" in t.column_names
+        for r in t.select(
+            ["pair_id", "annotator", "verdict", "status", *(["stopped"] if has_stop else [])]
+        ).to_pylist():
             counts[r["pair_id"]][r["annotator"]][r["verdict"]] += 1
             statuses[r["pair_id"]][r["status"]] += 1
+            if r.get("stopped"):
+                stopped[(r["pair_id"], r["annotator"])] = r["stopped"]
     rows = []
     for pid in sorted(set(counts) | set(pair_ids or [])):
         per = {a: majority(c["agree"], c["disagree"]) for a, c in sorted(counts[pid].items())}
@@ -313,6 +399,8 @@ def merge_samples(
                         "agree": c["agree"],
                         "disagree": c["disagree"],
                         "abstain": c["abstain"],
+                        "asked": sum(c.values()),
+                        "stopped": stopped.get((pid, a)),
                     }
                     for a, c in sorted(counts[pid].items())
                 ],

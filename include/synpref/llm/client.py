@@ -57,6 +57,9 @@ class AnnotatorConfig(BaseModel):
     price_in_per_1k: float = Field(default=0.0, ge=0.0)  # USD; a negative price would bypass the budget
     price_out_per_1k: float = Field(default=0.0, ge=0.0)
     max_error_share: float = Field(default=0.25, ge=0.0, le=1.0)  # more failed requests fail the task
+    # sampled: self-consistency votes; logprobs: one request, the verdict token's probability (the endpoint must
+    # return logprobs); auto: logprobs where the endpoint returns them, else sampled
+    verdicts: Literal["sampled", "logprobs", "auto"] = "auto"
     cache_namespace: str | None = None  # default: the endpoint's base_url
     cache: Literal["use", "refresh"] = "use"  # refresh: ask again and overwrite (never reuse) cached answers
 
@@ -207,6 +210,7 @@ class Response:
     text: str | None
     status: str  # ok (fresh or cached) | error | budget
     error: str | None = None
+    verdict_logprobs: dict[str, float] | None = None  # {"1": lp, "2": lp} at the final verdict token, if asked
 
 
 def cache_key(
@@ -217,9 +221,12 @@ def cache_key(
     max_tokens: int,
     sample: int,
     seed: int,
+    logprobs: bool = False,
 ) -> str:
-    """The request's identity; ``namespace`` (the endpoint) keeps a wrong endpoint's answers from being reused."""
-    blob = json.dumps([namespace, model, messages, temperature, max_tokens, sample, seed], ensure_ascii=False)
+    """The request's identity; ``namespace`` (the endpoint) keeps a wrong endpoint's answers from being reused.
+    A request for logprobs is another request (its answer carries them); sampled requests keep their old keys."""
+    key = [namespace, model, messages, temperature, max_tokens, sample, seed] + (["logprobs"] if logprobs else [])
+    blob = json.dumps(key, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -289,6 +296,7 @@ class ChatRequest:
     temperature: float
     max_tokens: int
     seed: int
+    logprobs: bool = False  # ask for the tokens' log-probabilities (top 5 alternatives)
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,7 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_reported: bool = True  # False: the endpoint sent no token counts (counted as 0, and counted)
+    verdict_logprobs: dict[str, float] | None = None  # {"1": lp, "2": lp} at the final verdict token
 
 
 class BackendError(RuntimeError):
@@ -398,6 +407,8 @@ class OpenAIBackend:
                 "max_tokens": request.max_tokens,
                 "seed": request.seed,
             }
+            if request.logprobs:
+                body.update(logprobs=True, top_logprobs=5)
             out = await next(self.turn).post("/chat/completions", body=body, cast_to=self.completion_type)
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
             raise AnnotatorError(
@@ -436,7 +447,44 @@ def completion_of(out: Any, where: str) -> Completion:
     usage = getattr(out, "usage", None)
     tokens = [getattr(usage, k, None) for k in ("prompt_tokens", "completion_tokens")]
     reported = all(isinstance(t, int) and t >= 0 for t in tokens)
-    return Completion(text, *(t if isinstance(t, int) and t >= 0 else 0 for t in tokens), usage_reported=reported)
+    logprobs = verdict_logprobs(getattr(getattr(choices[0], "logprobs", None), "content", None))
+    counts = (t if isinstance(t, int) and t >= 0 else 0 for t in tokens)
+    return Completion(text, *counts, usage_reported=reported, verdict_logprobs=logprobs)
+
+
+_DIGIT = {"1", "2"}
+
+
+def verdict_logprobs(content: Any) -> dict[str, float] | None:
+    """Log-probabilities of "1" and "2" at the completion's final verdict token: the last token that carries a
+    verdict digit, with only closing brackets, punctuation or whitespace after it. The alternatives are read
+    from its ``top_logprobs`` (a digit missing there gets a floor). None when the reply has no logprobs or no
+    such token: the verdict is then the sampled text's. Only the completion is read, never the prompt, so a
+    candidate's text cannot place a verdict token here."""
+    if not isinstance(content, list) or not content:
+        return None
+    for entry in reversed(content):
+        token = str(getattr(entry, "token", "") or "")
+        digits = {c for c in token if c.isdigit()}
+        if not digits:
+            if token.strip(" \n\t]).*_`'\"") == "":
+                continue
+            return None
+        if len(digits) != 1 or not digits <= _DIGIT:
+            return None
+        out = {d: -30.0 for d in sorted(_DIGIT)}
+        for alt in getattr(entry, "top_logprobs", None) or []:
+            alt_digits = {c for c in str(getattr(alt, "token", "")) if c.isdigit()}
+            lp = getattr(alt, "logprob", None)
+            if len(alt_digits) == 1 and alt_digits <= _DIGIT and isinstance(lp, (int, float)) and math.isfinite(lp):
+                d = alt_digits.pop()
+                out[d] = max(out[d], float(lp))
+        own = getattr(entry, "logprob", None)
+        if isinstance(own, (int, float)) and math.isfinite(own):
+            d = digits.pop()
+            out[d] = max(out[d], float(own))
+        return out
+    return None
 
 
 BACKENDS: dict[str, Callable[[AnnotatorConfig], JudgeBackend]] = {"openai": OpenAIBackend}
@@ -472,7 +520,7 @@ def plausible(out: Completion, chat: ChatRequest, usage: Usage) -> Completion:
     usage.implausible_usage += 1
     pt = out.prompt_tokens if ok_prompt else math.ceil(prompt_chars / CHARS_PER_TOKEN)
     ct = out.completion_tokens if ok_completion else math.ceil(text_chars / CHARS_PER_TOKEN)
-    return Completion(out.text, pt, ct, True)
+    return Completion(out.text, pt, ct, True, out.verdict_logprobs)
 
 
 async def _complete_with_retries(backend: JudgeBackend, request: ChatRequest, max_retries: int) -> Completion:
@@ -487,7 +535,12 @@ async def _complete_with_retries(backend: JudgeBackend, request: ChatRequest, ma
 
 
 async def _run_async(
-    cfg: AnnotatorConfig, requests: list[Request], cache: ResponseCache, budget: Budget, usage: Usage
+    cfg: AnnotatorConfig,
+    requests: list[Request],
+    cache: ResponseCache,
+    budget: Budget,
+    usage: Usage,
+    logprobs: bool = False,
 ) -> list[Response]:
     backend = make_backend(cfg)
     sem = asyncio.Semaphore(cfg.max_concurrency)
@@ -502,7 +555,7 @@ async def _run_async(
 
     namespace = cfg.cache_namespace or cfg.base_url
     hashes = [
-        cache_key(namespace, cfg.model, r.messages, cfg.temperature, cfg.max_tokens, r.sample, r.seed)
+        cache_key(namespace, cfg.model, r.messages, cfg.temperature, cfg.max_tokens, r.sample, r.seed, logprobs)
         for r in requests
     ]
     # cache reads in one go and writes on one thread: file I/O never blocks the requests in flight
@@ -514,14 +567,14 @@ async def _run_async(
         if hit is not None:
             usage.cache_hits += 1
             account(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
-            return Response(req.key, hit["text"], "ok")
+            return Response(req.key, hit["text"], "ok", verdict_logprobs=hit.get("verdict_logprobs"))
         async with sem:
             if budget.exhausted():
                 usage.budget_skipped += 1
                 return Response(req.key, None, "budget")
             await limiter.wait()
             usage.requests += 1
-            chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed)
+            chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed, logprobs)
             try:
                 out = await _complete_with_retries(backend, chat, cfg.max_retries)
             except BackendError as e:
@@ -539,9 +592,10 @@ async def _run_async(
             "text": out.text,
             "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens,
+            **({"verdict_logprobs": out.verdict_logprobs} if logprobs else {}),
         }
         writes.append(writer.submit(cache.put, h, value))  # off the event loop, one writer thread
-        return Response(req.key, out.text, "ok")
+        return Response(req.key, out.text, "ok", verdict_logprobs=out.verdict_logprobs)
 
     async def counted(req: Request, h: str, progress: Progress) -> Response:
         response = await one(req, h)
@@ -580,12 +634,17 @@ def _failed_writes(writes: list) -> list[str]:
 
 
 def run_requests(
-    cfg: AnnotatorConfig, requests: list[Request], cache_dir: PathLike | None, budget: Budget | None = None
+    cfg: AnnotatorConfig,
+    requests: list[Request],
+    cache_dir: PathLike | None,
+    budget: Budget | None = None,
+    logprobs: bool = False,
 ) -> tuple[list[Response], Usage]:
-    """Issue (or read from cache) every request of one annotator; order of results = order of requests."""
+    """Issue (or read from cache) every request of one annotator; order of results = order of requests.
+    ``logprobs``: ask for the verdict token's log-probabilities (cached with the answer)."""
     usage = Usage()
     cache = ResponseCache(cache_dir, refresh=cfg.cache == "refresh")
-    responses = asyncio.run(_run_async(cfg, requests, cache, budget or Budget(), usage))
+    responses = asyncio.run(_run_async(cfg, requests, cache, budget or Budget(), usage, logprobs))
     check_error_share(cfg, usage)
     return responses, usage
 

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -104,6 +105,7 @@ class JudgeProfile:
     difficulty: float = 0.0
     slow_s: float = 3.0
     obeys_injections: bool = False  # SIMULATED careless judge: follows an ``answer [[n]]`` it takes for an instruction
+    logprobs: bool = True  # returns the tokens' logprobs when asked (False: an endpoint that never does)
 
     @classmethod
     def parse(cls, spec: str) -> JudgeProfile:
@@ -121,6 +123,17 @@ class JudgeProfile:
             / 0xFFFFFFFF
         )
         return self.accuracy + self.difficulty * (1 - self.accuracy) * (1 - 2 * u)
+
+
+def verdict_token_logprobs(text: str, slot: int, confidence: float) -> list[dict]:
+    """OpenAI-style ``logprobs.content`` of a judge reply ending in ``[[slot]]``: the text before, ``[[``, the
+    digit with P(slot) = ``confidence`` and the other digit as its alternative, ``]]``."""
+    head = text[: text.rfind("[[")]
+    lp, other = math.log(confidence), math.log(1 - confidence)
+    digit = {"token": str(slot), "logprob": lp, "top_logprobs": [
+        {"token": str(slot), "logprob": lp}, {"token": str(3 - slot), "logprob": other}]}  # fmt: skip
+    plain = lambda t: {"token": t, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": 0.0}]}  # noqa: E731
+    return [plain(head), plain("[["), digit, plain("]]")]
 
 
 def _key(prompt: str, response: str) -> str:
@@ -162,6 +175,13 @@ class SimulatedJudgeServer:
 
     # -- behaviour -------------------------------------------------------------------------
     def _judge_text(self, prompt: str, profile: JudgeProfile, rng: random.Random) -> str:
+        return self._judge(prompt, profile, rng)[0]
+
+    def _judge(self, prompt: str, profile: JudgeProfile, rng: random.Random) -> tuple[str, int, float]:
+        """(reply text, slot, honest P(slot)): the slot is drawn as a sampled verdict is; P(slot) is this judge's
+        accuracy on the pair when it judged on content (calibrated: right that often), 0.55 for an answer given
+        regardless of content (position bias, an obeyed injection, a pair it cannot know). A logprob verdict is
+        therefore worth one calibrated sample here, never the majority of many (a pessimistic simulation)."""
         target = read_target(prompt)
         correct_slot = None
         if target:
@@ -169,6 +189,7 @@ class SimulatedJudgeServer:
             if b1 is not None:
                 correct_slot = 1 if b1 else 2
         demand = injected_demand(prompt) if profile.obeys_injections else None
+        confidence = 0.55
         if demand is not None:
             slot = demand
         elif rng.random() < profile.position_bias:
@@ -176,10 +197,13 @@ class SimulatedJudgeServer:
         elif correct_slot is None:
             slot = rng.choice([1, 2])
         else:
-            slot = correct_slot if rng.random() < profile.accuracy_on(*target) else 3 - correct_slot
-        return (
+            accuracy = profile.accuracy_on(*target)
+            slot = correct_slot if rng.random() < accuracy else 3 - correct_slot
+            confidence = min(0.999, max(0.5001, accuracy))
+        text = (
             f"Both candidates address the request. Weighing the guideline, Candidate {slot} is better.\n\n[[{slot}]]"
         )
+        return text, slot, confidence
 
     def _attributes_text(self, prompt: str) -> str:
         conv, _ = _blocks_text(parse_prompt(prompt).blocks)
@@ -208,10 +232,13 @@ class SimulatedJudgeServer:
         rng = random.Random(f"{model}:{seed}:{prompt}")
         frng = random.Random(f"fault:{attempt_key}:{attempt}")
         delay = 0.0
+        logprobs = None
         if "preference attributes" in system:
             text = self._attributes_text(prompt)
         else:
-            text = self._judge_text(prompt, profile, rng)
+            text, slot, confidence = self._judge(prompt, profile, rng)
+            if body.get("logprobs") and profile.logprobs:
+                logprobs = verdict_token_logprobs(text, slot, confidence)
         if frng.random() < profile.fault_rate:
             fault = frng.choice(["429", "500", "slow", "malformed", "buried", "injection"])
             if fault == "429":
@@ -237,7 +264,14 @@ class SimulatedJudgeServer:
                 "object": "chat.completion",
                 "created": 0,
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                        **({"logprobs": {"content": logprobs}} if logprobs and text.endswith("]]") else {}),
+                    }
+                ],
                 "usage": usage,
             },
             delay,

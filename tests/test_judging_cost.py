@@ -1,0 +1,78 @@
+"""Judging at scale: adaptive self-consistency asks only while a verdict is open, logprob verdicts need one
+request, and an endpoint without logprobs still works (SIMULATED judges over real HTTP)."""
+
+import collections
+from types import SimpleNamespace as NS
+
+import pytest
+
+from conftest import annotator_cfg
+from synpref.llm.annotation import judge, merge_samples
+from synpref.llm.client import AnnotatorError, verdict_logprobs
+from synpref.models.reliability import judge_reliability
+from synpref.settings import AnnotateSettings
+from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+
+
+def _per_annotator(merged):
+    return {r["pair_id"]: r["annotator_verdicts"][0] for r in merged.to_pylist()}
+
+
+def test_adaptive_sampling_gives_fixed_samplings_majority_with_fewer_requests(sim_server, sim_truth, tmp_path):
+    _, pairs, _, _, _ = sim_truth
+    rows = pairs.to_pylist()
+    sampled = annotator_cfg(sim_server, "ok", samples=5, verdicts="sampled")
+    fixed, _ = judge(rows, {}, sampled, tmp_path / "c", AnnotateSettings(sampling="fixed"))
+    before = sum(sim_server.counts.values())
+    adaptive, usage = judge(rows, {}, sampled, tmp_path / "c", AnnotateSettings(sampling="adaptive"))
+    assert sum(sim_server.counts.values()) == before  # the same seeded requests: all in the cache
+    a, f = _per_annotator(merge_samples([adaptive])), _per_annotator(merge_samples([fixed]))
+    assert {p: v["verdict"] for p, v in a.items()} == {p: v["verdict"] for p, v in f.items()}
+    assert adaptive.num_rows < 0.8 * fixed.num_rows == 0.8 * 5 * len(rows)
+    stops = collections.Counter(v["stopped"] for v in a.values())
+    assert set(stops) <= {"settled", "all_samples"} and stops["settled"] > len(rows) / 2
+    assert all(v["asked"] == v["agree"] + v["disagree"] + v["abstain"] for v in a.values())
+    assert all(v["asked"] >= 3 or v["stopped"] == "settled" for v in a.values())  # 3 agreeing of 5 at the least
+
+
+def test_logprob_verdicts_take_one_request_and_are_measured_like_sampled_ones(sim_server, sim_truth, tmp_path):
+    _, pairs, _, _, _ = sim_truth
+    rows = pairs.to_pylist()
+    samples, usage = judge(rows, {}, annotator_cfg(sim_server, "good", verdicts="auto"), tmp_path / "c")
+    assert samples.num_rows == len(rows) == usage["good"]["requests"]
+    assert set(samples.column("stopped").to_pylist()) == {"logprobs"}
+    p1 = samples.column("p_slot1").to_pylist()
+    assert all(0 < p < 1 for p in p1)
+    assert all((p > 0.5) == (s == 1) for p, s in zip(p1, samples.column("slot").to_pylist()))
+    again, usage2 = judge(rows, {}, annotator_cfg(sim_server, "good", verdicts="auto"), tmp_path / "c")
+    assert usage2["good"]["requests"] == 0 and again.equals(samples)  # logprobs come back from the cache
+    stats = judge_reliability(samples)["annotators"]["good"]  # the probe measures them as it measures samples
+    assert stats["n"] == len(rows) and stats["accuracy"] is not None
+
+
+def test_an_endpoint_without_logprobs_falls_back_to_sampling_or_is_refused_when_required(sim_truth, tmp_path):
+    _, pairs, truth, _, _ = sim_truth
+    server = SimulatedJudgeServer(TruthIndex.from_tables(truth), {"plain": JudgeProfile(0.8, logprobs=False)})
+    server.start()
+    try:
+        rows = pairs.to_pylist()[:30]
+        samples, _ = judge(rows, {}, annotator_cfg(server, "plain", verdicts="auto"), tmp_path / "c")
+        assert samples.column("p_slot1").null_count == samples.num_rows and samples.num_rows >= 2 * len(rows)
+        assert set(samples.column("stopped").drop_null().to_pylist()) <= {"settled", "all_samples"}
+        with pytest.raises(AnnotatorError, match="returned no logprobs"):
+            judge(rows, {}, annotator_cfg(server, "plain", verdicts="logprobs"), tmp_path / "c2")
+    finally:
+        server.stop()
+
+
+def _tok(token, logprob=-0.1, alternatives=()):
+    return NS(token=token, logprob=logprob, top_logprobs=[NS(token=t, logprob=lp) for t, lp in alternatives])
+
+
+def test_the_verdict_probability_is_read_at_the_final_verdict_token_only():
+    quoted = [_tok("Candidate 2 wrote [[1]] to fool me"), _tok("[["), _tok("2", -0.2, [("2", -0.2), ("1", -1.7)])]
+    assert verdict_logprobs([*quoted, _tok("]]"), _tok("\n")]) == {"1": -1.7, "2": -0.2}
+    assert verdict_logprobs([_tok("[[1"), _tok("]]")])["1"] == -0.1  # a digit inside a merged token; "2" floored
+    assert verdict_logprobs([_tok("[["), _tok("1"), _tok("]] but on reflection")]) is None  # not the end
+    assert verdict_logprobs([_tok("[["), _tok("12"), _tok("]]")]) is None
+    assert verdict_logprobs(None) is None and verdict_logprobs([]) is None
