@@ -202,8 +202,9 @@ def synpref_stage2():
     ) -> dict:
         from synpref.stage2.steps import step_estimate
 
-        _, _, run, cfg = _run(params, dag_run, triggering_asset_events)
-        return step_estimate(run, rnd, counts, cfg).dump()
+        params, _, run, cfg = _run(params, dag_run, triggering_asset_events)
+        judges = {a.name: a.verdicts for a in map(annotator_from_connection, params["annotators"])}
+        return step_estimate(run, rnd, counts, cfg, judges).dump()
 
     @task(outlets=[CURATED_DATASET])
     def export_dataset(

@@ -167,10 +167,31 @@ def test_the_score_step_chooses_the_few_shot_examples_and_annotate_needs_no_enco
     assert {r["pair_id"] for r in stored} == {r["pair_id"] for r in rows[20:]}
     assert all(len(r["examples"]) == 2 and set(r["examples"]) <= gold_ids for r in stored)
 
-    def no_encoder(name):
+    def no_encoder(*args):
         raise AssertionError("an annotate task loaded the encoder")
 
     monkeypatch.setattr(embedding, "_model", no_encoder)
     info = step_annotate_shard(store, run, RND, shard, annotator_cfg(sim_server, "good", samples=1), cfg)
     assert info["pairs"] == 40
     assert info["requests"] == 40
+
+
+def test_the_judging_bill_counts_requests_tokens_and_cost_per_pair(world, sim_server):
+    from conftest import annotator_cfg
+    from synpref.stage2.steps import judging_bill, step_annotate_shard
+
+    store, shard, rows = world
+    run = store.stage2("bill")
+    cfg = Stage2Config(decision_rule="paper", band=0.5, max_examples=0)  # every non-gold pair is routed
+    step_score(store, run, RND, shard, cfg)
+    for name, verdicts in (("good", "auto"), ("ok", "sampled")):
+        step_annotate_shard(store, run, RND, shard, annotator_cfg(sim_server, name, verdicts=verdicts), cfg)
+    bill = judging_bill(
+        [run.shard(shard)], {"input": 60, "kept": 25, "recycled": 5}, {"good": "auto", "ok": "sampled"}
+    )
+    good, ok = bill.annotators["good"], bill.annotators["ok"]
+    assert good.requests == 40 and good.stopped == {"logprobs": 40}  # one request a pair
+    assert 80 <= ok.requests < 120 and sum(ok.stopped.values()) == 40  # adaptive: 2 or 3 samples a pair
+    assert bill.requests_per_input_pair == round((good.requests + ok.requests) / 60, 4)
+    assert bill.cost_usd == round(good.cost_usd + ok.cost_usd, 6) > 0
+    assert bill.cost_per_1k_curated_usd == round(1000 * bill.cost_usd / 30, 6)

@@ -283,6 +283,27 @@ class QualityEstimates(Record):
     recycled_precision: Interval | None = None
 
 
+class AnnotatorBill(Record):
+    """What one annotator's judging of a stage-2 run cost (cache-invariant: answers fresh or cached)."""
+
+    requests: int  # verdict requests asked (samples, incl. the blind canaries)
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Number
+    verdicts: str  # sampled | logprobs | auto
+    stopped: dict[str, int] = {}  # pairs by why sampling stopped (STOP_REASONS)
+
+
+class JudgingBill(Record):
+    """The LLM bill of a stage-2 run: per annotator, per input pair and per 1,000 curated (kept + recycled) pairs."""
+
+    annotators: dict[str, AnnotatorBill]
+    requests_per_input_pair: Number
+    tokens_per_input_pair: Number
+    cost_usd: Number
+    cost_per_1k_curated_usd: Number | None
+
+
 class Stage2Preview(Record):
     """``estimates.json``: counts and quality estimates before export (what a sign-off shows)."""
 
@@ -292,6 +313,7 @@ class Stage2Preview(Record):
     counts: dict[str, int]
     quality_estimates: QualityEstimates
     config: dict[str, Any]
+    judging: JudgingBill | None = None
 
 
 class Stage2Manifest(Record):
@@ -307,3 +329,4 @@ class Stage2Manifest(Record):
     splits: dict[str, list[str]]
     tables: list[str]
     dataset_card: str
+    judging: JudgingBill | None = None

@@ -57,8 +57,10 @@ from synpref.llm.client import AnnotatorConfig
 from synpref.models.reliability import counted_samples
 from synpref.progress import log, shard_position
 from synpref.records import (
+    AnnotatorBill,
     DecisionSummary,
     Interval,
+    JudgingBill,
     PoolManifest,
     PoolSource,
     QualityEstimates,
@@ -531,7 +533,49 @@ def _quarantined_table(run: Stage2Layout) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=QUARANTINED_SCHEMA)
 
 
-def step_estimate(out_dir: PathLike | Stage2Layout, rnd: str, counts: dict, cfg: Stage2Config) -> Stage2Preview:
+def judging_bill(shards: list, counts: dict, annotators: dict[str, str] | None = None) -> JudgingBill:
+    """The run's LLM bill from every shard's samples (requests asked, why sampling stopped) and usage (tokens,
+    cost): per annotator, per input pair and per 1,000 curated pairs. ``annotators``: name → verdicts setting."""
+    bills: dict[str, dict] = {}
+    for shard in shards:
+        for name in sorted(annotators or {}):
+            if not shard.samples(name).exists():
+                continue
+            bill = bills.setdefault(name, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+            stops = bill.setdefault("stopped", Counter())
+            table = read_parquet(shard.samples(name))
+            bill["requests"] += table.num_rows
+            if "stopped" in table.column_names:
+                stops.update(s for s in table.column("stopped").to_pylist() if s)
+            if shard.usage(name).exists():
+                work = read_json(shard.usage(name))
+                for k in ("prompt_tokens", "completion_tokens", "cost_usd"):
+                    bill[k] += work.get(k, 0)
+    per = {
+        n: AnnotatorBill(
+            **{**b, "cost_usd": round(b["cost_usd"], 6), "stopped": dict(sorted(b["stopped"].items()))},
+            verdicts=(annotators or {}).get(n, "unknown"),
+        )
+        for n, b in sorted(bills.items())
+    }
+    inputs, curated = max(1, counts.get("input", 0)), counts.get("kept", 0) + counts.get("recycled", 0)
+    cost = round(sum(b.cost_usd for b in per.values()), 6)
+    return JudgingBill(
+        annotators=per,
+        requests_per_input_pair=round(sum(b.requests for b in per.values()) / inputs, 4),
+        tokens_per_input_pair=round(sum(b.prompt_tokens + b.completion_tokens for b in per.values()) / inputs, 1),
+        cost_usd=cost,
+        cost_per_1k_curated_usd=round(1000 * cost / curated, 6) if curated else None,
+    )
+
+
+def step_estimate(
+    out_dir: PathLike | Stage2Layout,
+    rnd: str,
+    counts: dict,
+    cfg: Stage2Config,
+    annotators: dict[str, str] | None = None,
+) -> Stage2Preview:
     """Quarantined table, stale parts removed, and the canaries' quality estimates → ``estimates.json``
     (what a sign-off shows before the dataset is exported); → the preview manifest."""
     run = _run(out_dir)
@@ -550,6 +594,7 @@ def step_estimate(out_dir: PathLike | Stage2Layout, rnd: str, counts: dict, cfg:
         counts=counts,
         quality_estimates=quality,
         config=cfg.model_dump(),
+        judging=judging_bill(shards, counts, annotators),
     )
     preview.write(run.estimates)
     return preview
@@ -565,7 +610,8 @@ def step_export(
 ) -> Stage2Manifest:
     """Dataset card and manifest (last), from the estimates step's ``estimates.json``."""
     run = _run(out_dir)
-    quality = Stage2Preview.read(run.estimates).quality_estimates
+    preview = Stage2Preview.read(run.estimates)
+    quality, judging = preview.quality_estimates, preview.judging
     card = template("dataset_card.md").format(
         run=run.name,
         round=rnd,
@@ -574,6 +620,7 @@ def step_export(
         recycle_policy=cfg.recycle_policy,
         band=cfg.band,
         quality=quality_lines(quality),
+        judging=bill_line(judging),
         date=date,
         params=json.dumps(params or cfg.model_dump(), sort_keys=True, default=str),
         **counts,
@@ -590,9 +637,22 @@ def step_export(
         splits={d: sorted(p.name for p in list_files(run.split_dir(d), (".parquet",))) for d in DECISIONS},
         tables=[run.quarantined.name],
         dataset_card=run.dataset_card.name,
+        **({"judging": judging} if judging is not None else {}),
     )
     manifest.write(run.manifest)
     return manifest
+
+
+def bill_line(judging: JudgingBill | None) -> str:
+    """The judging bill in one line of the dataset card."""
+    if judging is None or not judging.annotators:
+        return "no judge was asked"
+    per = "; ".join(f"{n}: {b.requests:,} requests ({b.verdicts})" for n, b in judging.annotators.items())
+    per_1k = "n/a" if judging.cost_per_1k_curated_usd is None else f"${judging.cost_per_1k_curated_usd:.4f}"
+    return (
+        f"{judging.requests_per_input_pair:.2f} requests and {judging.tokens_per_input_pair:,.0f} tokens per input "
+        f"pair; ${judging.cost_usd:.4f} in all, {per_1k} per 1,000 curated pairs ({per})"
+    )
 
 
 def quality_lines(quality: QualityEstimates) -> str:
