@@ -16,6 +16,12 @@ with the flagged labels flipped.
 
     python benchmarks/curation_quality.py                # the README sweep (~45 minutes on 2 cores)
     python benchmarks/curation_quality.py --quick        # one small setting (minutes)
+    python benchmarks/curation_quality.py --quick --judging fixed adaptive logprobs   # what judging costs
+
+``--judging``: fixed = every sample of every annotator (self-consistency as it was); adaptive = samples only
+while an annotator's verdict is open; logprobs = one request, the verdict token's probability (the
+SIMULATED judges return calibrated logprobs worth one sample: a pessimistic simulation). The project's
+default is adaptive sampling with ``verdicts: auto`` (logprobs where the endpoint has them).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +71,16 @@ class Setting:
     rm_mode: str
     wild: int = 2000
     pool: int = 1500
+    judging: str = "fixed"  # fixed | adaptive | logprobs (see the module docstring)
 
     @property
     def name(self) -> str:
-        return f"noise {self.noise:.0%}, judges {self.judge_accuracy}, RM {self.rm_mode}"
+        judging = "" if self.judging == "fixed" else f", judging {self.judging}"
+        return f"noise {self.noise:.0%}, judges {self.judge_accuracy}, RM {self.rm_mode}{judging}"
+
+    @property
+    def sampling(self) -> str:
+        return "fixed" if self.judging == "fixed" else "adaptive"
 
 
 SWEEP = [
@@ -139,7 +151,14 @@ def judges_for(s: Setting, server: SimulatedJudgeServer) -> list[AnnotatorConfig
     names = [f"judge-{i}" for i in range(3)]
     return [
         AnnotatorConfig(
-            name=n, base_url=server.base_url, model=n, api_key="sk-sim", samples=3, max_concurrency=16, timeout_s=10
+            name=n,
+            base_url=server.base_url,
+            model=n,
+            api_key="sk-sim",
+            samples=3,
+            max_concurrency=16,
+            timeout_s=10,
+            verdicts="auto" if s.judging == "logprobs" else "sampled",
         )
         for n in names
     ]
@@ -154,7 +173,7 @@ def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str
     try:
         annotators = judges_for(s, server)
         prepare([str(store.raw / "pool.parquet")], store.pool, None, PrepareConfig(shard_size=1000))
-        cfg = Stage1Config(rm={"mode": s.rm_mode, "epochs": 2}, spot_check=20)
+        cfg = Stage1Config(rm={"mode": s.rm_mode, "epochs": 2}, spot_check=20, sampling=s.sampling)
         day = dt.date(2026, 11, 1)
         for i in range(2):
             rnd = str(day + dt.timedelta(days=i))
@@ -165,7 +184,7 @@ def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str
         rnd = store.resolve_round()
         run = begin_run(store.stage2("eval"))
         step_prepare_file(run, 0, str(store.wild / "wild.parquet"))
-        cfg2 = Stage2Config(shard_size=2000)
+        cfg2 = Stage2Config(shard_size=2000, sampling=s.sampling)
         shards = step_finalize_prepare(run, cfg2)
         everything = PaperRule(band=0.5, recycle_policy="both_rms_reject")  # routes every pair: every rule is
         # then evaluated on the same verdicts
@@ -211,12 +230,18 @@ def decide_all(store, rnd, run, shards, rule: RuleBase, use_judges: bool) -> tup
         names = sorted(p.parent.name for p in (sl.dir / "annotations").glob("*/samples.parquet"))
         verdicts = merged_verdicts(sl, names, "majority", store.round(rnd)) if use_judges else {}
         result = decide_shard(scores, verdicts, rule.fit(scores), read_parquet(sl.canary_scores).to_pylist())
-        out.update({pid: (d.decision, use_judges and result.routed[pid]) for pid, d in result.decided.items()})
+        asked = {v["pair_id"]: sum(a["asked"] for a in v["annotator_verdicts"]) for v in verdicts.values()}
+        out.update(
+            {
+                pid: (d.decision, use_judges and result.routed[pid], asked.get(pid, 0) if result.routed[pid] else 0)
+                for pid, d in result.decided.items()
+            }
+        )
         canaries += [{"label_right": label_right(pid), "decision": d.decision} for pid, d in result.canaries.items()]
     return out, canaries
 
 
-def metrics(decisions: dict[str, tuple[str, bool]], correct: dict[str, bool]) -> dict:
+def metrics(decisions: dict[str, tuple[str, bool, int]], correct: dict[str, bool]) -> dict:
     ids = [p for p in decisions if p in correct]
     kept = [p for p in ids if decisions[p][0] == "kept"]
     recycled = [p for p in ids if decisions[p][0] == "recycled"]
@@ -234,6 +259,7 @@ def metrics(decisions: dict[str, tuple[str, bool]], correct: dict[str, bool]) ->
         "recycled_precision": sum(not correct[p] for p in recycled) / len(recycled) if recycled else None,
         "curated": len(kept) + len(recycled),
         "judged_share": sum(decisions[p][1] for p in ids) / len(ids),
+        "requests_per_pair": sum(decisions[p][2] for p in ids) / len(ids),  # judge requests of the routed pairs
     }
 
 
@@ -323,14 +349,14 @@ def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dic
     for name, (rule, use_judges) in rule_variants(store, rnd).items():
         decisions, canaries = decide_all(store, rnd, run, shards, rule, use_judges)
         m = metrics(decisions, correct)
-        kept_share = sum(d == "kept" for d, _ in decisions.values()) / len(decisions)
+        kept_share = sum(d == "kept" for d, *_ in decisions.values()) / len(decisions)
         m["canary"] = estimates(canaries, kept_share).dump()
-        kept = [p for p, (d, _) in decisions.items() if d in ("kept", "recycled")]
-        flip = {p for p, (d, _) in decisions.items() if d == "recycled"}
+        kept = [p for p, (d, *_) in decisions.items() if d in ("kept", "recycled")]
+        flip = {p for p, (d, *_) in decisions.items() if d == "recycled"}
         m["rm_test"] = rm_test_accuracy(feats, kept, flip, gold_ids, test_ids) if kept else None
         results.append({**base, "method": name, **m})
     flags = cleanlab_flags(feats, wild_ids, gold_ids)
-    cl = metrics({p: ("recycled" if p in flags else "kept", False) for p in wild_ids}, correct)
+    cl = metrics({p: ("recycled" if p in flags else "kept", False, 0) for p in wild_ids}, correct)
     cl["rm_test"] = rm_test_accuracy(feats, wild_ids, flags, gold_ids, test_ids)
     cl["recycled_precision"] = sum(not correct[p] for p in flags) / len(flags) if flags else None
     results.append({**base, "method": "cleanlab find_label_issues (flip flagged)", **cl})
@@ -364,15 +390,15 @@ def table(results: list[dict]) -> str:
         lines += [
             f"\n**{setting}** — RM test accuracy: raw {rows[0]['rm_test_raw']:.3f}, "
             f"oracle {rows[0]['rm_test_oracle']:.3f}; cleanlab F1 {cleanlab_f1:.3f}\n",
-            "| method | kept acc | correct kept | recycled prec | noise P / R / F1 | curated | judged | RM test "
-            "| gap closed |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| method | kept acc | correct kept | recycled prec | noise P / R / F1 | curated | judged "
+            "| requests / pair | RM test | gap closed |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
                 f"| {r['method']} | {f(r['kept_accuracy'])} | {f(r['retention'])} | {f(r['recycled_precision'])} | "
                 f"{f(r['noise_precision'])} / {f(r['noise_recall'])} / {f(r['noise_f1'])} | {r['curated']} | "
-                f"{f(r['judged_share'])} | {f(r['rm_test'])} | {f(gap_closed(r))} |"
+                f"{f(r['judged_share'])} | {f(r.get('requests_per_pair'))} | {f(r['rm_test'])} | {f(gap_closed(r))} |"
             )
         canary_rows = [r for r in rows if r.get("canary", {}).get("canaries")]
         if canary_rows:
@@ -398,6 +424,7 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="re-evaluate the rules on the worlds kept in --out")
     ap.add_argument("--only", action="append", default=[], help="run the settings whose name contains this")
     ap.add_argument("--table", nargs="*", default=None, help="print the table of these results.json files and exit")
+    ap.add_argument("--judging", nargs="+", default=["fixed"], choices=["fixed", "adaptive", "logprobs"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "synpref", "sentence_transformers", "uvicorn"):
@@ -407,7 +434,8 @@ def main() -> int:
         print(table([r for path in args.table for r in json.loads(Path(path).read_text())]))
         return 0
     results = []
-    settings = [s for s in (QUICK if args.quick else SWEEP) if not args.only or any(o in s.name for o in args.only)]
+    chosen = [s for s in (QUICK if args.quick else SWEEP) if not args.only or any(o in s.name for o in args.only)]
+    settings = [replace(s, judging=j) for s in chosen for j in args.judging]
     for s in settings:
         results += evaluate_setting(s, workdir, args.reuse)
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
