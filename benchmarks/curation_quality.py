@@ -15,7 +15,7 @@ out-of-fold ``LogisticRegression`` probabilities (5-fold) over embedding(prompt 
 with the flagged labels flipped.
 
     python benchmarks/curation_quality.py                # the README sweep (~45 minutes on 2 cores)
-    python benchmarks/curation_quality.py --quick        # one small setting (minutes)
+    python benchmarks/curation_quality.py --quick        # two small settings, judges 0.8 and 0.7 (minutes)
     python benchmarks/curation_quality.py --quick --judging fixed adaptive logprobs   # what judging costs
 
 ``--judging``: fixed = every sample of every annotator (self-consistency as it was); adaptive = samples only
@@ -91,7 +91,7 @@ SWEEP = [
     Setting(0.30, 0.7, "frozen"),
     Setting(0.30, 0.9, "frozen"),
 ]
-QUICK = [Setting(0.30, 0.8, "frozen", wild=800, pool=800)]
+QUICK = [Setting(0.30, 0.8, "frozen", wild=800, pool=800), Setting(0.30, 0.7, "frozen", wild=800, pool=800)]
 
 
 # --- the world -------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def table(results: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one small setting")
+    ap.add_argument("--quick", action="store_true", help="two small settings (judges 0.8 and 0.7)")
     ap.add_argument("--out", default=None, help="keep the worlds and write results.json here")
     ap.add_argument("--reuse", action="store_true", help="re-evaluate the rules on the worlds kept in --out")
     ap.add_argument("--only", action="append", default=[], help="run the settings whose name contains this")

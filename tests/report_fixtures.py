@@ -183,5 +183,21 @@ def fake_stage2(store: StorageLayout, name: str, shards: int, pairs_per_shard: i
             "splits": {d: [] for d in DECISIONS},
             "tables": [],
             "dataset_card": "README.md",
+            "judging": {
+                "annotators": {
+                    "judge-a": {
+                        "requests": 1200,
+                        "prompt_tokens": 900_000,
+                        "completion_tokens": 40_000,
+                        "cost_usd": 0.51,
+                        "verdicts": "auto",
+                        "stopped": {"logprobs": 1200},
+                    }
+                },
+                "requests_per_input_pair": 0.3,
+                "tokens_per_input_pair": 235.0,
+                "cost_usd": 0.51,
+                "cost_per_1k_curated_usd": 0.1457,
+            },
         }
     ).write(run.manifest)

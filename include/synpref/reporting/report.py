@@ -20,7 +20,15 @@ import pyarrow.compute as pc
 from synpref.io.layout import DECISIONS, RoundLayout, Stage2Layout, StorageLayout, layout
 from synpref.io.storage import PathLike, as_path, read_parquet, write_bytes
 from synpref.models.reliability import wilson_interval
-from synpref.records import RoundManifest, RoundSteps, RoundSummary, ShardDecided, Stage2Manifest, Stage2Preview
+from synpref.records import (
+    JudgingBill,
+    RoundManifest,
+    RoundSteps,
+    RoundSummary,
+    ShardDecided,
+    Stage2Manifest,
+    Stage2Preview,
+)
 from synpref.reporting import figures as fig
 from synpref.settings import HIST_BINS
 from synpref.simulation.evaluation import accuracy_report, label_accuracy, truth_coverage
@@ -438,7 +446,35 @@ def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]
         quality.add(
             "quality", "No estimates.", fig.message("Quality estimates", "no canaries in this run: no estimates")
         )
-    return [funnel, scores, quality]
+    return [funnel, scores, quality] + ([_bill_section(m.judging)] if m.judging and m.judging.annotators else [])
+
+
+def _bill_section(judging: JudgingBill) -> Section:
+    """What the LLM judges cost this run: per annotator, per input pair and per 1,000 curated pairs."""
+    per_1k = "n/a" if judging.cost_per_1k_curated_usd is None else f"${judging.cost_per_1k_curated_usd:,.4f}"
+    bill = Section(
+        "LLM judging bill",
+        "bill",
+        f"{judging.requests_per_input_pair:.2f} requests and {judging.tokens_per_input_pair:,.0f} tokens per input "
+        f"pair; ${judging.cost_usd:,.4f} in all, {per_1k} per 1,000 curated pairs (kept + recycled). Cost uses "
+        "each annotator's prices (zero when none is set); cached answers count as if asked.",
+    )
+    bill.table = {
+        "header": ["annotator", "verdicts", "requests", "prompt tokens", "completion tokens", "cost (USD)", "stopped"],
+        "rows": [
+            [
+                name,
+                b.verdicts,
+                f"{b.requests:,}",
+                f"{b.prompt_tokens:,}",
+                f"{b.completion_tokens:,}",
+                f"{b.cost_usd:,.4f}",
+                ", ".join(f"{k} {v:,}" for k, v in b.stopped.items()),
+            ]
+            for name, b in judging.annotators.items()
+        ],
+    }
+    return bill
 
 
 def stage2_page(out_dir: PathLike | Stage2Layout, truth: pa.Table | None = None) -> Page:
