@@ -34,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -230,7 +231,9 @@ def decide_all(store, rnd, run, shards, rule: RuleBase, use_judges: bool) -> tup
         names = sorted(p.parent.name for p in (sl.dir / "annotations").glob("*/samples.parquet"))
         verdicts = merged_verdicts(sl, names, "majority", store.round(rnd)) if use_judges else {}
         result = decide_shard(scores, verdicts, rule.fit(scores), read_parquet(sl.canary_scores).to_pylist())
-        asked = {v["pair_id"]: sum(a["asked"] for a in v["annotator_verdicts"]) for v in verdicts.values()}
+        asked = Counter(  # every request asked, also of annotators the rule counts zero (measured uninformative)
+            pid for n in names for pid in read_parquet(sl.samples(n), ["pair_id"]).column("pair_id").to_pylist()
+        )
         out.update(
             {
                 pid: (d.decision, use_judges and result.routed[pid], asked.get(pid, 0) if result.routed[pid] else 0)

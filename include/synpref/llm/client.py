@@ -57,9 +57,9 @@ class AnnotatorConfig(BaseModel):
     price_in_per_1k: float = Field(default=0.0, ge=0.0)  # USD; a negative price would bypass the budget
     price_out_per_1k: float = Field(default=0.0, ge=0.0)
     max_error_share: float = Field(default=0.25, ge=0.0, le=1.0)  # more failed requests fail the task
-    # sampled: self-consistency votes; logprobs: one request, the verdict token's probability (the endpoint must
-    # return logprobs); auto: logprobs where the endpoint returns them, else sampled
-    verdicts: Literal["sampled", "logprobs", "auto"] = "auto"
+    # sampled: self-consistency votes (default: measured, it keeps the curation quality); logprobs: one request, the
+    # verdict token's probability (the endpoint must return logprobs); auto: logprobs where the endpoint has them
+    verdicts: Literal["sampled", "logprobs", "auto"] = "sampled"
     cache_namespace: str | None = None  # default: the endpoint's base_url
     cache: Literal["use", "refresh"] = "use"  # refresh: ask again and overwrite (never reuse) cached answers
 
