@@ -21,7 +21,7 @@ import jinja2
 import pyarrow as pa
 
 from synpref.io.storage import PathLike, read_parquet
-from synpref.llm.client import AnnotatorConfig, AnnotatorError, Budget, Request, run_requests
+from synpref.llm.client import AnnotatorConfig, AnnotatorError, Budget, Request, Usage, run_requests
 from synpref.llm.prompt import block, boundary_marker, marker_line
 from synpref.seeding import seeded_digest, seeded_int
 from synpref.settings import AnnotateSettings, MergePolicy
@@ -227,7 +227,7 @@ def judge(
     adaptive = settings.sampling == "adaptive"
     logprobs = annotator.verdicts in ("logprobs", "auto")
     asked: dict[str, list[dict]] = {p["pair_id"]: [] for p in pairs}
-    usage_total: dict = {}
+    usage_total = Usage()
     open_pairs = list(pairs)
     waves = range(annotator.samples) if adaptive or logprobs else [None]  # fixed sampling: every sample at once
     for wave in waves:
@@ -241,7 +241,7 @@ def judge(
                 requests.append(Request(f"{pair['pair_id']}:{s}", msgs, s, seed))
                 meta.append((pair["pair_id"], s, swapped))
         responses, usage = run_requests(annotator, requests, cache_dir, budget, logprobs=logprobs and wave == 0)
-        _add_usage(usage_total, usage)
+        usage_total.add(usage)
         if wave == 0 and annotator.verdicts == "logprobs" and _no_logprobs(responses):
             raise AnnotatorError(
                 f"annotator '{annotator.name}' has verdicts: logprobs but its endpoint returned no logprobs; "
@@ -259,27 +259,13 @@ def judge(
                 rows[-1]["stopped"] = reason
         open_pairs = still_open
     rows = [r for p in pairs for r in asked[p["pair_id"]]]
-    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), {annotator.name: usage_total}
+    usage = {annotator.name: {**usage_total.as_dict(), "work": usage_total.work_dict()}}
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), usage
 
 
 def _no_logprobs(responses: list) -> bool:
     answered = [r for r in responses if r.status == "ok"]
     return bool(answered) and all(r.verdict_logprobs is None for r in answered)
-
-
-def _add_usage(total: dict, usage) -> None:
-    """Sum one wave's usage into the annotator's total (``as_dict`` figures and the cache-invariant ``work``)."""
-    for key, value in {**usage.as_dict(), "work": usage.work_dict()}.items():
-        if isinstance(value, dict):
-            inner = total.setdefault(key, {})
-            for k, v in value.items():
-                inner[k] = round(inner.get(k, 0) + v, 6) if isinstance(v, float) else inner.get(k, 0) + v
-        elif isinstance(value, list):
-            total[key] = sorted(set(total.get(key, [])) | set(value))[:10]
-        elif isinstance(value, float):
-            total[key] = round(total.get(key, 0.0) + value, 6)
-        else:
-            total[key] = total.get(key, 0) + value
 
 
 def majority(agree: int, disagree: int) -> Verdict:

@@ -187,6 +187,11 @@ class Usage:
         d["error_messages"] = sorted(set(self.error_messages))[:10]
         return d
 
+    def add(self, other: Usage) -> None:
+        """Add another call's usage (one annotator's requests asked in several waves)."""
+        for name, value in other.__dict__.items():
+            setattr(self, name, getattr(self, name) + value)
+
     def work_dict(self) -> dict[str, Any]:
         """Cache-invariant figures (tokens and cost of the annotations, fresh or cached): safe in artifacts."""
         return {
