@@ -67,6 +67,22 @@ def test_a_round_without_any_gold_says_where_to_put_it(tmp_path):
         step_intake(store, "2026-01-01")
 
 
+def test_a_round_whose_every_verification_was_rejected_writes_its_quarantine_and_says_why(tmp_path):
+    store, rows = _root(tmp_path)
+    inbox = store.inbox("2026-01-01") / "labels.jsonl"
+    inbox.parent.mkdir(parents=True)
+    conv = lambda r, side: r["conversation"] + [{"role": "assistant", "content": r[side]}]  # noqa: E731
+    lines = [{"chosen": conv(r, "chosen"), "rejected": conv(r, "rejected"), "human_label": "chosen"} for r in rows[:5]]
+    inbox.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(InputError) as e:
+        step_intake(store, "2026-01-01")
+    message = str(e.value)
+    assert "\n" not in message and "all 5 human verifications in the inbox were rejected" in message
+    assert "5 × verified pair lacks preference attributes" in message
+    quarantine = read_parquet(store.round("2026-01-01").table("intake_quarantine")).to_pylist()
+    assert len(quarantine) == 5 and str(store.round("2026-01-01").table("intake_quarantine")) in message
+
+
 def test_a_round_given_another_pool_reads_that_pool_and_never_the_roots(tmp_path):
     """``pool_uri`` (DAG) / ``--pool`` (CLI): every step reads the pool through the layout, so the root's own
     pool (same shard names) never mixes in."""
