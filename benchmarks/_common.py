@@ -42,6 +42,24 @@ def summary(samples: list[dict], key: str) -> dict:
     return {"min": min(values), "median": statistics.median(values)}
 
 
+def bf16_peak_flops(device: str = "cpu", size: int = 2048, repeats: int = 10) -> float:
+    """Measured bf16 FLOP/s of a square ``size`` matmul on ``device``: the median of ``repeats`` after 3 warm-ups
+    (synchronised on CUDA). The denominator of every "% of peak" / MFU figure."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    a, b = (torch.randn(size, size, dtype=torch.bfloat16, device=device) for _ in range(2))
+    times = []
+    for i in range(repeats + 3):
+        sync()
+        start = time.perf_counter()
+        a @ b
+        sync()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
 def timed(fn: Callable[[], object]) -> dict:
     start = time.perf_counter()
     result = fn()

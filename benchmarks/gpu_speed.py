@@ -26,27 +26,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, table  # noqa: E402
+from _common import bf16_peak_flops, report, table  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PAIRS_20M = 20_000_000
-
-
-def matmul_peak(device: str, size: int) -> float:
-    """bf16 TFLOP/s of square matmuls on ``device`` (median of 10)."""
-    import torch
-
-    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
-    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
-    times = []
-    for i in range(13):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return 2 * size**3 / sorted(times)[len(times) // 2] / 1e12
 
 
 def _sync(device: str) -> None:
@@ -101,7 +84,7 @@ def plain_loop(model, ids: list[list[int]], device: str, batch: int = 32) -> Non
             model(input_ids=x.to(device), attention_mask=m.to(device))
 
 
-def timed(fn, device: str) -> float:
+def seconds(fn, device: str) -> float:
     _sync(device)
     start = time.perf_counter()
     fn()
@@ -117,7 +100,7 @@ def score_rows(family, size, tokens, n, device, peak, budget, project_hours: boo
     project = lambda: score_token_ids(model, ids, 0, device, budget)  # noqa: E731
     plain = lambda: plain_loop(model, ids, device)  # noqa: E731
     score_token_ids(model, ids[:8], 0, device, budget), plain_loop(model, ids[:8], device)  # warm
-    t_plain, t_project = min(timed(plain, device) for _ in range(2)), min(timed(project, device) for _ in range(2))
+    t_plain, t_project = min(seconds(plain, device) for _ in range(2)), min(seconds(project, device) for _ in range(2))
     flops, toks = useful_flops(model, params, [len(i) for i in ids]), sum(map(len, ids))
     out = []
     for name, t in (("plain transformers loop (32)", t_plain), ("project (token budget, sorted)", t_project)):
@@ -153,7 +136,7 @@ def train_row(family: str, size: str, tokens: int, n: int, device: str, peak: fl
         )  # fmt: skip
         data = Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
         trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
-        t = timed(trainer.train, device)
+        t = seconds(trainer.train, device)
     lengths = [len(i) for i in chosen + rejected]
     mfu = 100 * useful_flops(model, params, lengths, train=True) / t / 1e12 / peak
     return [
@@ -174,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     gpu = torch.cuda.is_available()
     device = "cuda:0" if gpu else "cpu"
     smoke = a.smoke or not gpu
-    peak = matmul_peak(device, 1024 if smoke else 8192)
+    peak = bf16_peak_flops(device, 1024 if smoke else 8192) / 1e12  # TFLOP/s
     if smoke:
         cases, train_case, n, budget = [("qwen3", "tiny", 128)], ("qwen3", "tiny", 64), 32, 4096
     else:

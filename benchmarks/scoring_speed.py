@@ -23,29 +23,13 @@ import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, report, summary, table, timed  # noqa: E402
+from _common import bf16_peak_flops, interleaved, report, summary, table, timed  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PLAIN_BATCH = 32
-
-
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    """bf16 GFLOP/s of a large square matmul on this CPU (median of ``repeats``)."""
-    import torch
-
-    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / sorted(times)[len(times) // 2] / 1e9
 
 
 def rm_dir(directory: Path, decoder: bool) -> Path:
@@ -164,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    peak = matmul_peak()
+    peak = bf16_peak_flops("cpu") / 1e9  # GFLOP/s
     rows_out = [row for tokens in a.lengths for row in measure(tokens, a.pairs, a.repeats, peak)]
     head = ["model, mean tokens", "path", "median s", "pairs/s", "GFLOP/s", "% of bf16 peak", "speed vs plain HF"]
     title = f"RM scoring of {a.pairs} pairs per setting (bf16 matmul peak {peak:,.0f} GFLOP/s, same precision)"

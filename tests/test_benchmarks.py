@@ -19,7 +19,8 @@ def test_prepare_benchmark_runs_both_sides_on_the_same_input(tmp_path):
     import prepare_speed
 
     out = prepare_speed.main(["--sizes", "1500", "--repeats", "1"])
-    assert len(out[1500]) == 2 and all(v["time_ratio"] > 0 and v["peak_mb"] > 0 for v in out[1500].values())
+    assert set(out[1500]) == {"project, 1 process", f"project, {prepare_speed.CORES} processes"}
+    assert all(v["peak_mb"] > 0 for v in out[1500].values())  # memory was sampled (times are not asserted)
     assert "| 1,500 |" in (tmp_path / "prepare.md").read_text()
 
 
@@ -56,12 +57,14 @@ def test_gpu_benchmark_without_a_gpu_says_it_measured_none(tmp_path, monkeypatch
     out = gpu_speed.main([])
     text = (tmp_path / "gpu.md").read_text()
     assert out["gpu"] is False and text.startswith("**Not measured on a GPU**")
-    assert "not projected (smoke)" in text and len(out["score"]) == 2 and out["train"][0][2] > 0
+    assert "not projected (smoke)" in text and len(out["score"]) == 2
+    assert out["train"][0][1] == "TRL RewardTrainer (batch 8 pairs)"
 
 
 def test_scoring_benchmark_compares_three_paths_at_one_length(tmp_path):
     import scoring_speed
 
     out = scoring_speed.main(["--pairs", "4", "--repeats", "1", "--lengths", "256"])
-    assert len(out) == 3 and all(v["pairs_per_s"] > 0 for v in out.values())
+    paths = {name.split(" / ")[1] for name in out}  # the rates are benchmark results, not asserted here
+    assert paths == {"one pair at a time", "plain HF batching (32)", "project (token budget, sorted)"}
     assert "plain HF batching" in (tmp_path / "scoring.md").read_text()

@@ -325,8 +325,8 @@ def _train_launched(train: list[dict], select: list[dict], cfg: RMConfig, local:
     job = local / "launch"
     job.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    if pinned_gpu(device) is not None:
-        env["CUDA_VISIBLE_DEVICES"], device = pinned_gpu(device), "cuda:0"
+    if (gpu := pinned_gpu(device)) is not None:
+        env["CUDA_VISIBLE_DEVICES"], device = gpu, "cuda:0"
     (job / "inputs.pkl").write_bytes(pickle.dumps((train, select, cfg.model_dump(), device)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
     log.info("RM training: %d data-parallel process(es) on %s (torchrun)", n, device)

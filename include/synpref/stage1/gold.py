@@ -270,8 +270,13 @@ def tables(parts: dict[str, list[dict]], history: list[dict], quarantine: list[d
     out["discarded"] = pa.Table.from_pylist(parts["discarded"], schema=DISCARDED_SCHEMA)
     out["human_conflicts"] = pa.Table.from_pylist(parts["human_conflicts"], schema=CONFLICT_SCHEMA)
     out["human_verifications"] = pa.Table.from_pylist(history, schema=HISTORY_SCHEMA)
-    out["intake_quarantine"] = pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
+    out["intake_quarantine"] = quarantine_table(quarantine)
     return out
+
+
+def quarantine_table(quarantine: list[dict]) -> pa.Table:
+    """The inbox records intake rejected, each with its reason (``intake_quarantine.parquet``)."""
+    return pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
 
 
 def label_studio_tasks(rows: list[dict], seed: int = 0) -> list[dict]:

@@ -62,7 +62,7 @@ from synpref.records import (
     RoundManifest,
     TrainRecord,
 )
-from synpref.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, has_attributes
+from synpref.schema import PAIR_SCHEMA, has_attributes
 from synpref.seeding import seeded_sample
 from synpref.settings import Stage1Config
 from synpref.stage1 import gold as gold_mod
@@ -112,18 +112,16 @@ def _seed_silver(store: StorageLayout, cfg: Stage1Config, gold_ids: set[str]) ->
 
 
 def _require_inputs(store: StorageLayout, rnd: str, gold: int, quarantine: list[dict]) -> None:
-    """A round needs a prepared pool and some gold; otherwise say in one line what to provide. Verifications that
-    were all rejected are written to the round's intake quarantine first, and the line says how many and why."""
+    """A round needs a prepared pool and some gold; otherwise say in one line what to provide (when every human
+    verification was rejected: how many, why, and where the intake quarantine is)."""
     if not store.pool.is_complete():
         raise InputError(f"no unverified pool at {store.pool.dir}: run `synpref prepare --out {store.pool.dir}` first")
     if gold == 0 and quarantine:
-        table = pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
-        where = write_parquet(table, store.round(rnd).table("intake_quarantine"))
         reasons = Counter(q["reason"].split(":")[0][:80] for q in quarantine)
         why = "; ".join(f"{n} × {r}" for r, n in reasons.most_common(3))
         raise InputError(
             f"round {rnd} has no gold: all {len(quarantine)} human verifications in the inbox were rejected ({why}); "
-            f"the rows and reasons are in {where}"
+            f"the rows and reasons are in {store.round(rnd).table('intake_quarantine')}"
         )
     if gold == 0:
         raise InputError(
@@ -172,6 +170,8 @@ def step_intake(
     new = [{**v, "round": rnd} for v in intake.verifications]
     history = earlier + new
     parts = gold_mod.build_gold(history, cfg.validation_fraction)
+    if not parts["gold"] and intake.quarantine:  # the round stops below: its rejected verifications stay visible
+        write_parquet(gold_mod.quarantine_table(intake.quarantine), out.table("intake_quarantine"))
     _require_inputs(store, rnd, len(parts["gold"]), intake.quarantine)
     gold_ids = {g["pair_id"] for g in parts["gold"]}
     if prev is None:
