@@ -20,8 +20,10 @@ with the flagged labels flipped.
 
 ``--judging``: fixed = every sample of every annotator (self-consistency as it was); adaptive = samples only
 while an annotator's verdict is open; logprobs = one request, the verdict token's probability (the
-SIMULATED judges return calibrated logprobs worth one sample: a pessimistic simulation). The project's
-default is adaptive sampling with ``verdicts: auto`` (logprobs where the endpoint has them).
+SIMULATED judges return calibrated logprobs worth one sample: a pessimistic simulation); sequence = adaptive,
+and the annotators judge one after another, a pair going to the next only while the default rule leaves it
+open (``judges_in_sequence``, the default); sequence+logprobs = both. With judges in sequence the verdicts
+depend on the rule, so only the default rule (and "no judges") is evaluated.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Setting:
     rm_mode: str
     wild: int = 2000
     pool: int = 1500
-    judging: str = "fixed"  # fixed | adaptive | logprobs (see the module docstring)
+    judging: str = "fixed"  # one of JUDGING (see the module docstring)
 
     @property
     def name(self) -> str:
@@ -82,6 +84,17 @@ class Setting:
     @property
     def sampling(self) -> str:
         return "fixed" if self.judging == "fixed" else "adaptive"
+
+    @property
+    def in_sequence(self) -> bool:
+        return self.judging.startswith("sequence")
+
+    @property
+    def logprobs(self) -> bool:
+        return self.judging.endswith("logprobs")
+
+
+JUDGING = ["fixed", "adaptive", "logprobs", "sequence", "sequence+logprobs"]
 
 
 SWEEP = [
@@ -159,7 +172,7 @@ def judges_for(s: Setting, server: SimulatedJudgeServer) -> list[AnnotatorConfig
             samples=3,
             max_concurrency=16,
             timeout_s=10,
-            verdicts="auto" if s.judging == "logprobs" else "sampled",
+            verdicts="auto" if s.logprobs else "sampled",
         )
         for n in names
     ]
@@ -185,14 +198,14 @@ def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str
         rnd = store.resolve_round()
         run = begin_run(store.stage2("eval"))
         step_prepare_file(run, 0, str(store.wild / "wild.parquet"))
-        cfg2 = Stage2Config(shard_size=2000, sampling=s.sampling)
+        cfg2 = Stage2Config(shard_size=2000, sampling=s.sampling, judges_in_sequence=s.in_sequence)
         shards = step_finalize_prepare(run, cfg2)
-        everything = PaperRule(band=0.5, recycle_policy="both_rms_reject")  # routes every pair: every rule is
-        # then evaluated on the same verdicts
+        # every annotator judging every pair: routing every pair lets every rule be evaluated on the same verdicts;
+        # judges in sequence stop where the default rule settles a pair, so only that rule can be evaluated
+        everything = None if s.in_sequence else PaperRule(band=0.5, recycle_policy="both_rms_reject")
         for shard in shards:
             step_score(store, run, rnd, shard, cfg2, rule=everything)
-            for a in annotators:
-                step_annotate_shard(store, run, rnd, shard, a, cfg2, len(annotators) * len(shards))
+            step_annotate_shard(store, run, rnd, shard, annotators, cfg2, len(shards))
         return store, rnd, run, shards
     finally:
         server.stop()
@@ -349,7 +362,10 @@ def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dic
     results = []
     base = {"setting": s.name, "rm_test_raw": rm_test_accuracy(feats, wild_ids, set(), gold_ids, test_ids)}
     base["rm_test_oracle"] = rm_test_accuracy(feats, wild_ids, noisy, gold_ids, test_ids)
-    for name, (rule, use_judges) in rule_variants(store, rnd).items():
+    variants = rule_variants(store, rnd)
+    if s.in_sequence:  # the verdicts were asked where the default rule left a pair open: only it can use them
+        variants = {k: v for k, v in variants.items() if k in ("reliability (default)", "reliability, no judges")}
+    for name, (rule, use_judges) in variants.items():
         decisions, canaries = decide_all(store, rnd, run, shards, rule, use_judges)
         m = metrics(decisions, correct)
         kept_share = sum(d == "kept" for d, *_ in decisions.values()) / len(decisions)
@@ -427,7 +443,7 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="re-evaluate the rules on the worlds kept in --out")
     ap.add_argument("--only", action="append", default=[], help="run the settings whose name contains this")
     ap.add_argument("--table", nargs="*", default=None, help="print the table of these results.json files and exit")
-    ap.add_argument("--judging", nargs="+", default=["fixed"], choices=["fixed", "adaptive", "logprobs"])
+    ap.add_argument("--judging", nargs="+", default=["fixed"], choices=JUDGING)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "synpref", "sentence_transformers", "uvicorn"):

@@ -9,8 +9,9 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
    marked and never scored); the decision rule (`decision_rule`) is fitted to the shard and stored with
    it, and routes pairs to the judges — `reliability` (default): every pair whose confidence from the
    RMs alone is below `rm_only_confidence`; `paper`: p_best ≤ 0.5 + band;
-3. **annotate_shard** (mapped over annotator × shard, pool `llm_api`): the routed pairs (and blind
-   canaries) get preference-aware LLM re-annotation with few-shot gold examples;
+3. **annotate_shard** (mapped over shards, pool `llm_api`): the routed pairs (and blind canaries) get
+   preference-aware LLM re-annotation with few-shot gold examples; the annotators judge one after another,
+   and a pair goes to the next only while the rule leaves it open (`judges_in_sequence`);
 4. **decide_shard** (mapped): the stored rule decides every pair — `reliability`: keep when the
    confidence from RMs, judges and prior reaches the kept set's target precision, flip on positive
    evidence; `paper`: keep iff gold RM agrees AND (best RM agrees OR LLM judges agree), recycle per
@@ -157,13 +158,8 @@ def synpref_stage2():
         _, store, run, cfg = _run(params, dag_run, triggering_asset_events)
         return {"shard_uri": shard, **step_score(store, run, rnd, shard, cfg).for_xcom()}
 
-    @task
-    def annotator_ids(rnd: str, params: dict | None = None) -> list[str]:
-        return list(params["annotators"])
-
     @task(pool=LLM_POOL, max_active_tis_per_dagrun=8)
     def annotate_shard(
-        conn_id: str,
         score: dict,
         rnd: str,
         params: dict | None = None,
@@ -174,9 +170,9 @@ def synpref_stage2():
         from synpref.stage2.steps import step_annotate_shard
 
         params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
-        n_tasks = len(params["annotators"]) * max(1, len(ti.xcom_pull(task_ids="finalize_prepare") or []))
-        annotator = annotator_from_connection(conn_id)
-        return step_annotate_shard(store, run, rnd, score["shard_uri"], annotator, cfg, n_tasks)
+        n_tasks = max(1, len(ti.xcom_pull(task_ids="finalize_prepare") or []))
+        annotators = [annotator_from_connection(c) for c in params["annotators"]]
+        return step_annotate_shard(store, run, rnd, score["shard_uri"], annotators, cfg, n_tasks)
 
     @task(trigger_rule="none_failed", max_active_tis_per_dagrun=4)
     def decide_shard(
@@ -235,7 +231,7 @@ def synpref_stage2():
     rnd = resolve_source_round()
     shards = finalize_prepare(prepare_file.expand(item=list_input_files(rnd)))
     scores = score_shard.partial(rnd=rnd).expand(shard=shards)
-    annotations = annotate_shard.partial(rnd=rnd).expand(conn_id=annotator_ids(rnd), score=scores)
+    annotations = annotate_shard.partial(rnd=rnd).expand(score=scores)
     decisions = decide_shard.partial(rnd=rnd).expand(score=scores)
     annotations >> decisions
     counts = check_conservation(decisions, shards)

@@ -217,3 +217,21 @@ def test_the_paper_rule_needs_nothing_fitted():
     rule = PaperRule(band=0.1)
     assert rule.fit(SHARD, {}) is rule
     assert rule.summary() == {}
+
+
+def test_a_pair_is_settled_once_no_further_judge_is_needed():
+    """Judging in sequence: stop at the judge-skip confidence either way, or when nothing left can matter."""
+    rule = _rule({"best": 1.0, "gold": 1.0})
+    rest = ["j1", "j2"]
+    assert rule.settled(_scores(2.0, 2.0), _judgement("agree"), rest) == "confident"  # 4 + 2.2 ≥ logit(0.995)
+    assert rule.settled(_scores(-2.5, -2.5), _judgement("disagree"), rest) == "confident_flipped"
+    assert rule.settled(_scores(-2.5, -2.5), None, rest) is None  # no judge disagreed yet: a flip needs one
+    assert rule.settled(_scores(0.5, 0.0), _judgement("agree"), rest) is None  # open: the next judge can matter
+    assert rule.settled(_scores(-1.0, -1.0), _judgement("agree"), rest) is None  # two more agreeing could keep it
+    assert rule.settled(_scores(0.5, 0.0), _judgement("agree"), []) == "no_informative_judge"
+    bad = _rule({"best": 1.0, "gold": 1.0}, judges=GOOD_JUDGES | {"j2": BAD_JUDGE})
+    assert bad.settled(_scores(0.5, 0.0), _judgement("agree"), ["j2"]) == "no_informative_judge"
+    weak = _rule({"best": 1.0, "gold": 1.0}, judges={f"j{i}": _judge(0.6) for i in range(3)})
+    assert weak.settled(_scores(-0.3, 0.0), _judgement("agree"), ["j1"]) == "hopeless"  # keep and flip out of reach
+    assert weak.judge_priority("j0") < rule.judge_priority("j0")
+    assert PaperRule().settled(_scores(5.0, 5.0), _judgement("agree"), rest) is None  # the paper rule asks everyone

@@ -171,9 +171,9 @@ def test_the_score_step_chooses_the_few_shot_examples_and_annotate_needs_no_enco
         raise AssertionError("an annotate task loaded the encoder")
 
     monkeypatch.setattr(embedding, "_model", no_encoder)
-    info = step_annotate_shard(store, run, RND, shard, annotator_cfg(sim_server, "good", samples=1), cfg)
+    info = step_annotate_shard(store, run, RND, shard, [annotator_cfg(sim_server, "good", samples=1)], cfg)
     assert info["pairs"] == 40
-    assert info["requests"] == 40
+    assert info["annotators"]["good"]["requests"] == 40
 
 
 def test_the_judging_bill_counts_requests_tokens_and_cost_per_pair(world, sim_server):
@@ -184,8 +184,10 @@ def test_the_judging_bill_counts_requests_tokens_and_cost_per_pair(world, sim_se
     run = store.stage2("bill")
     cfg = Stage2Config(decision_rule="paper", band=0.5, max_examples=0)  # every non-gold pair is routed
     step_score(store, run, RND, shard, cfg)
-    for name, verdicts in (("good", "auto"), ("ok", "sampled")):
-        step_annotate_shard(store, run, RND, shard, annotator_cfg(sim_server, name, verdicts=verdicts), cfg)
+    annotators = [
+        annotator_cfg(sim_server, name, verdicts=verdicts) for name, verdicts in (("good", "auto"), ("ok", "sampled"))
+    ]
+    step_annotate_shard(store, run, RND, shard, annotators, cfg)  # the paper rule: every annotator judges every pair
     bill = judging_bill(
         [run.shard(shard)], {"input": 60, "kept": 25, "recycled": 5}, {"good": "auto", "ok": "sampled"}
     )
@@ -195,3 +197,47 @@ def test_the_judging_bill_counts_requests_tokens_and_cost_per_pair(world, sim_se
     assert bill.requests_per_input_pair == round((good.requests + ok.requests) / 60, 4)
     assert bill.cost_usd == round(good.cost_usd + ok.cost_usd, 6) > 0
     assert bill.cost_per_1k_curated_usd == round(1000 * bill.cost_usd / 30, 6)
+
+
+def test_judges_in_sequence_ask_the_next_annotator_only_while_the_rule_leaves_a_pair_open(world, sim_server):
+    """The reliability rule settles pairs across annotators: every routed pair is judged by the most reliable
+    annotator, a later one sees only the pairs still open, each pair records why it settled, the decide step
+    counts what was asked, and a re-run writes the same samples from the cache."""
+    from conftest import annotator_cfg
+    from synpref.stage2.consistency import ReliabilityRule
+    from synpref.stage2.steps import judging_bill, step_annotate_shard
+
+    store, shard, rows = world
+    stats = {"n": 60, "significant": True}
+    judges = {
+        n: {**stats, "accuracy": a, "unanimous": {**stats, "accuracy": a}, "split": {**stats, "accuracy": 0.6}}
+        for n, a in (("good", 0.85), ("ok", 0.8), ("meh", 0.75))
+    }
+    rule = ReliabilityRule(rm_weights={"best": 0.5, "gold": 0.5}, judges=judges, rm_only_confidence=0.995)
+    annotators = [annotator_cfg(sim_server, n) for n in ("meh", "ok", "good")]  # given in any order
+    asked = {}
+    for name, in_sequence in (("all", False), ("sequence", True)):
+        run = store.stage2(name)
+        cfg = Stage2Config(max_examples=0, judges_in_sequence=in_sequence)
+        step_score(store, run, RND, shard, cfg, rule=rule)
+        step_annotate_shard(store, run, RND, shard, annotators, cfg)
+        asked[name] = {a: read_parquet(run.shard(shard).samples(a)) for a in ("good", "ok", "meh")}
+    routed = set(asked["all"]["good"].column("pair_id").to_pylist())
+    seq = asked["sequence"]
+    per = {a: set(t.column("pair_id").to_pylist()) for a, t in seq.items()}
+    assert per["good"] == routed  # the most reliable first, on every routed pair
+    assert per["meh"] <= per["ok"] < per["good"]  # later annotators see only what is still open
+    assert sum(t.num_rows for t in seq.values()) < sum(t.num_rows for t in asked["all"].values())
+    reasons = [r for t in seq.values() for r in t.column("settled").to_pylist() if r]
+    assert len(reasons) == len(routed)  # one reason per pair, on its last sample
+    assert set(reasons) <= {"confident", "confident_flipped", "hopeless", "no_informative_judge", "all_annotators"}
+    assert all(r is None for t in asked["all"].values() for r in t.column("settled").to_pylist())
+
+    run = store.stage2("sequence")
+    before = {a: run.shard(shard).samples(a).read_bytes() for a in per}
+    step_annotate_shard(store, run, RND, shard, annotators, Stage2Config(max_examples=0))
+    assert {a: run.shard(shard).samples(a).read_bytes() for a in per} == before
+    decided = step_decide(store, run, RND, shard, list(per), Stage2Config())
+    assert decided.kept + decided.recycled + decided.dropped == 60
+    bill = judging_bill([run.shard(shard)], {"input": 60}, {a: "sampled" for a in per})
+    assert sum(bill.settled.values()) == len(routed)

@@ -92,11 +92,9 @@ def run_stage2(
         for i, f, split in map_items(files):
             step_prepare_file(run, i, f, split)
         shards = step_finalize_prepare(run, cfg, benchmark_uri, pool)
-        n_tasks = max(1, len(annotators) * len(shards))
         for shard in shards:
             step_score(store, run, rnd, shard, cfg)
-            for a in annotators:
-                step_annotate_shard(store, run, rnd, shard, a, cfg, n_tasks)
+            step_annotate_shard(store, run, rnd, shard, annotators, cfg, max(1, len(shards)))
             step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
         counts = step_check_conservation(run, shards)
         step_estimate(run, rnd, counts, cfg, {a.name: a.verdicts for a in annotators})

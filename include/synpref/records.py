@@ -302,6 +302,7 @@ class JudgingBill(Record):
     tokens_per_input_pair: Number
     cost_usd: Number
     cost_per_1k_curated_usd: Number | None
+    settled: dict[str, int] = {}  # judging in sequence: pairs per reason no further annotator was asked
 
 
 class Stage2Preview(Record):

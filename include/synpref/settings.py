@@ -337,6 +337,15 @@ class Stage2Config(AnnotateSettings):
         "confidence (never below the target). Their calibration comes from gold, which need not look like "
         "in-the-wild data, so this bar is stricter than the target.",
     )
+    judges_in_sequence: bool = setting(
+        True,
+        title="Stop across annotators",
+        section=SECTION_ANNOTATION,
+        description="Annotators judge a shard one after another, the most reliable on the gold probe first; a "
+        "pair goes to the next only while the decision rule leaves it open (reliability rule: the RMs and the "
+        "judges so far give neither label the judge-skip confidence, and a keep or a flip is still reachable). "
+        "Off: every annotator judges every routed pair.",
+    )
     canaries: int = setting(
         200,
         ge=0,

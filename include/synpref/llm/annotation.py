@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from importlib import resources
 from typing import Literal
@@ -49,7 +49,7 @@ def with_samples(settings: AnnotateSettings, annotator: AnnotatorConfig) -> Anno
 
 
 def task_budget(settings: AnnotateSettings, tasks: int = 1) -> Budget:
-    """One task's share of the run's budget (split evenly across annotator × shard tasks)."""
+    """One task's share of the run's budget (split evenly across annotate tasks)."""
     return Budget(settings.budget_usd / tasks if settings.budget_usd is not None else None)
 
 
@@ -156,6 +156,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("p_slot1", pa.float64()),  # P(Candidate 1) from the verdict token's logprobs; null for a sampled verdict
         ("stopped", pa.string()),  # on an annotator's last sample of a pair: why it asked no more (STOP_REASONS)
+        ("settled", pa.string()),  # judging in sequence, on a pair's last sample overall: why no annotator followed
     ]
 )
 STOP_REASONS = {
@@ -193,6 +194,7 @@ def _sample_row(pid: str, annotator: str, s: int, swapped: bool, resp) -> dict:
         "status": resp.status,
         "p_slot1": p1,
         "stopped": None,
+        "settled": None,
     }
 
 
@@ -263,6 +265,60 @@ def judge(
     return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), usage
 
 
+Settled = Callable[[str, dict, list[str]], str | None]
+
+
+def judge_in_sequence(
+    pairs: list[dict],
+    examples: dict[str, list[dict]],
+    annotators: list[AnnotatorConfig],
+    cache_dir: PathLike | None,
+    settings: AnnotateSettings,
+    budget: Budget,
+    settled: Settled | None = None,
+) -> tuple[dict[str, pa.Table], dict]:
+    """Every annotator's samples (name → table) and usage, the annotators asked one after another in the given
+    order. ``settled(pair_id, merged verdicts so far, annotators not asked yet)`` says why a pair needs no
+    further annotator (None: ask the next one); it is recorded in the ``settled`` column of the pair's last
+    sample. Without ``settled`` every annotator judges every pair."""
+    tables: dict[str, pa.Table] = {}
+    usage: dict = {}
+    reasons: dict[str, str] = {}
+    open_pairs = list(pairs)
+    for i, annotator in enumerate(annotators):
+        tables[annotator.name], u = judge(open_pairs, examples, annotator, cache_dir, settings, budget)
+        usage.update(u)
+        remaining = [a.name for a in annotators[i + 1 :]]
+        if settled is None or not remaining or not open_pairs:
+            continue
+        so_far = merge_samples(tables.values(), settings.merge_policy, pair_ids=[p["pair_id"] for p in open_pairs])
+        merged = {m["pair_id"]: m for m in so_far.to_pylist()}
+        for pid in list(merged):
+            reason = settled(pid, merged[pid], remaining)
+            if reason is not None:
+                reasons[pid] = reason
+        open_pairs = [p for p in open_pairs if p["pair_id"] not in reasons]
+    if settled is not None:
+        tables = _mark_settled(tables, reasons)
+    return tables, usage
+
+
+def _mark_settled(tables: dict[str, pa.Table], reasons: dict[str, str]) -> dict[str, pa.Table]:
+    """The ``settled`` reason on each pair's last sample of the last annotator that judged it."""
+    last: dict[str, tuple[str, int]] = {}
+    for name, t in tables.items():
+        for i, pid in enumerate(t.column("pair_id").to_pylist()):
+            last[pid] = (name, i)
+    out = {}
+    for name, t in tables.items():
+        column = [None] * t.num_rows
+        for pid, (n, i) in last.items():
+            if n == name:
+                column[i] = reasons.get(pid, "all_annotators")
+        out[name] = t.set_column(t.schema.get_field_index("settled"), "settled", pa.array(column, pa.string()))
+    return out
+
+
 def _no_logprobs(responses: list) -> bool:
     answered = [r for r in responses if r.status == "ok"]
     return bool(answered) and all(r.verdict_logprobs is None for r in answered)
@@ -314,6 +370,7 @@ MERGED_SCHEMA = pa.schema(
         ("votes_disagree", pa.int32()),
         ("votes_abstain", pa.int32()),
         ("agreement", pa.float32()),
+        ("settled", pa.string()),  # judging in sequence: why no further annotator was asked (null otherwise)
         (
             "annotator_verdicts",
             pa.list_(
@@ -344,15 +401,16 @@ def merge_samples(
     counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     statuses: dict[str, Counter] = defaultdict(Counter)
     stopped: dict[tuple[str, str], str] = {}
+    settled: dict[str, str] = {}
     for t in samples:
-        has_stop = "stopped" in t.column_names
-        for r in t.select(
-            ["pair_id", "annotator", "verdict", "status", *(["stopped"] if has_stop else [])]
-        ).to_pylist():
+        optional = [c for c in ("stopped", "settled") if c in t.column_names]  # absent from older sample tables
+        for r in t.select(["pair_id", "annotator", "verdict", "status", *optional]).to_pylist():
             counts[r["pair_id"]][r["annotator"]][r["verdict"]] += 1
             statuses[r["pair_id"]][r["status"]] += 1
             if r.get("stopped"):
                 stopped[(r["pair_id"], r["annotator"])] = r["stopped"]
+            if r.get("settled"):
+                settled[r["pair_id"]] = r["settled"]
     rows = []
     for pid in sorted(set(counts) | set(pair_ids or [])):
         per = {a: majority(c["agree"], c["disagree"]) for a, c in sorted(counts[pid].items())}
@@ -378,6 +436,7 @@ def merge_samples(
                 "votes_disagree": sum(c["disagree"] for c in counts[pid].values()),
                 "votes_abstain": sum(c["abstain"] for c in counts[pid].values()),
                 "agreement": agreement,
+                "settled": settled.get(pid),
                 "annotator_verdicts": [
                     {
                         "annotator": a,

@@ -46,6 +46,13 @@ from synpref.settings import RecyclePolicy, Stage2Config
 from synpref.stage2.recycle import recycle_policy_for, should_recycle
 
 Decision = Literal["kept", "recycled", "dropped"]
+SETTLED_REASONS = {
+    "confident": "the RMs and the judges so far give the label the judge-skip confidence",
+    "confident_flipped": "the RMs and the judges so far give the flipped label the judge-skip confidence",
+    "hopeless": "even if every remaining annotator agreed, neither keeping nor flipping could be reached",
+    "no_informative_judge": "the remaining annotators count zero (uninformative on the gold probe)",
+    "all_annotators": "every annotator was asked",
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,15 @@ class RuleBase(BaseModel):
     def summary(self) -> dict:
         """What it fitted, for the shard's records (rounded for reading)."""
         return {}
+
+    def judge_priority(self, annotator: str) -> float:
+        """Annotators judging in sequence are asked in descending priority (then by name)."""
+        return 0.0
+
+    def settled(self, scores: dict, judgement: dict | None, remaining: list[str]) -> str | None:
+        """Why no further annotator is needed for this pair (a ``SETTLED_REASONS`` key), or None to ask the next
+        one; ``remaining``: the annotators not asked yet. By default every annotator judges every routed pair."""
+        return None
 
 
 def load_rule(record: Mapping[str, Any]) -> RuleBase:
@@ -272,6 +288,30 @@ class ReliabilityRule(RuleBase):
             return Decided("recycled", f"confidence {1 - conf:.3f} in the flipped label; flipped", conf, evidence)
         why = "no judge verdict" if not judged else f"confidence {conf:.3f} is below the target either way"
         return Decided("dropped", why, conf, evidence)
+
+    def judge_priority(self, annotator: str) -> float:
+        """The most reliable judge on the gold probe first: its unanimous verdict's log-odds weight."""
+        return judge_weight(self.judges.get(annotator), True)
+
+    def settled(self, scores: dict, judgement: dict | None, remaining: list[str]) -> str | None:
+        """Stop asking judges once the evidence gives the label (or, with the judges' disagreement, the flipped
+        label) ``rm_only_confidence`` — the bar at which the RMs alone skip the judges —, or once no outcome of the
+        remaining annotators could reach a keep or a flip."""
+        evidence = self.evidence(scores, judgement)
+        total = sum(evidence.values())
+        judged = sum(v for k, v in evidence.items() if k.startswith("judge_"))
+        bar = logit(self.rm_only_confidence)
+        if total >= bar:
+            return "confident"
+        if -total >= bar and (judged < 0 or self.recycle_policy != "positive_evidence"):
+            return "confident_flipped"
+        room = self.judge_shrink * sum(judge_weight(self.judges.get(n), True) for n in remaining)
+        if room <= 0:
+            return "no_informative_judge"
+        judges_can_flip = self.recycle_policy == "positive_evidence" and total - room <= -logit(self.target_precision)
+        if total + room < logit(self.min_confidence) and not judges_can_flip:
+            return "hopeless"
+        return None
 
     def _flip(self, conf: float, judged: float, scores: dict) -> bool:
         if self.recycle_policy == "positive_evidence":

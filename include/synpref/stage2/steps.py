@@ -3,7 +3,7 @@
 prepare (pre-processing into shards) → score (the signals: best-RM and gold-RM logits per shard; the
 decision rule fitted to the shard, stored with it, routes pairs to the judges — by default the
 reliability rule: pairs whose RM-only confidence is below ``rm_only_confidence``) → annotate (LLM
-re-annotation with few-shot gold examples, per annotator × shard) → decide (``consistency.decide_shard``:
+re-annotation with few-shot gold examples, per shard, annotators in sequence) → decide (``consistency.decide_shard``:
 keep / recycle / drop, per shard) → conservation check → quality estimates → export (TRL-ready
 Parquet, dataset card, manifest). Paths: ``layout.Stage2Layout``; records: ``records``.
 """
@@ -45,8 +45,9 @@ from synpref.io.storage import (
 )
 from synpref.llm.annotation import (
     examples_table,
+    Settled,
     few_shot_examples,
-    judge,
+    judge_in_sequence,
     merge_samples,
     read_examples,
     task_budget,
@@ -54,7 +55,7 @@ from synpref.llm.annotation import (
     with_samples,
 )
 from synpref.llm.client import AnnotatorConfig
-from synpref.models.reliability import counted_samples
+from synpref.models.reliability import counted_samples, uninformative_judges
 from synpref.progress import log, shard_position
 from synpref.records import (
     AnnotatorBill,
@@ -317,25 +318,52 @@ def step_annotate_shard(
     out_dir: PathLike | Stage2Layout,
     rnd: str,
     shard_uri: PathLike,
-    annotator: AnnotatorConfig,
+    annotators: list[AnnotatorConfig],
     cfg: Stage2Config = Stage2Config(),
     n_tasks: int = 1,
 ) -> dict:
-    """LLM re-annotation (no humans) of one shard's routed pairs (and canaries) by one annotator, with the few-shot
-    gold examples the score step retrieved for them (no encoder here: these tasks are many and only wait on HTTP)."""
+    """LLM re-annotation (no humans) of one shard's routed pairs (and canaries) with the few-shot gold examples
+    the score step retrieved for them (no encoder here: these tasks are many and only wait on HTTP).
+
+    With ``judges_in_sequence`` the annotators are asked one after another (the rule's ``judge_priority``
+    first) and a pair goes to the next only while the rule says it is open (``RuleBase.settled``)."""
     store, run = layout(root), _run(out_dir)
     shard = run.shard(shard_uri)
     log.info("annotate: %s", shard_position(shard.name, run_shards(out_dir)))
-    annotator = with_samples(cfg, annotator)
-    pairs = _routed(read_parquet(shard_uri).to_pylist(), read_parquet(shard.scores).to_pylist(), _fitted_rule(shard))
+    rule = _fitted_rule(shard)
+    scores = read_parquet(shard.scores).to_pylist()
+    pairs = _routed(read_parquet(shard_uri).to_pylist(), scores, rule)
     canary_scores = read_parquet(shard.canary_scores).to_pylist()
     canaries = _routed_canaries(read_parquet(shard.canary_pairs).to_pylist(), canary_scores)
     examples = read_examples(shard.examples, list(_gold(store, rnd).values()))  # chosen once, by the score step
-    samples, usage = judge(canaries + pairs, examples, annotator, store.llm_cache, cfg, task_budget(cfg, n_tasks))
-    write_parquet(samples, shard.samples(annotator.name))
-    write_json(usage[annotator.name]["work"], shard.usage(annotator.name))
-    counts = {k: usage[annotator.name][k] for k in ("requests", "cache_hits", "errors")}
-    return {"shard": shard.name, "annotator": annotator.name, "pairs": len(pairs), "canaries": len(canaries), **counts}
+    annotators = [with_samples(cfg, a) for a in annotators]
+    settled = None
+    if cfg.judges_in_sequence:
+        annotators = sorted(annotators, key=lambda a: (-rule.judge_priority(a.name), a.name))
+        settled = _settled_by(rule, scores + canary_scores, store.round(rnd))
+    tables, usage = judge_in_sequence(
+        canaries + pairs, examples, annotators, store.llm_cache, cfg, task_budget(cfg, n_tasks), settled
+    )
+    for a in annotators:
+        write_parquet(tables[a.name], shard.samples(a.name))
+        write_json(usage[a.name]["work"], shard.usage(a.name))
+    counts = {a.name: {k: usage[a.name][k] for k in ("requests", "cache_hits", "errors")} for a in annotators}
+    return {"shard": shard.name, "pairs": len(pairs), "canaries": len(canaries), "annotators": counts}
+
+
+def _settled_by(rule: RuleBase, scores: list[dict], rnd: RoundLayout) -> Settled:
+    """``rule.settled`` over the verdicts that count (annotators measured uninformative on the probe count zero in
+    the decide step, so they neither settle a pair nor keep it open)."""
+    by_id = {s["pair_id"]: s for s in scores}
+    zero = set(uninformative_judges(read_json(rnd.judges) if rnd.judges.exists() else {}))
+
+    def settled(pair_id: str, judgement: dict, remaining: list[str]) -> str | None:
+        counted = [v for v in judgement["annotator_verdicts"] if v["annotator"] not in zero]
+        return rule.settled(
+            by_id[pair_id], {**judgement, "annotator_verdicts": counted}, [n for n in remaining if n not in zero]
+        )
+
+    return settled
 
 
 def _decision_schema() -> pa.Schema:
@@ -537,6 +565,7 @@ def judging_bill(shards: list, counts: dict, annotators: dict[str, str] | None =
     """The run's LLM bill from every shard's samples (requests asked, why sampling stopped) and usage (tokens,
     cost): per annotator, per input pair and per 1,000 curated pairs. ``annotators``: name → verdicts setting."""
     bills: dict[str, dict] = {}
+    settled: Counter = Counter()
     for shard in shards:
         for name in sorted(annotators or {}):
             if not shard.samples(name).exists():
@@ -545,8 +574,9 @@ def judging_bill(shards: list, counts: dict, annotators: dict[str, str] | None =
             stops = bill.setdefault("stopped", Counter())
             table = read_parquet(shard.samples(name))
             bill["requests"] += table.num_rows
-            if "stopped" in table.column_names:
-                stops.update(s for s in table.column("stopped").to_pylist() if s)
+            for column, counter in (("stopped", stops), ("settled", settled)):
+                if column in table.column_names:
+                    counter.update(s for s in table.column(column).to_pylist() if s)
             if shard.usage(name).exists():
                 work = read_json(shard.usage(name))
                 for k in ("prompt_tokens", "completion_tokens", "cost_usd"):
@@ -566,6 +596,7 @@ def judging_bill(shards: list, counts: dict, annotators: dict[str, str] | None =
         tokens_per_input_pair=round(sum(b.prompt_tokens + b.completion_tokens for b in per.values()) / inputs, 1),
         cost_usd=cost,
         cost_per_1k_curated_usd=round(1000 * cost / curated, 6) if curated else None,
+        settled=dict(sorted(settled.items())),
     )
 
 
