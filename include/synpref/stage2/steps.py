@@ -44,8 +44,8 @@ from synpref.io.storage import (
     write_parquet,
 )
 from synpref.llm.annotation import (
-    examples_table,
     Settled,
+    examples_table,
     few_shot_examples,
     judge_in_sequence,
     merge_samples,
