@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, ObjectStoragePath, Param
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, Param
 
 from synpref.settings import specs
 
@@ -113,6 +113,9 @@ ANNOTATOR_EXTRAS = (
     "price_in_per_1k",
     "price_out_per_1k",
     "max_error_share",
+    "verdicts",
+    "mode",
+    "batch_discount",
     "cache_namespace",
     "cache",
 )
@@ -232,3 +235,73 @@ class SignOff(ApprovalOperator):
         self.defaults = [self.APPROVE if params["sign_off_on_timeout"] == "approve" else self.REJECT]
         self.response_timeout = timedelta(hours=float(params["sign_off_timeout_hours"]))
         return super().execute(context)
+
+
+class BatchJudging(BaseOperator):
+    """Judging that waits for OpenAI batches without holding a worker slot.
+
+    ``judge(context, item, pending)`` judges one item (a stage-2 shard): online annotators answer in the task;
+    the requests of ``mode: batch`` annotators missing from the LLM cache are appended to ``pending``. If any
+    are, each such annotator's requests go out as one Batch-API job (``synpref.llm.batch``), the task defers to
+    the OpenAI provider's ``OpenAIBatchTrigger`` (the triggerer polls; no worker slot is held), resumes, puts
+    what the batch answered into the cache (also of a failed, expired or cancelled batch) and judges again —
+    until nothing is pending. ``places(context, item)`` → (annotators by connection id, LLM cache, the
+    directory of the item's batch records)."""
+
+    def __init__(self, *, item: Any, judge, places, poll_interval: float = 60, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.item, self.judge, self.places, self.poll_interval = item, judge, places, poll_interval
+
+    def execute(self, context):
+        pending: list = []
+        result = self.judge(context, self.item, pending)
+        if not pending:
+            return result
+        from synpref.llm.batch import by_annotator, submit
+
+        annotators, _, records = self.places(context, self.item)
+        task = f"{self.task_id}[{context['ti'].map_index}]"
+        meta = {"dag_id": self.dag_id, "run_id": context["run_id"], "task": task}
+        subs = []
+        for name, requests in by_annotator(pending).items():
+            _check_trigger_url(name, annotators[name])
+            subs.append(submit(annotators[name], requests, records, meta).model_dump())
+        return self.resume(context, {"status": "submitted"}, subs)
+
+    def resume(self, context, event: dict, submissions: list[dict]):
+        """Wait (deferred) for the first batch still running; once none is, ingest them all and judge again."""
+        from airflow.providers.openai.triggers.openai import OpenAIBatchTrigger
+
+        from synpref.llm.batch import IN_PROGRESS, BatchSubmission, ingest, status
+
+        if event.get("termination_reason") == "timeout":
+            raise RuntimeError(f"annotate: {event.get('message')}")
+        annotators, cache, records = self.places(context, self.item)
+        subs = [BatchSubmission(**s) for s in submissions]
+        for s in subs:
+            state = status(annotators[s.annotator], s.batch_id)
+            if state in IN_PROGRESS:
+                self.log.info("batch %s of %s is %s: waiting in the triggerer", s.batch_id, s.annotator, state)
+                self.defer(
+                    trigger=OpenAIBatchTrigger(
+                        conn_id=s.annotator, batch_id=s.batch_id, poll_interval=self.poll_interval, timeout=86400
+                    ),
+                    method_name="resume",
+                    kwargs={"submissions": submissions},
+                )
+        for s in subs:
+            ingest(annotators[s.annotator], s, cache, records)
+        return self.execute(context)
+
+
+def _check_trigger_url(conn_id: str, annotator) -> None:
+    """The provider's trigger polls the connection's host (or extra.openai_client_kwargs.base_url): it must be the
+    annotator's endpoint, or it would poll another one."""
+    from airflow.providers.openai.hooks.openai import OpenAIHook
+
+    url = str(OpenAIHook(conn_id=conn_id).get_conn().base_url).rstrip("/")
+    if url != annotator.base_url.rstrip("/"):
+        raise ValueError(
+            f"connection {conn_id!r} has mode: batch, but the OpenAI provider would poll {url} for its batches, not "
+            f"{annotator.base_url}: set the connection's host to the full base URL"
+        )

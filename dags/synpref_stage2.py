@@ -11,7 +11,8 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
    RMs alone is below `rm_only_confidence`; `paper`: p_best ≤ 0.5 + band;
 3. **annotate_shard** (mapped over shards, pool `llm_api`): the routed pairs (and blind canaries) get
    preference-aware LLM re-annotation with few-shot gold examples; the annotators judge one after another,
-   and a pair goes to the next only while the rule leaves it open (`judges_in_sequence`);
+   and a pair goes to the next only while the rule leaves it open (`judges_in_sequence`); annotators with
+   `mode: batch` are asked through the OpenAI Batch API, the task deferred while a batch runs;
 4. **decide_shard** (mapped): the stored rule decides every pair — `reliability`: keep when the
    confidence from RMs, judges and prior reaches the kept set's target precision, flip on positive
    evidence; `paper`: keep iff gold RM agrees AND (best RM agrees OR LLM judges agree), recycle per
@@ -46,6 +47,7 @@ from synpref_common import (
     SIGN_OFF_PARAMS,
     TAGS,
     TRAIN_QUEUE,
+    BatchJudging,
     SignOff,
     annotator_from_connection,
     existing,
@@ -63,6 +65,11 @@ def _triggering_round(triggering_asset_events) -> dict:
     events = triggering_asset_events or {}
     newest = sorted((e for evs in events.values() for e in evs), key=lambda e: e.timestamp)
     return dict(newest[-1].extra or {}) if newest else {}
+
+
+def _annotators(context) -> dict:
+    """The run's annotators by connection id."""
+    return {c: annotator_from_connection(c) for c in context["params"]["annotators"]}
 
 
 def _run(params: dict, dag_run, triggering_asset_events=None) -> tuple:
@@ -158,21 +165,19 @@ def synpref_stage2():
         _, store, run, cfg = _run(params, dag_run, triggering_asset_events)
         return {"shard_uri": shard, **step_score(store, run, rnd, shard, cfg).for_xcom()}
 
-    @task(pool=LLM_POOL, max_active_tis_per_dagrun=8)
-    def annotate_shard(
-        score: dict,
-        rnd: str,
-        params: dict | None = None,
-        dag_run=None,
-        triggering_asset_events=None,
-        ti=None,
-    ) -> dict:
+    def judge_shard(context, score: dict, pending: list) -> dict:
         from synpref.stage2.steps import step_annotate_shard
 
-        params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
+        _, store, run, cfg = _run(context["params"], context["dag_run"], context.get("triggering_asset_events"))
+        ti = context["ti"]
         n_tasks = max(1, len(ti.xcom_pull(task_ids="finalize_prepare") or []))
-        annotators = [annotator_from_connection(c) for c in params["annotators"]]
-        return step_annotate_shard(store, run, rnd, score["shard_uri"], annotators, cfg, n_tasks)
+        rnd = ti.xcom_pull(task_ids="resolve_source_round")
+        annotators = list(_annotators(context).values())
+        return step_annotate_shard(store, run, rnd, score["shard_uri"], annotators, cfg, n_tasks, pending)
+
+    def batch_places(context, score: dict) -> tuple:
+        _, store, run, _ = _run(context["params"], context["dag_run"], context.get("triggering_asset_events"))
+        return _annotators(context), store.llm_cache, run.shard(score["shard_uri"]).batches
 
     @task(trigger_rule="none_failed", max_active_tis_per_dagrun=4)
     def decide_shard(
@@ -231,7 +236,9 @@ def synpref_stage2():
     rnd = resolve_source_round()
     shards = finalize_prepare(prepare_file.expand(item=list_input_files(rnd)))
     scores = score_shard.partial(rnd=rnd).expand(shard=shards)
-    annotations = annotate_shard.partial(rnd=rnd).expand(score=scores)
+    annotations = BatchJudging.partial(
+        task_id="annotate_shard", judge=judge_shard, places=batch_places, pool=LLM_POOL, max_active_tis_per_dagrun=8
+    ).expand(item=scores)
     decisions = decide_shard.partial(rnd=rnd).expand(score=scores)
     annotations >> decisions
     counts = check_conservation(decisions, shards)

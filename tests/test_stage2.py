@@ -241,3 +241,72 @@ def test_judges_in_sequence_ask_the_next_annotator_only_while_the_rule_leaves_a_
     assert decided.kept + decided.recycled + decided.dropped == 60
     bill = judging_bill([run.shard(shard)], {"input": 60}, {a: "sampled" for a in per})
     assert sum(bill.settled.values()) == len(routed)
+
+
+def _annotate_through_batches(store, run, shard, annotators, cfg) -> tuple[dict, list]:
+    """What the DAG's BatchJudging operator does, without Airflow: judge, submit what is pending, wait, ingest,
+    judge again until nothing is pending. Returns the step's result and the batch outcomes."""
+    import time
+
+    from synpref.llm.batch import IN_PROGRESS, by_annotator, ingest, status, submit
+    from synpref.stage2.steps import step_annotate_shard
+
+    by_name, outcomes = {a.name: a for a in annotators}, []
+    records = run.shard(shard).batches
+    for _ in range(60):  # a batch per wave and annotator, and retries of what failed
+        pending = []
+        result = step_annotate_shard(store, run, RND, shard, annotators, cfg, 1, pending)
+        if not pending:
+            return result, outcomes
+        assert result["pending"] == len(pending)
+        for name, requests in by_annotator(pending).items():
+            sub = submit(by_name[name], requests, records, {"test": "batch"})
+            while status(by_name[name], sub.batch_id) in IN_PROGRESS:
+                time.sleep(0.2)
+            outcomes.append(ingest(by_name[name], sub, store.llm_cache, records))
+    raise AssertionError(f"batches never answered everything: {outcomes[:4]}")
+
+
+def test_batch_mode_judges_through_the_batch_api_and_writes_what_the_online_run_writes(world, sim_truth):
+    """Batch-mode annotators: the step asks nothing online, the SIMULATED Batch API answers (one batch partly
+    failing, one expiring half-done), only what is missing is resubmitted, and the samples are byte-identical to
+    an online run's on the same cached answers; a re-run submits no batch; outside a batch-capable task, a
+    batch-mode annotator is a one-line error."""
+    from conftest import annotator_cfg
+    from synpref.llm.client import AnnotatorError
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+    from synpref.stage2.steps import step_annotate_shard
+
+    store, shard, rows = world
+    _, _, truth, _, gtruth = sim_truth
+    server = SimulatedJudgeServer(
+        TruthIndex.from_tables(truth, gtruth), {"good": JudgeProfile(0.85), "ok": JudgeProfile(0.8)}, api_key="sk-test"
+    )
+    server.start()
+    server.batches.delay_s, server.batches.fail_share, server.batches.expire_next = 0.2, 0.2, 1
+    try:
+        cfg = Stage2Config(decision_rule="paper", band=0.5, max_examples=0)  # every non-gold pair is routed
+        online = [annotator_cfg(server, n) for n in ("good", "ok")]
+        batch = [a.model_copy(update={"mode": "batch"}) for a in online]
+        run_b, run_o = store.stage2("batch"), store.stage2("online")
+        step_score(store, run_b, RND, shard, cfg)
+        step_score(store, run_o, RND, shard, cfg)
+        asked_online = server.counts.total()
+        result, outcomes = _annotate_through_batches(store, run_b, shard, batch, cfg)
+        assert server.counts.total() - asked_online == sum(o.answered for o in outcomes)  # only through batches
+        assert any(o.status == "expired" for o in outcomes) and any(o.failed for o in outcomes)
+        assert len(outcomes) >= 3  # a retry batch for what failed
+        assert result["pairs"] == 40 and set(result["annotators"]) == {"good", "ok"}
+
+        before = server.batches.created
+        again, _ = _annotate_through_batches(store, run_b, shard, batch, cfg)  # a re-run: all cached
+        assert server.batches.created == before and again == result
+
+        step_annotate_shard(store, run_o, RND, shard, online, cfg)
+        for a in ("good", "ok"):
+            assert run_o.shard(shard).samples(a).read_bytes() == run_b.shard(shard).samples(a).read_bytes()
+        assert server.counts.total() - asked_online == sum(o.answered for o in outcomes)  # online asked nothing new
+        with pytest.raises(AnnotatorError, match="mode: batch"):
+            step_annotate_shard(store, run_o, RND, shard, batch, cfg)
+    finally:
+        server.stop()

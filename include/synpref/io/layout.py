@@ -252,6 +252,11 @@ class ShardLayout:
         return self.dir / "annotations" / annotator / "usage.json"
 
     @property
+    def batches(self) -> Any:
+        """Batch-API submissions of batch-mode annotators (``<annotator>-<digest>.json``: batch ids, outcomes)."""
+        return self.dir / "batches"
+
+    @property
     def examples(self) -> Any:
         """Few-shot gold examples of the routed pairs and canaries (written by score: annotate needs no encoder)."""
         return self.dir / "examples.parquet"

@@ -21,7 +21,15 @@ import jinja2
 import pyarrow as pa
 
 from synpref.io.storage import PathLike, read_parquet
-from synpref.llm.client import AnnotatorConfig, AnnotatorError, Budget, Request, Usage, run_requests
+from synpref.llm.client import (
+    AnnotatorConfig,
+    AnnotatorError,
+    Budget,
+    PendingRequest,
+    Request,
+    Usage,
+    run_requests,
+)
 from synpref.llm.prompt import block, boundary_marker, marker_line
 from synpref.seeding import seeded_digest, seeded_int
 from synpref.settings import AnnotateSettings, MergePolicy
@@ -217,8 +225,10 @@ def judge(
     cache_dir: PathLike | None,
     settings: AnnotateSettings = AnnotateSettings(),
     budget: Budget | None = None,
+    pending: list[PendingRequest] | None = None,
 ) -> tuple[pa.Table, dict]:
-    """One annotator's verdicts on ``pairs``: one row per sample asked, and usage.
+    """One annotator's verdicts on ``pairs``: one row per sample asked, and usage. A batch-mode annotator's
+    requests missing from the cache go to ``pending`` and judging stops at that wave (the table is then partial).
 
     Samples are asked in waves (sample 0 of every pair, then sample 1 of the pairs still open, ...): with
     ``sampling=adaptive`` a pair stops as soon as the remaining samples cannot change the annotator's majority;
@@ -242,8 +252,13 @@ def judge(
                 seed = request_seed(pair["pair_id"], annotator.name, s, settings.seed)
                 requests.append(Request(f"{pair['pair_id']}:{s}", msgs, s, seed))
                 meta.append((pair["pair_id"], s, swapped))
-        responses, usage = run_requests(annotator, requests, cache_dir, budget, logprobs=logprobs and wave == 0)
+        waiting = len(pending) if pending is not None else 0
+        responses, usage = run_requests(
+            annotator, requests, cache_dir, budget, logprobs=logprobs and wave == 0, pending=pending
+        )
         usage_total.add(usage)
+        if pending is not None and len(pending) > waiting:
+            break  # the next wave depends on answers a batch has yet to give
         if wave == 0 and annotator.verdicts == "logprobs" and _no_logprobs(responses):
             raise AnnotatorError(
                 f"annotator '{annotator.name}' has verdicts: logprobs but its endpoint returned no logprobs; "
@@ -276,21 +291,26 @@ def judge_in_sequence(
     settings: AnnotateSettings,
     budget: Budget,
     settled: Settled | None = None,
+    pending: list[PendingRequest] | None = None,
 ) -> tuple[dict[str, pa.Table], dict]:
     """Every annotator's samples (name → table) and usage, the annotators asked one after another in the given
     order. ``settled(pair_id, merged verdicts so far, annotators not asked yet)`` says why a pair needs no
     further annotator (None: ask the next one); it is recorded in the ``settled`` column of the pair's last
-    sample. Without ``settled`` every annotator judges every pair."""
+    sample. Without ``settled`` every annotator judges every pair. Batch-mode requests missing from the cache go to
+    ``pending`` (and, in sequence, no later annotator is asked): the tables are then partial, not to be written."""
     tables: dict[str, pa.Table] = {}
     usage: dict = {}
     reasons: dict[str, str] = {}
     open_pairs = list(pairs)
     for i, annotator in enumerate(annotators):
-        tables[annotator.name], u = judge(open_pairs, examples, annotator, cache_dir, settings, budget)
+        waiting = len(pending) if pending is not None else 0
+        tables[annotator.name], u = judge(open_pairs, examples, annotator, cache_dir, settings, budget, pending)
         usage.update(u)
         remaining = [a.name for a in annotators[i + 1 :]]
         if settled is None or not remaining or not open_pairs:
             continue
+        if pending is not None and len(pending) > waiting:
+            break  # who is asked next depends on answers a batch has yet to give
         so_far = merge_samples(tables.values(), settings.merge_policy, pair_ids=[p["pair_id"] for p in open_pairs])
         merged = {m["pair_id"]: m for m in so_far.to_pylist()}
         for pid in list(merged):

@@ -60,6 +60,10 @@ class AnnotatorConfig(BaseModel):
     # sampled: self-consistency votes (default: measured, it keeps the curation quality); logprobs: one request, the
     # verdict token's probability (the endpoint must return logprobs); auto: logprobs where the endpoint has them
     verdicts: Literal["sampled", "logprobs", "auto"] = "sampled"
+    # online: one HTTP request per verdict, answered in the task; batch: the task's missing requests go out as one
+    # OpenAI Batch API job (JSONL), waited for in Airflow's triggerer, at the batch price (``batch_discount`` off)
+    mode: Literal["online", "batch"] = "online"
+    batch_discount: float = Field(default=0.5, ge=0.0, le=1.0)
     cache_namespace: str | None = None  # default: the endpoint's base_url
     cache: Literal["use", "refresh"] = "use"  # refresh: ask again and overwrite (never reuse) cached answers
 
@@ -92,7 +96,9 @@ class AnnotatorConfig(BaseModel):
         return "no-key"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens / 1000 * self.price_in_per_1k + completion_tokens / 1000 * self.price_out_per_1k
+        """USD of one answer at this annotator's prices (the batch price in batch mode)."""
+        cost = prompt_tokens / 1000 * self.price_in_per_1k + completion_tokens / 1000 * self.price_out_per_1k
+        return cost * (1 - self.batch_discount) if self.mode == "batch" else cost
 
 
 class AnnotatorError(RuntimeError):
@@ -213,7 +219,7 @@ class Request:
 class Response:
     key: str
     text: str | None
-    status: str  # ok (fresh or cached) | error | budget
+    status: str  # ok (fresh or cached) | error | budget | pending (batch mode: collected for a batch, not asked)
     error: str | None = None
     verdict_logprobs: dict[str, float] | None = None  # {"1": lp, "2": lp} at the final verdict token, if asked
 
@@ -302,6 +308,29 @@ class ChatRequest:
     max_tokens: int
     seed: int
     logprobs: bool = False  # ask for the tokens' log-probabilities (top 5 alternatives)
+
+
+def chat_body(request: ChatRequest) -> dict:
+    """The JSON body of a chat completion (online and in a batch file alike)."""
+    body = {
+        "model": request.model,
+        "messages": [{"role": r, "content": c} for r, c in request.messages],
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        "seed": request.seed,
+    }
+    if request.logprobs:
+        body.update(logprobs=True, top_logprobs=5)
+    return body
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A batch-mode request missing from the cache: its cache key (the batch line's ``custom_id``) and body."""
+
+    annotator: str
+    custom_id: str
+    body: dict
 
 
 @dataclass(frozen=True)
@@ -405,15 +434,7 @@ class OpenAIBackend:
         try:
             # the client's own POST (its retries, errors and parsing) with a plain JSON body: the typed
             # ``chat.completions.create`` re-walks every message through its TypedDict transform (~1 ms)
-            body = {
-                "model": request.model,
-                "messages": [{"role": r, "content": c} for r, c in request.messages],
-                "temperature": request.temperature,
-                "max_tokens": request.max_tokens,
-                "seed": request.seed,
-            }
-            if request.logprobs:
-                body.update(logprobs=True, top_logprobs=5)
+            body = chat_body(request)
             out = await next(self.turn).post("/chat/completions", body=body, cast_to=self.completion_type)
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
             raise AnnotatorError(
@@ -546,6 +567,7 @@ async def _run_async(
     budget: Budget,
     usage: Usage,
     logprobs: bool = False,
+    pending: list[PendingRequest] | None = None,
 ) -> list[Response]:
     backend = make_backend(cfg)
     sem = asyncio.Semaphore(cfg.max_concurrency)
@@ -573,13 +595,16 @@ async def _run_async(
             usage.cache_hits += 1
             account(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
             return Response(req.key, hit["text"], "ok", verdict_logprobs=hit.get("verdict_logprobs"))
+        chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed, logprobs)
+        if pending is not None and cfg.mode == "batch":
+            pending.append(PendingRequest(cfg.name, h, chat_body(chat)))
+            return Response(req.key, None, "pending")
         async with sem:
             if budget.exhausted():
                 usage.budget_skipped += 1
                 return Response(req.key, None, "budget")
             await limiter.wait()
             usage.requests += 1
-            chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed, logprobs)
             try:
                 out = await _complete_with_retries(backend, chat, cfg.max_retries)
             except BackendError as e:
@@ -592,13 +617,7 @@ async def _run_async(
         usage.new_cost_usd += cost
         budget.spent_usd += cost
         budget.spent_tokens += out.prompt_tokens + out.completion_tokens
-        value = {
-            "model": cfg.model,
-            "text": out.text,
-            "prompt_tokens": out.prompt_tokens,
-            "completion_tokens": out.completion_tokens,
-            **({"verdict_logprobs": out.verdict_logprobs} if logprobs else {}),
-        }
+        value = cache_value(cfg.model, out, logprobs)
         writes.append(writer.submit(cache.put, h, value))  # off the event loop, one writer thread
         return Response(req.key, out.text, "ok", verdict_logprobs=out.verdict_logprobs)
 
@@ -626,6 +645,17 @@ async def _run_async(
         await backend.aclose()
 
 
+def cache_value(model: str, out: Completion, logprobs: bool) -> dict:
+    """What the cache stores of an answer (online or from a batch)."""
+    return {
+        "model": model,
+        "text": out.text,
+        "prompt_tokens": out.prompt_tokens,
+        "completion_tokens": out.completion_tokens,
+        **({"verdict_logprobs": out.verdict_logprobs} if logprobs else {}),
+    }
+
+
 def _failed_writes(writes: list) -> list[str]:
     """The cache writes that failed (disk full, read-only storage), as messages: a cache that cannot be written
     must not cost the answers already paid for."""
@@ -644,12 +674,19 @@ def run_requests(
     cache_dir: PathLike | None,
     budget: Budget | None = None,
     logprobs: bool = False,
+    pending: list[PendingRequest] | None = None,
 ) -> tuple[list[Response], Usage]:
     """Issue (or read from cache) every request of one annotator; order of results = order of requests.
-    ``logprobs``: ask for the verdict token's log-probabilities (cached with the answer)."""
+    ``logprobs``: ask for the verdict token's log-probabilities (cached with the answer). A batch-mode annotator
+    asks nothing: its cache misses are appended to ``pending`` (for a batch) and answered ``pending``."""
+    if cfg.mode == "batch" and pending is None:
+        raise AnnotatorError(
+            f"annotator '{cfg.name}' has mode: batch, which only stage 2's annotate task in Airflow submits "
+            "(it waits for the batch in the triggerer); use mode: online here"
+        )
     usage = Usage()
     cache = ResponseCache(cache_dir, refresh=cfg.cache == "refresh")
-    responses = asyncio.run(_run_async(cfg, requests, cache, budget or Budget(), usage, logprobs))
+    responses = asyncio.run(_run_async(cfg, requests, cache, budget or Budget(), usage, logprobs, pending))
     check_error_share(cfg, usage)
     return responses, usage
 

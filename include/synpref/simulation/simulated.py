@@ -1,9 +1,10 @@
 """SIMULATIONS for the offline default and the tests — clearly not real annotators.
 
-- ``SimulatedJudgeServer``: an OpenAI-compatible HTTP server (``/v1/chat/completions``,
-  ``/v1/models``) that answers judging prompts from the synthetic data's hidden truth with a
-  configurable accuracy, position bias and fault injection (429, 500, slow responses,
-  malformed text, a verdict buried mid-text, prompt-injection text), and answers attribute
+- ``SimulatedJudgeServer``: an OpenAI-compatible HTTP server (``/v1/chat/completions``, ``/v1/models``,
+  and the Batch API: ``/v1/files`` upload / retrieve / content, ``/v1/batches`` create / retrieve / cancel,
+  with batches that take a while, partly fail or expire) that answers judging prompts from the synthetic
+  data's hidden truth with a configurable accuracy, position bias and fault injection (429, 500, slow
+  responses, malformed text, a verdict buried mid-text, prompt-injection text), and answers attribute
   prompts with JSON. It stands in for strong LLM judges, which cannot run offline here.
 - ``simulate_human_review``: a simulated human verifier that answers a round's review queue
   from the truth with a configurable accuracy and writes a Label Studio export into the inbox.
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from synpref.io.storage import PathLike, as_path, read_parquet, write_json
 from synpref.llm.prompt import parse_prompt
@@ -170,6 +171,7 @@ class SimulatedJudgeServer:
         self.truth, self.profiles, self.api_key, self.host, self.port = truth, profiles, api_key, host, port
         self.counts: Counter = Counter()
         self.attempts: Counter = Counter()
+        self.batches = SimulatedBatches(self)
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -308,6 +310,8 @@ class SimulatedJudgeServer:
                 "data": [{"id": m, "object": "model", "owned_by": "synpref-simulation"} for m in self.profiles],
             }
 
+        self.batches.routes(app, unauthorized)
+
         @app.get("/stats")
         async def stats():
             return {"requests": dict(self.counts), "total": sum(self.counts.values()), "repeated": self.repeated()}
@@ -350,6 +354,182 @@ class SimulatedJudgeServer:
 
         log.warning(SIMULATION_BANNER)
         uvicorn.run(self.app(), host=self.host, port=self.port, log_level="warning", access_log=False)
+
+
+class SimulatedBatches:
+    """The OpenAI Batch API of the SIMULATED server, same wire format: a JSONL file of chat-completion requests
+    is uploaded (``purpose=batch``), a batch is created on it, ``validating`` → ``in_progress`` → ``completed``
+    after ``delay_s``, then its output file (one line per answered request, by ``custom_id``) and error file
+    (one line per failed one) are downloaded. ``fail_share`` of a batch's requests fail (drawn per batch and
+    request, so a retry of the same request may succeed); the next ``expire_next`` batches end ``expired``
+    with half their requests answered and the rest in the error file (``batch_expired``)."""
+
+    ENDPOINT = "/v1/chat/completions"
+
+    def __init__(self, server: SimulatedJudgeServer, delay_s: float = 1.0) -> None:
+        self.server, self.delay_s = server, delay_s
+        self.fail_share, self.expire_next = 0.0, 0
+        self.files: dict[str, tuple[dict, bytes]] = {}
+        self.jobs: dict[str, dict] = {}
+        self.created = 0
+
+    def _file(self, content: bytes, filename: str, purpose: str) -> dict:
+        fid = f"file-sim{len(self.files):06d}"
+        meta = {
+            "id": fid,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
+        self.files[fid] = (meta, content)
+        return meta
+
+    def create(self, input_file_id: str, endpoint: str, window: str, metadata: dict | None) -> tuple[int, dict]:
+        if input_file_id not in self.files:
+            return 404, {"error": {"message": f"no file {input_file_id}", "type": "invalid_request_error"}}
+        if endpoint != self.ENDPOINT:
+            return 400, {
+                "error": {"message": f"endpoint {endpoint} is not simulated", "type": "invalid_request_error"}
+            }
+        bid = f"batch_sim{self.created:06d}"
+        self.created += 1
+        expire = self.expire_next > 0
+        self.expire_next -= expire
+        now = int(time.time())
+        self.jobs[bid] = {
+            "id": bid,
+            "object": "batch",
+            "endpoint": endpoint,
+            "input_file_id": input_file_id,
+            "completion_window": window,
+            "status": "validating",
+            "created_at": now,
+            "expires_at": now + 86400,
+            "metadata": metadata,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "_ready_at": time.monotonic() + self.delay_s,
+            "_expire": expire,
+        }
+        return 200, self._public(self.jobs[bid])
+
+    def _public(self, job: dict) -> dict:
+        return {k: v for k, v in job.items() if not k.startswith("_")}
+
+    def retrieve(self, bid: str) -> tuple[int, dict]:
+        job = self.jobs.get(bid)
+        if job is None:
+            return 404, {"error": {"message": f"no batch {bid}", "type": "invalid_request_error"}}
+        if job["status"] == "validating":
+            job.update(status="in_progress", in_progress_at=int(time.time()))
+        elif job["status"] == "in_progress" and time.monotonic() >= job["_ready_at"]:
+            self._finish(job)
+        return 200, self._public(job)
+
+    def cancel(self, bid: str) -> tuple[int, dict]:
+        job = self.jobs.get(bid)
+        if job is None:
+            return 404, {"error": {"message": f"no batch {bid}", "type": "invalid_request_error"}}
+        if job["status"] in ("validating", "in_progress"):
+            job.update(status="cancelled", cancelled_at=int(time.time()))
+        return 200, self._public(job)
+
+    def _finish(self, job: dict) -> None:
+        lines = [json.loads(x) for x in self.files[job["input_file_id"]][1].decode().splitlines() if x.strip()]
+        out, errors = [], []
+        for i, line in enumerate(lines):
+            cid = line.get("custom_id")
+            draw = int(hashlib.sha256(f"{job['id']}\x00{cid}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+            if job["_expire"] and i >= len(lines) // 2:
+                errors.append(self._error_line(cid, "batch_expired", "the batch expired before this request ran"))
+            elif draw < self.fail_share:
+                errors.append(self._error_line(cid, "server_error", "internal error (simulated)"))
+            else:
+                status, body, _ = self.server.respond(line.get("body") or {})
+                ok = status == 200
+                out.append(
+                    {
+                        "id": f"batch_req_{len(out)}",
+                        "custom_id": cid,
+                        "response": {"status_code": status, "request_id": f"req_{i}", "body": body},
+                        "error": None,
+                    }
+                )
+                if not ok:
+                    errors.append(self._error_line(cid, str(status), "request failed (simulated)"))
+                    out.pop()
+        now = int(time.time())
+        job["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(errors)}
+        if out:
+            job["output_file_id"] = self._file(_jsonl(out), f"{job['id']}_output.jsonl", "batch_output")["id"]
+        if errors:
+            job["error_file_id"] = self._file(_jsonl(errors), f"{job['id']}_error.jsonl", "batch_output")["id"]
+        if job["_expire"]:
+            job.update(status="expired", expired_at=now)
+        else:
+            job.update(status="completed", completed_at=now)
+
+    @staticmethod
+    def _error_line(cid: str, code: str, message: str) -> dict:
+        return {"id": None, "custom_id": cid, "response": None, "error": {"code": code, "message": message}}
+
+    def routes(self, app: FastAPI, unauthorized) -> None:
+        @app.post("/v1/files")
+        async def upload(request: Request):
+            if (denied := unauthorized(request)) is not None:
+                return denied
+            form = await request.form()
+            upload = form["file"]
+            return self._file(await upload.read(), upload.filename or "upload.jsonl", str(form.get("purpose")))
+
+        @app.get("/v1/files/{fid}")
+        async def file_meta(fid: str, request: Request):
+            if (denied := unauthorized(request)) is not None:
+                return denied
+            if fid not in self.files:
+                return JSONResponse({"error": {"message": f"no file {fid}"}}, status_code=404)
+            return self.files[fid][0]
+
+        @app.get("/v1/files/{fid}/content")
+        async def file_content(fid: str, request: Request):
+            if (denied := unauthorized(request)) is not None:
+                return denied
+            if fid not in self.files:
+                return JSONResponse({"error": {"message": f"no file {fid}"}}, status_code=404)
+            return Response(self.files[fid][1], media_type="application/jsonl")
+
+        @app.post("/v1/batches")
+        async def create(request: Request):
+            if (denied := unauthorized(request)) is not None:
+                return denied
+            body = await request.json()
+            status, out = self.create(
+                body.get("input_file_id", ""),
+                body.get("endpoint", ""),
+                body.get("completion_window", "24h"),
+                body.get("metadata"),
+            )
+            return JSONResponse(out, status_code=status)
+
+        @app.get("/v1/batches/{bid}")
+        async def retrieve(bid: str, request: Request):
+            if (denied := unauthorized(request)) is not None:
+                return denied
+            status, out = self.retrieve(bid)
+            return JSONResponse(out, status_code=status)
+
+        @app.post("/v1/batches/{bid}/cancel")
+        async def cancel(bid: str, request: Request):
+            if (denied := unauthorized(request)) is not None:
+                return denied
+            status, out = self.cancel(bid)
+            return JSONResponse(out, status_code=status)
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
 
 
 def load_truth(*uris: PathLike) -> TruthIndex:

@@ -54,7 +54,7 @@ from synpref.llm.annotation import (
     template,
     with_samples,
 )
-from synpref.llm.client import AnnotatorConfig
+from synpref.llm.client import AnnotatorConfig, PendingRequest
 from synpref.models.reliability import counted_samples, uninformative_judges
 from synpref.progress import log, shard_position
 from synpref.records import (
@@ -321,9 +321,13 @@ def step_annotate_shard(
     annotators: list[AnnotatorConfig],
     cfg: Stage2Config = Stage2Config(),
     n_tasks: int = 1,
+    pending: list[PendingRequest] | None = None,
 ) -> dict:
     """LLM re-annotation (no humans) of one shard's routed pairs (and canaries) with the few-shot gold examples
     the score step retrieved for them (no encoder here: these tasks are many and only wait on HTTP).
+
+    Batch-mode annotators' requests missing from the cache are appended to ``pending`` (``synpref.llm.batch``):
+    nothing is written then, and the result says how many are pending; run it again once they are answered.
 
     With ``judges_in_sequence`` the annotators are asked one after another (the rule's ``judge_priority``
     first) and a pair goes to the next only while the rule says it is open (``RuleBase.settled``)."""
@@ -341,9 +345,12 @@ def step_annotate_shard(
     if cfg.judges_in_sequence:
         annotators = sorted(annotators, key=lambda a: (-rule.judge_priority(a.name), a.name))
         settled = _settled_by(rule, scores + canary_scores, store.round(rnd))
+    waiting = len(pending) if pending is not None else 0
     tables, usage = judge_in_sequence(
-        canaries + pairs, examples, annotators, store.llm_cache, cfg, task_budget(cfg, n_tasks), settled
+        canaries + pairs, examples, annotators, store.llm_cache, cfg, task_budget(cfg, n_tasks), settled, pending
     )
+    if pending is not None and len(pending) > waiting:
+        return {"shard": shard.name, "pending": len(pending) - waiting}
     for a in annotators:
         write_parquet(tables[a.name], shard.samples(a.name))
         write_json(usage[a.name]["work"], shard.usage(a.name))
