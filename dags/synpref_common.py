@@ -33,6 +33,7 @@ TRAIN_QUEUE = os.environ.get("SYNPREF_TRAIN_QUEUE", "default")  # "gpu" routes R
 RM_POOL = os.environ.get("SYNPREF_RM_POOL", "default_pool")  # "gpu": RM tasks take a gpu pool slot (one per GPU)
 # stage-2 score tasks running at once per run: size it to the GPUs (or CPU worker slots) of the deployment
 SCORE_PARALLELISM = int(os.environ.get("SYNPREF_SCORE_PARALLELISM", "4"))
+BATCH_POLL_S = float(os.environ.get("SYNPREF_BATCH_POLL_S", "60"))  # how often the triggerer polls a judging batch
 DEFAULT_ANNOTATORS = [
     c for c in os.environ.get("SYNPREF_ANNOTATORS", "synpref_judge_a,synpref_judge_b,synpref_judge_c").split(",") if c
 ]

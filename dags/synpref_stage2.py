@@ -37,6 +37,7 @@ from airflow.sdk import dag, task
 from synpref.settings import Stage2Config, Stage2Source
 from synpref_common import (
     ANNOTATORS_PARAM,
+    BATCH_POLL_S,
     BEST_RM,
     CURATED_DATASET,
     DEFAULT_ARGS,
@@ -204,7 +205,7 @@ def synpref_stage2():
         from synpref.stage2.steps import step_estimate
 
         params, _, run, cfg = _run(params, dag_run, triggering_asset_events)
-        judges = {a.name: a.verdicts for a in map(annotator_from_connection, params["annotators"])}
+        judges = [annotator_from_connection(c) for c in params["annotators"]]
         return step_estimate(run, rnd, counts, cfg, judges).dump()
 
     @task(outlets=[CURATED_DATASET])
@@ -237,7 +238,12 @@ def synpref_stage2():
     shards = finalize_prepare(prepare_file.expand(item=list_input_files(rnd)))
     scores = score_shard.partial(rnd=rnd).expand(shard=shards)
     annotations = BatchJudging.partial(
-        task_id="annotate_shard", judge=judge_shard, places=batch_places, pool=LLM_POOL, max_active_tis_per_dagrun=8
+        task_id="annotate_shard",
+        judge=judge_shard,
+        places=batch_places,
+        poll_interval=BATCH_POLL_S,
+        pool=LLM_POOL,
+        max_active_tis_per_dagrun=8,
     ).expand(item=scores)
     decisions = decide_shard.partial(rnd=rnd).expand(score=scores)
     annotations >> decisions

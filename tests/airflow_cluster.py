@@ -1,6 +1,6 @@
 """A real Airflow 3 deployment on loopback for the integration tests.
 
-api-server + scheduler + dag-processor, LocalExecutor, PostgreSQL metadata DB (created fresh),
+api-server + scheduler + dag-processor + triggerer, LocalExecutor, PostgreSQL metadata DB (created fresh),
 SimpleAuthManager with a password so the REST API is used with real token auth. Every process
 runs in its own session and is killed (group-wide) on ``stop()``, even after a failed test.
 """
@@ -112,7 +112,7 @@ class AirflowCluster:
         self.cli("db", "migrate")
         self.cli("pools", "set", "llm_api", "4", "LLM endpoints")
         self.cli("pools", "set", "gpu", "1", "GPU workers")
-        for component in ("api-server", "scheduler", "dag-processor"):
+        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
             self.spawn(component, [component])
         self._wait_healthy()
         return self

@@ -567,3 +567,54 @@ def test_a_sign_off_approved_in_the_ui_form(deployment):
             browser.close()
     c.wait_run("synpref_stage1", run_id)
     assert (roots["L"] / "rounds" / "2026-11-03" / "manifest.json").exists()
+
+
+def _batch_connection(c: AirflowCluster, judges, conn_id: str, model: str, mode: str) -> None:
+    """An annotator connection in the metadata DB (created, or changed, through REST v2)."""
+    extra = {"model": model, "mode": mode, "timeout_s": 10, "max_concurrency": 8, "price_in_per_1k": 0.001}
+    body = {"connection_id": conn_id, "conn_type": "openai", "host": judges.base_url, "password": "sk-it"}
+    body["extra"] = json.dumps(extra)
+    try:
+        c.api("POST", "/connections", json=body)
+    except RuntimeError:
+        c.api("PATCH", f"/connections/{conn_id}", json=body)
+
+
+def test_stage2_in_batch_mode_waits_deferred_and_writes_what_the_online_run_writes(deployment):
+    """Scheduler-driven stage 2 with batch-mode annotators: the annotate tasks submit OpenAI batches and wait
+    deferred (the triggerer polls; no worker slot held) through a batch that partly fails and one that expires;
+    a re-run submits nothing; the same annotators online write byte-identical parts from the cached answers."""
+    c, roots, judges = deployment["cluster"], deployment["roots"], deployment["judges"]
+    for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
+        _batch_connection(c, judges, conn_id, model, "batch")
+    judges.batches.delay_s, judges.batches.fail_share, judges.batches.expire_next = 4.0, 0.25, 1
+    root = f"file://{roots['L']}"
+    conf = {"root": root, "shard_size": 200, "samples": 1, "annotators": ["synpref_batch_a", "synpref_batch_b"]}
+    chats = judges.counts.total()
+    run_id = c.trigger("synpref_stage2", "2026-11-06T00:00:00Z", {**conf, "run_name": "batch"})
+    seen, deadline = set(), time.time() + 900
+    while time.time() < deadline:
+        seen |= {t["state"] for t in c.task_instances("synpref_stage2", run_id) if t["task_id"] == "annotate_shard"}
+        if c.api("GET", f"/dags/synpref_stage2/dagRuns/{run_id}")["state"] in ("success", "failed"):
+            break
+        time.sleep(1)
+    c.wait_run("synpref_stage2", run_id)
+    assert "deferred" in seen, seen
+    batches = judges.batches.created
+    assert batches >= 3  # more than one per annotator: what failed or expired went out again
+    records = [json.loads(p.read_text()) for p in (roots["L"] / "stage2" / "batch").rglob("batches/*.json")]
+    outcomes = " ".join(s["outcome"] for r in records for s in r["submissions"])
+    assert "expired" in outcomes and "server_error" in outcomes
+    judges.batches.fail_share = 0.0
+
+    c.wait_run("synpref_stage2", c.trigger("synpref_stage2", "2026-11-07T00:00:00Z", {**conf, "run_name": "batch"}))
+    assert judges.batches.created == batches  # the re-run found every answer in the cache
+    for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
+        _batch_connection(c, judges, conn_id, model, "online")
+    c.wait_run("synpref_stage2", c.trigger("synpref_stage2", "2026-11-08T00:00:00Z", {**conf, "run_name": "online"}))
+    assert judges.counts.total() - chats == sum(j["request_counts"]["completed"] for j in judges.batches.jobs.values())
+    out = roots["L"] / "stage2"
+    parts = sorted(p.relative_to(out / "batch") for p in (out / "batch").glob("*/*.parquet"))
+    assert parts and all((out / "batch" / p).read_bytes() == (out / "online" / p).read_bytes() for p in parts)
+    card = (out / "batch" / "README.md").read_text()
+    assert "per 1,000 curated pairs" in card

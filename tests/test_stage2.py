@@ -188,9 +188,7 @@ def test_the_judging_bill_counts_requests_tokens_and_cost_per_pair(world, sim_se
         annotator_cfg(sim_server, name, verdicts=verdicts) for name, verdicts in (("good", "auto"), ("ok", "sampled"))
     ]
     step_annotate_shard(store, run, RND, shard, annotators, cfg)  # the paper rule: every annotator judges every pair
-    bill = judging_bill(
-        [run.shard(shard)], {"input": 60, "kept": 25, "recycled": 5}, {"good": "auto", "ok": "sampled"}
-    )
+    bill = judging_bill([run.shard(shard)], {"input": 60, "kept": 25, "recycled": 5}, annotators)
     good, ok = bill.annotators["good"], bill.annotators["ok"]
     assert good.requests == 40 and good.stopped == {"logprobs": 40}  # one request a pair
     assert 80 <= ok.requests < 120 and sum(ok.stopped.values()) == 40  # adaptive: 2 or 3 samples a pair
@@ -239,7 +237,7 @@ def test_judges_in_sequence_ask_the_next_annotator_only_while_the_rule_leaves_a_
     assert {a: run.shard(shard).samples(a).read_bytes() for a in per} == before
     decided = step_decide(store, run, RND, shard, list(per), Stage2Config())
     assert decided.kept + decided.recycled + decided.dropped == 60
-    bill = judging_bill([run.shard(shard)], {"input": 60}, {a: "sampled" for a in per})
+    bill = judging_bill([run.shard(shard)], {"input": 60}, annotators)
     assert sum(bill.settled.values()) == len(routed)
 
 

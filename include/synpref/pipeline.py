@@ -97,7 +97,7 @@ def run_stage2(
             step_annotate_shard(store, run, rnd, shard, annotators, cfg, max(1, len(shards)))
             step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
         counts = step_check_conservation(run, shards)
-        step_estimate(run, rnd, counts, cfg, {a.name: a.verdicts for a in annotators})
+        step_estimate(run, rnd, counts, cfg, annotators)
         manifest = step_export(run, rnd, counts, cfg, params)
         return {**manifest.dump(), "report": write_stage2_report(run)}
     finally:

@@ -291,6 +291,7 @@ class AnnotatorBill(Record):
     completion_tokens: int
     cost_usd: Number
     verdicts: str  # sampled | logprobs | auto
+    mode: str = "online"  # online | batch (batch: the batch price)
     stopped: dict[str, int] = {}  # pairs by why sampling stopped (STOP_REASONS)
 
 

@@ -457,14 +457,30 @@ def _bill_section(judging: JudgingBill) -> Section:
         "bill",
         f"{judging.requests_per_input_pair:.2f} requests and {judging.tokens_per_input_pair:,.0f} tokens per input "
         f"pair; ${judging.cost_usd:,.4f} in all, {per_1k} per 1,000 curated pairs (kept + recycled). Cost uses "
-        "each annotator's prices (zero when none is set); cached answers count as if asked.",
+        "each annotator's prices (zero when none is set; batch mode at the batch price); cached answers count as "
+        "if asked."
+        + (
+            " Judges in sequence: " + ", ".join(f"{k} {v:,}" for k, v in judging.settled.items()) + " pairs."
+            if judging.settled
+            else ""
+        ),
     )
     bill.table = {
-        "header": ["annotator", "verdicts", "requests", "prompt tokens", "completion tokens", "cost (USD)", "stopped"],
+        "header": [
+            "annotator",
+            "verdicts",
+            "mode",
+            "requests",
+            "prompt tokens",
+            "completion tokens",
+            "cost (USD)",
+            "stopped",
+        ],
         "rows": [
             [
                 name,
                 b.verdicts,
+                b.mode,
                 f"{b.requests:,}",
                 f"{b.prompt_tokens:,}",
                 f"{b.completion_tokens:,}",

@@ -568,13 +568,15 @@ def _quarantined_table(run: Stage2Layout) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=QUARANTINED_SCHEMA)
 
 
-def judging_bill(shards: list, counts: dict, annotators: dict[str, str] | None = None) -> JudgingBill:
+def judging_bill(shards: list, counts: dict, annotators: list[AnnotatorConfig]) -> JudgingBill:
     """The run's LLM bill from every shard's samples (requests asked, why sampling stopped) and usage (tokens,
-    cost): per annotator, per input pair and per 1,000 curated pairs. ``annotators``: name → verdicts setting."""
+    cost at each annotator's price: the batch price in batch mode): per annotator, per input pair and per 1,000
+    curated pairs."""
+    configs = {a.name: a for a in annotators}
     bills: dict[str, dict] = {}
     settled: Counter = Counter()
     for shard in shards:
-        for name in sorted(annotators or {}):
+        for name in sorted(configs):
             if not shard.samples(name).exists():
                 continue
             bill = bills.setdefault(name, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
@@ -591,7 +593,8 @@ def judging_bill(shards: list, counts: dict, annotators: dict[str, str] | None =
     per = {
         n: AnnotatorBill(
             **{**b, "cost_usd": round(b["cost_usd"], 6), "stopped": dict(sorted(b["stopped"].items()))},
-            verdicts=(annotators or {}).get(n, "unknown"),
+            verdicts=configs[n].verdicts,
+            mode=configs[n].mode,
         )
         for n, b in sorted(bills.items())
     }
@@ -612,7 +615,7 @@ def step_estimate(
     rnd: str,
     counts: dict,
     cfg: Stage2Config,
-    annotators: dict[str, str] | None = None,
+    annotators: list[AnnotatorConfig] = (),
 ) -> Stage2Preview:
     """Quarantined table, stale parts removed, and the canaries' quality estimates → ``estimates.json``
     (what a sign-off shows before the dataset is exported); → the preview manifest."""
@@ -632,7 +635,7 @@ def step_estimate(
         counts=counts,
         quality_estimates=quality,
         config=cfg.model_dump(),
-        judging=judging_bill(shards, counts, annotators),
+        judging=judging_bill(shards, counts, list(annotators)),
     )
     preview.write(run.estimates)
     return preview
@@ -685,7 +688,9 @@ def bill_line(judging: JudgingBill | None) -> str:
     """The judging bill in one line of the dataset card."""
     if judging is None or not judging.annotators:
         return "no judge was asked"
-    per = "; ".join(f"{n}: {b.requests:,} requests ({b.verdicts})" for n, b in judging.annotators.items())
+    per = "; ".join(
+        f"{n}: {b.requests:,} requests ({b.verdicts} verdicts, {b.mode})" for n, b in judging.annotators.items()
+    )
     per_1k = "n/a" if judging.cost_per_1k_curated_usd is None else f"${judging.cost_per_1k_curated_usd:.4f}"
     return (
         f"{judging.requests_per_input_pair:.2f} requests and {judging.tokens_per_input_pair:,.0f} tokens per input "
