@@ -76,3 +76,26 @@ def test_the_verdict_probability_is_read_at_the_final_verdict_token_only():
     assert verdict_logprobs([_tok("[["), _tok("1"), _tok("]] but on reflection")]) is None  # not the end
     assert verdict_logprobs([_tok("[["), _tok("12"), _tok("]]")]) is None
     assert verdict_logprobs(None) is None and verdict_logprobs([]) is None
+
+
+def test_prompts_share_their_prefix_and_cached_tokens_cost_the_cached_price(sim_server, sim_truth, tmp_path):
+    """Instructions, guideline and (for a pair's later samples) examples and conversation come first: most of each
+    prompt is a prefix an earlier prompt had; the SIMULATED endpoint's prefix cache reports cached tokens, billed at
+    ``price_cached_in_per_1k``; the cost of cached answers is the same on a re-run."""
+    _, pairs, _, gold, _ = sim_truth
+    rows, examples = pairs.to_pylist()[:30], gold.to_pylist()[:8]
+    few_shot = {r["pair_id"]: examples for r in rows}
+    full = annotator_cfg(sim_server, "ok", samples=3).model_copy(
+        update={"price_in_per_1k": 1.0, "price_out_per_1k": 0}
+    )
+    cheap = full.model_copy(update={"price_cached_in_per_1k": 0.1})
+    settings = AnnotateSettings(sampling="fixed", max_examples=8)
+    _, usage = judge(rows, few_shot, cheap, tmp_path / "c", settings)
+    u = usage["ok"]
+    assert u["shared_prefix_chars"] > 0.6 * u["prompt_chars"]
+    assert 0 < u["cached_prompt_tokens"] < u["prompt_tokens"]
+    saved = 0.9 * u["cached_prompt_tokens"] / 1000
+    assert u["cost_usd"] == pytest.approx(u["prompt_tokens"] / 1000 - saved, rel=1e-6)
+    _, again = judge(rows, few_shot, cheap, tmp_path / "c", settings)
+    assert again["ok"]["requests"] == 0 and again["ok"]["work"] == u["work"]  # from the cache, the same bill
+    assert full.model_copy(update={"mode": "batch"}).cost(1000, 0) == 0.5  # the batch discount

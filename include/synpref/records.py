@@ -292,6 +292,8 @@ class AnnotatorBill(Record):
     cost_usd: Number
     verdicts: str  # sampled | logprobs | auto
     mode: str = "online"  # online | batch (batch: the batch price)
+    cached_prompt_tokens: int = 0  # served from the endpoint's prefix cache (as it reported), at the cached price
+    shared_prefix_share: Number | None = None  # of the prompts' characters, in a prefix shared with an earlier prompt
     stopped: dict[str, int] = {}  # pairs by why sampling stopped (STOP_REASONS)
 
 

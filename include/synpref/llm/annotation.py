@@ -10,6 +10,7 @@ cross-model merge. Unparseable or tied verdicts are abstentions, never coin flip
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -241,6 +242,7 @@ def judge(
     asked: dict[str, list[dict]] = {p["pair_id"]: [] for p in pairs}
     usage_total = Usage()
     open_pairs = list(pairs)
+    first_prompt: dict[str, str] = {}
     waves = range(annotator.samples) if adaptive or logprobs else [None]  # fixed sampling: every sample at once
     for wave in waves:
         requests, meta = [], []
@@ -257,6 +259,7 @@ def judge(
             annotator, requests, cache_dir, budget, logprobs=logprobs and wave == 0, pending=pending
         )
         usage_total.add(usage)
+        _count_shared_prefixes(requests, meta, first_prompt, usage_total)
         if pending is not None and len(pending) > waiting:
             break  # the next wave depends on answers a batch has yet to give
         if wave == 0 and annotator.verdicts == "logprobs" and _no_logprobs(responses):
@@ -278,6 +281,22 @@ def judge(
     rows = [r for p in pairs for r in asked[p["pair_id"]]]
     usage = {annotator.name: {**usage_total.as_dict(), "work": usage_total.work_dict()}}
     return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), usage
+
+
+def _count_shared_prefixes(requests: list[Request], meta: list[tuple], first: dict[str, str], usage: Usage) -> None:
+    """Prompt characters, and how many of them each prompt shares as a prefix with the previous prompt or the pair's
+    first one (what a provider's prefix cache can serve: the instructions, the guideline and, for a pair's later
+    samples, its examples and conversation)."""
+    previous = ""
+    for request, (pid, _, _) in zip(requests, meta):
+        text = "\n".join(content for _, content in request.messages)
+        shared = max(
+            len(os.path.commonprefix([text, previous])), len(os.path.commonprefix([text, first.get(pid, "")]))
+        )
+        usage.prompt_chars += len(text)
+        usage.shared_prefix_chars += shared
+        first.setdefault(pid, text)
+        previous = text
 
 
 Settled = Callable[[str, dict, list[str]], str | None]

@@ -56,6 +56,8 @@ class AnnotatorConfig(BaseModel):
     max_retries: int = Field(default=4, ge=0, le=100)
     price_in_per_1k: float = Field(default=0.0, ge=0.0)  # USD; a negative price would bypass the budget
     price_out_per_1k: float = Field(default=0.0, ge=0.0)
+    # prompt tokens the endpoint reports as served from its prefix cache (usage.prompt_tokens_details.cached_tokens)
+    price_cached_in_per_1k: float | None = Field(default=None, ge=0.0)  # None: the input price
     max_error_share: float = Field(default=0.25, ge=0.0, le=1.0)  # more failed requests fail the task
     # sampled: self-consistency votes (default: measured, it keeps the curation quality); logprobs: one request, the
     # verdict token's probability (the endpoint must return logprobs); auto: logprobs where the endpoint has them
@@ -95,9 +97,15 @@ class AnnotatorConfig(BaseModel):
             )
         return "no-key"
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD of one answer at this annotator's prices (the batch price in batch mode)."""
-        cost = prompt_tokens / 1000 * self.price_in_per_1k + completion_tokens / 1000 * self.price_out_per_1k
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD of one answer at this annotator's prices: cached prompt tokens at the cached price, the batch price
+        in batch mode."""
+        cached_price = self.price_in_per_1k if self.price_cached_in_per_1k is None else self.price_cached_in_per_1k
+        cost = (
+            (prompt_tokens - cached_tokens) / 1000 * self.price_in_per_1k
+            + cached_tokens / 1000 * cached_price
+            + completion_tokens / 1000 * self.price_out_per_1k
+        )
         return cost * (1 - self.batch_discount) if self.mode == "batch" else cost
 
 
@@ -181,7 +189,10 @@ class Usage:
     implausible_usage: int = 0  # answers whose token counts could not be true (counted from the text instead)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the endpoint's prefix cache (as it reported)
     cost_usd: float = 0.0
+    prompt_chars: int = 0  # judging prompts: characters in all
+    shared_prefix_chars: int = 0  # ... and in the prefix each shares with an earlier prompt of the task
     error_messages: list[str] = field(default_factory=list)
 
     new_cost_usd: float = 0.0
@@ -203,7 +214,10 @@ class Usage:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "cost_usd": round(self.cost_usd, 6),
+            "prompt_chars": self.prompt_chars,
+            "shared_prefix_chars": self.shared_prefix_chars,
         }
 
 
@@ -340,6 +354,7 @@ class Completion:
     completion_tokens: int = 0
     usage_reported: bool = True  # False: the endpoint sent no token counts (counted as 0, and counted)
     verdict_logprobs: dict[str, float] | None = None  # {"1": lp, "2": lp} at the final verdict token
+    cached_tokens: int = 0  # prompt tokens served from the endpoint's prefix cache
 
 
 class BackendError(RuntimeError):
@@ -474,8 +489,10 @@ def completion_of(out: Any, where: str) -> Completion:
     tokens = [getattr(usage, k, None) for k in ("prompt_tokens", "completion_tokens")]
     reported = all(isinstance(t, int) and t >= 0 for t in tokens)
     logprobs = verdict_logprobs(getattr(getattr(choices[0], "logprobs", None), "content", None))
-    counts = (t if isinstance(t, int) and t >= 0 else 0 for t in tokens)
-    return Completion(text, *counts, usage_reported=reported, verdict_logprobs=logprobs)
+    counts = [t if isinstance(t, int) and t >= 0 else 0 for t in tokens]
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+    cached = cached if isinstance(cached, int) and 0 <= cached <= counts[0] else 0
+    return Completion(text, *counts, usage_reported=reported, verdict_logprobs=logprobs, cached_tokens=cached)
 
 
 _DIGIT = {"1", "2"}
@@ -546,7 +563,7 @@ def plausible(out: Completion, chat: ChatRequest, usage: Usage) -> Completion:
     usage.implausible_usage += 1
     pt = out.prompt_tokens if ok_prompt else math.ceil(prompt_chars / CHARS_PER_TOKEN)
     ct = out.completion_tokens if ok_completion else math.ceil(text_chars / CHARS_PER_TOKEN)
-    return Completion(out.text, pt, ct, True, out.verdict_logprobs)
+    return Completion(out.text, pt, ct, True, out.verdict_logprobs, min(out.cached_tokens, pt))
 
 
 async def _complete_with_retries(backend: JudgeBackend, request: ChatRequest, max_retries: int) -> Completion:
@@ -573,10 +590,11 @@ async def _run_async(
     sem = asyncio.Semaphore(cfg.max_concurrency)
     limiter = _RateLimiter(cfg.requests_per_minute)
 
-    def account(pt: int, ct: int) -> float:
-        cost = cfg.cost(pt, ct)
+    def account(pt: int, ct: int, cached: int = 0) -> float:
+        cost = cfg.cost(pt, ct, cached)
         usage.prompt_tokens += pt
         usage.completion_tokens += ct
+        usage.cached_prompt_tokens += cached
         usage.cost_usd += cost
         return cost
 
@@ -593,7 +611,7 @@ async def _run_async(
         hit = cached.get(h)
         if hit is not None:
             usage.cache_hits += 1
-            account(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
+            account(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), hit.get("cached_tokens", 0))
             return Response(req.key, hit["text"], "ok", verdict_logprobs=hit.get("verdict_logprobs"))
         chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed, logprobs)
         if pending is not None and cfg.mode == "batch":
@@ -612,7 +630,7 @@ async def _run_async(
                 usage.error_messages.append(str(e))
                 return Response(req.key, None, "error", e.kind)
         out = plausible(out, chat, usage)
-        cost = account(out.prompt_tokens, out.completion_tokens)
+        cost = account(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
         usage.missing_usage += not out.usage_reported
         usage.new_cost_usd += cost
         budget.spent_usd += cost
@@ -652,6 +670,7 @@ def cache_value(model: str, out: Completion, logprobs: bool) -> dict:
         "text": out.text,
         "prompt_tokens": out.prompt_tokens,
         "completion_tokens": out.completion_tokens,
+        **({"cached_tokens": out.cached_tokens} if out.cached_tokens else {}),
         **({"verdict_logprobs": out.verdict_logprobs} if logprobs else {}),
     }
 

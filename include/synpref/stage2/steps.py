@@ -568,6 +568,17 @@ def _quarantined_table(run: Stage2Layout) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=QUARANTINED_SCHEMA)
 
 
+BILL_SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "cost_usd",
+    "prompt_chars",
+    "shared_prefix_chars",
+)  # summed over shards (the usage files hold all but the requests)
+
+
 def judging_bill(shards: list, counts: dict, annotators: list[AnnotatorConfig]) -> JudgingBill:
     """The run's LLM bill from every shard's samples (requests asked, why sampling stopped) and usage (tokens,
     cost at each annotator's price: the batch price in batch mode): per annotator, per input pair and per 1,000
@@ -579,7 +590,7 @@ def judging_bill(shards: list, counts: dict, annotators: list[AnnotatorConfig]) 
         for name in sorted(configs):
             if not shard.samples(name).exists():
                 continue
-            bill = bills.setdefault(name, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+            bill = bills.setdefault(name, dict.fromkeys(BILL_SUMS, 0))
             stops = bill.setdefault("stopped", Counter())
             table = read_parquet(shard.samples(name))
             bill["requests"] += table.num_rows
@@ -588,11 +599,14 @@ def judging_bill(shards: list, counts: dict, annotators: list[AnnotatorConfig]) 
                     counter.update(s for s in table.column(column).to_pylist() if s)
             if shard.usage(name).exists():
                 work = read_json(shard.usage(name))
-                for k in ("prompt_tokens", "completion_tokens", "cost_usd"):
+                for k in BILL_SUMS[1:]:
                     bill[k] += work.get(k, 0)
     per = {
         n: AnnotatorBill(
-            **{**b, "cost_usd": round(b["cost_usd"], 6), "stopped": dict(sorted(b["stopped"].items()))},
+            **{k: b[k] for k in ("requests", "prompt_tokens", "completion_tokens", "cached_prompt_tokens")},
+            cost_usd=round(b["cost_usd"], 6),
+            stopped=dict(sorted(b["stopped"].items())),
+            shared_prefix_share=round(b["shared_prefix_chars"] / b["prompt_chars"], 4) if b["prompt_chars"] else None,
             verdicts=configs[n].verdicts,
             mode=configs[n].mode,
         )
