@@ -343,7 +343,7 @@ class Stage2Config(AnnotateSettings):
         section=SECTION_ANNOTATION,
         description="Annotators judge a shard one after another, the most reliable on the gold probe first; a "
         "pair goes to the next only while the decision rule leaves it open (reliability rule: the RMs and the "
-        "judges so far give neither label the judge-skip confidence, and a keep or a flip is still reachable). "
+        "judges so far give neither label the target precision, and a keep or a flip is still reachable). "
         "Off: every annotator judges every routed pair.",
     )
     canaries: int = setting(

@@ -47,8 +47,8 @@ from synpref.stage2.recycle import recycle_policy_for, should_recycle
 
 Decision = Literal["kept", "recycled", "dropped"]
 SETTLED_REASONS = {
-    "confident": "the RMs and the judges so far give the label the judge-skip confidence",
-    "confident_flipped": "the RMs and the judges so far give the flipped label the judge-skip confidence",
+    "confident": "the RMs and the judges so far give the label the target precision",
+    "confident_flipped": "the RMs and the judges so far give the flipped label the target precision",
     "hopeless": "even if every remaining annotator agreed, neither keeping nor flipping could be reached",
     "no_informative_judge": "the remaining annotators count zero (uninformative on the gold probe)",
     "all_annotators": "every annotator was asked",
@@ -294,14 +294,15 @@ class ReliabilityRule(RuleBase):
         return judge_weight(self.judges.get(annotator), True)
 
     def settled(self, scores: dict, judgement: dict | None, remaining: list[str]) -> str | None:
-        """Stop asking judges once the evidence gives the label (or, with the judges' disagreement, the flipped
-        label) ``rm_only_confidence`` — the bar at which the RMs alone skip the judges —, or once no outcome of the
-        remaining annotators could reach a keep or a flip."""
+        """Stop asking judges once the evidence (with a judge's verdict in it) gives the label — or, with the judges'
+        disagreement, the flipped label — the target precision, at which the pair would be kept (flipped) now; or
+        once no outcome of the remaining annotators could reach a keep or a flip. (Posteriors stay calibrated
+        under such optional stopping: the pairs kept so have the target precision in expectation.)"""
         evidence = self.evidence(scores, judgement)
         total = sum(evidence.values())
         judged = sum(v for k, v in evidence.items() if k.startswith("judge_"))
-        bar = logit(self.rm_only_confidence)
-        if total >= bar:
+        bar = logit(self.target_precision)
+        if total >= bar and judged > 0:  # the RMs alone decide only at rm_only_confidence (routing)
             return "confident"
         if -total >= bar and (judged < 0 or self.recycle_policy != "positive_evidence"):
             return "confident_flipped"
