@@ -276,7 +276,27 @@ def metrics(decisions: dict[str, tuple[str, bool, int]], correct: dict[str, bool
         "curated": len(kept) + len(recycled),
         "judged_share": sum(decisions[p][1] for p in ids) / len(ids),
         "requests_per_pair": sum(decisions[p][2] for p in ids) / len(ids),  # judge requests of the routed pairs
+        **bootstrap_intervals(ids, decisions, correct),
     }
+
+
+def bootstrap_intervals(
+    ids: list[str], decisions: dict, correct: dict[str, bool], n: int = 2000, seed: int = 0
+) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals (pairs resampled) of kept accuracy, retention and recycled precision."""
+    rng = np.random.default_rng(seed)
+    kept = np.array([decisions[p][0] == "kept" for p in ids])
+    recycled = np.array([decisions[p][0] == "recycled" for p in ids])
+    right = np.array([correct[p] for p in ids])
+    idx = rng.integers(0, len(ids), size=(n, len(ids)))
+    k, r, c = kept[idx], recycled[idx], right[idx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = {
+            "kept_accuracy_ci": (k & c).sum(1) / k.sum(1),
+            "retention_ci": (k & c).sum(1) / c.sum(1),
+            "recycled_precision_ci": (r & ~c).sum(1) / r.sum(1),
+        }
+    return {name: [round(float(q), 4) for q in np.nanpercentile(v, [2.5, 97.5])] for name, v in stats.items()}
 
 
 class Features:

@@ -72,6 +72,12 @@ def _round(params: dict, dag_run) -> tuple:
     return storage(params), round_name(dag_run), from_flat(Stage1Config, params)
 
 
+def _attribute_annotator(params: dict):
+    """The connection generating missing preference attributes (pool pairs, and gold given without them)."""
+    conn = params["attribute_annotator"] or (params["annotators"][0] if params["annotators"] else "")
+    return annotator_from_connection(conn) if conn else None
+
+
 def _mark_rejected(context: dict, response: dict) -> None:
     """A rejected round stays unpublished; the marker lets later rounds go on without it."""
     from synpref.io.storage import write_json
@@ -100,7 +106,8 @@ def _mark_rejected(context: dict, response: dict) -> None:
         ),
         "attribute_annotator": optional_param(
             "Attribute annotator connection",
-            "Connection generating the 5 preference attributes of pool pairs. Empty: the first annotator.",
+            "Connection generating the 5 preference attributes of pool pairs and of human verifications given "
+            "without them. Empty: the first annotator.",
             "LLM annotation",
         ),
         "annotators": ANNOTATORS_PARAM,
@@ -127,7 +134,8 @@ def synpref_stage1():
         from synpref.stage1.steps import step_intake
 
         store, rnd, cfg = _round(params, dag_run)
-        return {"round": rnd, **step_intake(store, rnd, path_or(params["inbox_uri"], store.inbox(rnd)), cfg)}
+        inbox = path_or(params["inbox_uri"], store.inbox(rnd))
+        return {"round": rnd, **step_intake(store, rnd, inbox, cfg, _attribute_annotator(params))}
 
     @task
     def list_pool_shards(params: dict | None = None) -> list:
@@ -138,8 +146,7 @@ def synpref_stage1():
         from synpref.stage1.steps import step_attributes
 
         store, rnd, cfg = _round(params, dag_run)
-        conn = params["attribute_annotator"] or (params["annotators"][0] if params["annotators"] else "")
-        return step_attributes(store, rnd, shard, annotator_from_connection(conn) if conn else None, cfg)
+        return step_attributes(store, rnd, shard, _attribute_annotator(params), cfg)
 
     @task(max_active_tis_per_dagrun=4)
     def embed_pool_shard(attributes: dict, params: dict | None = None, dag_run=None) -> dict:

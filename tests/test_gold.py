@@ -52,12 +52,12 @@ def test_intake_of_label_studio_and_jsonl_with_supersession_and_bad_rows(tmp_pat
     noattr = {"prompt": "x", "chosen": "a", "rejected": "b", "human_label": "chosen"}
     (inbox / "more.jsonl").write_text("\n".join(json.dumps(r) for r in (trl, bad, noattr)) + "\n{oops\n")
     intake = read_inbox(inbox)
-    assert len(intake.verifications) == 4
+    assert len(intake.verifications) == 5  # one without attributes: kept, its attributes generated at intake
+    assert [v["attributes_status"] for v in intake.verifications].count(None) == 1
     reasons = [q["reason"] for q in intake.quarantine]
     assert any("human_label must be" in r for r in reasons)
-    assert any("lacks preference attributes" in r for r in reasons)
     assert any("invalid JSON" in r for r in reasons)
-    parts = build_gold([{**v, "round": "r1"} for v in intake.verifications])
+    parts = build_gold([{**v, "round": "r1"} for v in intake.verifications[:4]])
     gold = {g["pair_id"]: g for g in parts["gold"]}
     # rows[0]: 'chosen' at 10:00 superseded by 'rejected' at 12:00 → flipped; rows[1]: flipped; rows[2]: discarded
     assert gold[rows[0]["pair_id"]]["chosen"] == rows[0]["rejected"]

@@ -72,15 +72,39 @@ def test_a_round_whose_every_verification_was_rejected_writes_its_quarantine_and
     inbox = store.inbox("2026-01-01") / "labels.jsonl"
     inbox.parent.mkdir(parents=True)
     conv = lambda r, side: r["conversation"] + [{"role": "assistant", "content": r[side]}]  # noqa: E731
-    lines = [{"chosen": conv(r, "chosen"), "rejected": conv(r, "rejected"), "human_label": "chosen"} for r in rows[:5]]
+    lines = [{"chosen": conv(r, "chosen"), "rejected": conv(r, "rejected"), "human_label": "yes"} for r in rows[:5]]
     inbox.write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(InputError) as e:
         step_intake(store, "2026-01-01")
     message = str(e.value)
     assert "\n" not in message and "all 5 human verifications in the inbox were rejected" in message
-    assert "5 × verified pair lacks preference attributes" in message
+    assert "5 × human_label must be one of" in message
     quarantine = read_parquet(store.round("2026-01-01").table("intake_quarantine")).to_pylist()
     assert len(quarantine) == 5 and str(store.round("2026-01-01").table("intake_quarantine")) in message
+
+
+def test_plain_human_labelled_pairs_become_gold_with_generated_attributes(tmp_path, sim_server, sim_truth):
+    """A newcomer's inbox: TRL pairs with a human_label and no attributes. The attribute annotator generates them
+    (marked generated in the history); without one, the pairs are gold all the same (attributes_missing)."""
+    from conftest import annotator_cfg
+
+    store, _ = _root(tmp_path)
+    _, pairs, _, _, _ = sim_truth
+    conv = lambda r, side: r["conversation"] + [{"role": "assistant", "content": r[side]}]  # noqa: E731
+    rows = pairs.to_pylist()[:5]
+    lines = [{"chosen": conv(r, "chosen"), "rejected": conv(r, "rejected"), "human_label": "chosen"} for r in rows]
+    inbox = store.inbox("2026-01-01") / "labels.jsonl"
+    inbox.parent.mkdir(parents=True)
+    inbox.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    info = step_intake(store, "2026-01-01", annotator=annotator_cfg(sim_server, "good"))
+    assert info["gold"] == 5 and info["inbox_quarantined"] == 0 and info["inbox_attributes_generated"] == 5
+    history = read_parquet(store.round("2026-01-01").human_verifications).to_pylist()
+    assert {h["attributes_status"] for h in history} == {"generated"}
+    gold = read_parquet(store.round("2026-01-01").gold).to_pylist()
+    assert all(g["task_category"] and g["annotation_guideline"] for g in gold)
+    other = StorageLayout(tmp_path / "root2", store.pool.dir)
+    info = step_intake(other, "2026-01-01", inbox.parent)  # no attribute annotator
+    assert info["gold"] == 5 and info["inbox_attributes_missing"] == 5
 
 
 def test_a_round_given_another_pool_reads_that_pool_and_never_the_roots(tmp_path):

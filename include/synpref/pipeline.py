@@ -56,9 +56,10 @@ def run_round(
     lock = WriterLock.for_process(store.round(rnd).lock)
     lock.acquire()
     try:
-        step_intake(store, rnd, inbox, cfg)
+        attributes_by = attribute_annotator or (annotators[0] if annotators else None)
+        step_intake(store, rnd, inbox, cfg, attributes_by)
         for shard in store.pool.shard_uris():
-            step_attributes(store, rnd, shard, attribute_annotator or (annotators[0] if annotators else None), cfg)
+            step_attributes(store, rnd, shard, attributes_by, cfg)
             step_embed_shard(store, rnd, as_path(shard).name)
         step_train(store, rnd, "best", cfg)
         step_train(store, rnd, "gold", cfg)

@@ -88,6 +88,8 @@ class IntakeRecord(OpenRecord):
     inbox_quarantined: int
     inbox_conflicts: int
     inbox_unknown_pairs: int
+    inbox_attributes_generated: int = 0  # verifications without attributes, given generated ones
+    inbox_attributes_missing: int = 0  # ... whose generation failed (or no attribute annotator): gold all the same
     gold: int
     gold_train: int
     gold_validation: int
@@ -196,6 +198,8 @@ class RoundSummary(Record):
     inbox_quarantined: int
     inbox_conflicts: int
     inbox_unknown_pairs: int
+    inbox_attributes_generated: int = 0  # verifications without attributes, given generated ones
+    inbox_attributes_missing: int = 0  # ... whose generation failed (or no attribute annotator): gold all the same
     gold: int
     silver: int
     best_rm_gold_accuracy: Number | None

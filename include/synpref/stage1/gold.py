@@ -1,8 +1,9 @@
 """Human-verification intake → the cumulative gold set (paper §3.2 step 1).
 
 Inbox exports: Label Studio JSON export of the pairwise project (``labelstudio/pairwise.xml``),
-and JSONL/CSV/Parquet in our schema or TRL conversational form with the five attribute columns
-and ``human_label`` ∈ {chosen, rejected, undecidable}. ``chosen``: the stored chosen response is
+and JSONL/CSV/Parquet in our schema or TRL form, with or without the five attribute columns (missing
+ones are generated at intake and marked ``attributes_status: generated``), and ``human_label`` ∈
+{chosen, rejected, undecidable}. ``chosen``: the stored chosen response is
 better; ``rejected``: it is worse (the pair is flipped); ``undecidable``: discarded, reason kept.
 
 Which verdict counts (``resolve``), the history keeping every verdict:
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from synpref.io.readers import FILE_LEVEL, InputError, RecordError, iter_raw, normalize, quarantine_row, scan_inputs
 from synpref.io.storage import PathLike, as_path
-from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, QUARANTINE_SCHEMA, flip
+from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, QUARANTINE_SCHEMA, flip, has_attributes
 from synpref.seeding import seeded_int
 
 HUMAN_LABELS = ("chosen", "rejected", "undecidable")
@@ -34,6 +35,7 @@ HISTORY_SCHEMA = (
     .append(pa.field("verified_at", pa.string()))
     .append(pa.field("inbox_file", pa.string()))
     .append(pa.field("seq", pa.int64()))
+    .append(pa.field("attributes_status", pa.string()))  # human | generated | attributes_missing (null: older rows)
 )
 DISCARDED_SCHEMA = HISTORY_SCHEMA.append(pa.field("reason", pa.string()))
 CONFLICT_SCHEMA = pa.schema([("pair_id", pa.string()), ("round", pa.string()), ("resolution", pa.string())])
@@ -139,13 +141,11 @@ def _verification(raw: Any, inbox_file: str, seq: int) -> dict:
     )
     if given_id and given_id != rec.pair_id:
         raise RecordError(f"pair_id {given_id} does not match the pair's content ({rec.pair_id})")
-    if label != "undecidable":
-        missing = [f for f in ATTRIBUTE_FIELDS if getattr(rec, f) in (None, "", [])]
-        if missing:
-            raise RecordError(f"verified pair lacks preference attributes: {', '.join(missing)}")
     row = rec.model_dump()
     return {
         **row,
+        # attributes given with the verification, or to be generated at intake (LLM proposes, humans verify later)
+        "attributes_status": "human" if has_attributes(row) else None,
         "provenance": "human",
         "human_label": label,
         "annotator": str(raw.get("annotator") or ""),

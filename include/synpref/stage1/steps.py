@@ -62,7 +62,7 @@ from synpref.records import (
     RoundManifest,
     TrainRecord,
 )
-from synpref.schema import PAIR_SCHEMA, has_attributes
+from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, has_attributes
 from synpref.seeding import seeded_sample
 from synpref.settings import Stage1Config
 from synpref.stage1 import gold as gold_mod
@@ -155,9 +155,17 @@ def _write_table(rows: list[dict], schema: pa.Schema, uri) -> str:
 
 
 def step_intake(
-    root: PathLike | StorageLayout, rnd: str, inbox: PathLike | None = None, cfg: Stage1Config = Stage1Config()
+    root: PathLike | StorageLayout,
+    rnd: str,
+    inbox: PathLike | None = None,
+    cfg: Stage1Config = Stage1Config(),
+    annotator: AnnotatorConfig | None = None,
 ) -> dict:
-    """Human-verification intake: inbox/<round>/ → cumulative gold, gold-train/validation, discarded."""
+    """Human-verification intake: inbox/<round>/ → cumulative gold, gold-train/validation, discarded.
+
+    Verifications without the five preference attributes are kept: ``annotator`` (the attribute annotator)
+    generates them, as for the pool (cached), marked ``attributes_status: generated`` in the history; without
+    one, or when its answer is invalid twice, the pair is gold without attributes (``attributes_missing``)."""
     store = layout(root)
     out = store.round(rnd)  # a published round stays published while it is re-run: its manifest is replaced last
     prev = store.previous_round(rnd)
@@ -167,7 +175,7 @@ def step_intake(
         else _rows(store.round(prev).human_verifications)
     )
     intake = gold_mod.read_inbox(inbox if inbox is not None else store.inbox(rnd))
-    new = [{**v, "round": rnd} for v in intake.verifications]
+    new = _with_attributes([{**v, "round": rnd} for v in intake.verifications], annotator, store, cfg)
     history = earlier + new
     parts = gold_mod.build_gold(history, cfg.validation_fraction)
     if not parts["gold"] and intake.quarantine:  # the round stops below: its rejected verifications stay visible
@@ -196,6 +204,8 @@ def step_intake(
             "inbox_conflicts": sum(c["round"] == rnd for c in parts["human_conflicts"]),
             "inbox_unknown_pairs": len({v["pair_id"] for v in new} - known),
             **{f"inbox_{k}": v for k, v in labels.items()},
+            "inbox_attributes_generated": sum(v["attributes_status"] == "generated" for v in new),
+            "inbox_attributes_missing": sum(v["attributes_status"] == "attributes_missing" for v in new),
             "gold": len(parts["gold"]),
             "gold_train": len(parts["gold_train"]),
             "gold_validation": len(parts["gold_validation"]),
@@ -203,6 +213,29 @@ def step_intake(
             "silver_in": sum(s["pair_id"] not in gold_ids for s in silver),
         },
     )
+
+
+def _with_attributes(
+    verifications: list[dict], annotator: AnnotatorConfig | None, store: StorageLayout, cfg: Stage1Config
+) -> list[dict]:
+    """The verifications with their missing preference attributes generated (undecidable ones need none)."""
+    todo = {
+        v["pair_id"]: v for v in verifications if v["attributes_status"] is None and v["human_label"] != "undecidable"
+    }
+    generated = {}
+    if todo and annotator is not None:
+        table, _ = generate_attributes(list(todo.values()), annotator, store.llm_cache, cfg.seed)
+        generated = {r["pair_id"]: r for r in table.to_pylist() if r["attributes_status"] == "generated"}
+    out = []
+    for v in verifications:
+        if v["attributes_status"] is not None:
+            out.append(v)
+        elif v["pair_id"] in generated:
+            g = generated[v["pair_id"]]
+            out.append({**v, **{f: g[f] for f in ATTRIBUTE_FIELDS}, "attributes_status": "generated"})
+        else:
+            out.append({**v, "attributes_status": "attributes_missing"})
+    return out
 
 
 def step_attributes(
