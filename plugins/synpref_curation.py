@@ -226,7 +226,16 @@ def report(
 ) -> HTMLResponse:
     """A round's (``/round``) or a stage-2 run's (``/stage2``) report, for users who may read that DAG's runs."""
     _authorize(user, DAG_OF[kind])
-    return HTMLResponse(_page(kind, _root(root), name))
+    return HTMLResponse(with_back_link(_page(kind, _root(root), name)))
+
+
+BACK_LINK = b'<p><a href="./" target="_self">&larr; Curation: every round and run</a></p>'
+
+
+def with_back_link(page: bytes) -> bytes:
+    """The report with a link back to the list at the top of its body (the report file itself stays as written)."""
+    at = page.find(b"<body>")
+    return page[: at + 6] + BACK_LINK + page[at + 6 :] if at >= 0 else BACK_LINK + page
 
 
 def _report_of_run(dag_id: str, run_id: str) -> str | None:

@@ -47,7 +47,9 @@ def test_a_report_is_rendered_on_demand_and_served_from_the_written_file(client,
     assert 'data-figure="rm_accuracy"' in page.text
     (StorageLayout(tmp_path / "a").round("2026-01-25").report_dir).mkdir(parents=True)
     (StorageLayout(tmp_path / "a").round("2026-01-25").report_dir / "index.html").write_text("written by the DAG")
-    assert client.get("/round", params={"root": 0, "name": "2026-01-25"}).text == "written by the DAG"
+    served = client.get("/round", params={"root": 0, "name": "2026-01-25"}).text
+    assert served.endswith("written by the DAG") and 'href="./"' in served  # with a link back to the list
+    assert page.text.count("every round and run") == 1
     assert "funnel" in client.get("/stage2", params={"root": 0, "name": "run-1"}).text
 
 
