@@ -99,10 +99,14 @@ def accuracy_over_rounds(rounds: list[str], series: dict[str, dict[str, list]], 
 def per_category(rounds: list[str], categories: dict[str, list[float | None]], title: str) -> bytes:
     with figure(title, "round", "best-RM accuracy on gold") as (fig, ax):
         x = list(range(len(rounds)))
-        for name, values in sorted(categories.items()):
-            pts = [(xx, v) for xx, v in zip(x, values) if v is not None]
+        names = sorted(categories)
+        markers = "osD^v<>ph*"
+        for i, name in enumerate(names):
+            # categories often tie (several at 1.0): a small offset and a marker each keep every one visible
+            shift = (i - (len(names) - 1) / 2) * min(0.08, 0.6 / max(1, len(names)))
+            pts = [(xx + shift, v) for xx, v in zip(x, categories[name]) if v is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
+                ax.plot(*zip(*pts), marker=markers[i % len(markers)], label=name, alpha=0.85)
         ax.set_xticks(x, rounds, rotation=30 if len(rounds) > 6 else 0)
         ax.set_xlim(-0.5, len(rounds) - 0.5)
         ax.set_ylim(0, 1.02)

@@ -308,10 +308,15 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         "Tokens per round.",
         fig.sizes_over_rounds(names, {"tokens": [sm.tokens for sm in summaries]}, "Tokens per round", "tokens"),
     )
+    costs = [sm.cost_usd for sm in summaries]
     spend.add(
         "cost",
         "Cost per round (USD).",
-        fig.sizes_over_rounds(names, {"cost": [sm.cost_usd for sm in summaries]}, "Cost per round", "USD"),
+        fig.sizes_over_rounds(names, {"cost": costs}, "Cost per round", "USD")
+        if any(costs)
+        else fig.message(
+            "Cost per round", "no cost: no annotator has prices (price_in_per_1k, price_out_per_1k in its connection)"
+        ),
     )
     sections = [rm, data, judges, spend]
     if truth is not None:
