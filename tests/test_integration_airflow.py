@@ -587,7 +587,7 @@ def test_stage2_in_batch_mode_waits_deferred_and_writes_what_the_online_run_writ
     c, roots, judges = deployment["cluster"], deployment["roots"], deployment["judges"]
     for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
         _batch_connection(c, judges, conn_id, model, "batch")
-    judges.batches.delay_s, judges.batches.fail_share, judges.batches.expire_next = 4.0, 0.25, 1
+    judges.batches.delay_s, judges.batches.fail_share, judges.batches.expire_next = 3.0, 0.1, 1
     root = f"file://{roots['L']}"
     conf = {"root": root, "shard_size": 200, "samples": 1, "annotators": ["synpref_batch_a", "synpref_batch_b"]}
     chats = judges.counts.total()
