@@ -385,9 +385,11 @@ def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dic
     variants = rule_variants(store, rnd)
     if s.in_sequence:  # the verdicts were asked where the default rule left a pair open: only it can use them
         variants = {k: v for k, v in variants.items() if k in ("reliability (default)", "reliability, no judges")}
+    per_request = request_cost(run, shards)
     for name, (rule, use_judges) in variants.items():
         decisions, canaries = decide_all(store, rnd, run, shards, rule, use_judges)
         m = metrics(decisions, correct)
+        m["cost_per_1k_curated"] = 1000 * m["requests_per_pair"] * len(correct) * per_request / max(1, m["curated"])
         kept_share = sum(d == "kept" for d, *_ in decisions.values()) / len(decisions)
         m["canary"] = estimates(canaries, kept_share).dump()
         kept = [p for p, (d, *_) in decisions.items() if d in ("kept", "recycled")]
@@ -401,6 +403,21 @@ def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dic
     results.append({**base, "method": "cleanlab find_label_issues (flip flagged)", **cl})
     log.info("%s done in %.0f s", s.name, time.time() - t0)
     return results
+
+
+PRICE_PER_M = (2.0, 8.0)  # USD per million prompt / completion tokens (a frontier API's list price) for the table
+
+
+def request_cost(run, shards: list[str]) -> float:
+    """Mean USD of one judge request at ``PRICE_PER_M``, from the tokens the run's requests used."""
+    requests, tokens_in, tokens_out = 0, 0, 0
+    for shard in shards:
+        sl = run.shard(shard)
+        for usage in (sl.dir / "annotations").glob("*/usage.json"):
+            work = read_json(usage)
+            tokens_in, tokens_out = tokens_in + work["prompt_tokens"], tokens_out + work["completion_tokens"]
+            requests += read_parquet(usage.parent / "samples.parquet", ["pair_id"]).num_rows
+    return (tokens_in * PRICE_PER_M[0] + tokens_out * PRICE_PER_M[1]) / 1e6 / max(1, requests)
 
 
 def gap_closed(r: dict) -> float | None:

@@ -18,7 +18,7 @@ import boto3
 import pytest
 from labelstudio_server import LabelStudioServer
 
-from airflow_cluster import REPO, AirflowCluster, ensure_services, free_port
+from airflow_cluster import REPO, TERMINAL, AirflowCluster, ensure_services, free_port
 from conftest import write_synthetic_sets
 
 pytestmark = pytest.mark.integration
@@ -581,40 +581,48 @@ def _batch_connection(c: AirflowCluster, judges, conn_id: str, model: str, mode:
 
 
 def test_stage2_in_batch_mode_waits_deferred_and_writes_what_the_online_run_writes(deployment):
-    """Scheduler-driven stage 2 with batch-mode annotators: the annotate tasks submit OpenAI batches and wait
+    """Scheduler-driven stage 2 with batch-mode annotators: the annotate task submits OpenAI batches and waits
     deferred (the triggerer polls; no worker slot held) through a batch that partly fails and one that expires;
     a re-run submits nothing; the same annotators online write byte-identical parts from the cached answers."""
     c, roots, judges = deployment["cluster"], deployment["roots"], deployment["judges"]
+    deadline = time.time() + 600  # no other stage-2 run asks the judges meanwhile (asset-triggered ones finish)
+    while any(r["state"] not in TERMINAL for r in c.runs("synpref_stage2")) and time.time() < deadline:
+        time.sleep(3)
     for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
         _batch_connection(c, judges, conn_id, model, "batch")
-    judges.batches.delay_s, judges.batches.fail_share, judges.batches.expire_next = 3.0, 0.1, 1
-    root = f"file://{roots['L']}"
-    conf = {"root": root, "shard_size": 200, "samples": 1, "annotators": ["synpref_batch_a", "synpref_batch_b"]}
+    judges.batches.delay_s, judges.batches.fail_share, judges.batches.fail_next = 2.0, 0.3, 1
+    judges.batches.expire_next = 1
+    conf = {
+        "root": f"file://{roots['F']}",
+        "round": "2026-10-20",  # published by test_rest_triggered_round_with_conf
+        "shard_size": 400,  # one shard
+        "samples": 1,
+        "annotators": ["synpref_batch_a", "synpref_batch_b"],
+    }
     chats = judges.counts.total()
     run_id = c.trigger("synpref_stage2", "2026-11-06T00:00:00Z", {**conf, "run_name": "batch"})
     seen, deadline = set(), time.time() + 900
     while time.time() < deadline:
         seen |= {t["state"] for t in c.task_instances("synpref_stage2", run_id) if t["task_id"] == "annotate_shard"}
-        if c.api("GET", f"/dags/synpref_stage2/dagRuns/{run_id}")["state"] in ("success", "failed"):
+        if c.api("GET", f"/dags/synpref_stage2/dagRuns/{run_id}")["state"] in TERMINAL:
             break
         time.sleep(1)
     c.wait_run("synpref_stage2", run_id)
     assert "deferred" in seen, seen
     batches = judges.batches.created
     assert batches >= 3  # more than one per annotator: what failed or expired went out again
-    records = [json.loads(p.read_text()) for p in (roots["L"] / "stage2" / "batch").rglob("batches/*.json")]
+    out = roots["F"] / "stage2"
+    records = [json.loads(p.read_text()) for p in (out / "batch").rglob("batches/*.json")]
     outcomes = " ".join(s["outcome"] for r in records for s in r["submissions"])
     assert "expired" in outcomes and "server_error" in outcomes
-    judges.batches.fail_share = 0.0
 
     c.wait_run("synpref_stage2", c.trigger("synpref_stage2", "2026-11-07T00:00:00Z", {**conf, "run_name": "batch"}))
     assert judges.batches.created == batches  # the re-run found every answer in the cache
     for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
         _batch_connection(c, judges, conn_id, model, "online")
     c.wait_run("synpref_stage2", c.trigger("synpref_stage2", "2026-11-08T00:00:00Z", {**conf, "run_name": "online"}))
-    assert judges.counts.total() - chats == sum(j["request_counts"]["completed"] for j in judges.batches.jobs.values())
-    out = roots["L"] / "stage2"
+    answered = sum(j["request_counts"]["completed"] for j in judges.batches.jobs.values())
+    assert judges.counts.total() - chats == answered  # every verdict came through a batch, none online
     parts = sorted(p.relative_to(out / "batch") for p in (out / "batch").glob("*/*.parquet"))
     assert parts and all((out / "batch" / p).read_bytes() == (out / "online" / p).read_bytes() for p in parts)
-    card = (out / "batch" / "README.md").read_text()
-    assert "per 1,000 curated pairs" in card
+    assert "per 1,000 curated pairs" in (out / "batch" / "README.md").read_text()

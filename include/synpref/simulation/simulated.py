@@ -382,14 +382,15 @@ class SimulatedBatches:
     is uploaded (``purpose=batch``), a batch is created on it, ``validating`` → ``in_progress`` → ``completed``
     after ``delay_s``, then its output file (one line per answered request, by ``custom_id``) and error file
     (one line per failed one) are downloaded. ``fail_share`` of a batch's requests fail (drawn per batch and
-    request, so a retry of the same request may succeed); the next ``expire_next`` batches end ``expired``
+    request, so a retry of the same request may succeed) in the next ``fail_next`` batches (-1: every batch);
+    the next ``expire_next`` batches end ``expired``
     with half their requests answered and the rest in the error file (``batch_expired``)."""
 
     ENDPOINT = "/v1/chat/completions"
 
     def __init__(self, server: SimulatedJudgeServer, delay_s: float = 1.0) -> None:
         self.server, self.delay_s = server, delay_s
-        self.fail_share, self.expire_next = 0.0, 0
+        self.fail_share, self.fail_next, self.expire_next = 0.0, -1, 0  # fail_next: batches to fail in (-1: all)
         self.files: dict[str, tuple[dict, bytes]] = {}
         self.jobs: dict[str, dict] = {}
         self.created = 0
@@ -419,6 +420,8 @@ class SimulatedBatches:
         self.created += 1
         expire = self.expire_next > 0
         self.expire_next -= expire
+        fail = self.fail_share if self.fail_next != 0 else 0.0
+        self.fail_next -= self.fail_next > 0
         now = int(time.time())
         self.jobs[bid] = {
             "id": bid,
@@ -433,6 +436,7 @@ class SimulatedBatches:
             "request_counts": {"total": 0, "completed": 0, "failed": 0},
             "_ready_at": time.monotonic() + self.delay_s,
             "_expire": expire,
+            "_fail": fail,
         }
         return 200, self._public(self.jobs[bid])
 
@@ -465,7 +469,7 @@ class SimulatedBatches:
             draw = int(hashlib.sha256(f"{job['id']}\x00{cid}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
             if job["_expire"] and i >= len(lines) // 2:
                 errors.append(self._error_line(cid, "batch_expired", "the batch expired before this request ran"))
-            elif draw < self.fail_share:
+            elif draw < job["_fail"]:
                 errors.append(self._error_line(cid, "server_error", "internal error (simulated)"))
             else:
                 status, body, _ = self.server.respond(line.get("body") or {})
