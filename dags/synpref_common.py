@@ -113,6 +113,7 @@ ANNOTATOR_EXTRAS = (
     "max_retries",
     "price_in_per_1k",
     "price_out_per_1k",
+    "price_cached_in_per_1k",
     "max_error_share",
     "verdicts",
     "mode",
