@@ -318,3 +318,15 @@ def test_annotator_config_mistakes_are_one_line_naming_the_field(tmp_path, case,
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert expected in err
+
+
+def test_an_annotator_connection_can_set_every_annotator_setting(monkeypatch):
+    """Each AnnotatorConfig field but the connection's own (name, URL, key) is read from the connection's extra."""
+    from conftest import REPO
+    from synpref.llm.client import AnnotatorConfig
+
+    monkeypatch.syspath_prepend(str(REPO / "dags"))
+    from synpref_common import ANNOTATOR_EXTRAS
+
+    own = {"name", "base_url", "model", "api_key", "api_key_env"}
+    assert set(AnnotatorConfig.model_fields) - own == set(ANNOTATOR_EXTRAS)
