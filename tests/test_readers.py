@@ -137,3 +137,13 @@ def test_readers_never_raise_and_every_row_can_be_stored(file):
         for r in res.records:
             assert r.pair_id == compute_pair_id(r.conversation, r.chosen, r.rejected, r.flipped)
         assert all(q["reason"] for q in res.quarantine)
+
+
+def test_a_jsonl_file_holding_one_json_array_is_read_as_its_records(tmp_path):
+    """A common export mistake: ``.jsonl`` that is one JSON array, on one line or pretty-printed."""
+    records = [{"prompt": f"question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)]
+    (tmp_path / "one-line.jsonl").write_text(json.dumps(records))
+    (tmp_path / "pretty.jsonl").write_text("\ufeff\n" + json.dumps(records, indent=2))
+    for name in ("one-line.jsonl", "pretty.jsonl"):
+        result = read_pairs(tmp_path / name)
+        assert len(result.records) == 3 and not result.quarantine, (name, result.quarantine)

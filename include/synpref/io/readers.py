@@ -414,7 +414,8 @@ def splits(path: PathLike) -> list[tuple[int, int] | None]:
     if size <= SPLIT_BYTES:
         return [None]
     with _open_file(p) as f:
-        if f.read(2).startswith(UTF16_BOMS):
+        head = f.read(READ_BLOCK)
+        if head.startswith(UTF16_BOMS) or _starts_array(head):
             return [None]
     n = math.ceil(size / SPLIT_BYTES)
     return [(size * k // n, size * (k + 1) // n) for k in range(n)]
@@ -593,16 +594,23 @@ def iter_raw(path: PathLike, split: tuple[int, int] | None = None) -> Iterator[t
             yield FILE_LEVEL, "", _stream_problem(e, name)
             return
         raw = stream.raw
-        if stream.peek(2)[:2].startswith(UTF16_BOMS) or base.endswith(".json"):
+        array = base.endswith(".jsonl") and _starts_array(stream.peek(READ_BLOCK))
+        if stream.peek(2)[:2].startswith(UTF16_BOMS) or base.endswith(".json") or array:
             data, problem = _read_all(stream, name)
             if not problem:
                 data, problem = _utf8(data)
-            yield from _records(base, io.BytesIO(data), data)
+            yield from _records(".json" if array else base, io.BytesIO(data), data)
         else:
             yield from _records(base, stream)
             problem = None if raw.error is None else _stream_problem(raw.error, name)
         if problem:
             yield FILE_LEVEL, "", problem
+
+
+def _starts_array(head: bytes) -> bool:
+    """A ``.jsonl`` file that is one JSON array (on one line or several) — its records cannot be lines, which are
+    objects — is read as a JSON document."""
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
 
 
 def _records(base: str, stream: Any, data: bytes = b"") -> Iterator[tuple[int, Any, str | None]]:
