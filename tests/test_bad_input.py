@@ -266,11 +266,11 @@ CASES = [
     ),
     Case("record_bad_provenance", "x.jsonl", lambda d: _jsonl([{**GOOD3[0], "provenance": "aliens"}]), 0, 1),
     Case(
-        "record_attributes_wrong_type",
+        "record_attributes_wrong_type",  # the pair is kept, the malformed attribute dropped (repaired.parquet)
         "x.jsonl",
         lambda d: _jsonl([{**GOOD3[0], "desired_attributes": "short"}]),
-        0,
         1,
+        0,
     ),
     Case(
         "record_hh_mismatch",
@@ -369,6 +369,29 @@ def test_bad_input_is_quarantined_and_the_good_rows_survive(tmp_path, case, caps
     quarantine = read_parquet(PoolLayout(pool).quarantine).to_pylist()
     assert len(quarantine) == counts["quarantined"]
     assert all(q["reason"] and q["source_file"] for q in quarantine)
+
+
+def test_a_pair_is_never_lost_for_a_malformed_optional_field(tmp_path):
+    """Attribute values outside their vocabulary or of the wrong type, a round that is not text: the pair is kept
+    without that field, and ``repaired.parquet`` (and the manifest) say which pair lost what and why."""
+    bad_fields = [
+        {"preference_objectivity": "sometimes"},
+        {"desired_attributes": "short"},
+        {"controversiality": "extreme", "round": {"a": 1}},
+    ]
+    case = Case(
+        "optional_fields", "x.jsonl", lambda d: _jsonl([{**GOOD3[i], **f} for i, f in enumerate(bad_fields)]), 3, 0
+    )
+    code, manifest, pool = _prepare(tmp_path, case)
+    assert code == 0 and manifest["counts"]["quarantined"] == 0 and manifest["counts"]["pool"] == GOOD + 3
+    repaired = read_parquet(PoolLayout(pool).repaired).to_pylist()
+    assert manifest["repaired"] == len(repaired) == 3
+    reasons = " | ".join(r["reason"] for r in repaired)
+    for field in ("preference_objectivity", "desired_attributes", "controversiality", "round"):
+        assert f"dropped {field}" in reasons
+    rows = {r["chosen"]: r for s in PoolLayout(pool).shards() for r in read_parquet(s).to_pylist()}
+    kept = [rows[g["chosen"]] for g in GOOD3[:3] if g["chosen"] in rows]
+    assert len(kept) == 3 and all(r["preference_objectivity"] != "sometimes" for r in kept)
 
 
 def test_a_supplied_id_is_never_trusted_but_kept_as_source_id(tmp_path):

@@ -208,3 +208,15 @@ def test_an_a_or_b_verdict_maps_back_to_the_stored_label(tmp_path, answer):
         shown_first_is_chosen = t["data"]["a_is"] == "chosen"
         expected = "chosen" if (answer == "A") == shown_first_is_chosen else "rejected"
         assert verdicts[t["data"]["pair_id"]] == expected
+
+
+def test_a_verification_with_a_malformed_attribute_is_kept_and_its_attributes_are_generated(tmp_path):
+    """The human verdict is what matters: an attribute outside its vocabulary is dropped, not the verification
+    (intake then generates the attributes, as for one given without them)."""
+    rows = generate(1, seed=3, with_attributes=True)[0].to_pylist()
+    bad = {**rows[0], "preference_objectivity": "sometimes", "human_label": "chosen"}
+    (tmp_path / "labels.jsonl").write_text(json.dumps(bad) + "\n")
+    intake = read_inbox(tmp_path)
+    assert not intake.quarantine and len(intake.verifications) == 1
+    assert intake.verifications[0]["preference_objectivity"] is None
+    assert intake.verifications[0]["attributes_status"] is None  # to be generated at intake

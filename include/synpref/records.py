@@ -70,6 +70,7 @@ class PoolManifest(OpenRecord):
     shards: list[ShardEntry]
     files: list[dict[str, Any]]
     skipped_files: list[dict[str, Any]]
+    repaired: int = 0  # of the pool's pairs: a malformed optional field dropped (``repaired.parquet``)
 
 
 class PoolSource(Record):

@@ -81,6 +81,11 @@ class PoolLayout(_Directory):
         return self.table("quarantine")
 
     @property
+    def repaired(self) -> Any:
+        """Pairs kept in the shards whose malformed optional fields were dropped, with what was dropped."""
+        return self.table("repaired")
+
+    @property
     def staging(self) -> Any:
         """Per-input-file outputs of the mapped normalize step."""
         return self.dir / "_staging"

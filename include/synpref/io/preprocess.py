@@ -151,16 +151,17 @@ def normalize_file(
             old.unlink()
     p = as_path(file_uri)
     src, default_source = str(p), source or p.name.split(".")[0]
-    counts = {"file": file_uri, "key": key, "input": 0, "valid": 0, "quarantined": 0}
+    counts = {"file": file_uri, "key": key, "input": 0, "valid": 0, "quarantined": 0, "repaired": 0}
     rows: list[dict] = []
     bad: list[dict] = []
+    repaired: list[dict] = []  # kept pairs whose malformed optional fields were dropped, with what was dropped
     with ExitStack() as stack:
         partitioner = _Partitioner(pool, stage, len(partitions(pool)), stack)
         quarantine = stack.enter_context(
             parquet_writer(pool.staged(stage, "quarantine.parquet"), QUARANTINE_SCHEMA, STAGING)
         )
         for i, raw, error in iter_raw(p, tuple(split) if split else None):
-            row = _checked_row(i, raw, error, src, default_source, bad)
+            row = _checked_row(i, raw, error, src, default_source, bad, repaired)
             if row is not None:
                 rows.append(row)
             if len(rows) >= BATCH_ROWS:
@@ -177,18 +178,26 @@ def normalize_file(
             bad.append(quarantine_row(src, FILE_LEVEL, "empty file: no records", ""))
         counts["quarantined"] += len(bad)
         quarantine.write_table(pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
+    counts["repaired"] = len(repaired)
+    write_parquet(pa.Table.from_pylist(repaired, schema=QUARANTINE_SCHEMA), pool.staged(stage, "repaired.parquet"))
     counts["input"] = counts["valid"] + counts["quarantined"]
     write_json(counts, pool.staged(stage, "counts.json"))
     return counts
 
 
-def _checked_row(i: int, raw: Any, error: str | None, src: str, default_source: str, bad: list[dict]) -> dict | None:
-    """A valid pair as a row, or None with its quarantine row appended to ``bad``."""
+def _checked_row(
+    i: int, raw: Any, error: str | None, src: str, default_source: str, bad: list[dict], repaired: list[dict]
+) -> dict | None:
+    """A valid pair as a row (a malformed optional field dropped: noted in ``repaired``), or None with its
+    quarantine row appended to ``bad``."""
     if error:
         bad.append(quarantine_row(src, i, error, raw))
         return None
     try:
-        row, row[CONTENT] = normalize_row(raw, default_source)
+        repairs: list[str] = []
+        row, row[CONTENT] = normalize_row(raw, default_source, repairs)
+        if repairs:
+            repaired.append(quarantine_row(src, i, "; ".join(repairs), raw))
         return row
     except RecordError as e:
         bad.append(quarantine_row(src, i, str(e), raw))
@@ -532,6 +541,9 @@ def write_pool(pool: PoolLayout, config: PrepareConfig = PrepareConfig()) -> Poo
     counts["quarantined"] = _concat(
         [pool.staged(k, "quarantine.parquet") for k in keys], QUARANTINE_SCHEMA, pool.quarantine
     )
+    repaired = _concat(  # kept pairs (in the shards) that lost a malformed optional field: not a separate outcome
+        [s for s in (pool.staged(k, "repaired.parquet") for k in keys) if s.exists()], QUARANTINE_SCHEMA, pool.repaired
+    )
     check_conservation(counts["input"], {k: v for k, v in counts.items() if k != "input"}, where=str(pool.dir))
     for name in reduced[0]["counts"]:
         if sum(r["counts"][name] for r in reduced) != counts[name]:
@@ -541,7 +553,9 @@ def write_pool(pool: PoolLayout, config: PrepareConfig = PrepareConfig()) -> Poo
         raise InputError(f"no usable pair in the input ({parts_text}); the reasons are in {pool.quarantine}")
     skipped = read_json(pool.skipped_inputs) if pool.skipped_inputs.exists() else []
     sides = {name: table.num_rows for name, table in side.items()}
-    manifest = PoolManifest(kind="pool", counts=counts, shards=shards, files=files, skipped_files=skipped, **sides)
+    manifest = PoolManifest(
+        kind="pool", counts=counts, shards=shards, files=files, skipped_files=skipped, repaired=repaired, **sides
+    )
     manifest.write(pool.manifest)
     return manifest
 
@@ -553,8 +567,8 @@ def _per_file(counts: list[dict]) -> list[dict]:
         if c["file"] not in out:
             out[c["file"]] = dict(c)
         else:
-            for k in ("input", "valid", "quarantined"):
-                out[c["file"]][k] += c[k]
+            for k in ("input", "valid", "quarantined", "repaired"):
+                out[c["file"]][k] += c.get(k, 0)
     return list(out.values())
 
 

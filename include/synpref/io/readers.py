@@ -203,13 +203,15 @@ def _conversation(raw: dict) -> tuple[list[dict], str, str]:
     )
 
 
-def normalize(raw: Any, default_source: str) -> PairRecord:
+def normalize(raw: Any, default_source: str, repairs: list[str] | None = None) -> PairRecord:
     """One raw record (dict) in any supported format → a validated PairRecord (or RecordError).
 
     A ``pair_id`` in the input is never trusted: the id is computed from the content, and a supplied id
-    that differs is kept as ``source_id``.
+    that differs is kept as ``source_id``. With ``repairs`` (a list), a malformed optional field
+    (``DROPPABLE``: the attributes, source_id, round) is dropped instead of losing the pair, and why is appended
+    to it.
     """
-    return _validated(*_fields(raw, default_source))
+    return _validated(*_fields(raw, default_source), repairs)
 
 
 def _fields(raw: Any, default_source: str) -> tuple[list[dict], str, str, dict]:
@@ -231,21 +233,34 @@ def _fields(raw: Any, default_source: str) -> tuple[list[dict], str, str, dict]:
     return conversation, chosen, rejected, fields
 
 
-def _validated(conversation: list[dict], chosen: str, rejected: str, fields: dict) -> PairRecord:
-    """PairRecord's validation (RecordError naming the first problem)."""
-    try:
-        return PairRecord(conversation=conversation, chosen=chosen, rejected=rejected, **fields)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or "record"
-        raise RecordError(f"{loc}: {first['msg']}") from None
+DROPPABLE = ("source_id", "round", *ATTRIBUTE_FIELDS)  # optional fields a pair does not need
+
+
+def _validated(
+    conversation: list[dict], chosen: str, rejected: str, fields: dict, repairs: list[str] | None = None
+) -> PairRecord:
+    """PairRecord's validation (RecordError naming the first problem); with ``repairs``, malformed droppable
+    fields are dropped (each noted in ``repairs``) as long as the pair itself is valid."""
+    while True:
+        try:
+            return PairRecord(conversation=conversation, chosen=chosen, rejected=rejected, **fields)
+        except ValidationError as e:
+            errors = e.errors()
+            bad = {str(err["loc"][0]) for err in errors if err["loc"]}
+            if repairs is None or not bad or not all(f in DROPPABLE and f in fields for f in bad):
+                first = errors[0]
+                loc = ".".join(str(x) for x in first["loc"]) or "record"
+                raise RecordError(f"{loc}: {first['msg']}") from None
+            for err in errors:
+                repairs.append(f"dropped {err['loc'][0]}: {err['msg']}"[:200])
+            fields = {k: v for k, v in fields.items() if k not in bad}
 
 
 _PAIR_FIELDS = tuple(PAIR_SCHEMA.names)
 _FAST_FIELDS = {"source": str, "source_id": str, "round": str, "flipped": bool, "pair_id": str}
 
 
-def normalize_row(raw: Any, default_source: str) -> tuple[dict, str]:
+def normalize_row(raw: Any, default_source: str, repairs: list[str] | None = None) -> tuple[dict, str]:
     """(``normalize(raw).model_dump()``, content key) without building the model when the record is plainly
     valid (see ``schema.pair_keys``).
 
@@ -256,7 +271,7 @@ def normalize_row(raw: Any, default_source: str) -> tuple[dict, str]:
     texts = [m["content"] for m in conversation]
     texts += (chosen, rejected)
     if not plain or chosen == rejected or any(not t or t.isspace() for t in texts):  # isspace: strip() == ""
-        row = _validated(conversation, chosen, rejected, fields).model_dump()
+        row = _validated(conversation, chosen, rejected, fields, repairs).model_dump()
         return row, pair_keys(row["conversation"], row["chosen"], row["rejected"], row["flipped"])[1]
     flipped = fields.get("flipped", False)
     pair_id, content = pair_keys_of(ENCODE(conversation), chosen, rejected, flipped)  # plain role/content dicts

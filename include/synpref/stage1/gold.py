@@ -136,8 +136,8 @@ def _verification(raw: Any, inbox_file: str, seq: int) -> dict:
     if label not in HUMAN_LABELS:
         raise RecordError(f"human_label must be one of {HUMAN_LABELS}, got {label!r}")
     given_id = raw.get("pair_id")
-    rec = normalize(
-        {k: v for k, v in raw.items() if k not in ("human_label", "annotator", "verified_at", "pair_id")}, "inbox"
+    rec = normalize(  # a malformed attribute is dropped (then generated at intake), never the verification
+        {k: v for k, v in raw.items() if k not in ("human_label", "annotator", "verified_at", "pair_id")}, "inbox", []
     )
     if given_id and given_id != rec.pair_id:
         raise RecordError(f"pair_id {given_id} does not match the pair's content ({rec.pair_id})")
