@@ -147,3 +147,25 @@ def test_a_jsonl_file_holding_one_json_array_is_read_as_its_records(tmp_path):
     for name in ("one-line.jsonl", "pretty.jsonl"):
         result = read_pairs(tmp_path / name)
         assert len(result.records) == 3 and not result.quarantine, (name, result.quarantine)
+
+
+def test_a_datasets_save_to_disk_directory_and_its_parquet_shards_are_read_like_any_input(tmp_path):
+    """What a user already has: ``Dataset.save_to_disk`` (Arrow files + metadata, the metadata skipped with why)
+    and ``to_parquet`` shards in a directory, in TRL's prompt/chosen/rejected form."""
+    from synpref.io.readers import scan_inputs
+
+    rows = {"prompt": [f"q {i}?" for i in range(5)], "chosen": [f"yes {i}" for i in range(5)], "rejected": ["no"] * 5}
+    ds = datasets.Dataset.from_dict(rows)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    scan = scan_inputs(tmp_path / "saved")
+    assert [Path(f).suffix for f in scan.files] == [".arrow"]
+    assert {Path(s["path"]).name for s in scan.skipped} == {"dataset_info.json", "state.json"}
+    assert len(read_pairs(scan.files[0]).records) == 5
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dict"))
+    scan = scan_inputs(tmp_path / "dict")
+    assert len(scan.files) == 1 and "dataset_dict.json" in {Path(s["path"]).name for s in scan.skipped}
+    (tmp_path / "shards").mkdir()
+    for i in range(2):
+        ds.shard(2, i).to_parquet(str(tmp_path / "shards" / f"train-{i:05d}-of-00002.parquet"))
+    files = scan_inputs(tmp_path / "shards").files
+    assert sum(len(read_pairs(f).records) for f in files) == 5

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from synpref.io.storage import PathLike, as_path
 from synpref.schema import ATTRIBUTE_FIELDS, ENCODE, PAIR_SCHEMA, PairRecord, pair_keys, pair_keys_of
 
-FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+FORMATS = (".jsonl", ".json", ".parquet", ".csv", ".arrow")  # .arrow: a `datasets` save_to_disk shard
 COMPRESSIONS = (".gz", ".zst")
 SUFFIXES = FORMATS + tuple(f + c for f in (".jsonl", ".json", ".csv") for c in COMPRESSIONS)
 MAX_RECORD_BYTES = 16 * 2**20  # one JSON line / CSV row / Parquet row, as text
@@ -577,6 +577,18 @@ def _parquet_rows(source: Any) -> Iterator[tuple[int, Any, str | None]]:
             return
 
 
+def _arrow_rows(source: Any) -> Iterator[tuple[int, Any, str | None]]:
+    """The rows of an Arrow IPC stream (what ``datasets.Dataset.save_to_disk`` writes), batch by batch."""
+    index = 0
+    try:
+        for batch in pa.ipc.open_stream(source):
+            for row in batch.to_pylist():
+                yield index, row, None
+                index += 1
+    except (pa.ArrowException, OSError, ValueError) as e:
+        yield FILE_LEVEL, "", f"not a readable Arrow stream (datasets save_to_disk) after {index} rows: {e}"
+
+
 def _open_file(p: Any) -> Any:
     return open(p.path, "rb") if p.protocol in ("", "file", "local") else p.open("rb")
 
@@ -602,6 +614,9 @@ def iter_raw(path: PathLike, split: tuple[int, int] | None = None) -> Iterator[t
             return
         if name.endswith(".parquet"):
             yield from _parquet_rows(f)
+            return
+        if name.endswith(".arrow"):
+            yield from _arrow_rows(f)
             return
         try:
             stream = _open(f, name)
@@ -669,9 +684,16 @@ class InputScan:
         self.skipped.append({"path": str(path), "reason": reason})
 
 
+DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")  # written by save_to_disk
+
+
 def _classify(scan: InputScan, path: Any, name: str) -> None:
     if name.startswith("."):
         scan.skip(path, "hidden file")
+    elif name in DATASETS_METADATA and any(
+        path.parent.glob("*.arrow" if name != "dataset_dict.json" else "*/*.arrow")
+    ):
+        scan.skip(path, "metadata of a datasets save_to_disk directory (its .arrow files are the data)")
     elif name.lower().endswith(SUFFIXES):
         scan.files.append(str(path))
     else:
