@@ -291,7 +291,8 @@ def main() -> int:
         print(f"   curated dataset   {s2}/kept, {s2}/recycled (TRL-ready Parquet), card {s2 / 'README.md'}")
         print(f"   logs              {logs}")
         print(
-            f"   HTML report       {full['html']}  (open it in a browser; also in the Airflow UI: Browse → Curation)"
+            f"   HTML report       {full['html']}  (open it in a browser; in the Airflow UI: scripts/ui.sh, "
+            "then Browse → Curation)"
         )
     finally:
         sim.terminate()
