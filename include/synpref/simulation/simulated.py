@@ -538,19 +538,23 @@ class SimulatedBatches:
             )
             return JSONResponse(out, status_code=status)
 
-        @app.get("/v1/batches/{bid}")
-        async def retrieve(bid: str, request: Request):
+        for path, method, act in (
+            ("/v1/batches/{bid}", "GET", self.retrieve),
+            ("/v1/batches/{bid}/cancel", "POST", self.cancel),
+        ):
+            app.add_api_route(path, self._job_route(act, unauthorized), methods=[method])
+
+    @staticmethod
+    def _job_route(act, unauthorized):
+        """A route acting on one batch (retrieve, cancel): its (status, body) as JSON."""
+
+        async def route(bid: str, request: Request):
             if (denied := unauthorized(request)) is not None:
                 return denied
-            status, out = self.retrieve(bid)
+            status, out = act(bid)
             return JSONResponse(out, status_code=status)
 
-        @app.post("/v1/batches/{bid}/cancel")
-        async def cancel(bid: str, request: Request):
-            if (denied := unauthorized(request)) is not None:
-                return denied
-            status, out = self.cancel(bid)
-            return JSONResponse(out, status_code=status)
+        return route
 
 
 def _jsonl(rows: list[dict]) -> bytes:
