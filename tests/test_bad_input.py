@@ -394,6 +394,28 @@ def test_a_pair_is_never_lost_for_a_malformed_optional_field(tmp_path):
     assert len(kept) == 3 and all(r["preference_objectivity"] != "sometimes" for r in kept)
 
 
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_nul_characters_are_removed_from_the_texts_and_the_pair_kept(tmp_path, suffix):
+    """A NUL in a text (a corrupted or binary export) is removed, the pair kept, and the repair recorded."""
+    rows = [
+        {"prompt": "q1\x00", "chosen": "a\x00\x00a", "rejected": "b"},
+        {"prompt": "q2", "chosen": "a", "rejected": "b"},
+    ]
+    make = {
+        "csv": lambda d: _csv("prompt,chosen,rejected", [",".join(r.values()) for r in rows]),
+        "jsonl": lambda d: _jsonl(rows),
+    }[suffix]
+    code, manifest, pool = _prepare(tmp_path, Case("nul", f"x.{suffix}", make, 2, 0))
+    assert code == 0 and manifest["repaired"] == 1
+    (repaired,) = read_parquet(PoolLayout(pool).repaired).to_pylist()
+    assert "removed 1 NUL character(s) from conversation[0]" in repaired["reason"]
+    assert "removed 2 NUL character(s) from chosen" in repaired["reason"]
+    texts = [
+        t for s in PoolLayout(pool).shards() for r in read_parquet(s).to_pylist() for t in (r["chosen"], r["rejected"])
+    ]
+    assert "aa" in texts and not any("\x00" in t for t in texts)
+
+
 def test_a_supplied_id_is_never_trusted_but_kept_as_source_id(tmp_path):
     _, _, pool = _prepare(tmp_path, next(c for c in CASES if c.name == "supplied_pair_id_reused"))
     rows = [r for s in PoolLayout(pool).shards() for r in read_parquet(s).to_pylist()]

@@ -78,6 +78,11 @@ def _read_rows(uris: list[str]) -> list[dict]:
                     f"warning: {len(res.quarantine)} invalid record(s) in {f} skipped: {res.quarantine[0]['reason']}",
                     file=sys.stderr,
                 )
+            if res.repaired:
+                print(
+                    f"warning: {len(res.repaired)} record(s) in {f} repaired: {res.repaired[0]['reason']}",
+                    file=sys.stderr,
+                )
             rows.extend(r.model_dump() for r in res.records)
     return rows
 

@@ -68,6 +68,7 @@ class InputError(ValueError):
 class ReadResult:
     records: list[PairRecord] = field(default_factory=list)
     quarantine: list[dict] = field(default_factory=list)
+    repaired: list[dict] = field(default_factory=list)  # kept records with what was dropped or cleaned, and why
 
     @property
     def total(self) -> int:
@@ -211,11 +212,12 @@ def normalize(raw: Any, default_source: str, repairs: list[str] | None = None) -
     (``DROPPABLE``: the attributes, source_id, round) is dropped instead of losing the pair, and why is appended
     to it.
     """
-    return _validated(*_fields(raw, default_source), repairs)
+    return _validated(*_fields(raw, default_source, repairs), repairs)
 
 
-def _fields(raw: Any, default_source: str) -> tuple[list[dict], str, str, dict]:
-    """A raw record's conversation, chosen, rejected and optional fields (format detected; RecordError)."""
+def _fields(raw: Any, default_source: str, repairs: list[str] | None = None) -> tuple[list[dict], str, str, dict]:
+    """A raw record's conversation, chosen, rejected and optional fields (format detected; RecordError); NUL
+    characters are removed from the texts (noted in ``repairs``)."""
     if not isinstance(raw, dict):
         raise RecordError(f"record must be an object, got {type(raw).__name__}")
     if not isinstance(raw, _Screened):
@@ -223,7 +225,7 @@ def _fields(raw: Any, default_source: str) -> tuple[list[dict], str, str, dict]:
     for key in ("chosen", "rejected"):
         if key not in raw:
             raise RecordError(f"missing field '{key}'")
-    conversation, chosen, rejected = _conversation(raw)
+    conversation, chosen, rejected = _without_nul(*_conversation(raw), repairs)
     fields = {k: raw[k] for k in _OPTIONAL if raw.get(k) is not None}
     fields.setdefault("source", default_source)
     if isinstance(fields.get("flipped"), str):
@@ -231,6 +233,26 @@ def _fields(raw: Any, default_source: str) -> tuple[list[dict], str, str, dict]:
     if raw.get("pair_id") not in (None, ""):
         fields["pair_id"] = str(raw["pair_id"])  # PairRecord recomputes it and keeps a differing one as source_id
     return conversation, chosen, rejected, fields
+
+
+def _without_nul(
+    conversation: list[dict], chosen: str, rejected: str, repairs: list[str] | None
+) -> tuple[list[dict], str, str]:
+    """The texts without NUL characters (a corrupted or binary export: no text needs one, and PostgreSQL, Label
+    Studio and tokenizers choke on them); each text that held any is noted in ``repairs``."""
+
+    def clean(text: Any, where: str) -> Any:
+        if not isinstance(text, str) or "\x00" not in text:
+            return text
+        if repairs is not None:
+            repairs.append(f"removed {text.count(chr(0))} NUL character(s) from {where}")
+        return text.replace("\x00", "")
+
+    conversation = [
+        {**m, "content": clean(m.get("content"), f"conversation[{i}]")} if isinstance(m, dict) else m
+        for i, m in enumerate(conversation)
+    ]
+    return conversation, clean(chosen, "chosen"), clean(rejected, "rejected")
 
 
 DROPPABLE = ("source_id", "round", *ATTRIBUTE_FIELDS)  # optional fields a pair does not need
@@ -266,7 +288,7 @@ def normalize_row(raw: Any, default_source: str, repairs: list[str] | None = Non
 
     The fast path accepts only what PairRecord accepts unchanged (non-empty texts, a final user turn,
     distinct responses, plain optional fields); anything else goes through PairRecord for its verdict."""
-    conversation, chosen, rejected, fields = _fields(raw, default_source)
+    conversation, chosen, rejected, fields = _fields(raw, default_source, repairs)
     plain = all(type(v) is _FAST_FIELDS.get(k) for k, v in fields.items()) and conversation[-1]["role"] == "user"
     texts = [m["content"] for m in conversation]
     texts += (chosen, rejected)
@@ -650,7 +672,8 @@ def _records(base: str, stream: Any, data: bytes = b"") -> Iterator[tuple[int, A
 
 
 def read_pairs(path: PathLike, source: str | None = None) -> ReadResult:
-    """Read one file: valid records and quarantine rows (an empty file is one quarantine row)."""
+    """Read one file: valid records, quarantine rows (an empty file is one quarantine row) and, for records kept
+    without a malformed optional field or with NUL characters removed, what was done (``repaired``)."""
     p = as_path(path)
     src_name = str(p)
     default_source = source or p.name.split(".")[0]
@@ -660,7 +683,10 @@ def read_pairs(path: PathLike, source: str | None = None) -> ReadResult:
             result.quarantine.append(quarantine_row(src_name, index, error, raw))
             continue
         try:
-            result.records.append(normalize(raw, default_source))
+            repairs: list[str] = []
+            result.records.append(normalize(raw, default_source, repairs))
+            if repairs:
+                result.repaired.append(quarantine_row(src_name, index, "; ".join(repairs), raw))
         except RecordError as e:
             result.quarantine.append(quarantine_row(src_name, index, str(e), raw))
         except (ValueError, TypeError, RecursionError) as e:  # a reader bug must not stop the line either

@@ -93,6 +93,8 @@ def _read_any(directory, stem: str) -> list[dict]:
             res = read_pairs(p, source=f"seed-{stem}")
             if res.quarantine:
                 raise ValueError(f"seed file {p} has invalid records: {res.quarantine[0]['reason']}")
+            if res.repaired:
+                log.warning("seed file %s: %d record(s) repaired: %s", p, len(res.repaired), res.repaired[0]["reason"])
             return [r.model_dump() for r in res.records]
     return []
 
