@@ -9,6 +9,9 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -169,3 +172,47 @@ def test_a_datasets_save_to_disk_directory_and_its_parquet_shards_are_read_like_
         ds.shard(2, i).to_parquet(str(tmp_path / "shards" / f"train-{i:05d}-of-00002.parquet"))
     files = scan_inputs(tmp_path / "shards").files
     assert sum(len(read_pairs(f).records) for f in files) == 5
+
+
+class _HubOnDisk(DirFileSystem):
+    """A test double of huggingface_hub's ``hf://`` filesystem serving a local directory (no network here)."""
+
+    protocol = "hf"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(path=str(_HubOnDisk.root), fs=LocalFileSystem())
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return str(path).removeprefix("hf://")
+
+
+def test_a_hugging_face_hub_dataset_is_read_through_fsspec_or_refused_in_one_line(tmp_path, monkeypatch):
+    """``hf://datasets/<org>/<name>/...`` goes through fsspec like any remote input; offline it is one line naming
+    it; it is never a storage root."""
+    import fsspec
+    from huggingface_hub import constants
+
+    from synpref.io.layout import StorageLayout
+    from synpref.io.readers import InputError, scan_inputs
+    from synpref.io.storage import StorageError
+
+    uri = "hf://datasets/org/prefs/data"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InputError, match=r"^input hf://datasets/org/prefs/data: the Hugging Face Hub is offline"):
+        scan_inputs(uri)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    shards = tmp_path / "datasets" / "org" / "prefs" / "data"
+    shards.mkdir(parents=True)
+    rows = {"prompt": [f"q {i}?" for i in range(4)], "chosen": [f"yes {i}" for i in range(4)], "rejected": ["no"] * 4}
+    datasets.Dataset.from_dict(rows).to_parquet(str(shards / "train-00000-of-00001.parquet"))
+    monkeypatch.setattr(_HubOnDisk, "root", tmp_path, raising=False)
+    fsspec.register_implementation("hf", _HubOnDisk, clobber=True)
+    try:
+        files = scan_inputs(uri).files
+        assert files == [f"{uri}/train-00000-of-00001.parquet"]
+        assert len(read_pairs(files[0]).records) == 4
+    finally:
+        fsspec.register_implementation("hf", "huggingface_hub.HfFileSystem", clobber=True)
+    with pytest.raises(StorageError, match="can be an input, not a storage root"):
+        StorageLayout(uri)

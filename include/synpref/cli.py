@@ -266,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sp.add_parser("prepare", help="raw pairs → quarantine, dedup, decontamination → unverified pool shards")
     s.add_argument(
-        "--input", action="append", required=True, help="file or directory URI (repeatable); jsonl/json/parquet/csv"
+        "--input",
+        action="append",
+        required=True,
+        help="file or directory URI (repeatable; also hf://datasets/...); jsonl/json/parquet/csv/arrow",
     )
     s.add_argument(
         "--out", required=True, help="pool directory URI, e.g. file:///data/root/pool or s3://bucket/root/pool"

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from synpref.io.storage import PathLike, StorageError, as_path, read_json, write_json
+from synpref.io.storage import PathLike, StorageError, as_path, is_input_only, read_json, write_json
 
 MANIFEST = "manifest.json"
 SEED_ROUND = "0000-seed"
@@ -40,6 +40,8 @@ def run_name(name: str) -> str:
 
 
 def _dir(path: PathLike) -> Any:
+    if is_input_only(path):
+        raise StorageError(f"{path}: a Hugging Face Hub dataset can be an input, not a storage root (read only)")
     return as_path(path)
 
 

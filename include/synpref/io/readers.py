@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from synpref.io.storage import PathLike, as_path
+from synpref.io.storage import PathLike, as_path, is_input_only
 from synpref.schema import ATTRIBUTE_FIELDS, ENCODE, PAIR_SCHEMA, PairRecord, pair_keys, pair_keys_of
 
 FORMATS = (".jsonl", ".json", ".parquet", ".csv", ".arrow")  # .arrow: a `datasets` save_to_disk shard
@@ -776,7 +776,15 @@ def scan_inputs(uri: PathLike) -> InputScan:
     local = p.protocol in ("", "file", "local")
     if local and os.path.islink(p.path) and not os.path.exists(p.path):
         raise InputError(f"input {uri} is a dangling or looping symlink")
-    if not p.exists():
+    if is_input_only(uri):
+        _check_hub_reachable(str(uri))
+    try:
+        found = p.exists()
+    except Exception as e:  # a remote store that cannot be reached: one line, never a traceback
+        raise InputError(
+            f"input {uri} cannot be reached: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        ) from None
+    if not found:
         raise InputError(f"input not found: {uri}")
     if p.is_file():
         _classify(scan, p if not local else Path(p.path), p.name)
@@ -791,6 +799,18 @@ def scan_inputs(uri: PathLike) -> InputScan:
         raise InputError(f"no readable input file in {uri}" + (f" ({why})" if why else " (it is empty)"))
     scan.files = sorted(str(as_path(f)) for f in scan.files)
     return scan
+
+
+def _check_hub_reachable(uri: str) -> None:
+    """A Hugging Face Hub input needs the network: offline (``HF_HUB_OFFLINE=1``, as ``scripts/env.sh`` sets for the
+    packaged models) it is refused in one line naming the URI."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(
+            f"input {uri}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1): run with HF_HUB_OFFLINE=0 where "
+            "the network allows, or download the dataset first (datasets save_to_disk, or its Parquet files)"
+        )
 
 
 def input_files(uri: PathLike) -> list[str]:

@@ -25,6 +25,7 @@ from upath import UPath
 
 PathLike = str | os.PathLike | UPath
 PERSISTENT_SCHEMES = ("file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+INPUT_ONLY_SCHEMES = ("hf",)  # read, never a storage root: hf://datasets/<org>/<name>/<path> (huggingface_hub)
 
 
 class StorageError(ValueError):
@@ -50,17 +51,29 @@ def as_path(uri: PathLike) -> UPath:
     s = str(uri)
     if "://" not in s:
         return UPath(Path(s).absolute())
+    if _scheme(s) in INPUT_ONLY_SCHEMES:
+        return UPath(_checked_scheme(s))  # no Airflow connection: the Hub's token comes from HF_TOKEN
     return _uri_factory(_checked_scheme(s))
+
+
+def _scheme(s: str) -> str:
+    return s.split("://", 1)[0].lower()
+
+
+def is_input_only(path: PathLike) -> bool:
+    """Whether a path can be read but never written (a Hugging Face Hub dataset)."""
+    return _scheme(str(path)) in INPUT_ONLY_SCHEMES
 
 
 def _checked_scheme(s: str) -> str:
     """Only storage that persists and whose filesystem is installed (``memory://`` keeps nothing)."""
     import fsspec
 
-    scheme = s.split("://", 1)[0].lower()
-    if scheme not in PERSISTENT_SCHEMES:
+    scheme = _scheme(s)
+    if scheme not in PERSISTENT_SCHEMES + INPUT_ONLY_SCHEMES:
         raise StorageError(
-            f"{s}: storage scheme {scheme}:// is not supported (use one of file://, s3://, gs://, az://)"
+            f"{s}: storage scheme {scheme}:// is not supported (use one of file://, s3://, gs://, az://; "
+            "inputs also hf://datasets/...)"
         )
     try:
         fsspec.get_filesystem_class(scheme)
