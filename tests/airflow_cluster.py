@@ -25,6 +25,17 @@ DB_ROLE = "synpref_it"
 TERMINAL = {"success", "failed"}
 
 
+CHROMIUM_ARGS = [  # headless Chromium offline, in a container
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

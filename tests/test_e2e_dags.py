@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import conn_env, dags_test, write_synthetic_sets
+from conftest import REPO, conn_env, dags_test, write_synthetic_sets
 from synpref.io.storage import write_parquet
 from synpref.simulation.evaluation import label_accuracy
 from synpref.simulation.synthetic import generate
@@ -196,3 +196,74 @@ def test_stage1_rounds_then_stage2(world, airflow_home):
     )
     result = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tok).train()
     assert result.global_step == 2
+
+
+def test_scripts_ui_shows_these_runs_and_their_rounds_on_the_curation_page(world, airflow_home, tmp_path):
+    """README: after the demo, ``scripts/ui.sh`` serves the Airflow UI on the Airflow home its ``airflow dags test``
+    runs went to and on its storage. The runs above were made the demo's way (``dags test``, ``file://``), laid out
+    as its output (``<out>/storage``): the DAG runs are listed by the REST API and Browse → Curation lists every
+    round (headless Chromium, screenshot under .artifacts/)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    from airflow_cluster import CHROMIUM_ARGS, free_port
+
+    rounds = sorted(p.parent.name for p in (world["root"] / "rounds").glob("*/manifest.json"))
+    assert len(rounds) >= 2  # made by test_stage1_rounds_then_stage2
+    out = tmp_path / "demo_output"
+    out.mkdir()
+    (out / "storage").symlink_to(world["root"])
+    port = free_port()
+    env = {**os.environ, "AIRFLOW_HOME": str(airflow_home), "SYNPREF_UI_PORT": str(port)}
+    log = (tmp_path / "ui.log").open("w")
+    ui = subprocess.Popen(
+        [str(REPO / "scripts" / "ui.sh"), str(out)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert ui.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/api/v2/monitor/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "the UI did not start"
+            time.sleep(1)
+        password = json.loads((airflow_home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30)
+        token = token.json()["access_token"]
+        runs = httpx.get(
+            f"{base}/api/v2/dags/synpref_stage1/dagRuns", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ).json()["dag_runs"]
+        assert {r["logical_date"][:10] for r in runs} >= set(rounds)
+        artifacts = REPO / ".artifacts"
+        artifacts.mkdir(exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                context.add_cookies([{"name": "_token", "value": token, "url": base}])
+                page = context.new_page()
+                page.goto(f"{base}/plugin/curation", wait_until="networkidle")
+                listing = page.frame_locator("iframe").first.locator("body")
+                listing.get_by_text("Stage-1 rounds").first.wait_for(timeout=60000)
+                page.screenshot(path=str(artifacts / "demo_curation_page.png"))
+                text = listing.inner_text()
+                assert all(r in text for r in rounds), text
+                assert f"file://{out / 'storage'}" in text
+            finally:
+                browser.close()
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)

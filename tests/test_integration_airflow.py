@@ -18,7 +18,7 @@ import boto3
 import pytest
 from labelstudio_server import LabelStudioServer
 
-from airflow_cluster import REPO, TERMINAL, AirflowCluster, ensure_services, free_port
+from airflow_cluster import CHROMIUM_ARGS, REPO, TERMINAL, AirflowCluster, ensure_services, free_port
 from conftest import write_synthetic_sets
 
 pytestmark = pytest.mark.integration
@@ -332,15 +332,6 @@ def test_s3_storage_matches_file_storage(deployment):
     assert s_s2["counts"] == _local_stage2(roots["F"])()["counts"]
 
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FORM_SECTIONS = {
     "Storage": ["Storage root", "Unverified pool URI", "Inbox URI"],
     "Adaptive retrieval": ["k_max", "Spot-check sample"],
