@@ -84,3 +84,31 @@ def test_the_encoder_width_is_read_from_the_model():
     width = embedding_dim()
     assert width == 384  # all-MiniLM-L6-v2
     assert embed_rows([]).shape == (0, width)
+
+
+def test_the_ablation_baselines_draw_the_budget_from_the_unlabelled_pool(tmp_path):
+    """``retrieval: random | uncertainty``: as many pairs as adaptive retrieval pulled, never a labelled one; the
+    random draw is the same on a re-run, uncertainty takes the pairs the best RM is least sure of."""
+    from synpref.io.layout import StorageLayout
+    from synpref.models.reliability import sigmoid
+    from synpref.models.reward_model import RewardModel, train_reward_model
+    from synpref.settings import RMConfig, Stage1Config
+    from synpref.simulation.synthetic import generate
+    from synpref.stage1.steps import _baseline_retrieval
+
+    rows = generate(80, seed=5)[0].to_pylist()
+    out = StorageLayout(tmp_path / "root").round("2026-01-01")
+    train_reward_model(rows[:20], rows[20:30], RMConfig(mode="frozen", head_epochs=3), out.best_rm)
+    pool, labelled = rows[30:], {r["pair_id"] for r in rows[30:40]}
+    random = _baseline_retrieval(Stage1Config(retrieval="random"), out, pool, labelled, 12).to_pylist()
+    assert len(random) == 12 and not {r["pair_id"] for r in random} & labelled
+    assert random == _baseline_retrieval(Stage1Config(retrieval="random"), out, pool, labelled, 12).to_pylist()
+    assert {r["pulled_by"] for r in random} == {"random"}
+    unsure = _baseline_retrieval(Stage1Config(retrieval="uncertainty"), out, pool, labelled, 12).to_pylist()
+    candidates = [r for r in pool if r["pair_id"] not in labelled]
+    rm = RewardModel(out.best_rm)
+    p = dict(zip([r["pair_id"] for r in candidates], sigmoid(rm.reward_diff(candidates))))
+    rm.close()
+    nearest = sorted(p, key=lambda pid: (abs(p[pid] - 0.5), pid))[:12]
+    assert sorted(r["pair_id"] for r in unsure) == sorted(nearest)
+    assert all(abs(r["gold_p"] - p[r["pair_id"]]) < 1e-9 for r in unsure)

@@ -137,6 +137,7 @@ class RetrieveRecord(Record):
     k_distribution: dict[str, int]
     pulled_by_rm_errors: int
     index: dict[str, Any]
+    policy: str = "adaptive"  # the retrieval setting: adaptive, or an ablation baseline (random, uncertainty)
 
 
 class Reliability(OpenRecord):

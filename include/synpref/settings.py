@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 RMMode = Literal["full", "frozen"]
 MergePolicy = Literal["majority", "unanimous", "weighted"]
 SamplingPolicy = Literal["adaptive", "fixed"]
+RetrievalPolicy = Literal["adaptive", "random", "uncertainty"]
 RecyclePolicy = Literal["rule_default", "positive_evidence", "both_rms_reject", "all_discarded"]
 DecisionRuleName = Literal["reliability", "paper"]
 NGRAM = 13  # decontamination n-gram length (paper appendix C)
@@ -264,6 +265,14 @@ class Stage1Config(AnnotateSettings):
         title="k_max",
         section=SECTION_RETRIEVAL,
         description="Neighbours pulled for each gold pair the RM gets wrong (fewer when it is confidently right).",
+    )
+    retrieval: RetrievalPolicy = setting(
+        "adaptive",
+        title="Retrieval policy",
+        section=SECTION_RETRIEVAL,
+        description="adaptive: error-driven adaptive retrieval (the paper): neighbours of the gold pairs the RM gets "
+        "wrong. For ablation, at the same budget (as many pool pairs as adaptive retrieval pulls): random: a seeded "
+        "random draw; uncertainty: the pairs the best RM is least sure of (p nearest 0.5; scores the whole pool).",
     )
     spot_check: int = setting(
         20,

@@ -6,6 +6,10 @@ hash), index the pool with FAISS, and pull ``k(p)`` neighbours for every gold pa
 where the RM errs (p ≤ 0.5), fewer the more confident it is right. The union is de-duplicated
 and already-labelled pairs are excluded.
 
+Baselines at the same budget (``retrieval`` setting, for ablation): ``random_retrieve`` (a seeded draw from the
+unlabelled pool) and ``uncertainty_retrieve`` (classical active learning: the pairs the current RM is least sure
+of).
+
 The index keeps its recall: exact (Flat) below ``FLAT_MAX`` vectors; above, IVF with ``nprobe``
 raised until recall@8 against exact search, measured on a sample of the pool's own embeddings at
 build time, reaches the target (0.95) — and exact search when no ``nprobe`` up to an eighth of the
@@ -27,6 +31,7 @@ import pyarrow as pa
 from synpref.io.storage import PathLike, as_path, read_bytes, read_json, write_bytes, write_json
 from synpref.models.embedding import flat_index
 from synpref.progress import log
+from synpref.seeding import seeded_sample
 
 RETRIEVAL_SCHEMA = pa.schema(
     [
@@ -176,3 +181,29 @@ def adaptive_retrieve(
                 best[pid] = cand
     rows = [{**best[pid], "pulled_by_count": count[pid]} for pid in sorted(best)]
     return pa.Table.from_pylist(rows, schema=RETRIEVAL_SCHEMA)
+
+
+def _baseline_table(policy: str, picked: list[tuple[str, float | None, float]], budget: int) -> pa.Table:
+    rows = [
+        {"pair_id": pid, "pulled_by": policy, "gold_p": p, "k": budget, "rank": i + 1, "score": score}
+        | {"pulled_by_count": 1}
+        for i, (pid, p, score) in enumerate(picked)
+    ]
+    return pa.Table.from_pylist(sorted(rows, key=lambda r: r["pair_id"]), schema=RETRIEVAL_SCHEMA)
+
+
+def random_retrieve(pool_ids: list[str], exclude: Iterable[str], budget: int, seed: int) -> pa.Table:
+    """``budget`` unlabelled pool pairs drawn at random (seeded by the pair ids: the same draw on a re-run)."""
+    excluded = set(exclude)
+    candidates = [pid for pid in pool_ids if pid not in excluded]
+    picked = seeded_sample(candidates, budget, "random-retrieval", seed, key=str)
+    return _baseline_table("random", [(pid, None, 0.0) for pid in picked], budget)
+
+
+def uncertainty_retrieve(pool_ids: list[str], pool_p: np.ndarray, exclude: Iterable[str], budget: int) -> pa.Table:
+    """Uncertainty sampling: the ``budget`` unlabelled pool pairs whose RM probability is nearest 0.5 (ties by id);
+    ``score`` = 1 − 2·|p − 0.5|."""
+    excluded = set(exclude)
+    candidates = [(pid, float(p)) for pid, p in zip(pool_ids, pool_p) if pid not in excluded]
+    candidates.sort(key=lambda c: (abs(c[1] - 0.5), c[0]))
+    return _baseline_table("uncertainty", [(pid, p, 1 - 2 * abs(p - 0.5)) for pid, p in candidates[:budget]], budget)

@@ -50,6 +50,7 @@ from synpref.models.reliability import (
     judge_reliability,
     judge_warnings,
     rm_warnings,
+    sigmoid,
 )
 from synpref.models.reward_model import RewardModel, evaluate, train_reward_model
 from synpref.progress import log, shard_position
@@ -72,6 +73,8 @@ from synpref.stage1.adaptive_retrieval import (
     RetrievalConfig,
     adaptive_retrieve,
     k_for_p,
+    random_retrieve,
+    uncertainty_retrieve,
 )
 from synpref.stage1.silver import QUEUE_SCHEMA, merge_into_silver
 
@@ -357,16 +360,19 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
     gold_rows = _rows(out.gold)
     p_by_id = {r["pair_id"]: r["p"] for r in _rows(out.gold_eval)}
     gold_vecs = embed_rows(gold_rows, store.gold_embedding_cache(rnd))
+    labelled = _labelled_ids(store, rnd)
     table = adaptive_retrieve(
         [g["pair_id"] for g in gold_rows],
         [p_by_id[g["pair_id"]] for g in gold_rows],
         gold_vecs,
         pool_ids,
         vecs,
-        _labelled_ids(store, rnd),
+        labelled,
         RetrievalConfig(k_max=cfg.k_max),
         index,
     )
+    if cfg.retrieval != "adaptive":  # an ablation baseline, as many pairs as adaptive retrieval pulled
+        table = _baseline_retrieval(cfg, out, pool_rows, labelled, table.num_rows)
     write_parquet(table, out.retrieval)
     wanted = sorted(set(table.column("pair_id").to_pylist()))
     index = {r["pair_id"]: i for i, r in enumerate(pool_rows)}
@@ -385,10 +391,27 @@ def step_retrieve(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config = 
         "gold_pairs": len(gold_rows),
         "retrieved": len(wanted),
         "k_distribution": {str(k): k_dist[k] for k in sorted(k_dist)},
-        "pulled_by_rm_errors": sum(1 for k in ks if k == cfg.k_max),
+        "pulled_by_rm_errors": sum(1 for k in ks if k == cfg.k_max) if cfg.retrieval == "adaptive" else 0,
         "index": index_record,
+        "policy": cfg.retrieval,
     }
     return _step_record(out, "retrieve", info)
+
+
+def _baseline_retrieval(
+    cfg: Stage1Config, out: RoundLayout, pool: list[dict], labelled: set[str], budget: int
+) -> pa.Table:
+    """Random or uncertainty retrieval of ``budget`` unlabelled pool pairs (the ``retrieval`` setting)."""
+    if cfg.retrieval == "random":
+        return random_retrieve([r["pair_id"] for r in pool], labelled, budget, cfg.seed)
+    candidates = [r for r in pool if r["pair_id"] not in labelled]
+    rm = RewardModel(out.best_rm)
+    try:
+        p = sigmoid(rm.reward_diff(candidates))
+    finally:
+        rm.close()
+    log.info("retrieve: uncertainty sampling scored %d unlabelled pool pairs with the best RM", len(candidates))
+    return uncertainty_retrieve([r["pair_id"] for r in candidates], p, (), budget)
 
 
 def step_annotate(
