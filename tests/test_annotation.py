@@ -54,6 +54,24 @@ def test_prompt_has_at_most_max_examples_target_last_and_seeded_order(sim_truth)
     assert 0 < sum(orders) < len(orders)
 
 
+def test_plain_judging_shows_no_examples_no_guideline_and_no_attributes(sim_truth):
+    """``preference_aware: false`` (the paper's pure LLM curation): the prompt is the target pair alone."""
+    from synpref.llm.annotation import DEFAULT_GUIDELINE
+
+    _, _, _, gold, _ = sim_truth
+    pair = {
+        **gold.to_pylist()[0],
+        "annotation_guideline": "Prefer the safer answer.",
+        "attributes_status": "generated",
+    }
+    examples = gold.to_pylist()[1:9]
+    aware = build_judge_messages(pair, examples, swapped=False, max_examples=8)[1][1]
+    plain = build_judge_messages(pair, examples, False, 8, preference_aware=False)[1][1]
+    assert aware.count("### Example") == 8 and "Prefer the safer answer." in aware and "task category:" in aware
+    assert "### Example" not in plain and "task category:" not in plain and "Prefer the safer answer." not in plain
+    assert DEFAULT_GUIDELINE in plain and pair["chosen"] in plain and pair["rejected"] in plain
+
+
 def test_merge_policies():
     assert merge_verdicts({"a": "agree", "b": "agree", "c": "disagree"}) == "agree"
     assert merge_verdicts({"a": "agree", "b": "disagree"}) == "abstain"  # ties abstain, never a coin flip

@@ -12,6 +12,7 @@ from synpref.models.reliability import (
     judge_reliability,
     judge_weight,
     reliability,
+    verdict_sign,
     wilson_interval,
 )
 
@@ -68,7 +69,21 @@ def test_judges_are_measured_separately_when_unanimous_and_when_split():
     a = judges["annotators"]["a"]
     assert a["unanimous"]["n"] == 40
     assert a["split"]["n"] == 10
-    assert judge_weight(a, unanimous=True) > judge_weight(a, unanimous=False)
+    assert judge_weight(a, "unanimous") > judge_weight(a, "split")
+
+
+def test_a_judges_first_vote_alone_is_measured_on_the_probe():
+    """Judging in sequence may stop on one vote: its weight is the accuracy of the first sample, not of a
+    unanimous majority."""
+    judges = judge_reliability(_samples({"a": ["disagree agree agree"] * 10 + ["agree agree agree"] * 30}))
+    a = judges["annotators"]["a"]
+    assert (a["single"]["n"], a["single"]["accuracy"]) == (40, 0.75)
+    assert a["accuracy"] == 1.0
+    assert verdict_sign(1, 0) == (1, "single") and verdict_sign(0, 2) == (-1, "unanimous")
+    assert verdict_sign(2, 1) == (1, "split") and verdict_sign(1, 1) == (0, "split")
+    assert judge_weight(a, "single") < judge_weight(a, "unanimous")
+    older = {k: v for k, v in a.items() if k != "single"}  # a probe measured before first votes were
+    assert judge_weight(older, "single") == judge_weight(older, "unanimous")
 
 
 def test_a_judge_at_chance_counts_zero():

@@ -208,7 +208,13 @@ def test_judges_in_sequence_ask_the_next_annotator_only_while_the_rule_leaves_a_
     store, shard, rows = world
     stats = {"n": 60, "significant": True}
     judges = {
-        n: {**stats, "accuracy": a, "unanimous": {**stats, "accuracy": a}, "split": {**stats, "accuracy": 0.6}}
+        n: {
+            **stats,
+            "accuracy": a,
+            "single": {**stats, "accuracy": a - 0.03},
+            "unanimous": {**stats, "accuracy": a},
+            "split": {**stats, "accuracy": 0.6},
+        }
         for n, a in (("good", 0.85), ("ok", 0.8), ("meh", 0.75))
     }
     rule = ReliabilityRule(rm_weights={"best": 0.5, "gold": 0.5}, judges=judges, rm_only_confidence=0.995)
@@ -230,6 +236,9 @@ def test_judges_in_sequence_ask_the_next_annotator_only_while_the_rule_leaves_a_
     assert len(reasons) == len(routed)  # one reason per pair, on its last sample
     assert set(reasons) <= {"confident", "confident_flipped", "hopeless", "no_informative_judge", "all_annotators"}
     assert all(r is None for t in asked["all"].values() for r in t.column("settled").to_pylist())
+    early = [r for t in seq.values() for r in t.to_pylist() if r["stopped"] == "sequence"]
+    assert early and all(r["settled"] in ("confident", "confident_flipped", "hopeless") for r in early)
+    assert any(r["sample"] == 0 for r in early)  # settled on one vote of an annotator, its other samples unasked
 
     run = store.stage2("sequence")
     before = {a: run.shard(shard).samples(a).read_bytes() for a in per}

@@ -243,6 +243,14 @@ class AnnotateSettings(BaseModel):
         section=SECTION_ANNOTATION,
         description="Similar human-verified pairs shown in each judging prompt.",
     )
+    preference_aware: bool = setting(
+        True,
+        title="Preference-aware annotation",
+        section=SECTION_ANNOTATION,
+        description="On (the paper): a judging prompt shows the similar gold examples with the humans' verdicts, "
+        "the pair's guideline and its preference attributes. Off: plain judging (no examples, the default "
+        "guideline, no attributes) — the paper's 'pure LLM curation' ablation.",
+    )
     budget_usd: float | None = setting(
         None,
         title="LLM budget (USD)",

@@ -108,11 +108,17 @@ def pair_blocks(pair: dict, swapped: bool, marker: str, attributes: bool = True)
 
 
 def build_judge_messages(
-    pair: dict, examples: list[dict], swapped: bool, max_examples: int, example_seed: int = 0
+    pair: dict,
+    examples: list[dict],
+    swapped: bool,
+    max_examples: int,
+    example_seed: int = 0,
+    preference_aware: bool = True,
 ) -> list[tuple[str, str]]:
     """System + user messages judging ``pair``; examples first, target pair last. Every text from the data sits
-    in a block fenced by this request's boundary marker (``synpref.llm.prompt``)."""
-    shown = examples[:max_examples]
+    in a block fenced by this request's boundary marker (``synpref.llm.prompt``). Not ``preference_aware``: no
+    examples, the default guideline and no attributes (plain judging)."""
+    shown = examples[:max_examples] if preference_aware else []
     marker = boundary_marker([t for p in [*shown, pair] for t in _texts(p)])
     views = []
     for ex in shown:
@@ -120,9 +126,9 @@ def build_judge_messages(
         views.append({"blocks": pair_blocks(ex, ex_swapped, marker), "verdict": 2 if ex_swapped else 1})
     user = _jinja("judge_user.jinja").render(
         marker_line=marker_line(marker),
-        guideline=trusted_guideline(pair),
+        guideline=trusted_guideline(pair) if preference_aware else DEFAULT_GUIDELINE,
         examples=views,
-        target=pair_blocks(pair, swapped, marker),
+        target=pair_blocks(pair, swapped, marker, attributes=preference_aware),
     )
     return [("system", template("judge_system.txt").strip()), ("user", user)]
 
@@ -172,6 +178,7 @@ STOP_REASONS = {
     "logprobs": "one request: the verdict token's probability is the verdict",
     "settled": "the remaining samples could not change this annotator's majority",
     "all_samples": "every sample was asked",
+    "sequence": "judging in sequence settled the pair (its ``settled`` says why) before every sample was asked",
 }
 
 
@@ -207,6 +214,10 @@ def _sample_row(pid: str, annotator: str, s: int, swapped: bool, resp) -> dict:
     }
 
 
+Settled = Callable[[str, dict, list[str]], str | None]
+PairSettled = Callable[[str, list[dict]], str | None]
+
+
 def _stop_reason(rows: list[dict], samples: int, adaptive: bool) -> str | None:
     """Why a pair needs no more samples from this annotator (None: ask again)."""
     last = rows[-1]
@@ -227,9 +238,12 @@ def judge(
     settings: AnnotateSettings = AnnotateSettings(),
     budget: Budget | None = None,
     pending: list[PendingRequest] | None = None,
+    settled: PairSettled | None = None,
 ) -> tuple[pa.Table, dict]:
     """One annotator's verdicts on ``pairs``: one row per sample asked, and usage. A batch-mode annotator's
     requests missing from the cache go to ``pending`` and judging stops at that wave (the table is then partial).
+    ``settled(pair_id, this annotator's samples so far)``: why judging in sequence needs no further sample of the
+    pair (None: go on), asked after each wave of a pair this annotator would ask again.
 
     Samples are asked in waves (sample 0 of every pair, then sample 1 of the pairs still open, ...): with
     ``sampling=adaptive`` a pair stops as soon as the remaining samples cannot change the annotator's majority;
@@ -250,7 +264,11 @@ def judge(
             exs = examples.get(pair["pair_id"], [])
             for s in range(annotator.samples) if wave is None else [wave]:
                 swapped = order_swapped(pair["pair_id"], annotator.name, s, settings.seed)
-                msgs = tuple(build_judge_messages(pair, exs, swapped, settings.max_examples, settings.seed))
+                msgs = tuple(
+                    build_judge_messages(
+                        pair, exs, swapped, settings.max_examples, settings.seed, settings.preference_aware
+                    )
+                )
                 seed = request_seed(pair["pair_id"], annotator.name, s, settings.seed)
                 requests.append(Request(f"{pair['pair_id']}:{s}", msgs, s, seed))
                 meta.append((pair["pair_id"], s, swapped))
@@ -273,6 +291,8 @@ def judge(
         for pair in open_pairs:
             rows = asked[pair["pair_id"]]
             reason = _stop_reason(rows, annotator.samples, adaptive)
+            if reason is None and settled is not None and settled(pair["pair_id"], rows):
+                reason = "sequence"
             if reason is None:
                 still_open.append(pair)
             else:
@@ -299,9 +319,6 @@ def _count_shared_prefixes(requests: list[Request], meta: list[tuple], first: di
         previous = text
 
 
-Settled = Callable[[str, dict, list[str]], str | None]
-
-
 def judge_in_sequence(
     pairs: list[dict],
     examples: dict[str, list[dict]],
@@ -313,33 +330,56 @@ def judge_in_sequence(
     pending: list[PendingRequest] | None = None,
 ) -> tuple[dict[str, pa.Table], dict]:
     """Every annotator's samples (name → table) and usage, the annotators asked one after another in the given
-    order. ``settled(pair_id, merged verdicts so far, annotators not asked yet)`` says why a pair needs no
-    further annotator (None: ask the next one); it is recorded in the ``settled`` column of the pair's last
-    sample. Without ``settled`` every annotator judges every pair. Batch-mode requests missing from the cache go to
-    ``pending`` (and, in sequence, no later annotator is asked): the tables are then partial, not to be written."""
+    order. ``settled(pair_id, the verdicts so far, annotators still to be asked)`` says why a pair needs no
+    further request (None: go on); it is asked after every sample, so a pair can stop on one annotator's first
+    vote, and is recorded in the ``settled`` column of the pair's last sample. Without ``settled`` every annotator
+    judges every pair. Batch-mode requests missing from the cache go to ``pending`` (and, in sequence, no later
+    annotator is asked): the tables are then partial, not to be written."""
     tables: dict[str, pa.Table] = {}
     usage: dict = {}
     reasons: dict[str, str] = {}
     open_pairs = list(pairs)
+    before: dict[str, list[dict]] = {}  # pair → the verdicts of the annotators asked so far
     for i, annotator in enumerate(annotators):
-        waiting = len(pending) if pending is not None else 0
-        tables[annotator.name], u = judge(open_pairs, examples, annotator, cache_dir, settings, budget, pending)
-        usage.update(u)
         remaining = [a.name for a in annotators[i + 1 :]]
-        if settled is None or not remaining or not open_pairs:
+
+        def so_far(pid: str, rows: list[dict], name: str = annotator.name) -> dict:
+            return {"annotator_verdicts": [*before.get(pid, []), _tally(name, rows)]}
+
+        def early(pid: str, rows: list[dict], name: str = annotator.name, rest: list[str] = remaining) -> str | None:
+            return settled(pid, so_far(pid, rows), [name, *rest])  # this annotator may still be asked again
+
+        waiting = len(pending) if pending is not None else 0
+        table, u = judge(
+            open_pairs, examples, annotator, cache_dir, settings, budget, pending, early if settled else None
+        )
+        tables[annotator.name] = table
+        usage.update(u)
+        if settled is None or not open_pairs:
             continue
         if pending is not None and len(pending) > waiting:
             break  # who is asked next depends on answers a batch has yet to give
-        so_far = merge_samples(tables.values(), settings.merge_policy, pair_ids=[p["pair_id"] for p in open_pairs])
-        merged = {m["pair_id"]: m for m in so_far.to_pylist()}
-        for pid in list(merged):
-            reason = settled(pid, merged[pid], remaining)
-            if reason is not None:
+        rows_of: dict[str, list[dict]] = defaultdict(list)
+        for r in table.to_pylist():
+            rows_of[r["pair_id"]].append(r)
+        for pair in open_pairs:
+            pid, rows = pair["pair_id"], rows_of[pair["pair_id"]]
+            if rows and rows[-1]["stopped"] == "sequence":
+                reasons[pid] = early(pid, rows)
+            elif remaining and (reason := settled(pid, so_far(pid, rows), remaining)) is not None:
                 reasons[pid] = reason
+            else:
+                before[pid] = so_far(pid, rows)["annotator_verdicts"]
         open_pairs = [p for p in open_pairs if p["pair_id"] not in reasons]
     if settled is not None:
         tables = _mark_settled(tables, reasons)
     return tables, usage
+
+
+def _tally(annotator: str, rows: list[dict]) -> dict:
+    """One annotator's votes on one pair, as in ``annotator_verdicts``."""
+    votes = Counter(r["verdict"] for r in rows)
+    return {"annotator": annotator, **{v: votes[v] for v in ("agree", "disagree", "abstain")}}
 
 
 def _mark_settled(tables: dict[str, pa.Table], reasons: dict[str, str]) -> dict[str, pa.Table]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -145,39 +146,51 @@ def rm_warnings(calibration: dict[str, dict]) -> list[str]:
     ]
 
 
-def verdict_sign(agree: int, disagree: int) -> tuple[int, bool]:
-    """(+1 agree / −1 disagree / 0 abstain, unanimous) of one annotator's samples on one pair."""
+VerdictKind = Literal["single", "unanimous", "split"]
+
+
+def verdict_sign(agree: int, disagree: int) -> tuple[int, VerdictKind]:
+    """(+1 agree / −1 disagree / 0 abstain, kind) of one annotator's samples on one pair: one vote (``single``),
+    several that all agree (``unanimous``) or a majority of split votes (``split``)."""
     sign = (agree > disagree) - (disagree > agree)
-    return sign, sign != 0 and min(agree, disagree) == 0
+    if agree + disagree == 1:
+        return sign, "single"
+    return sign, "unanimous" if min(agree, disagree) == 0 else "split"
 
 
 def judge_reliability(samples: pa.Table) -> dict:
     """From the judges' samples on correctly oriented gold pairs (the blind probe).
 
     Per annotator: the accuracy of its majority verdict, overall and separately for unanimous verdicts
-    (all its samples agree) and split ones, and its position bias. ``shrink`` scales the judges' summed
-    log-odds so that their correlated errors (hard pairs are hard for every judge) are not counted as
-    independent evidence; fitted like a temperature on the probe, at most 1.
+    (all its samples agree) and split ones; the accuracy of its first sample alone (``single``: the weight of a
+    pair's first vote, on which judging in sequence may already stop); and its position bias. ``shrink`` scales
+    the judges' summed log-odds so that their correlated errors (hard pairs are hard for every judge) are not
+    counted as independent evidence; fitted like a temperature on the probe, at most 1.
     """
     by: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in samples.select(["pair_id", "annotator", "verdict", "slot"]).to_pylist():
+    for r in samples.select(["pair_id", "annotator", "sample", "verdict", "slot"]).to_pylist():
         by[r["annotator"]][r["pair_id"]].append(r)
     annotators, signs = {}, defaultdict(dict)
     for name, pairs in sorted(by.items()):
-        tally = {True: [0, 0], False: [0, 0]}  # unanimous → [right, wrong]
+        tally = {"single": [0, 0], "unanimous": [0, 0], "split": [0, 0]}  # kind → [right, wrong]
+        first = [0, 0]  # the first sample alone → [right, wrong]
         for pid, rows in pairs.items():
-            sign, unanimous = verdict_sign(
+            sign, kind = verdict_sign(
                 sum(r["verdict"] == "agree" for r in rows), sum(r["verdict"] == "disagree" for r in rows)
             )
             if sign:
-                tally[unanimous][0 if sign > 0 else 1] += 1
-                signs[pid][name] = (sign, unanimous)
-        right, wrong = tally[True][0] + tally[False][0], tally[True][1] + tally[False][1]
+                tally[kind][0 if sign > 0 else 1] += 1
+                signs[pid][name] = (sign, kind)
+            head = min(rows, key=lambda r: r["sample"])["verdict"]
+            if head != "abstain":
+                first[0 if head == "agree" else 1] += 1
+        right, wrong = (sum(t[i] for t in tally.values()) for i in (0, 1))
         slots = [r["slot"] for rows in pairs.values() for r in rows if r["slot"] is not None]
         annotators[name] = {
             **reliability(right, right + wrong),
-            "unanimous": reliability(*_pair(tally[True])),
-            "split": reliability(*_pair(tally[False])),
+            "single": reliability(*_pair(first)),
+            "unanimous": reliability(*_pair([a + b for a, b in zip(tally["unanimous"], tally["single"])])),
+            "split": reliability(*_pair(tally["split"])),
             "pairs": len(pairs),
             "abstained": len(pairs) - right - wrong,
             "position_bias": round(2 * sum(s == 1 for s in slots) / len(slots) - 1, 6) if slots else None,
@@ -222,12 +235,13 @@ def counted_samples(samples: list[pa.Table], judges: dict) -> list[pa.Table]:
     return [t.filter(pc.invert(pc.is_in(t["annotator"], drop))) for t in samples] if len(drop) else samples
 
 
-def judge_weight(stats: dict | None, unanimous: bool = True) -> float:
+def judge_weight(stats: dict | None, kind: VerdictKind = "unanimous") -> float:
     """Log-odds weight of one annotator's verdict, from its measured accuracy on verdicts of the same kind
-    (unanimous or split), Laplace-smoothed; 0 unless significantly better than chance."""
+    (one vote, unanimous or split; one vote counts as unanimous for a probe measured before ``single``),
+    Laplace-smoothed; 0 unless significantly better than chance."""
     if stats is None:
         return logit(DEFAULT_JUDGE_ACCURACY)
-    kind = stats.get("unanimous" if unanimous else "split", stats)
+    kind = stats.get(kind if kind in stats else "unanimous", stats)
     if not kind["significant"]:
         return 0.0
     accuracy = (kind["accuracy"] * kind["n"] + 1) / (kind["n"] + 2)

@@ -267,9 +267,9 @@ class ReliabilityRule(RuleBase):
     def judge_evidence(self, judgement: dict | None) -> dict[str, float]:
         out = {}
         for v in (judgement or {}).get("annotator_verdicts") or []:
-            sign, unanimous = verdict_sign(v["agree"], v["disagree"])
+            sign, kind = verdict_sign(v["agree"], v["disagree"])
             if sign:
-                weight = judge_weight(self.judges.get(v["annotator"]), unanimous)
+                weight = judge_weight(self.judges.get(v["annotator"]), kind)
                 out[f"judge_{v['annotator']}"] = sign * weight * self.judge_shrink
         return out
 
@@ -291,7 +291,7 @@ class ReliabilityRule(RuleBase):
 
     def judge_priority(self, annotator: str) -> float:
         """The most reliable judge on the gold probe first: its unanimous verdict's log-odds weight."""
-        return judge_weight(self.judges.get(annotator), True)
+        return judge_weight(self.judges.get(annotator))
 
     def settled(self, scores: dict, judgement: dict | None, remaining: list[str]) -> str | None:
         """Stop asking judges once the evidence (with a judge's verdict in it) gives the label — or, with the judges'
@@ -306,7 +306,7 @@ class ReliabilityRule(RuleBase):
             return "confident"
         if -total >= bar and (judged < 0 or self.recycle_policy != "positive_evidence"):
             return "confident_flipped"
-        room = self.judge_shrink * sum(judge_weight(self.judges.get(n), True) for n in remaining)
+        room = self.judge_shrink * sum(judge_weight(self.judges.get(n)) for n in remaining)
         if room <= 0:
             return "no_informative_judge"
         judges_can_flip = self.recycle_policy == "positive_evidence" and total - room <= -logit(self.target_precision)
