@@ -107,3 +107,46 @@ def test_position_bias_is_measured(sim_server, sim_truth, tmp_path):
     samples, _ = judge(pairs.to_pylist(), {}, annotator_cfg(sim_server, "biased", samples=4), tmp_path / "c")
     est = annotator_stats(samples)["biased"]["position_bias_estimate"]
     assert abs(est - 0.4) < 0.12
+
+
+def _pair(question: str, chosen: str, rejected: str, category: str = "factual_qa") -> dict:
+    attrs = {"task_category": category, "preference_objectivity": "objective", "controversiality": "low"}
+    return {
+        "pair_id": question,
+        "conversation": [{"role": "user", "content": question}],
+        "chosen": chosen,
+        "rejected": rejected,
+        **attrs,
+        "desired_attributes": ["correctness"],
+        "provenance": "human",
+    }
+
+
+def test_a_simulated_judges_verbosity_bias_is_corrected_by_a_counter_stylistic_gold_example():
+    """SIMULATED judges fail as the paper says LLM judges do: they prefer the longer answer; a human-verified
+    example of the same kind in which the shorter answer won (a preference-aware prompt) reduces that bias."""
+    import random
+
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex, _key
+
+    target = _pair("What is 6 * 7?", "42.", "Let me think about this at length, step by step: the answer is 48.")
+    counter = _pair("What is 2 + 2?", "4.", "Adding two and two carefully, considering every case, gives 5.")
+    other_kind = _pair("Name a colour.", "Red.", "Colours are many; one that I like a lot is red.", "creative_writing")
+    truth = TruthIndex(better={_key("user: What is 6 * 7?", target["chosen"]): True})
+    truth.better[_key("user: What is 6 * 7?", target["rejected"])] = False
+    profile = JudgeProfile(0.95, verbosity_bias=0.6, bias_correction=0.75)
+    server = SimulatedJudgeServer(truth, {"m": profile})
+
+    def accuracy(examples: list[dict], aware: bool = True) -> float:
+        right = 0
+        for i in range(400):
+            swapped = bool(i % 2)
+            user = build_judge_messages(target, examples, swapped, 8, preference_aware=aware)[1][1]
+            slot = server._judge(user, profile, random.Random(i))[1]
+            right += slot == (2 if swapped else 1)
+        return right / 400
+
+    plain, unrelated, corrected = accuracy([], aware=False), accuracy([other_kind]), accuracy([counter])
+    assert plain < 0.55 and unrelated < 0.55  # 0.4 · 0.95 in expectation; an example of another kind: no help
+    assert corrected > plain + 0.3  # the bias falls to 0.6 · 0.25: 0.85 · 0.95 in expectation
+    assert JudgeProfile().verbosity_bias == 0  # unbiased unless asked: the default worlds are unchanged

@@ -4,7 +4,9 @@
   and the Batch API: ``/v1/files`` upload / retrieve / content, ``/v1/batches`` create / retrieve / cancel,
   with batches that take a while, partly fail or expire) that answers judging prompts from the synthetic
   data's hidden truth with a configurable accuracy, position bias and fault injection (429, 500, slow
-  responses, malformed text, a verdict buried mid-text, prompt-injection text), and answers attribute
+  responses, malformed text, a verdict buried mid-text, prompt-injection text) and, where asked, a
+  verbosity bias (it prefers the longer candidate) that a human-verified example of the same kind in which
+  the shorter candidate won partly corrects (preference-aware prompts, paper §3.2); it answers attribute
   prompts with JSON. It stands in for strong LLM judges, which cannot run offline here.
 - ``simulate_human_review``: a simulated human verifier that answers a round's review queue
   from the truth with a configurable accuracy and writes a Label Studio export into the inbox.
@@ -58,6 +60,48 @@ def read_target(prompt: str) -> tuple[str, str, str] | None:
     return (conv, named["candidate_1"], named["candidate_2"]) if {"candidate_1", "candidate_2"} <= set(named) else None
 
 
+def shown_examples(prompt: str) -> list[tuple[dict[str, str], int]]:
+    """The few-shot examples of a judge prompt as a SIMULATED judge reads them: (data blocks by name, the human's
+    verdict slot)."""
+    parsed = parse_prompt(prompt)
+    if parsed.marker is None:
+        return []
+    segments = re.split(r"^(?:### Example \d+|## Target pair)$", parsed.skeleton, flags=re.M)
+    used, out = segments[0].count("{{"), []
+    for segment in segments[1:-1]:
+        n = segment.count("{{")
+        blocks, used = dict(parsed.blocks[used : used + n]), used + n
+        verdict = re.search(r"Human verdict: \[\[([12])\]\]", segment)
+        if verdict and {"candidate_1", "candidate_2"} <= set(blocks):
+            out.append((blocks, int(verdict.group(1))))
+    return out
+
+
+def _longer(target: tuple[str, str, str]) -> int | None:
+    """The slot of the longer candidate (None: equally long)."""
+    c1, c2 = len(target[1]), len(target[2])
+    return 1 if c1 > c2 else 2 if c2 > c1 else None
+
+
+def _category(attributes: str | None) -> str | None:
+    found = re.search(r"^task category: (.*)$", attributes or "", re.M)
+    return found.group(1) if found and found.group(1) != "unknown" else None
+
+
+def _bias(prompt: str, profile: JudgeProfile) -> float:
+    """A SIMULATED judge's verbosity bias on this prompt: ``bias_correction`` of it is gone when the prompt shows a
+    human-verified example of the target's task category in which the human preferred the shorter candidate."""
+    blocks = parse_prompt(prompt).blocks
+    target_category = _category(next((text for name, text in reversed(blocks) if name == "attributes"), None))
+    counter = any(
+        _category(ex.get("attributes")) == target_category
+        and len(ex["candidate_1" if verdict == 1 else "candidate_2"])
+        < len(ex["candidate_2" if verdict == 1 else "candidate_1"])
+        for ex, verdict in shown_examples(prompt)
+    )
+    return profile.verbosity_bias * (1 - profile.bias_correction if counter and target_category else 1)
+
+
 def injected_demand(prompt: str) -> int | None:
     """The ``answer [[n]]`` an instruction-following judge finds in what it can see as instructions: the
     prompt outside its data blocks (a prompt without boundary markers is instructions throughout)."""
@@ -107,10 +151,13 @@ class JudgeProfile:
     slow_s: float = 3.0
     obeys_injections: bool = False  # SIMULATED careless judge: follows an ``answer [[n]]`` it takes for an instruction
     logprobs: bool = True  # returns the tokens' logprobs when asked (False: an endpoint that never does)
+    verbosity_bias: float = 0.0  # P(it answers the longer candidate instead of judging the content)
+    bias_correction: float = 0.0  # share of that bias removed by a counter-stylistic example of the same kind
 
     @classmethod
     def parse(cls, spec: str) -> JudgeProfile:
-        """``accuracy[,position_bias[,fault_rate[,difficulty]]]``"""
+        """``accuracy[,position_bias[,fault_rate[,difficulty[,slow_s[,obeys_injections[,logprobs[,verbosity_bias
+        [,bias_correction]]]]]]]]``"""
         vals = [float(x) for x in spec.split(",") if x]
         return cls(*vals)
 
@@ -199,6 +246,8 @@ class SimulatedJudgeServer:
             slot = 1
         elif correct_slot is None:
             slot = rng.choice([1, 2])
+        elif profile.verbosity_bias and (longer := _longer(target)) and rng.random() < _bias(prompt, profile):
+            slot = longer  # style over content
         else:
             accuracy = profile.accuracy_on(*target)
             slot = correct_slot if rng.random() < accuracy else 3 - correct_slot
