@@ -129,3 +129,15 @@ def test_the_cli_report_writes_the_html_for_the_root(tmp_path, capsys):
     html = Path(out["html"]).read_text()
     assert "run_funnel" in html
     assert "rm_accuracy" in html
+
+
+def test_a_perfect_accuracy_draws_its_interval_and_never_fails_the_report():
+    """The Wilson interval of 4/4 ends at 0.9999999999999999: an error bar below its value must not fail the
+    round's report (it did: matplotlib refuses a negative length)."""
+    from synpref.models.reliability import wilson_interval
+    from synpref.reporting.figures import accuracy_over_rounds
+
+    low, high = wilson_interval(4, 4)
+    assert high < 1.0
+    png = accuracy_over_rounds(["r1"], {"gold RM": {"value": [1.0], "low": [low], "high": [high]}}, "accuracy")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -72,8 +72,9 @@ def png(fig) -> bytes:
 
 
 def _interval(values: list[float | None], lows: list[float | None], highs: list[float | None]) -> list[list[float]]:
-    lo = [v - (low if low is not None else v) if v is not None else 0 for v, low in zip(values, lows)]
-    hi = [(high if high is not None else v) - v if v is not None else 0 for v, high in zip(values, highs)]
+    """Error-bar lengths below and above each value, never negative (a value rounded outside its interval)."""
+    lo = [max(0.0, v - (low if low is not None else v)) if v is not None else 0 for v, low in zip(values, lows)]
+    hi = [max(0.0, (high if high is not None else v) - v) if v is not None else 0 for v, high in zip(values, highs)]
     return [lo, hi]
 
 
