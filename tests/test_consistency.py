@@ -226,6 +226,16 @@ def test_a_pair_is_settled_once_no_further_judge_is_needed():
     assert rule.settled(_scores(2.0, 2.0), _judgement("agree"), rest) == "confident"  # 4 + 2.2 ≥ logit(0.995)
     assert rule.settled(_scores(-2.5, -2.5), _judgement("disagree"), rest) == "confident_flipped"
     assert rule.settled(_scores(-2.5, -2.5), None, rest) is None  # no judge disagreed yet: a flip needs one
+    one_vote = {"annotator_verdicts": [{"annotator": "j0", "agree": 0, "disagree": 1}]}
+    assert rule.settled(_scores(-4.0, -4.0), one_vote, rest) is None  # a flip needs two votes, a keep one
+    assert (
+        rule.settled(
+            _scores(4.0, 4.0),
+            {"annotator_verdicts": [{**one_vote["annotator_verdicts"][0], "agree": 1, "disagree": 0}]},
+            rest,
+        )
+        == "confident"
+    )
     assert rule.settled(_scores(0.5, 0.0), _judgement("agree"), rest) is None  # open: the next judge can matter
     assert rule.settled(_scores(-1.0, -1.0), _judgement("agree"), rest) is None  # two more agreeing could keep it
     assert rule.settled(_scores(0.5, 0.0), _judgement("agree"), []) == "no_informative_judge"

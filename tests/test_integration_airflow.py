@@ -82,6 +82,7 @@ def deployment(tmp_path_factory):
         "SYNPREF_STAGE2_SCHEDULE": "asset",
         "SYNPREF_RM_MODE": "frozen",
         "SYNPREF_SENSOR_POKE_S": "10",
+        "SYNPREF_BATCH_POLL_S": "2",  # the triggerer polls a judging batch every 2 s (60 s by default)
         f"AIRFLOW_CONN_{S3_CONN.upper()}": json.dumps(
             {
                 "conn_type": "aws",
@@ -580,13 +581,25 @@ def test_stage2_in_batch_mode_waits_deferred_and_writes_what_the_online_run_writ
     deferred (the triggerer polls; no worker slot held) through a batch that partly fails and one that expires;
     the same annotators online then ask nothing and write byte-identical parts from the cached answers (that a
     batch-mode re-run submits no batch is checked without Airflow, in test_stage2)."""
-    c, roots, judges = deployment["cluster"], deployment["roots"], deployment["judges"]
-    deadline = time.time() + 600  # no other stage-2 run asks the judges meanwhile (asset-triggered ones finish)
-    while any(r["state"] not in TERMINAL for r in c.runs("synpref_stage2")) and time.time() < deadline:
-        time.sleep(3)
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+
+    c, roots = deployment["cluster"], deployment["roots"]
+    judges = SimulatedJudgeServer(  # its own judges: the stage-2 runs other tests set off ask theirs meanwhile
+        TruthIndex.from_tables(*deployment["truths"]["F"].values()),
+        {"good": JudgeProfile(0.9, 0.05), "ok": JudgeProfile(0.85, 0.05)},
+        api_key="sk-it",
+    )
+    judges.start()
+    try:
+        _batch_mode_run(c, roots, judges)
+    finally:
+        judges.stop()
+
+
+def _batch_mode_run(c: AirflowCluster, roots: dict, judges) -> None:
     for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
         _batch_connection(c, judges, conn_id, model, "batch")
-    judges.batches.delay_s, judges.batches.fail_share, judges.batches.fail_next = 2.0, 0.3, 1
+    judges.batches.delay_s, judges.batches.fail_share, judges.batches.fail_next = 5.0, 0.3, 1  # deferred ≥ 5 s
     judges.batches.expire_next = 1
     conf = {
         "root": f"file://{roots['F']}",

@@ -297,15 +297,19 @@ class ReliabilityRule(RuleBase):
         """Stop asking judges once the evidence (with a judge's verdict in it) gives the label — or, with the judges'
         disagreement, the flipped label — the target precision, at which the pair would be kept (flipped) now; or
         once no outcome of the remaining annotators could reach a keep or a flip. (Posteriors stay calibrated
-        under such optional stopping: the pairs kept so have the target precision in expectation.)"""
+        under such optional stopping: the pairs kept so have the target precision in expectation.) A pair may be
+        kept on one vote, but flipped only on two or more: a vote's weight is measured on gold probe pairs, which
+        are easier than the pairs the RMs route, and replaying fixed-sampling worlds showed single-vote flips
+        below the target precision."""
         evidence = self.evidence(scores, judgement)
         total = sum(evidence.values())
         judged = sum(v for k, v in evidence.items() if k.startswith("judge_"))
         bar = logit(self.target_precision)
         if total >= bar and judged > 0:  # the RMs alone decide only at rm_only_confidence (routing)
             return "confident"
-        if -total >= bar and (judged < 0 or self.recycle_policy != "positive_evidence"):
-            return "confident_flipped"
+        votes = sum(v["agree"] + v["disagree"] for v in (judgement or {}).get("annotator_verdicts") or [])
+        if -total >= bar and votes >= 2 and (judged < 0 or self.recycle_policy != "positive_evidence"):
+            return "confident_flipped"  # never on one vote: a flip changes the label (see the docstring)
         room = self.judge_shrink * sum(judge_weight(self.judges.get(n)) for n in remaining)
         if room <= 0:
             return "no_informative_judge"
