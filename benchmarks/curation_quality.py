@@ -435,6 +435,32 @@ def _within(estimate: dict, truth: float | None) -> str:
     )
 
 
+def cost_table(results: list[dict]) -> str:
+    """The default rule's judging cost against fixed sampling, per judge accuracy (README "Judging at scale")."""
+
+    def ci(r: dict, key: str) -> str:
+        low, high = r.get(f"{key}_ci") or (None, None)
+        return "—" if r[key] is None else f"{r[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+    lines = [
+        "| judges | judging | requests / pair | vs fixed | kept accuracy [95% CI] | correct kept (retention) [95% CI] "
+        "| recycled precision [95% CI] | curated | $ / 1,000 curated |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [r for r in results if r["method"] == "reliability (default)"]
+    for r in rows:
+        judges = r["setting"].split("judges ")[1].split(",")[0]
+        judging = r["setting"].split("judging ")[1] if "judging " in r["setting"] else "fixed"
+        fixed = next((x for x in rows if x["setting"].startswith(r["setting"].split(", judging")[0])), None)
+        fixed = fixed if fixed is not None and "judging " not in fixed["setting"] else None
+        ratio = f"{fixed['requests_per_pair'] / r['requests_per_pair']:.2f}×" if fixed else "—"
+        lines.append(
+            f"| {judges} | {judging} | {r['requests_per_pair']:.2f} | {ratio} | {ci(r, 'kept_accuracy')} | "
+            f"{ci(r, 'retention')} | {ci(r, 'recycled_precision')} | {r['curated']} | {r['cost_per_1k_curated']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     def f(x):
         return "—" if x is None else f"{x:.3f}"
@@ -481,13 +507,15 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[], help="run the settings whose name contains this")
     ap.add_argument("--table", nargs="*", default=None, help="print the table of these results.json files and exit")
     ap.add_argument("--judging", nargs="+", default=["fixed"], choices=JUDGING)
+    ap.add_argument("--cost", action="store_true", help="with --table: the judging-cost table against fixed sampling")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "synpref", "sentence_transformers", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="synpref-quality-"))
     if args.table is not None:
-        print(table([r for path in args.table for r in json.loads(Path(path).read_text())]))
+        results = [r for path in args.table for r in json.loads(Path(path).read_text())]
+        print(cost_table(results) if args.cost else table(results))
         return 0
     results = []
     chosen = [s for s in (QUICK if args.quick else SWEEP) if not args.only or any(o in s.name for o in args.only)]
