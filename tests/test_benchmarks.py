@@ -68,3 +68,26 @@ def test_scoring_benchmark_compares_three_paths_at_one_length(tmp_path):
     paths = {name.split(" / ")[1] for name in out}  # the rates are benchmark results, not asserted here
     assert paths == {"one pair at a time", "plain HF batching (32)", "project (token budget, sorted)"}
     assert "plain HF batching" in (tmp_path / "scoring.md").read_text()
+
+
+@pytest.mark.slow  # ~5 minutes on 2 cores: stage-1 rounds for four settings (run by hand: pytest -m slow)
+def test_the_stage1_ablation_runs_every_row_as_a_setting_on_a_tiny_world(tmp_path, monkeypatch, capsys):
+    import stage1_ablation
+
+    monkeypatch.setattr(sys, "argv", ["stage1_ablation.py", "--quick", "--tiny", "--out", str(tmp_path / "abl")])
+    assert stage1_ablation.main() == 0
+    printed = capsys.readouterr().out
+    assert all(f"| {row} |" in printed for row in stage1_ablation.ROWS)
+    results = __import__("json").loads((tmp_path / "abl" / "results.json").read_text())["rows"]
+    assert {r["after"]["1"]["spent"]["human_labels"] for r in results.values()} == {20}  # one human budget
+    assert all(0 < r["after"]["1"]["test"]["overall"][0] <= 1 for r in results.values())
+
+
+def test_the_stage1_ablation_on_your_own_data_needs_every_file(monkeypatch, capsys):
+    import stage1_ablation
+
+    monkeypatch.setattr(sys, "argv", ["stage1_ablation.py", "--gold", "g.jsonl", "--pool", "p.jsonl"])
+    with pytest.raises(SystemExit) as e:
+        stage1_ablation.main()
+    assert e.value.code == 2
+    assert "needs --gold, --pool, --test and --annotators" in capsys.readouterr().err
