@@ -226,7 +226,7 @@ def test_rest_triggered_round_with_conf(deployment):
 
 
 def test_backfill_runs_rounds_in_date_order(deployment):
-    """`airflow backfill create` over 3 dates: rounds run one at a time in date order, each reading its
+    """`airflow backfill create` over 2 dates: rounds run one at a time in date order, each reading its
     predecessor's artifacts, with the mapped shard tasks of a round running side by side."""
     c, root = deployment["cluster"], deployment["roots"]["B"]
     c.cli(
@@ -237,7 +237,7 @@ def test_backfill_runs_rounds_in_date_order(deployment):
         "--from-date",
         "2026-11-01",
         "--to-date",
-        "2026-11-04",
+        "2026-11-03",
         "--reprocess-behavior",
         "failed",
         "--dag-run-conf",
@@ -246,15 +246,15 @@ def test_backfill_runs_rounds_in_date_order(deployment):
     deadline = time.time() + 1200
     while time.time() < deadline:
         runs = [r for r in c.runs("synpref_stage1") if r["run_type"] == "backfill"]
-        if len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs):
+        if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs):
             break
         time.sleep(5)
-    assert [r["state"] for r in runs] == ["success"] * 3, [
+    assert [r["state"] for r in runs] == ["success"] * 2, [
         c.task_logs_tail("synpref_stage1", r["dag_run_id"]) for r in runs
     ]
     runs.sort(key=lambda r: r["logical_date"])
     rounds = [datetime.fromisoformat(r["logical_date"]).strftime("%Y-%m-%d") for r in runs]
-    assert rounds == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert rounds == ["2026-11-01", "2026-11-02"]
     # Backfill starts several runs at once; wait_for_previous_round makes each round begin (intake)
     # only after its predecessor published (publish_round ended).
     tis = {
@@ -267,7 +267,7 @@ def test_backfill_runs_rounds_in_date_order(deployment):
         published = tis[earlier["dag_run_id"]][("publish_round", -1)]["end_date"]
         assert tis[later["dag_run_id"]][("human_verification_intake", -1)]["start_date"] >= published, (earlier, later)
     manifests = [_manifest(root / "rounds" / r / "manifest.json") for r in rounds]
-    assert [m["previous_round"] for m in manifests] == ["0000-seed", "2026-11-01", "2026-11-02"]
+    assert [m["previous_round"] for m in manifests] == ["0000-seed", "2026-11-01"]
     for prev, cur in zip(manifests, manifests[1:]):  # a round starts from its predecessor's silver
         assert cur["steps"]["intake"]["silver_in"] == prev["summary"]["silver"]
     overlaps = 0
@@ -287,7 +287,7 @@ def test_backfill_runs_rounds_in_date_order(deployment):
             queued = [t.get("queued_when") for t in mapped if t["task_id"] == task_id]
             overlaps += all(queued) and max(queued) < min(end for _, end in spans)
     assert overlaps > 0, "mapped shard tasks never ran (or were never queued) side by side under LocalExecutor"
-    s2 = _curated(c, _local_stage2(root), "2026-11-03")
+    s2 = _curated(c, _local_stage2(root), "2026-11-02")
     (out,) = [p.parent for p in (root / "stage2").glob("*/manifest.json")]
     _check_stage2(s2, out, deployment["truths"]["B"]["wild"])
 
