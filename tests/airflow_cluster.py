@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,6 +36,30 @@ CHROMIUM_ARGS = [  # headless Chromium offline, in a container
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@contextmanager
+def chromium_page(base: str, token: str) -> Iterator:
+    """A headless Chromium page logged in to the Airflow UI at ``base`` (closed on exit)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_cookies([{"name": "_token", "value": token, "url": base}])
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def curation_listing(page, base: str, screenshot: Path) -> str:
+    """Browse → Curation: the listing's text once it shows the rounds (a screenshot taken)."""
+    page.goto(f"{base}/plugin/curation", wait_until="networkidle")
+    listing = page.frame_locator("iframe").first.locator("body")
+    listing.get_by_text("Stage-1 rounds").first.wait_for(timeout=60000)
+    page.screenshot(path=str(screenshot))
+    return listing.inner_text()
 
 
 def free_port() -> int:

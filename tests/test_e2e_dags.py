@@ -209,9 +209,8 @@ def test_scripts_ui_shows_these_runs_and_their_rounds_on_the_curation_page(world
     import time
 
     import httpx
-    from playwright.sync_api import sync_playwright
 
-    from airflow_cluster import CHROMIUM_ARGS, free_port
+    from airflow_cluster import chromium_page, curation_listing, free_port
 
     rounds = sorted(p.parent.name for p in (world["root"] / "rounds").glob("*/manifest.json"))
     assert len(rounds) >= 2  # made by test_stage1_rounds_then_stage2
@@ -249,21 +248,10 @@ def test_scripts_ui_shows_these_runs_and_their_rounds_on_the_curation_page(world
         assert {r["logical_date"][:10] for r in runs} >= set(rounds)
         artifacts = REPO / ".artifacts"
         artifacts.mkdir(exist_ok=True)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            try:
-                context = browser.new_context(viewport={"width": 1400, "height": 1000})
-                context.add_cookies([{"name": "_token", "value": token, "url": base}])
-                page = context.new_page()
-                page.goto(f"{base}/plugin/curation", wait_until="networkidle")
-                listing = page.frame_locator("iframe").first.locator("body")
-                listing.get_by_text("Stage-1 rounds").first.wait_for(timeout=60000)
-                page.screenshot(path=str(artifacts / "demo_curation_page.png"))
-                text = listing.inner_text()
-                assert all(r in text for r in rounds), text
-                assert f"file://{out / 'storage'}" in text
-            finally:
-                browser.close()
+        with chromium_page(base, token) as page:
+            text = curation_listing(page, base, artifacts / "demo_curation_page.png")
+        assert all(r in text for r in rounds), text
+        assert f"file://{out / 'storage'}" in text
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)

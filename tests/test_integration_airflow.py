@@ -18,7 +18,16 @@ import boto3
 import pytest
 from labelstudio_server import LabelStudioServer
 
-from airflow_cluster import CHROMIUM_ARGS, REPO, TERMINAL, AirflowCluster, ensure_services, free_port
+from airflow_cluster import (
+    CHROMIUM_ARGS,
+    REPO,
+    TERMINAL,
+    AirflowCluster,
+    chromium_page,
+    curation_listing,
+    ensure_services,
+    free_port,
+)
 from conftest import write_synthetic_sets
 
 pytestmark = pytest.mark.integration
@@ -410,7 +419,6 @@ def test_curation_page_lists_the_rounds_and_opens_their_reports_on_file_and_s3(d
     file:// and the S3 root; each one's report opens with every figure loaded (screenshots under .artifacts/);
     a DAG run's "Curation report" link leads to the report of its round."""
     import httpx
-    from playwright.sync_api import sync_playwright
 
     c, roots, s3 = deployment["cluster"], deployment["roots"], deployment["s3"]
     f_rounds = sorted(p.parent.name for p in (roots["F"] / "rounds").glob("*/manifest.json"))
@@ -418,27 +426,16 @@ def test_curation_page_lists_the_rounds_and_opens_their_reports_on_file_and_s3(d
     s3_rounds = sorted(k.split("/")[2] for k in s3_keys if k.endswith("/manifest.json") and k.count("/") == 3)
     assert f_rounds and s3_rounds
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.add_cookies([{"name": "_token", "value": c.token(), "url": c.base}])
-            page = context.new_page()
-            page.goto(f"{c.base}/plugin/curation", wait_until="networkidle")
-            listing = page.frame_locator("iframe").first.locator("body")
-            listing.get_by_text("Stage-1 rounds").first.wait_for(timeout=60000)
-            page.screenshot(path=str(ARTIFACTS / "curation_page.png"))
-            text = listing.inner_text()
-            assert f"file://{roots['F']}" in text
-            assert deployment["s3_root"] in text
-            assert all(r in text for r in f_rounds + s3_rounds)
-            for index, name, label in ((1, f_rounds[-1], "file"), (2, s3_rounds[-1], "s3")):
-                page.goto(f"{c.base}/curation/round?root={index}&name={name}", wait_until="load")
-                assert _loaded_figures(page) >= 8, label
-                assert "Reward models on gold" in page.content()
-                page.screenshot(path=str(ARTIFACTS / f"curation_round_{label}.png"), full_page=True)
-        finally:
-            browser.close()
+    with chromium_page(c.base, c.token()) as page:
+        text = curation_listing(page, c.base, ARTIFACTS / "curation_page.png")
+        assert f"file://{roots['F']}" in text
+        assert deployment["s3_root"] in text
+        assert all(r in text for r in f_rounds + s3_rounds)
+        for index, name, label in ((1, f_rounds[-1], "file"), (2, s3_rounds[-1], "s3")):
+            page.goto(f"{c.base}/curation/round?root={index}&name={name}", wait_until="load")
+            assert _loaded_figures(page) >= 8, label
+            assert "Reward models on gold" in page.content()
+            page.screenshot(path=str(ARTIFACTS / f"curation_round_{label}.png"), full_page=True)
     f_run = next(r for r in c.runs("synpref_stage1") if (r.get("conf") or {}).get("root") == f"file://{roots['F']}")
     report = httpx.get(
         f"{c.base}/curation/dag-run/synpref_stage1/{f_run['dag_run_id']}",
