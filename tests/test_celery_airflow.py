@@ -28,10 +28,10 @@ DATASETS = {
     "gold": (60, 11, 0.0, True, "seed/gold.parquet"),
     "silver": (200, 12, 0.2, True, "seed/silver.parquet"),
     "pool": (300, 13, 0.3, False, "raw/pool.parquet"),
-    "wild": (480, 14, 0.3, False, "wild/wild.parquet"),
+    "wild": (800, 14, 0.3, False, "wild/wild.parquet"),
 }
 ROUND_CONF = {"rm_mode": "frozen", "k_max": 4, "samples": 1, "max_examples": 4, "spot_check": 5}
-STAGE2_CONF = {"shard_size": 60, "samples": 1, "max_examples": 4}  # 8 shards: twice the 4 worker slots
+STAGE2_CONF = {"shard_size": 100, "samples": 1, "max_examples": 4}  # 8 shards: twice the 4 worker slots
 ARTIFACTS = Path(os.environ.get("SYNPREF_TEST_ARTIFACTS", REPO / ".artifacts"))
 SHARD_TASKS = ("score_shard", "annotate_shard", "decide_shard")
 WORKERS = {"worker-a": "default", "worker-b": "gpu,default"}
