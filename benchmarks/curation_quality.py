@@ -448,12 +448,12 @@ def cost_table(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [r for r in results if r["method"] == "reliability (default)"]
+    fixed = {r["setting"]: r for r in rows if ", judging " not in r["setting"]}  # a setting's name without judging
     for r in rows:
-        judges = r["setting"].split("judges ")[1].split(",")[0]
-        judging = r["setting"].split("judging ")[1] if "judging " in r["setting"] else "fixed"
-        fixed = next((x for x in rows if x["setting"].startswith(r["setting"].split(", judging")[0])), None)
-        fixed = fixed if fixed is not None and "judging " not in fixed["setting"] else None
-        ratio = f"{fixed['requests_per_pair'] / r['requests_per_pair']:.2f}×" if fixed else "—"
+        base, _, judging = r["setting"].partition(", judging ")
+        judges = base.split("judges ")[1].split(",")[0]
+        ratio = f"{fixed[base]['requests_per_pair'] / r['requests_per_pair']:.2f}×" if base in fixed else "—"
+        judging = judging or "fixed"
         lines.append(
             f"| {judges} | {judging} | {r['requests_per_pair']:.2f} | {ratio} | {ci(r, 'kept_accuracy')} | "
             f"{ci(r, 'retention')} | {ci(r, 'recycled_precision')} | {r['curated']} | {r['cost_per_1k_curated']:.2f} |"

@@ -259,6 +259,48 @@ def table(results: dict, w: World | None) -> str:
     return "\n".join(lines)
 
 
+Setup = tuple  # (world dir, test rows, their categories, truth or None, annotators, humans(store, rnd, next), server)
+
+
+def own_data(args: argparse.Namespace, out: Path) -> Setup:
+    """Your files and endpoints: seed gold/silver and the raw pool under ``<out>/world``; humans = your exports."""
+    world = out / "world"
+    for name, uri in (("gold", args.gold), ("silver", args.silver), ("pool", args.pool)):
+        if uri:
+            rows = [r.model_dump() for f in input_files(uri) for r in read_pairs(f).records]
+            write_parquet(records_to_table(rows), world / ("raw" if name == "pool" else "seed") / f"{name}.parquet")
+    test_rows = [r.model_dump() for f in input_files(args.test) for r in read_pairs(f).records]
+    exports = Path(args.humans) if args.humans else None
+
+    def humans(store: StorageLayout, rnd: str, nxt: str) -> None:
+        for f in sorted((exports / nxt).glob("*.json")) if exports else []:
+            write_bytes(store.inbox(nxt) / f.name, f.read_bytes())
+
+    categories = [r.get("task_category") or "all" for r in test_rows]
+    return world, test_rows, categories, None, load_annotators(args.annotators), humans, None
+
+
+def simulated_world(w: World, out: Path) -> Setup:
+    """A SIMULATED world: its sets and truths, judges started over HTTP, humans answering ``human_budget`` tasks."""
+    sets = build_world(out, w)
+    test_rows = sets["test"][0].to_pylist()
+    test_truth = {r["pair_id"]: r for r in sets["test"][1].to_pylist()}
+    server = simulated_judges(sets, w)
+    server.start()
+    truths = [out / "truth" / f"{n}.parquet" for n in sets]
+
+    def humans(store: StorageLayout, rnd: str, nxt: str) -> None:
+        queue = json.loads(Path(store.round(rnd).review_tasks).read_text())[: w.human_budget]  # equal budgets
+        answered = out / "queues" / store.root.name / f"{rnd}.json"
+        answered.parent.mkdir(parents=True, exist_ok=True)
+        answered.write_text(json.dumps(queue))
+        simulate_human_review(answered, truths, store.inbox(nxt) / "export.json", accuracy=w.human_accuracy)
+
+    categories = [test_truth[r["pair_id"]]["category"] for r in test_rows]
+    truth = pa.concat_tables([t for _, t in sets.values()])
+    return out / "world", test_rows, categories, truth, simulated_annotators(server), humans, server
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="R = 1 only")
@@ -280,43 +322,9 @@ def main() -> int:
     own = bool(args.gold or args.pool or args.test)
     if own and not (args.gold and args.pool and args.test and args.annotators):
         ap.error("your own data needs --gold, --pool, --test and --annotators")
-    tiny = World(gold=60, silver=100, pool=240, test=200) if args.tiny else World()
-    w, server = (None, None) if own else (tiny, None)
-    if own:
-        world = out / "world"
-        for name, uri in (("gold", args.gold), ("silver", args.silver), ("pool", args.pool)):
-            if uri:
-                rows = [r.model_dump() for f in input_files(uri) for r in read_pairs(f).records]
-                write_parquet(
-                    records_to_table(rows), world / ("raw" if name == "pool" else "seed") / f"{name}.parquet"
-                )
-        test_rows = [r.model_dump() for f in input_files(args.test) for r in read_pairs(f).records]
-        categories, truth = [r.get("task_category") or "all" for r in test_rows], None
-        annotators = load_annotators(args.annotators)
-        exports = Path(args.humans) if args.humans else None
-
-        def humans(store, rnd, nxt):
-            for f in sorted((exports / nxt).glob("*.json")) if exports else []:
-                write_bytes(store.inbox(nxt) / f.name, f.read_bytes())
-    else:
-        sets = build_world(out, w)
-        world = out / "world"
-        test_rows = sets["test"][0].to_pylist()
-        test_truth = {r["pair_id"]: r for r in sets["test"][1].to_pylist()}
-        categories = [test_truth[r["pair_id"]]["category"] for r in test_rows]
-        truth = pa.concat_tables([t for _, t in sets.values()])
-        server = simulated_judges(sets, w)
-        server.start()
-        annotators = simulated_annotators(server)
-        truths = [out / "truth" / f"{n}.parquet" for n in sets]
-
-        def humans(store, rnd, nxt):
-            queue = json.loads(Path(store.round(rnd).review_tasks).read_text())[: w.human_budget]  # equal budgets
-            answered = out / "queues" / store.root.name / f"{rnd}.json"
-            answered.parent.mkdir(parents=True, exist_ok=True)
-            answered.write_text(json.dumps(queue))
-            simulate_human_review(answered, truths, store.inbox(nxt) / "export.json", accuracy=w.human_accuracy)
-
+    w = None if own else World(gold=60, silver=100, pool=240, test=200) if args.tiny else World()
+    setup = own_data(args, out) if own else simulated_world(w, out)
+    world, test_rows, categories, truth, annotators, humans, server = setup
     results, caches = {}, None
     t0 = time.time()
     try:

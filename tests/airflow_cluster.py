@@ -62,6 +62,21 @@ def curation_listing(page, base: str, screenshot: Path) -> str:
     return listing.inner_text()
 
 
+def wait_answering(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Until ``url`` answers 200; fails with the process's log tail if it exits or the time runs out."""
+    deadline, last = time.time() + timeout, "no answer yet"
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(1)
+    raise RuntimeError(f"{url} did not answer in {timeout:.0f} s ({last}):\n{log.read_text()[-3000:]}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

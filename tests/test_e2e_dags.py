@@ -206,11 +206,10 @@ def test_scripts_ui_shows_these_runs_and_their_rounds_on_the_curation_page(world
     import os
     import signal
     import subprocess
-    import time
 
     import httpx
 
-    from airflow_cluster import chromium_page, curation_listing, free_port
+    from airflow_cluster import chromium_page, curation_listing, free_port, wait_answering
 
     rounds = sorted(p.parent.name for p in (world["root"] / "rounds").glob("*/manifest.json"))
     assert len(rounds) >= 2  # made by test_stage1_rounds_then_stage2
@@ -229,16 +228,7 @@ def test_scripts_ui_shows_these_runs_and_their_rounds_on_the_curation_page(world
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            assert ui.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/api/v2/monitor/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "the UI did not start"
-            time.sleep(1)
+        wait_answering(f"{base}/api/v2/monitor/health", ui, tmp_path / "ui.log")
         password = json.loads((airflow_home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
         token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30)
         token = token.json()["access_token"]

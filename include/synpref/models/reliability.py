@@ -172,14 +172,14 @@ def judge_reliability(samples: pa.Table) -> dict:
         by[r["annotator"]][r["pair_id"]].append(r)
     annotators, signs = {}, defaultdict(dict)
     for name, pairs in sorted(by.items()):
-        tally = {"single": [0, 0], "unanimous": [0, 0], "split": [0, 0]}  # kind → [right, wrong]
+        tally = {"unanimous": [0, 0], "split": [0, 0]}  # kind → [right, wrong] (a lone vote counts as unanimous)
         first = [0, 0]  # the first sample alone → [right, wrong]
         for pid, rows in pairs.items():
             sign, kind = verdict_sign(
                 sum(r["verdict"] == "agree" for r in rows), sum(r["verdict"] == "disagree" for r in rows)
             )
             if sign:
-                tally[kind][0 if sign > 0 else 1] += 1
+                tally["split" if kind == "split" else "unanimous"][0 if sign > 0 else 1] += 1
                 signs[pid][name] = (sign, kind)
             head = min(rows, key=lambda r: r["sample"])["verdict"]
             if head != "abstain":
@@ -189,7 +189,7 @@ def judge_reliability(samples: pa.Table) -> dict:
         annotators[name] = {
             **reliability(right, right + wrong),
             "single": reliability(*_pair(first)),
-            "unanimous": reliability(*_pair([a + b for a, b in zip(tally["unanimous"], tally["single"])])),
+            "unanimous": reliability(*_pair(tally["unanimous"])),
             "split": reliability(*_pair(tally["split"])),
             "pairs": len(pairs),
             "abstained": len(pairs) - right - wrong,

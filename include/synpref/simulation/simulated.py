@@ -50,31 +50,32 @@ def _blocks_text(blocks: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
     return "\n".join(turns), {name: text for name, text in blocks if not name.startswith("turn ")}
 
 
-def read_target(prompt: str) -> tuple[str, str, str] | None:
-    """(conversation, candidate 1, candidate 2) of a judge prompt's target pair, by its boundary marker."""
+PromptParts = tuple[list[tuple[dict[str, str], int]], list[tuple[str, str]]]
+
+
+def prompt_parts(prompt: str) -> PromptParts | None:
+    """A judge prompt as a SIMULATED judge reads it, by its boundary marker: its few-shot examples (data blocks by
+    name, the human's verdict slot) and the target pair's data blocks; None for a prompt that is not one."""
     parsed = parse_prompt(prompt)
     if parsed.marker is None or "## Target pair" not in parsed.skeleton:
         return None
-    before = parsed.skeleton[: parsed.skeleton.index("## Target pair")].count("{{")
-    conv, named = _blocks_text(parsed.blocks[before:])
-    return (conv, named["candidate_1"], named["candidate_2"]) if {"candidate_1", "candidate_2"} <= set(named) else None
-
-
-def shown_examples(prompt: str) -> list[tuple[dict[str, str], int]]:
-    """The few-shot examples of a judge prompt as a SIMULATED judge reads them: (data blocks by name, the human's
-    verdict slot)."""
-    parsed = parse_prompt(prompt)
-    if parsed.marker is None:
-        return []
     segments = re.split(r"^(?:### Example \d+|## Target pair)$", parsed.skeleton, flags=re.M)
-    used, out = segments[0].count("{{"), []
+    used, examples = segments[0].count("{{"), []
     for segment in segments[1:-1]:
         n = segment.count("{{")
         blocks, used = dict(parsed.blocks[used : used + n]), used + n
         verdict = re.search(r"Human verdict: \[\[([12])\]\]", segment)
         if verdict and {"candidate_1", "candidate_2"} <= set(blocks):
-            out.append((blocks, int(verdict.group(1))))
-    return out
+            examples.append((blocks, int(verdict.group(1))))
+    return examples, parsed.blocks[used:]
+
+
+def read_target(parts: PromptParts | None) -> tuple[str, str, str] | None:
+    """(conversation, candidate 1, candidate 2) of a judge prompt's target pair."""
+    if parts is None:
+        return None
+    conv, named = _blocks_text(parts[1])
+    return (conv, named["candidate_1"], named["candidate_2"]) if {"candidate_1", "candidate_2"} <= set(named) else None
 
 
 def _longer(target: tuple[str, str, str]) -> int | None:
@@ -88,16 +89,16 @@ def _category(attributes: str | None) -> str | None:
     return found.group(1) if found and found.group(1) != "unknown" else None
 
 
-def _bias(prompt: str, profile: JudgeProfile) -> float:
+def _bias(parts: PromptParts, profile: JudgeProfile) -> float:
     """A SIMULATED judge's verbosity bias on this prompt: ``bias_correction`` of it is gone when the prompt shows a
     human-verified example of the target's task category in which the human preferred the shorter candidate."""
-    blocks = parse_prompt(prompt).blocks
-    target_category = _category(next((text for name, text in reversed(blocks) if name == "attributes"), None))
+    examples, target = parts
+    target_category = _category(dict(target).get("attributes"))
     counter = any(
         _category(ex.get("attributes")) == target_category
         and len(ex["candidate_1" if verdict == 1 else "candidate_2"])
         < len(ex["candidate_2" if verdict == 1 else "candidate_1"])
-        for ex, verdict in shown_examples(prompt)
+        for ex, verdict in examples
     )
     return profile.verbosity_bias * (1 - profile.bias_correction if counter and target_category else 1)
 
@@ -232,7 +233,8 @@ class SimulatedJudgeServer:
         accuracy on the pair when it judged on content (calibrated: right that often), 0.55 for an answer given
         regardless of content (position bias, an obeyed injection, a pair it cannot know). A logprob verdict is
         therefore worth one calibrated sample here, never the majority of many (a pessimistic simulation)."""
-        target = read_target(prompt)
+        parts = prompt_parts(prompt)
+        target = read_target(parts)
         correct_slot = None
         if target:
             b1 = self.truth.better.get(_key(target[0], target[1]))
@@ -246,7 +248,7 @@ class SimulatedJudgeServer:
             slot = 1
         elif correct_slot is None:
             slot = rng.choice([1, 2])
-        elif profile.verbosity_bias and (longer := _longer(target)) and rng.random() < _bias(prompt, profile):
+        elif profile.verbosity_bias and (longer := _longer(target)) and rng.random() < _bias(parts, profile):
             slot = longer  # style over content
         else:
             accuracy = profile.accuracy_on(*target)

@@ -184,9 +184,17 @@ def adaptive_retrieve(
 
 
 def _baseline_table(policy: str, picked: list[tuple[str, float | None, float]], budget: int) -> pa.Table:
+    """Retrieval rows of a baseline: ``pulled_by`` names the policy, ``k`` is the budget."""
     rows = [
-        {"pair_id": pid, "pulled_by": policy, "gold_p": p, "k": budget, "rank": i + 1, "score": score}
-        | {"pulled_by_count": 1}
+        {
+            "pair_id": pid,
+            "pulled_by": policy,
+            "gold_p": p,
+            "k": budget,
+            "rank": i + 1,
+            "score": score,
+            "pulled_by_count": 1,
+        }
         for i, (pid, p, score) in enumerate(picked)
     ]
     return pa.Table.from_pylist(sorted(rows, key=lambda r: r["pair_id"]), schema=RETRIEVAL_SCHEMA)
