@@ -23,7 +23,10 @@ while an annotator's verdict is open; logprobs = one request, the verdict token'
 SIMULATED judges return calibrated logprobs worth one sample: a pessimistic simulation); sequence = adaptive,
 and the annotators judge one after another, a pair going to the next only while the default rule leaves it
 open (``judges_in_sequence``, the default); sequence+logprobs = both. With judges in sequence the verdicts
-depend on the rule, so only the default rule (and "no judges") is evaluated.
+depend on the rule, so only the default rule (and "no judges") is evaluated. Every judging mode of a setting
+runs stage 2 on the same world and the same stage-1 rounds (``stage2/eval-<judging>``, one LLM cache), so the
+modes differ only by what each asks; ``--table ... --cost`` shows each mode's difference from fixed sampling on
+the same pairs, with a paired 95% bootstrap interval (✗: a loss beyond noise).
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ class Setting:
     def name(self) -> str:
         judging = "" if self.judging == "fixed" else f", judging {self.judging}"
         return f"noise {self.noise:.0%}, judges {self.judge_accuracy}, RM {self.rm_mode}{judging}"
+
+    @property
+    def world(self) -> str:
+        """The world's directory name: every judging mode of a setting runs on the same world and rounds."""
+        return replace(self, judging="fixed").name.replace(" ", "_").replace(",", "").replace("%", "pct")
 
     @property
     def sampling(self) -> str:
@@ -178,16 +186,21 @@ def judges_for(s: Setting, server: SimulatedJudgeServer) -> list[AnnotatorConfig
     ]
 
 
-def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str, object, list[str]]:
+def simulated_judges(s: Setting, sets: dict) -> SimulatedJudgeServer:
+    profiles = {f"judge-{i}": JudgeProfile(s.judge_accuracy, 0.1, 0.0, 0.5) for i in range(3)}
+    return SimulatedJudgeServer(TruthIndex.from_tables(*(t for _, t in sets.values())), profiles, api_key="sk-sim")
+
+
+def run_stage1(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str]:
+    """Two stage-1 rounds with the default settings (the same rounds whatever stage 2's judging)."""
     store = StorageLayout(root / "storage")
     truths = [root / "truth" / f"{n}.parquet" for n in sets]
-    profiles = {f"judge-{i}": JudgeProfile(s.judge_accuracy, 0.1, 0.0, 0.5) for i in range(3)}
-    server = SimulatedJudgeServer(TruthIndex.from_tables(*(t for _, t in sets.values())), profiles, api_key="sk-sim")
+    server = simulated_judges(s, sets)
     server.start()
     try:
-        annotators = judges_for(s, server)
+        annotators = judges_for(replace(s, judging="fixed"), server)
         prepare([str(store.raw / "pool.parquet")], store.pool, None, PrepareConfig(shard_size=1000))
-        cfg = Stage1Config(rm={"mode": s.rm_mode, "epochs": 2}, spot_check=20, sampling=s.sampling)
+        cfg = Stage1Config(rm={"mode": s.rm_mode, "epochs": 2}, spot_check=20)
         day = dt.date(2026, 11, 1)
         for i in range(2):
             rnd = str(day + dt.timedelta(days=i))
@@ -195,8 +208,20 @@ def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str
             nxt = str(day + dt.timedelta(days=i + 1))
             simulate_human_review(store.round(rnd).review_tasks, truths, store.inbox(nxt) / "export.json")
             log.info("round %s: %s", rnd, json.dumps(read_json(store.round(rnd).manifest)["summary"]))
-        rnd = store.resolve_round()
-        run = begin_run(store.stage2("eval"))
+        return store, store.resolve_round()
+    finally:
+        server.stop()
+
+
+def run_stage2(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> tuple[object, list[str]]:
+    """Stage 2's scoring and judging of the in-the-wild set with this setting's judging, in its own run directory
+    (``stage2/eval-<judging>``) over the same rounds and the same LLM cache: every judging mode sees the same world
+    and the same answers, so their decisions differ only by what each asked."""
+    server = simulated_judges(s, sets)
+    server.start()
+    try:
+        annotators = judges_for(s, server)
+        run = begin_run(store.stage2(f"eval-{s.judging}"))
         step_prepare_file(run, 0, str(store.wild / "wild.parquet"))
         cfg2 = Stage2Config(shard_size=2000, sampling=s.sampling, judges_in_sequence=s.in_sequence)
         shards = step_finalize_prepare(run, cfg2)
@@ -206,7 +231,7 @@ def run_pipeline(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str
         for shard in shards:
             step_score(store, run, rnd, shard, cfg2, rule=everything)
             step_annotate_shard(store, run, rnd, shard, annotators, cfg2, len(shards))
-        return store, rnd, run, shards
+        return run, shards
     finally:
         server.stop()
 
@@ -280,23 +305,46 @@ def metrics(decisions: dict[str, tuple[str, bool, int]], correct: dict[str, bool
     }
 
 
-def bootstrap_intervals(
-    ids: list[str], decisions: dict, correct: dict[str, bool], n: int = 2000, seed: int = 0
-) -> dict[str, list[float]]:
-    """95% percentile-bootstrap intervals (pairs resampled) of kept accuracy, retention and recycled precision."""
-    rng = np.random.default_rng(seed)
-    kept = np.array([decisions[p][0] == "kept" for p in ids])
-    recycled = np.array([decisions[p][0] == "recycled" for p in ids])
-    right = np.array([correct[p] for p in ids])
-    idx = rng.integers(0, len(ids), size=(n, len(ids)))
-    k, r, c = kept[idx], recycled[idx], right[idx]
+QUALITY = ("kept_accuracy", "retention", "recycled_precision")
+
+
+def _resampled_quality(ids: list[str], decisions: dict, correct: dict[str, bool], idx: np.ndarray) -> dict:
+    """Each quality figure over every resample of the pairs (rows of ``idx``); NaN where undefined."""
+    kept = np.array([decisions[p][0] == "kept" for p in ids])[idx]
+    recycled = np.array([decisions[p][0] == "recycled" for p in ids])[idx]
+    right = np.array([correct[p] for p in ids])[idx]
     with np.errstate(invalid="ignore", divide="ignore"):
-        stats = {
-            "kept_accuracy_ci": (k & c).sum(1) / k.sum(1),
-            "retention_ci": (k & c).sum(1) / c.sum(1),
-            "recycled_precision_ci": (r & ~c).sum(1) / r.sum(1),
+        return {
+            "kept_accuracy": (kept & right).sum(1) / kept.sum(1),
+            "retention": (kept & right).sum(1) / right.sum(1),
+            "recycled_precision": (recycled & ~right).sum(1) / recycled.sum(1),
         }
-    return {name: [round(float(q), 4) for q in np.nanpercentile(v, [2.5, 97.5])] for name, v in stats.items()}
+
+
+def _resamples(ids: list[str], n: int = 2000, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, len(ids), size=(n, len(ids)))
+
+
+def bootstrap_intervals(ids: list[str], decisions: dict, correct: dict[str, bool]) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals (pairs resampled) of kept accuracy, retention and recycled precision."""
+    stats = _resampled_quality(ids, decisions, correct, _resamples(ids))
+    return {f"{k}_ci": [round(float(q), 4) for q in np.nanpercentile(v, [2.5, 97.5])] for k, v in stats.items()}
+
+
+def paired_differences(fixed: dict, decisions: dict, correct: dict[str, bool]) -> dict[str, list[float]]:
+    """[difference, 95% low, high] of each quality figure against fixed sampling on the same pairs of the same
+    world (the pairs resampled together): a difference whose interval lies below 0 is a loss beyond noise."""
+    ids = [p for p in decisions if p in correct and p in fixed]
+
+    def difference(idx: np.ndarray) -> dict[str, np.ndarray]:
+        new, old = _resampled_quality(ids, decisions, correct, idx), _resampled_quality(ids, fixed, correct, idx)
+        return {k: new[k] - old[k] for k in QUALITY}
+
+    point, spread = difference(np.arange(len(ids))[None]), difference(_resamples(ids))
+    return {
+        k: [round(float(point[k][0]), 4), *(round(float(q), 4) for q in np.nanpercentile(spread[k], [2.5, 97.5]))]
+        for k in QUALITY
+    }
 
 
 class Features:
@@ -356,21 +404,31 @@ def refresh_evidence(store: StorageLayout, rnd: str) -> None:
     write_json(judge_reliability(pa.concat_tables(probes)), r.judges)
 
 
-def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dict]:
-    root = workdir / s.name.replace(" ", "_").replace(",", "").replace("%", "pct")
+def evaluate_setting(
+    s: Setting, workdir: Path, reuse: bool = False, fresh: bool = True, fixed: dict | None = None
+) -> tuple[list[dict], dict]:
+    """The setting's rows and the default rule's decisions. ``fresh``: build the world and its stage-1 rounds
+    (else they are the ones an earlier judging mode of the setting built); ``reuse``: also the stage-2 run kept in
+    ``workdir``. ``fixed``: fixed sampling's decisions on the same world, for the paired differences."""
+    root = workdir / s.world
     t0 = time.time()
-    if reuse and (root / "storage" / "stage2" / "eval" / "prepared" / "manifest.json").exists():
-        sets = {n: (None, read_parquet(root / "truth" / f"{n}.parquet")) for n in ("gold", "silver", "pool", "wild")}
-        store = StorageLayout(root / "storage")
-        rnd, run = store.resolve_round(), store.stage2("eval")
-        shards = run.pool().shard_uris()
-        refresh_evidence(store, rnd)
-        sets["test"] = (read_parquet(root / "test.parquet"), None)
-    else:
+    names = ("gold", "silver", "pool", "wild")
+    if fresh and not (reuse and (root / "storage" / "rounds").exists()):
         shutil.rmtree(root, ignore_errors=True)
         sets = build_world(root, s)
         write_parquet(sets["test"][0], root / "test.parquet")
-        store, rnd, run, shards = run_pipeline(root, s, sets)
+        store, rnd = run_stage1(root, s, sets)
+    else:
+        sets = {n: (None, read_parquet(root / "truth" / f"{n}.parquet")) for n in names}
+        sets["test"] = (read_parquet(root / "test.parquet"), read_parquet(root / "truth" / "test.parquet"))
+        store = StorageLayout(root / "storage")
+        rnd = store.resolve_round()
+    run = store.stage2(f"eval-{s.judging}")
+    if reuse and (run.dir / "prepared" / "manifest.json").exists():
+        shards = run.pool().shard_uris()
+        refresh_evidence(store, rnd)
+    else:
+        run, shards = run_stage2(store, rnd, s, sets)
     pool = run.pool()
     wild_rows = [r for shard in pool.shards() for r in read_parquet(shard).to_pylist()]
     correct = truth_agree(wild_rows, sets["wild"][1])
@@ -386,9 +444,14 @@ def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dic
     if s.in_sequence:  # the verdicts were asked where the default rule left a pair open: only it can use them
         variants = {k: v for k, v in variants.items() if k in ("reliability (default)", "reliability, no judges")}
     per_request = request_cost(run, shards)
+    default_decisions: dict = {}
     for name, (rule, use_judges) in variants.items():
         decisions, canaries = decide_all(store, rnd, run, shards, rule, use_judges)
         m = metrics(decisions, correct)
+        if name == "reliability (default)":
+            default_decisions = decisions
+            if fixed and s.judging != "fixed":
+                m["vs_fixed"] = paired_differences(fixed, decisions, correct)
         m["cost_per_1k_curated"] = 1000 * m["requests_per_pair"] * len(correct) * per_request / max(1, m["curated"])
         kept_share = sum(d == "kept" for d, *_ in decisions.values()) / len(decisions)
         m["canary"] = estimates(canaries, kept_share).dump()
@@ -402,7 +465,7 @@ def evaluate_setting(s: Setting, workdir: Path, reuse: bool = False) -> list[dic
     cl["recycled_precision"] = sum(not correct[p] for p in flags) / len(flags) if flags else None
     results.append({**base, "method": "cleanlab find_label_issues (flip flagged)", **cl})
     log.info("%s done in %.0f s", s.name, time.time() - t0)
-    return results
+    return results, default_decisions
 
 
 PRICE_PER_M = (2.0, 8.0)  # USD per million prompt / completion tokens (a frontier API's list price) for the table
@@ -442,10 +505,17 @@ def cost_table(results: list[dict]) -> str:
         low, high = r.get(f"{key}_ci") or (None, None)
         return "—" if r[key] is None else f"{r[key]:.3f} [{low:.3f}, {high:.3f}]"
 
+    def delta(r: dict, key: str) -> str:
+        d = r.get("vs_fixed", {}).get(key)
+        if d is None or d[0] != d[0]:  # none, or NaN (no recycled pair on one side)
+            return "—"
+        return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" + (" ✗" if d[2] < 0 else "")
+
     lines = [
-        "| judges | judging | requests / pair | vs fixed | kept accuracy [95% CI] | correct kept (retention) [95% CI] "
-        "| recycled precision [95% CI] | curated | $ / 1,000 curated |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| judges | judging | requests / pair | vs fixed | kept accuracy [95% CI] | Δ vs fixed [95% CI] "
+        "| correct kept (retention) [95% CI] | Δ vs fixed | recycled precision [95% CI] | Δ vs fixed | curated "
+        "| $ / 1,000 curated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [r for r in results if r["method"] == "reliability (default)"]
     fixed = {r["setting"]: r for r in rows if ", judging " not in r["setting"]}  # a setting's name without judging
@@ -453,10 +523,11 @@ def cost_table(results: list[dict]) -> str:
         base, _, judging = r["setting"].partition(", judging ")
         judges = base.split("judges ")[1].split(",")[0]
         ratio = f"{fixed[base]['requests_per_pair'] / r['requests_per_pair']:.2f}×" if base in fixed else "—"
-        judging = judging or "fixed"
         lines.append(
-            f"| {judges} | {judging} | {r['requests_per_pair']:.2f} | {ratio} | {ci(r, 'kept_accuracy')} | "
-            f"{ci(r, 'retention')} | {ci(r, 'recycled_precision')} | {r['curated']} | {r['cost_per_1k_curated']:.2f} |"
+            f"| {judges} | {judging or 'fixed'} | {r['requests_per_pair']:.2f} | {ratio} | {ci(r, 'kept_accuracy')} | "
+            f"{delta(r, 'kept_accuracy')} | {ci(r, 'retention')} | {delta(r, 'retention')} | "
+            f"{ci(r, 'recycled_precision')} | {delta(r, 'recycled_precision')} | {r['curated']} | "
+            f"{r['cost_per_1k_curated']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -519,9 +590,12 @@ def main() -> int:
         return 0
     results = []
     chosen = [s for s in (QUICK if args.quick else SWEEP) if not args.only or any(o in s.name for o in args.only)]
-    settings = [replace(s, judging=j) for s in chosen for j in args.judging]
-    for s in settings:
-        results += evaluate_setting(s, workdir, args.reuse)
+    judgings = sorted(args.judging, key=lambda j: j != "fixed")  # fixed first: the others are compared with it
+    fixed: dict[str, dict] = {}  # world → fixed sampling's decisions (default rule)
+    for s in [replace(s, judging=j) for s in chosen for j in judgings]:
+        rows, decisions = evaluate_setting(s, workdir, args.reuse, s.world not in fixed, fixed.get(s.world))
+        fixed.setdefault(s.world, decisions if s.judging == "fixed" else {})
+        results += rows
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(table(results))
     if not args.out:

@@ -3,8 +3,14 @@
 Every row is a stage-1 setting a user can run in production (``synpref stage1 --retrieval random``, ...), run for
 the same rounds on the same world with the same human and LLM budget per round:
 
+- no curation: as many pool pairs as adaptive retrieval pulls, drawn at random, join silver with their stored
+  labels (``retrieval: random``, ``retrieved_to: silver``; no judge is asked);
+- human curation only: the same random pairs all go to the review queue, in a seeded random order
+  (``retrieved_to: humans``, ``review_order: random``); the humans answer their budget of them;
+- human curation + preference attributes: the same, the queue ordered by the attributes (objective,
+  low-controversiality pairs first: ``review_order: priority``, the default);
+- human + LLM curation with random retrieval (``retrieval: random``);
 - full protocol (default): error-driven adaptive retrieval + preference-aware annotation;
-- random retrieval: as many pool pairs as adaptive retrieval pulls, drawn at random (``retrieval: random``);
 - uncertainty sampling: as many pool pairs on which the best RM is least sure (``retrieval: uncertainty``,
   the classical active-learning baseline);
 - plain judging: adaptive retrieval, but the judges see no gold examples, guideline or attributes
@@ -61,8 +67,15 @@ from synpref.simulation.synthetic import generate_disjoint
 log = logging.getLogger("stage1_ablation")
 
 ROWS = {  # name → the stage-1 settings that make the row (everything else: the defaults)
+    "no curation (random pool pairs, stored labels)": {"retrieval": "random", "retrieved_to": "silver"},
+    "human curation only (random pairs, random queue)": {
+        "retrieval": "random",
+        "retrieved_to": "humans",
+        "review_order": "random",
+    },
+    "human curation + preference attributes (priority queue)": {"retrieval": "random", "retrieved_to": "humans"},
+    "human + LLM curation, random retrieval": {"retrieval": "random"},
     "full protocol (default)": {},
-    "random retrieval": {"retrieval": "random"},
     "uncertainty sampling": {"retrieval": "uncertainty"},
     "plain judging (no gold examples, guideline, attributes)": {"preference_aware": False},
 }
@@ -167,7 +180,8 @@ def spent(store: StorageLayout, rounds: list[str], truth) -> dict:
         out["human_labels"] += read_json(store.round(rnd).manifest)["steps"]["intake"].get("inbox_verifications", 0)
     for rnd in rounds[:-1]:  # the rounds whose curation the last round's best RM trained on
         r = store.round(rnd)
-        silver = [s for s in read_parquet(r.silver).to_pylist() if s["provenance"] == "llm" and s["round"] == rnd]
+        added = ("llm", "unverified")  # LLM-labelled, or (no curation) pool pairs with their stored labels
+        silver = [s for s in read_parquet(r.silver).to_pylist() if s["provenance"] in added and s["round"] == rnd]
         out["silver_added"] += len(silver)
         retrieved = truth_agree(read_parquet(r.retrieved).to_pylist(), truth) if truth is not None else {}
         for path in sorted((r.dir / "annotations").glob("*/samples.parquet")):

@@ -70,7 +70,7 @@ def test_scoring_benchmark_compares_three_paths_at_one_length(tmp_path):
     assert "plain HF batching" in (tmp_path / "scoring.md").read_text()
 
 
-@pytest.mark.slow  # ~5 minutes on 2 cores: stage-1 rounds for four settings (run by hand: pytest -m slow)
+@pytest.mark.slow  # ~8 minutes on 2 cores: stage-1 rounds for eight settings (run by hand: pytest -m slow)
 def test_the_stage1_ablation_runs_every_row_as_a_setting_on_a_tiny_world(tmp_path, monkeypatch, capsys):
     import stage1_ablation
 
@@ -81,6 +81,11 @@ def test_the_stage1_ablation_runs_every_row_as_a_setting_on_a_tiny_world(tmp_pat
     results = __import__("json").loads((tmp_path / "abl" / "results.json").read_text())["rows"]
     assert {r["after"]["1"]["spent"]["human_labels"] for r in results.values()} == {20}  # one human budget
     assert all(0 < r["after"]["1"]["test"]["overall"][0] <= 1 for r in results.values())
+    for r in results.values():  # the rows that bypass the judges ask none on the retrieved pairs
+        sp = r["after"]["1"]["spent"]
+        mode = r["settings"].get("retrieved_to", "judges")
+        assert (sp["judge_requests"] == 0) == (mode != "judges")
+        assert (sp["silver_added"] == 0) == (mode == "humans")
 
 
 def test_the_stage1_ablation_on_your_own_data_needs_every_file(monkeypatch, capsys):
@@ -91,3 +96,24 @@ def test_the_stage1_ablation_on_your_own_data_needs_every_file(monkeypatch, caps
         stage1_ablation.main()
     assert e.value.code == 2
     assert "needs --gold, --pool, --test and --annotators" in capsys.readouterr().err
+
+
+def test_the_judging_cost_table_compares_each_mode_with_fixed_sampling_on_the_same_pairs():
+    import curation_quality as cq
+
+    correct = {f"p{i}": i % 4 != 0 for i in range(400)}  # a quarter of the stored labels are wrong
+    fixed = {p: ("kept" if ok else "recycled", True, 9) for p, ok in correct.items()}
+    same = cq.paired_differences(fixed, dict(fixed), correct)
+    assert all(d == [0.0, 0.0, 0.0] for d in same.values())
+    worse = {p: ("dropped", True, 2) if i % 8 == 1 else d for i, (p, d) in enumerate(fixed.items())}
+    diff = cq.paired_differences(fixed, worse, correct)
+    assert diff["retention"][2] < 0 < -diff["retention"][0]  # a loss beyond noise: the whole interval below 0
+    assert diff["kept_accuracy"] == [0.0, 0.0, 0.0]
+    row = {"method": "reliability (default)", "requests_per_pair": 1.0, "curated": 1, "cost_per_1k_curated": 1.0}
+    quality = {k: 0.9 for k in cq.QUALITY} | {f"{k}_ci": [0.8, 1.0] for k in cq.QUALITY}
+    results = [
+        {**row, **quality, "setting": "noise 30%, judges 0.8, RM frozen", "requests_per_pair": 5.0},
+        {**row, **quality, "setting": "noise 30%, judges 0.8, RM frozen, judging sequence", "vs_fixed": diff},
+    ]
+    table = cq.cost_table(results)
+    assert "| 0.8 | sequence | 1.00 | 5.00× |" in table and " ✗ |" in table

@@ -80,3 +80,30 @@ def test_humans_see_objective_low_controversy_pairs_first():
         {"pair_id": "a", "preference_objectivity": "objective", "controversiality": "low"},
     ]
     assert [r["pair_id"] for r in sorted(rows, key=review_priority)] == ["a", "b", "c"]
+
+
+def test_no_curation_adds_every_retrieved_pair_with_its_stored_label_and_asks_nothing_of_the_verdicts(pairs):
+    empty = _verdicts([], [])
+    silver, queue, counts = merge_into_silver([], pairs, empty, "2026-11-01", spot_check=2, retrieved_to="silver")
+    assert counts["silver_as_given"] == len(pairs) == len(silver)
+    assert {s["pair_id"] for s in silver} == {p["pair_id"] for p in pairs}
+    by_id = {p["pair_id"]: p for p in pairs}
+    assert all(s["chosen"] == by_id[s["pair_id"]]["chosen"] and s["provenance"] == "unverified" for s in silver)
+    assert {q["queue_reason"] for q in queue} == {"spot_check"} and len(queue) == 2
+
+
+def test_human_curation_only_queues_every_retrieved_pair_in_a_seeded_random_or_priority_order(pairs):
+    empty = _verdicts([], [])
+    silver, queue, counts = merge_into_silver([], pairs, empty, "2026-11-01", retrieved_to="humans")
+    assert silver == [] and counts["queued_for_humans"] == len(pairs) == len(queue)
+    assert {q["queue_reason"] for q in queue} == {"human_curation"}
+    assert [q["pair_id"] for q in queue] == [q["pair_id"] for q in sorted(queue, key=review_priority)]
+    orders = [
+        [
+            q["pair_id"]
+            for q in merge_into_silver([], pairs, empty, "r", seed=s, retrieved_to="humans", review_order="random")[1]
+        ]
+        for s in (0, 0, 1)
+    ]
+    assert orders[0] == orders[1] != orders[2]  # seeded: the same seed, the same order
+    assert sorted(orders[0]) == sorted(q["pair_id"] for q in queue)

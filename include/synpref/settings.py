@@ -27,6 +27,8 @@ RMMode = Literal["full", "frozen"]
 MergePolicy = Literal["majority", "unanimous", "weighted"]
 SamplingPolicy = Literal["adaptive", "fixed"]
 RetrievalPolicy = Literal["adaptive", "random", "uncertainty"]
+RetrievedTo = Literal["judges", "silver", "humans"]
+ReviewOrder = Literal["priority", "random"]
 RecyclePolicy = Literal["rule_default", "positive_evidence", "both_rms_reject", "all_discarded"]
 DecisionRuleName = Literal["reliability", "paper"]
 NGRAM = 13  # decontamination n-gram length (paper appendix C)
@@ -281,6 +283,21 @@ class Stage1Config(AnnotateSettings):
         description="adaptive: error-driven adaptive retrieval (the paper): neighbours of the gold pairs the RM gets "
         "wrong. For ablation, at the same budget (as many pool pairs as adaptive retrieval pulls): random: a seeded "
         "random draw; uncertainty: the pairs the best RM is least sure of (p nearest 0.5; scores the whole pool).",
+    )
+    retrieved_to: RetrievedTo = setting(
+        "judges",
+        title="Retrieved pairs go to",
+        section=SECTION_RETRIEVAL,
+        description="judges: preference-aware LLM annotation (the paper): agreeing verdicts join silver, contested "
+        "ones the review queue. For ablation: silver: no curation, the pairs join silver with their stored labels; "
+        "humans: no LLM annotation, every pair goes to the review queue (human curation only).",
+    )
+    review_order: ReviewOrder = setting(
+        "priority",
+        title="Review-queue order",
+        section=SECTION_RETRIEVAL,
+        description="priority: objective, low-controversiality pairs first (by their preference attributes); "
+        "random: a seeded random order (the ablation without attributes).",
     )
     spot_check: int = setting(
         20,

@@ -5,6 +5,10 @@ Merged LLM verdicts that are decided join silver with provenance ``llm`` — ``a
 the humans' next day, ordered objective and low-controversiality first; a seeded spot-check
 sample of new silver pairs is queued too so humans keep auditing the LLM labels. Pairs skipped
 by the budget are deferred (back to the pool for a later round).
+
+Two ablation modes (``retrieved_to``) bypass the judges: ``silver`` adds every retrieved pair with its stored,
+unverified label (no curation); ``humans`` queues every retrieved pair for human verification (human curation
+only). ``review_order: random`` orders the queue by a seeded hash instead of the attributes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from collections import Counter
 import pyarrow as pa
 
 from synpref.schema import PAIR_SCHEMA, flip
-from synpref.seeding import seeded_sample
+from synpref.seeding import seeded_rank, seeded_sample
+from synpref.settings import RetrievedTo, ReviewOrder
 
 QUEUE_SCHEMA = PAIR_SCHEMA.append(pa.field("queue_reason", pa.string()))
 _OBJ = {"objective": 0, "subjective": 1}
@@ -37,11 +42,20 @@ def merge_into_silver(
     round_name: str,
     spot_check: int = 0,
     seed: int = 0,
+    retrieved_to: RetrievedTo = "judges",
+    review_order: ReviewOrder = "priority",
 ) -> tuple[list[dict], list[dict], dict]:
-    """(silver, review queue, counts). Every retrieved pair lands in exactly one of: silver, queue, deferred."""
+    """(silver, review queue, counts). Every retrieved pair lands in exactly one of: silver, queue, deferred
+    (``verdicts`` are read only when ``retrieved_to`` is ``judges``)."""
     by_id = {r["pair_id"]: r for r in retrieved}
     added, queue, counts = [], [], Counter()
-    for v in verdicts.select(["pair_id", "verdict", "status"]).to_pylist():
+    if retrieved_to == "silver":
+        added = [{k: r.get(k) for k in PAIR_SCHEMA.names} | {"round": round_name} for r in retrieved]
+        counts["silver_as_given"] = len(added)
+    elif retrieved_to == "humans":
+        queue = [{k: r.get(k) for k in PAIR_SCHEMA.names} | {"queue_reason": "human_curation"} for r in retrieved]
+        counts["queued_for_humans"] = len(queue)
+    for v in verdicts.select(["pair_id", "verdict", "status"]).to_pylist() if retrieved_to == "judges" else []:
         row = {k: by_id[v["pair_id"]].get(k) for k in PAIR_SCHEMA.names}
         row.update(provenance="llm", round=round_name)
         if v["status"] == "not_annotated_budget":
@@ -60,7 +74,9 @@ def merge_into_silver(
     spots = seeded_sample(added, spot_check, "spot", seed)
     queue += [{**r, "queue_reason": "spot_check"} for r in spots]
     counts["queued_spot_check"] = len(spots)
-    queue.sort(key=review_priority)
+    queue.sort(
+        key=review_priority if review_order == "priority" else lambda r: seeded_rank("review", seed, r["pair_id"])
+    )
     known = {r["pair_id"] for r in added}
     silver = [r for r in previous_silver if r["pair_id"] not in known] + added
     silver.sort(key=lambda r: r["pair_id"])

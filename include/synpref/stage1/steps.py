@@ -426,7 +426,7 @@ def step_annotate(
     store = layout(root)
     out = store.round(rnd)
     annotator = with_samples(cfg, annotator)
-    pairs = _rows(out.retrieved)
+    pairs = _rows(out.retrieved) if cfg.retrieved_to == "judges" else []  # the ablation modes ask no judge
     budget = task_budget(cfg, n_annotators)
     gold = _rows(out.gold)
     samples, usage = judge(pairs, read_examples(out.examples, gold), annotator, store.llm_cache, cfg, budget)
@@ -468,7 +468,9 @@ def step_merge(
     votes = counted_samples(sample_tables, judges)  # an uninformative judge counts zero under every policy
     merged = merge_samples(votes, cfg.merge_policy, accuracy, [r["pair_id"] for r in retrieved])
     write_parquet(merged, out.verdicts)
-    silver, queue, counts = merge_into_silver(_rows(out.silver_in), retrieved, merged, rnd, cfg.spot_check, cfg.seed)
+    silver, queue, counts = merge_into_silver(
+        _rows(out.silver_in), retrieved, merged, rnd, cfg.spot_check, cfg.seed, cfg.retrieved_to, cfg.review_order
+    )
     _write_table(silver, PAIR_SCHEMA, out.silver)
     _write_table(queue, QUEUE_SCHEMA, out.review_queue_table)
     write_jsonl(queue, out.review_queue_jsonl)
