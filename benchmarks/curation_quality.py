@@ -20,7 +20,7 @@ with the flagged labels flipped.
 
 ``--judging``: fixed = every sample of every annotator (self-consistency as it was); adaptive = samples only
 while an annotator's verdict is open; logprobs = one request, the verdict token's probability (the
-SIMULATED judges return calibrated logprobs worth one sample: a pessimistic simulation); sequence = adaptive,
+SIMULATED judges return P = their accuracy on the pair: calibrated and difficulty-aware); sequence = adaptive,
 and the annotators judge one after another, a pair going to the next only while the default rule leaves it
 open (``judges_in_sequence``, the default); sequence+logprobs = both. With judges in sequence the verdicts
 depend on the rule, so only the default rule (and "no judges") is evaluated. Every judging mode of a setting
@@ -32,6 +32,7 @@ the same pairs, with a paired 95% bootstrap interval (✗: a loss beyond noise).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,14 +50,17 @@ import pyarrow as pa
 
 from synpref.io.layout import StorageLayout
 from synpref.io.preprocess import prepare
-from synpref.io.storage import read_json, read_parquet, write_parquet
+from synpref.io.storage import read_json, read_parquet, write_json, write_parquet
+from synpref.llm.annotation import judge, read_examples
 from synpref.llm.client import AnnotatorConfig
+from synpref.models.reliability import judge_reliability
 from synpref.models.reward_model import fit_bt_head, head_scores, pair_features
 from synpref.pipeline import run_round
 from synpref.settings import PrepareConfig, RMConfig, Stage1Config, Stage2Config
 from synpref.simulation.evaluation import truth_agree
 from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex, simulate_human_review
 from synpref.simulation.synthetic import generate_disjoint
+from synpref.stage1.steps import probe_pairs
 from synpref.stage2.canaries import estimates, label_right
 from synpref.stage2.consistency import PaperRule, RuleBase, configured_rule, decide_shard
 from synpref.stage2.steps import (
@@ -88,6 +93,11 @@ class Setting:
     def world(self) -> str:
         """The world's directory name: every judging mode of a setting runs on the same world and rounds."""
         return replace(self, judging="fixed").name.replace(" ", "_").replace(",", "").replace("%", "pct")
+
+    @property
+    def run_name(self) -> str:
+        """This judging mode's stage-2 run in the world's storage root."""
+        return f"eval-{self.judging.replace('+', '-')}"
 
     @property
     def sampling(self) -> str:
@@ -213,7 +223,7 @@ def run_stage1(root: Path, s: Setting, sets: dict) -> tuple[StorageLayout, str]:
         server.stop()
 
 
-def run_stage2(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> tuple[object, list[str]]:
+def run_stage2(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> None:
     """Stage 2's scoring and judging of the in-the-wild set with this setting's judging, in its own run directory
     (``stage2/eval-<judging>``) over the same rounds and the same LLM cache: every judging mode sees the same world
     and the same answers, so their decisions differ only by what each asked."""
@@ -221,7 +231,7 @@ def run_stage2(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> tuple[
     server.start()
     try:
         annotators = judges_for(s, server)
-        run = begin_run(store.stage2(f"eval-{s.judging}"))
+        run = begin_run(store.stage2(s.run_name))
         step_prepare_file(run, 0, str(store.wild / "wild.parquet"))
         cfg2 = Stage2Config(shard_size=2000, sampling=s.sampling, judges_in_sequence=s.in_sequence)
         shards = step_finalize_prepare(run, cfg2)
@@ -231,7 +241,6 @@ def run_stage2(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> tuple[
         for shard in shards:
             step_score(store, run, rnd, shard, cfg2, rule=everything)
             step_annotate_shard(store, run, rnd, shard, annotators, cfg2, len(shards))
-        return run, shards
     finally:
         server.stop()
 
@@ -392,10 +401,6 @@ def cleanlab_flags(feats: Features, wild_ids: list[str], gold_ids: list[str], se
 
 def refresh_evidence(store: StorageLayout, rnd: str) -> None:
     """Re-derive the round's calibration and judge reliability from its saved RMs and probes (``--reuse``)."""
-    import pyarrow as pa
-
-    from synpref.io.storage import write_json
-    from synpref.models.reliability import judge_reliability
     from synpref.stage1.steps import step_evaluate
 
     step_evaluate(store, rnd)
@@ -423,12 +428,21 @@ def evaluate_setting(
         sets["test"] = (read_parquet(root / "test.parquet"), read_parquet(root / "truth" / "test.parquet"))
         store = StorageLayout(root / "storage")
         rnd = store.resolve_round()
-    run = store.stage2(f"eval-{s.judging}")
-    if reuse and (run.dir / "prepared" / "manifest.json").exists():
-        shards = run.pool().shard_uris()
+    run = store.stage2(s.run_name)
+    reused = reuse and (run.dir / "prepared" / "manifest.json").exists()
+    if reused:
         refresh_evidence(store, rnd)
-    else:
-        run, shards = run_stage2(store, rnd, s, sets)
+    with logprob_calibration(store, rnd, s, sets):
+        if not reused:
+            run_stage2(store, rnd, s, sets)
+        results, decisions = _evaluate(s, store, rnd, run, sets, fixed)
+    log.info("%s done in %.0f s", s.name, time.time() - t0)
+    return results, decisions
+
+
+def _evaluate(s: Setting, store: StorageLayout, rnd: str, run, sets: dict, fixed: dict | None) -> tuple:
+    """The rows of one judging mode's stage-2 run: every rule variant's quality and cost, and cleanlab's."""
+    shards = run.pool().shard_uris()
     pool = run.pool()
     wild_rows = [r for shard in pool.shards() for r in read_parquet(shard).to_pylist()]
     correct = truth_agree(wild_rows, sets["wild"][1])
@@ -464,8 +478,38 @@ def evaluate_setting(
     cl["rm_test"] = rm_test_accuracy(feats, wild_ids, flags, gold_ids, test_ids)
     cl["recycled_precision"] = sum(not correct[p] for p in flags) / len(flags) if flags else None
     results.append({**base, "method": "cleanlab find_label_issues (flip flagged)", **cl})
-    log.info("%s done in %.0f s", s.name, time.time() - t0)
     return results, default_decisions
+
+
+@contextlib.contextmanager
+def logprob_calibration(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> Iterator[None]:
+    """For the logprob modes: the round's gold probe judged again with logprob verdicts and their calibration
+    (``logprobs``) added to ``judges.json`` while the mode runs, then the file restored. In production the probe
+    is judged the way the annotator judges (one connection, one mode); here the stage-1 rounds are shared by every
+    judging mode, so the logprob modes measure their verdicts on the same probe pairs (cached after the first)."""
+    if not s.logprobs:
+        yield
+        return
+    r = store.round(rnd)
+    original = r.judges.read_bytes()
+    judges, cfg = read_json(r.judges), Stage1Config()
+    gold = read_parquet(r.gold).to_pylist()
+    probe, examples = probe_pairs(gold, cfg.judge_probe, cfg.seed), read_examples(r.probe_examples, gold)
+    server = simulated_judges(s, sets)
+    server.start()
+    try:
+        for a in judges_for(s, server):
+            samples, _ = judge(probe, examples, a, store.llm_cache, cfg, repeat_logprobs=True)
+            measured = judge_reliability(samples)["annotators"].get(a.name, {})
+            if "logprobs" in measured:
+                judges["annotators"][a.name]["logprobs"] = measured["logprobs"]
+    finally:
+        server.stop()
+    write_json(judges, r.judges)
+    try:
+        yield
+    finally:
+        r.judges.write_bytes(original)
 
 
 PRICE_PER_M = (2.0, 8.0)  # USD per million prompt / completion tokens (a frontier API's list price) for the table

@@ -99,3 +99,39 @@ def test_prompts_share_their_prefix_and_cached_tokens_cost_the_cached_price(sim_
     _, again = judge(rows, few_shot, cheap, tmp_path / "c", settings)
     assert again["ok"]["requests"] == 0 and again["ok"]["work"] == u["work"]  # from the cache, the same bill
     assert full.model_copy(update={"mode": "batch"}).cost(1000, 0) == 0.5  # the batch discount
+
+
+def test_a_logprob_verdict_counts_by_its_calibrated_probability_and_a_sampled_one_by_its_kind(
+    sim_server, sim_truth, tmp_path
+):
+    """The probe asks every sample as a logprob verdict and fits, per number of verdicts k, a temperature to
+    their summed log-odds (gold pairs are correctly oriented): a confident verdict adds more evidence than an
+    unsure one, in its direction; the merged verdicts carry the log-odds the decision rule reads; a sampled
+    verdict counts as before."""
+    from synpref.models.reliability import judge_evidence, judge_room, judge_weight, logit
+
+    _, _, _, gold, _ = sim_truth
+    cfg = annotator_cfg(sim_server, "good", verdicts="auto")
+    probe, _ = judge(gold.to_pylist(), {}, cfg, tmp_path / "c", repeat_logprobs=True)
+    assert probe.num_rows == 3 * gold.num_rows and probe.column("p_slot1").null_count == 0
+    stats = judge_reliability(probe)["annotators"]["good"]
+    calibration = stats["logprobs"]
+    assert calibration["n"] == gold.num_rows and len(calibration["weights"]) == 3
+    assert all(w > 0 for w in calibration["weights"]) and judge_room(stats) >= calibration["room"] > 0
+    sure, unsure = {"agree": 1, "disagree": 0, "log_odds": [logit(0.95)]}, {"agree": 1, "log_odds": [logit(0.6)]}
+    assert judge_evidence(stats, sure) > judge_evidence(stats, {**unsure, "disagree": 0}) > 0
+    against = {"agree": 0, "disagree": 1, "log_odds": [logit(0.05)]}
+    assert judge_evidence(stats, against) == pytest.approx(-judge_evidence(stats, sure))
+    twice = {"agree": 2, "disagree": 0, "log_odds": [logit(0.95)] * 2}
+    assert judge_evidence(stats, twice) == pytest.approx(2 * logit(0.95) * calibration["weights"][1])
+    assert judge_evidence(stats, {"agree": 2, "disagree": 0}) == judge_weight(stats, "unanimous")
+    by_id = {}
+    for r in probe.to_pylist():
+        by_id.setdefault(r["pair_id"], []).append(logit(1 - r["p_slot1"] if r["swapped"] else r["p_slot1"]))
+    for m in merge_samples([probe]).to_pylist():
+        (v,) = m["annotator_verdicts"]
+        assert v["log_odds"] == pytest.approx(by_id[m["pair_id"]])
+    once, _ = judge(gold.to_pylist(), {}, cfg, tmp_path / "c")  # outside the sequence: one logprob verdict a pair
+    assert once.num_rows == gold.num_rows
+    sampled, _ = judge(gold.to_pylist(), {}, annotator_cfg(sim_server, "good", verdicts="sampled"), tmp_path / "c")
+    assert all(v["log_odds"] == [] for m in merge_samples([sampled]).to_pylist() for v in m["annotator_verdicts"])

@@ -32,6 +32,7 @@ from synpref.llm.client import (
     run_requests,
 )
 from synpref.llm.prompt import block, boundary_marker, marker_line
+from synpref.models.reliability import tally_votes
 from synpref.seeding import seeded_digest, seeded_int
 from synpref.settings import AnnotateSettings, MergePolicy
 
@@ -218,13 +219,16 @@ Settled = Callable[[str, dict, list[str]], str | None]
 PairSettled = Callable[[str, list[dict]], str | None]
 
 
-def _stop_reason(rows: list[dict], samples: int, adaptive: bool) -> str | None:
+def _stop_reason(rows: list[dict], samples: int, adaptive: bool, repeat_logprobs: bool) -> str | None:
     """Why a pair needs no more samples from this annotator (None: ask again)."""
     last = rows[-1]
-    if last["p_slot1"] is not None and last["slot"] is not None:
+    logprob_verdict = last["p_slot1"] is not None and last["slot"] is not None
+    if logprob_verdict and not repeat_logprobs:
         return "logprobs"
     if len(rows) >= samples:
         return "all_samples"
+    if logprob_verdict:
+        return None  # repeated logprob verdicts: judging in sequence (or the probe) decides
     agree = sum(r["verdict"] == "agree" for r in rows)
     disagree = sum(r["verdict"] == "disagree" for r in rows)
     return "settled" if adaptive and abs(agree - disagree) > samples - len(rows) else None
@@ -239,6 +243,7 @@ def judge(
     budget: Budget | None = None,
     pending: list[PendingRequest] | None = None,
     settled: PairSettled | None = None,
+    repeat_logprobs: bool = False,
 ) -> tuple[pa.Table, dict]:
     """One annotator's verdicts on ``pairs``: one row per sample asked, and usage. A batch-mode annotator's
     requests missing from the cache go to ``pending`` and judging stops at that wave (the table is then partial).
@@ -248,20 +253,27 @@ def judge(
     Samples are asked in waves (sample 0 of every pair, then sample 1 of the pairs still open, ...): with
     ``sampling=adaptive`` a pair stops as soon as the remaining samples cannot change the annotator's majority;
     with ``verdicts`` logprobs/auto the first request asks for the verdict token's log-probabilities, and a reply
-    that has them is the verdict (one request); one without falls back to sampling. Every request keeps its
-    seeded identity (pair, sample), so a re-run asks exactly the same requests and finds them in the cache."""
+    that has them is the verdict (one request) — unless ``repeat_logprobs`` (judging in sequence, where
+    ``settled`` decides, and the gold probe, which asks every sample to measure repeated verdicts): then the pair's
+    later samples are logprob verdicts too; a reply without logprobs falls back to sampling. Every request keeps
+    its seeded identity (pair, sample, kind), so a re-run asks exactly the same requests and finds them in the
+    cache."""
     budget = budget or task_budget(settings)
     adaptive = settings.sampling == "adaptive"
     logprobs = annotator.verdicts in ("logprobs", "auto")
+    repeat_logprobs = repeat_logprobs or settled is not None
     asked: dict[str, list[dict]] = {p["pair_id"]: [] for p in pairs}
     usage_total = Usage()
     open_pairs = list(pairs)
     first_prompt: dict[str, str] = {}
     waves = range(annotator.samples) if adaptive or logprobs else [None]  # fixed sampling: every sample at once
     for wave in waves:
-        requests, meta = [], []
+        groups: dict[bool, tuple[list[Request], list[tuple]]] = {True: ([], []), False: ([], [])}
         for pair in open_pairs:
             exs = examples.get(pair["pair_id"], [])
+            rows = asked[pair["pair_id"]]
+            with_logprobs = logprobs and (wave == 0 or (bool(rows) and rows[0]["p_slot1"] is not None))
+            requests, meta = groups[with_logprobs]
             for s in range(annotator.samples) if wave is None else [wave]:
                 swapped = order_swapped(pair["pair_id"], annotator.name, s, settings.seed)
                 msgs = tuple(
@@ -273,24 +285,29 @@ def judge(
                 requests.append(Request(f"{pair['pair_id']}:{s}", msgs, s, seed))
                 meta.append((pair["pair_id"], s, swapped))
         waiting = len(pending) if pending is not None else 0
-        responses, usage = run_requests(
-            annotator, requests, cache_dir, budget, logprobs=logprobs and wave == 0, pending=pending
-        )
-        usage_total.add(usage)
-        _count_shared_prefixes(requests, meta, first_prompt, usage_total)
+        answered = []
+        for with_logprobs, (requests, meta) in groups.items():
+            if not requests:
+                continue
+            responses, usage = run_requests(
+                annotator, requests, cache_dir, budget, logprobs=with_logprobs, pending=pending
+            )
+            usage_total.add(usage)
+            _count_shared_prefixes(requests, meta, first_prompt, usage_total)
+            answered += list(zip(meta, responses))
         if pending is not None and len(pending) > waiting:
             break  # the next wave depends on answers a batch has yet to give
-        if wave == 0 and annotator.verdicts == "logprobs" and _no_logprobs(responses):
+        if wave == 0 and annotator.verdicts == "logprobs" and _no_logprobs([r for _, r in answered]):
             raise AnnotatorError(
                 f"annotator '{annotator.name}' has verdicts: logprobs but its endpoint returned no logprobs; "
                 "use verdicts: auto (falls back to sampling) or sampled"
             )
-        for (pid, s, swapped), resp in zip(meta, responses):
+        for (pid, s, swapped), resp in answered:
             asked[pid].append(_sample_row(pid, annotator.name, s, swapped, resp))
         still_open = []
         for pair in open_pairs:
             rows = asked[pair["pair_id"]]
-            reason = _stop_reason(rows, annotator.samples, adaptive)
+            reason = _stop_reason(rows, annotator.samples, adaptive, repeat_logprobs)
             if reason is None and settled is not None and settled(pair["pair_id"], rows):
                 reason = "sequence"
             if reason is None:
@@ -377,9 +394,8 @@ def judge_in_sequence(
 
 
 def _tally(annotator: str, rows: list[dict]) -> dict:
-    """One annotator's votes on one pair, as in ``annotator_verdicts``."""
-    votes = Counter(r["verdict"] for r in rows)
-    return {"annotator": annotator, **{v: votes[v] for v in ("agree", "disagree", "abstain")}}
+    """One annotator's votes on one pair (and a logprob verdict's P(agree)), as in ``annotator_verdicts``."""
+    return {"annotator": annotator, **tally_votes(rows)}
 
 
 def _mark_settled(tables: dict[str, pa.Table], reasons: dict[str, str]) -> dict[str, pa.Table]:
@@ -462,6 +478,7 @@ MERGED_SCHEMA = pa.schema(
                         ("abstain", pa.int32()),
                         ("asked", pa.int32()),  # samples asked of this annotator
                         ("stopped", pa.string()),  # why it stopped (STOP_REASONS); null for older sample tables
+                        ("log_odds", pa.list_(pa.float64())),  # logprob verdicts: logit P(stored chosen is better)
                     ]
                 )
             ),
@@ -481,9 +498,11 @@ def merge_samples(
     statuses: dict[str, Counter] = defaultdict(Counter)
     stopped: dict[tuple[str, str], str] = {}
     settled: dict[str, str] = {}
+    rows_of: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for t in samples:
-        optional = [c for c in ("stopped", "settled") if c in t.column_names]  # absent from older sample tables
-        for r in t.select(["pair_id", "annotator", "verdict", "status", *optional]).to_pylist():
+        optional = [c for c in ("stopped", "settled", "p_slot1") if c in t.column_names]  # absent from older tables
+        for r in t.select(["pair_id", "annotator", "sample", "swapped", "verdict", "status", *optional]).to_pylist():
+            rows_of[(r["pair_id"], r["annotator"])].append(r)
             counts[r["pair_id"]][r["annotator"]][r["verdict"]] += 1
             statuses[r["pair_id"]][r["status"]] += 1
             if r.get("stopped"):
@@ -525,6 +544,7 @@ def merge_samples(
                         "abstain": c["abstain"],
                         "asked": sum(c.values()),
                         "stopped": stopped.get((pid, a)),
+                        "log_odds": tally_votes(rows_of[(pid, a)])["log_odds"],
                     }
                     for a, c in sorted(counts[pid].items())
                 ],

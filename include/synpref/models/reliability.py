@@ -6,7 +6,9 @@
   Their joint weights (two RMs on one backbone make correlated errors, so their logits must not
   simply be added) are fitted the same way on both features.
 - **LLM judges** are measured by judging gold pairs blind (seeded random order, like any pair): the
-  accuracy of each annotator's majority verdict and its position bias.
+  accuracy of each annotator's majority verdict and its position bias; for a logprob verdict, the temperature
+  of its verdict-token probability (calibrated like an RM's reward difference), so that a confident verdict
+  counts for more than an unsure one.
 - A source counts only when it is **significantly better than chance**: the lower end of its 95%
   Wilson interval is above 0.5. Otherwise it neither keeps nor vetoes anything.
 """
@@ -158,29 +160,43 @@ def verdict_sign(agree: int, disagree: int) -> tuple[int, VerdictKind]:
     return sign, "unanimous" if min(agree, disagree) == 0 else "split"
 
 
+def p_agree(p_slot1: float | None, swapped: bool) -> float | None:
+    """P(the stored chosen is better) from a logprob verdict's P(Candidate 1) and the order the pair was shown in."""
+    return None if p_slot1 is None else (1.0 - p_slot1 if swapped else p_slot1)
+
+
 def judge_reliability(samples: pa.Table) -> dict:
     """From the judges' samples on correctly oriented gold pairs (the blind probe).
 
     Per annotator: the accuracy of its majority verdict, overall and separately for unanimous verdicts
     (all its samples agree) and split ones; the accuracy of its first sample alone (``single``: the weight of a
-    pair's first vote, on which judging in sequence may already stop); and its position bias. ``shrink`` scales
-    the judges' summed log-odds so that their correlated errors (hard pairs are hard for every judge) are not
-    counted as independent evidence; fitted like a temperature on the probe, at most 1.
+    pair's first vote, on which judging in sequence may already stop); its position bias; and, where its verdicts
+    came with log-probabilities, ``logprobs``: per number k of such verdicts on a pair, the temperature weight of
+    their summed log-odds (``weights[k-1]``: calibrated log-odds = weight · Σ logit P(agree); fitted on the first k
+    verdicts of each probe pair, so repeated verdicts that err together are not counted as independent) and
+    ``room``, the 95th percentile of one calibrated verdict's size (what one more can add, for judging in
+    sequence). ``shrink`` scales the judges' summed log-odds so that
+    their correlated errors (hard pairs are hard for every judge) are not counted as independent evidence;
+    fitted like a temperature on the probe, at most 1.
     """
+    columns = ["pair_id", "annotator", "sample", "verdict", "slot"]
+    columns += [c for c in ("p_slot1", "swapped") if c in samples.column_names]  # absent from older probes
     by: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in samples.select(["pair_id", "annotator", "sample", "verdict", "slot"]).to_pylist():
+    for r in samples.select(columns).to_pylist():
         by[r["annotator"]][r["pair_id"]].append(r)
-    annotators, signs = {}, defaultdict(dict)
+    annotators, verdicts = {}, defaultdict(dict)
     for name, pairs in sorted(by.items()):
         tally = {"unanimous": [0, 0], "split": [0, 0]}  # kind → [right, wrong] (a lone vote counts as unanimous)
         first = [0, 0]  # the first sample alone → [right, wrong]
+        log_odds = []  # per pair: logit P(agree) of its logprob verdicts (every probe pair is correctly oriented)
         for pid, rows in pairs.items():
-            sign, kind = verdict_sign(
-                sum(r["verdict"] == "agree" for r in rows), sum(r["verdict"] == "disagree" for r in rows)
-            )
+            verdict = tally_votes(rows)
+            sign, kind = verdict_sign(verdict["agree"], verdict["disagree"])
             if sign:
                 tally["split" if kind == "split" else "unanimous"][0 if sign > 0 else 1] += 1
-                signs[pid][name] = (sign, kind)
+            verdicts[pid][name] = verdict
+            if verdict["log_odds"]:
+                log_odds.append(verdict["log_odds"])
             head = min(rows, key=lambda r: r["sample"])["verdict"]
             if head != "abstain":
                 first[0 if head == "agree" else 1] += 1
@@ -194,10 +210,30 @@ def judge_reliability(samples: pa.Table) -> dict:
             "pairs": len(pairs),
             "abstained": len(pairs) - right - wrong,
             "position_bias": round(2 * sum(s == 1 for s in slots) / len(slots) - 1, 6) if slots else None,
+            **({"logprobs": _logprob_calibration(log_odds)} if log_odds else {}),
         }
-    evidence = np.array([sum(s * judge_weight(annotators[n], u) for n, (s, u) in v.items()) for v in signs.values()])
+    evidence = np.array([sum(judge_evidence(annotators[n], v) for n, v in per.items()) for per in verdicts.values()])
     shrink = min(1.0, float(fit_weights(evidence[:, None])[0])) if len(evidence) and evidence.any() else 1.0
     return {"annotators": annotators, "shrink": max(shrink, 0.0)}
+
+
+def tally_votes(rows: list[dict]) -> dict:
+    """One annotator's samples on one pair as a verdict: its agree / disagree / abstain votes and ``log_odds``, the
+    logit P(agree) of its logprob verdicts in sample order (empty when it was sampled)."""
+    votes = {v: sum(r["verdict"] == v for r in rows) for v in ("agree", "disagree", "abstain")}
+    ordered = sorted(rows, key=lambda r: r["sample"])
+    probabilities = [p_agree(r.get("p_slot1"), bool(r.get("swapped"))) for r in ordered]
+    return {**votes, "log_odds": [logit(p) for p in probabilities if p is not None]}
+
+
+def _logprob_calibration(log_odds: list[list[float]]) -> dict:
+    """Weights of the summed log-odds of a pair's first k logprob verdicts, k = 1 … the most any pair got."""
+    weights = []
+    for k in range(1, max(map(len, log_odds)) + 1):
+        sums = np.array([sum(x[:k]) for x in log_odds if len(x) >= k])
+        weights.append(max(0.0, float(fit_weights(sums[:, None])[0])))
+    first = np.abs([x[0] for x in log_odds])
+    return {"n": len(log_odds), "weights": weights, "room": float(np.quantile(first, 0.95) * weights[0])}
 
 
 def _pair(tally: list[int]) -> tuple[int, int]:
@@ -233,6 +269,26 @@ def counted_samples(samples: list[pa.Table], judges: dict) -> list[pa.Table]:
     """The sample tables without the votes of uninformative judges (they count zero in every merge)."""
     drop = pa.array(sorted(uninformative_judges(judges)), pa.string())
     return [t.filter(pc.invert(pc.is_in(t["annotator"], drop))) for t in samples] if len(drop) else samples
+
+
+def judge_evidence(stats: dict | None, verdict: dict) -> float:
+    """The log-odds one annotator's verdict on a pair adds to the stored label (before ``shrink``): logprob
+    verdicts by their calibrated summed log-odds (``logprobs`` in its probe stats; their argmax must be
+    significantly better than chance on the probe), sampled votes by the measured accuracy of their kind."""
+    calibration, log_odds = (stats or {}).get("logprobs"), verdict.get("log_odds")
+    if log_odds and calibration:
+        weight = calibration["weights"][min(len(log_odds), len(calibration["weights"])) - 1]
+        return weight * sum(log_odds) if stats.get("single", stats)["significant"] else 0.0
+    sign, kind = verdict_sign(verdict["agree"], verdict["disagree"])
+    return sign * judge_weight(stats, kind) if sign else 0.0
+
+
+def judge_room(stats: dict | None) -> float:
+    """The most log-odds an annotator not yet asked is expected to add to a pair (before ``shrink``): its unanimous
+    verdict's weight, or a confident logprob verdict's (``logprobs.room``) where that is larger."""
+    calibration = (stats or {}).get("logprobs")
+    confident = calibration["room"] if calibration and stats.get("single", stats)["significant"] else 0.0
+    return max(judge_weight(stats), confident)
 
 
 def judge_weight(stats: dict | None, kind: VerdictKind = "unanimous") -> float:

@@ -231,8 +231,9 @@ class SimulatedJudgeServer:
     def _judge(self, prompt: str, profile: JudgeProfile, rng: random.Random) -> tuple[str, int, float]:
         """(reply text, slot, honest P(slot)): the slot is drawn as a sampled verdict is; P(slot) is this judge's
         accuracy on the pair when it judged on content (calibrated: right that often), 0.55 for an answer given
-        regardless of content (position bias, an obeyed injection, a pair it cannot know). A logprob verdict is
-        therefore worth one calibrated sample here, never the majority of many (a pessimistic simulation)."""
+        regardless of content (position bias, an obeyed injection, a pair it cannot know). The probability thus
+        knows how hard the pair is for this judge (a repeated request draws the slot again with the same P): an
+        optimistic model of a real verdict token, whose probability is calibrated only on average."""
         parts = prompt_parts(prompt)
         target = read_target(parts)
         correct_slot = None

@@ -433,7 +433,7 @@ def step_annotate(
     write_parquet(samples, out.samples(annotator.name))
     probe = probe_pairs(gold, cfg.judge_probe, cfg.seed)
     examples = read_examples(out.probe_examples, gold)
-    probe_samples, probe_usage = judge(probe, examples, annotator, store.llm_cache, cfg, budget)
+    probe_samples, probe_usage = judge(probe, examples, annotator, store.llm_cache, cfg, budget, repeat_logprobs=True)
     write_parquet(probe_samples, out.probe(annotator.name))
     work = {"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}
     write_json({**work, "probe_usage": probe_usage[annotator.name]["work"]}, out.usage(annotator.name))

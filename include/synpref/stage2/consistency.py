@@ -40,7 +40,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from synpref.io.storage import read_json
-from synpref.models.reliability import estimate_prior, judge_weight, logit, sigmoid, verdict_sign
+from synpref.models.reliability import estimate_prior, judge_evidence, judge_room, judge_weight, logit, sigmoid
 from synpref.models.reward_model import RewardModel
 from synpref.settings import RecyclePolicy, Stage2Config
 from synpref.stage2.recycle import recycle_policy_for, should_recycle
@@ -267,10 +267,8 @@ class ReliabilityRule(RuleBase):
     def judge_evidence(self, judgement: dict | None) -> dict[str, float]:
         out = {}
         for v in (judgement or {}).get("annotator_verdicts") or []:
-            sign, kind = verdict_sign(v["agree"], v["disagree"])
-            if sign:
-                weight = judge_weight(self.judges.get(v["annotator"]), kind)
-                out[f"judge_{v['annotator']}"] = sign * weight * self.judge_shrink
+            if v["agree"] != v["disagree"] or v.get("log_odds"):  # abstentions and tied votes add nothing
+                out[f"judge_{v['annotator']}"] = judge_evidence(self.judges.get(v["annotator"]), v) * self.judge_shrink
         return out
 
     def evidence(self, scores: dict, judgement: dict | None) -> dict[str, float]:
@@ -298,19 +296,22 @@ class ReliabilityRule(RuleBase):
         disagreement, the flipped label — the target precision, at which the pair would be kept (flipped) now; or
         once no outcome of the remaining annotators could reach a keep or a flip. (Posteriors stay calibrated
         under such optional stopping: the pairs kept so have the target precision in expectation.) A pair may be
-        kept on one vote, but flipped only on two or more: a vote's weight is measured on gold probe pairs, which
-        are easier than the pairs the RMs route, and replaying fixed-sampling worlds showed single-vote flips
-        below the target precision."""
+        kept on one vote, but flipped only on two or more sampled votes: a sampled vote's weight is measured on gold
+        probe pairs, which are easier than the pairs the RMs route, and replaying fixed-sampling worlds showed
+        single-vote flips below the target precision. A logprob verdict weighs by its own calibrated probability
+        (low on a pair the judge finds hard), so one may flip."""
         evidence = self.evidence(scores, judgement)
         total = sum(evidence.values())
         judged = sum(v for k, v in evidence.items() if k.startswith("judge_"))
         bar = logit(self.target_precision)
         if total >= bar and judged > 0:  # the RMs alone decide only at rm_only_confidence (routing)
             return "confident"
-        votes = sum(v["agree"] + v["disagree"] for v in (judgement or {}).get("annotator_verdicts") or [])
-        if -total >= bar and votes >= 2 and (judged < 0 or self.recycle_policy != "positive_evidence"):
-            return "confident_flipped"  # never on one vote: a flip changes the label (see the docstring)
-        room = self.judge_shrink * sum(judge_weight(self.judges.get(n)) for n in remaining)
+        verdicts = (judgement or {}).get("annotator_verdicts") or []
+        votes = sum(v["agree"] + v["disagree"] for v in verdicts)
+        weighed = any(v.get("log_odds") for v in verdicts)  # a logprob verdict's weight is its own probability
+        if -total >= bar and (votes >= 2 or weighed) and (judged < 0 or self.recycle_policy != "positive_evidence"):
+            return "confident_flipped"  # never on one sampled vote: a flip changes the label (see the docstring)
+        room = self.judge_shrink * sum(judge_room(self.judges.get(n)) for n in remaining)
         if room <= 0:
             return "no_informative_judge"
         judges_can_flip = self.recycle_policy == "positive_evidence" and total - room <= -logit(self.target_precision)
