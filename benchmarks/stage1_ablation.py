@@ -25,8 +25,8 @@ the judges are SIMULATED over real HTTP with a verbosity bias (they prefer the l
 counter-stylistic gold example of the same kind partly corrects — the paper's claim, as parameters printed with
 the table, not a finding.
 
-    python benchmarks/stage1_ablation.py --quick          # R = 1 (~20 minutes on 2 cores)
-    python benchmarks/stage1_ablation.py                  # R = 1 and 3
+    python benchmarks/stage1_ablation.py --quick          # R = 1 (~6 minutes on 2 cores)
+    python benchmarks/stage1_ablation.py                  # R = 1 and 3 (~35 minutes)
     python benchmarks/stage1_ablation.py --gold G --pool P --test T --annotators annotators.yaml [--humans H]
 
 On your own data: ``--gold`` (human-verified pairs), ``--pool`` (unverified pairs), ``--test`` (a clean test set)

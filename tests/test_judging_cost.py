@@ -135,3 +135,25 @@ def test_a_logprob_verdict_counts_by_its_calibrated_probability_and_a_sampled_on
     assert once.num_rows == gold.num_rows
     sampled, _ = judge(gold.to_pylist(), {}, annotator_cfg(sim_server, "good", verdicts="sampled"), tmp_path / "c")
     assert all(v["log_odds"] == [] for m in merge_samples([sampled]).to_pylist() for v in m["annotator_verdicts"])
+
+
+def test_in_sequence_a_logprob_annotator_is_asked_again_only_while_the_pair_is_open(sim_server, sim_truth, tmp_path):
+    """With ``repeat_logprobs`` (judging in sequence under the reliability rule) an annotator's next sample is
+    another logprob verdict, asked only while ``settled`` leaves the pair open; every request stays in the cache."""
+    from synpref.models.reliability import tally_votes
+
+    _, _, _, gold, _ = sim_truth
+    rows = gold.to_pylist()
+
+    def settled(pair_id, asked):  # open until the verdicts' summed log-odds reach 1.5 either way
+        return "confident" if abs(sum(tally_votes(asked)["log_odds"])) >= 1.5 else None
+
+    cfg = annotator_cfg(sim_server, "good", verdicts="auto")
+    samples, usage = judge(rows, {}, cfg, tmp_path / "c", settled=settled, repeat_logprobs=True)
+    assert samples.column("p_slot1").null_count == 0  # every sample a logprob verdict
+    per_pair = collections.Counter(samples.column("pair_id").to_pylist())
+    assert 1 in per_pair.values() and max(per_pair.values()) > 1  # some settle on one, some are asked again
+    last = {r["pair_id"]: r for r in samples.to_pylist()}
+    assert {r["stopped"] for r in last.values()} <= {"sequence", "all_samples"}
+    again, usage2 = judge(rows, {}, cfg, tmp_path / "c", settled=settled, repeat_logprobs=True)
+    assert usage2["good"]["requests"] == 0 and again.equals(samples)

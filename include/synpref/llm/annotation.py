@@ -253,15 +253,15 @@ def judge(
     Samples are asked in waves (sample 0 of every pair, then sample 1 of the pairs still open, ...): with
     ``sampling=adaptive`` a pair stops as soon as the remaining samples cannot change the annotator's majority;
     with ``verdicts`` logprobs/auto the first request asks for the verdict token's log-probabilities, and a reply
-    that has them is the verdict (one request) — unless ``repeat_logprobs`` (judging in sequence, where
-    ``settled`` decides, and the gold probe, which asks every sample to measure repeated verdicts): then the pair's
-    later samples are logprob verdicts too; a reply without logprobs falls back to sampling. Every request keeps
+    that has them is the verdict (one request) — unless ``repeat_logprobs`` (judging in sequence under a rule that
+    weighs logprob verdicts, where ``settled`` decides, and the gold probe, which asks every sample to measure
+    repeated verdicts): then the pair's later samples are logprob verdicts too; a reply without logprobs falls
+    back to sampling. Every request keeps
     its seeded identity (pair, sample, kind), so a re-run asks exactly the same requests and finds them in the
     cache."""
     budget = budget or task_budget(settings)
     adaptive = settings.sampling == "adaptive"
     logprobs = annotator.verdicts in ("logprobs", "auto")
-    repeat_logprobs = repeat_logprobs or settled is not None
     asked: dict[str, list[dict]] = {p["pair_id"]: [] for p in pairs}
     usage_total = Usage()
     open_pairs = list(pairs)
@@ -345,13 +345,14 @@ def judge_in_sequence(
     budget: Budget,
     settled: Settled | None = None,
     pending: list[PendingRequest] | None = None,
+    repeat_logprobs: bool = False,
 ) -> tuple[dict[str, pa.Table], dict]:
     """Every annotator's samples (name → table) and usage, the annotators asked one after another in the given
     order. ``settled(pair_id, the verdicts so far, annotators still to be asked)`` says why a pair needs no
     further request (None: go on); it is asked after every sample, so a pair can stop on one annotator's first
     vote, and is recorded in the ``settled`` column of the pair's last sample. Without ``settled`` every annotator
     judges every pair. Batch-mode requests missing from the cache go to ``pending`` (and, in sequence, no later
-    annotator is asked): the tables are then partial, not to be written."""
+    annotator is asked): the tables are then partial, not to be written. ``repeat_logprobs``: see ``judge``."""
     tables: dict[str, pa.Table] = {}
     usage: dict = {}
     reasons: dict[str, str] = {}
@@ -368,7 +369,15 @@ def judge_in_sequence(
 
         waiting = len(pending) if pending is not None else 0
         table, u = judge(
-            open_pairs, examples, annotator, cache_dir, settings, budget, pending, early if settled else None
+            open_pairs,
+            examples,
+            annotator,
+            cache_dir,
+            settings,
+            budget,
+            pending,
+            early if settled else None,
+            repeat_logprobs,
         )
         tables[annotator.name] = table
         usage.update(u)

@@ -121,6 +121,7 @@ class RuleBase(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     registry: ClassVar[dict[str, type[RuleBase]]] = {}
+    weighs_logprobs: ClassVar[bool] = False  # reads logprob verdicts' log-odds (judging in sequence asks again)
     kind: str
 
     @classmethod
@@ -213,6 +214,7 @@ class ReliabilityRule(RuleBase):
     ``min_confidence`` ≤ ``target_precision`` ≤ ``rm_only_confidence`` (``Stage2Config`` validates it)."""
 
     kind: Literal["reliability"] = "reliability"
+    weighs_logprobs: ClassVar[bool] = True
     rm_weights: dict[str, float]  # significant RMs only: calibrated logit = weight · reward difference
     judges: dict[str, dict] = {}  # per annotator: its reliability on the gold probe (``judges.json``)
     judge_shrink: float = 1.0

@@ -346,8 +346,17 @@ def step_annotate_shard(
         annotators = sorted(annotators, key=lambda a: (-rule.judge_priority(a.name), a.name))
         settled = _settled_by(rule, scores + canary_scores, store.round(rnd))
     waiting = len(pending) if pending is not None else 0
+    repeat = settled is not None and rule.weighs_logprobs
     tables, usage = judge_in_sequence(
-        canaries + pairs, examples, annotators, store.llm_cache, cfg, task_budget(cfg, n_tasks), settled, pending
+        canaries + pairs,
+        examples,
+        annotators,
+        store.llm_cache,
+        cfg,
+        task_budget(cfg, n_tasks),
+        settled,
+        pending,
+        repeat,
     )
     if pending is not None and len(pending) > waiting:
         return {"shard": shard.name, "pending": len(pending) - waiting}
