@@ -256,9 +256,8 @@ def judge(
     that has them is the verdict (one request) — unless ``repeat_logprobs`` (judging in sequence under a rule that
     weighs logprob verdicts, where ``settled`` decides, and the gold probe, which asks every sample to measure
     repeated verdicts): then the pair's later samples are logprob verdicts too; a reply without logprobs falls
-    back to sampling. Every request keeps
-    its seeded identity (pair, sample, kind), so a re-run asks exactly the same requests and finds them in the
-    cache."""
+    back to sampling. Every request keeps its seeded identity (pair, sample, kind), so a re-run asks exactly the
+    same requests and finds them in the cache."""
     budget = budget or task_budget(settings)
     adaptive = settings.sampling == "adaptive"
     logprobs = annotator.verdicts in ("logprobs", "auto")
@@ -403,7 +402,7 @@ def judge_in_sequence(
 
 
 def _tally(annotator: str, rows: list[dict]) -> dict:
-    """One annotator's votes on one pair (and a logprob verdict's P(agree)), as in ``annotator_verdicts``."""
+    """One annotator's votes on one pair (and its logprob verdicts' log-odds), as in ``annotator_verdicts``."""
     return {"annotator": annotator, **tally_votes(rows)}
 
 

@@ -175,9 +175,8 @@ def judge_reliability(samples: pa.Table) -> dict:
     their summed log-odds (``weights[k-1]``: calibrated log-odds = weight · Σ logit P(agree); fitted on the first k
     verdicts of each probe pair, so repeated verdicts that err together are not counted as independent) and
     ``room``, the 95th percentile of one calibrated verdict's size (what one more can add, for judging in
-    sequence). ``shrink`` scales the judges' summed log-odds so that
-    their correlated errors (hard pairs are hard for every judge) are not counted as independent evidence;
-    fitted like a temperature on the probe, at most 1.
+    sequence). ``shrink`` scales the judges' summed log-odds so that their correlated errors (hard pairs are hard
+    for every judge) are not counted as independent evidence; fitted like a temperature on the probe, at most 1.
     """
     columns = ["pair_id", "annotator", "sample", "verdict", "slot"]
     columns += [c for c in ("p_slot1", "swapped") if c in samples.column_names]  # absent from older probes
