@@ -51,7 +51,6 @@ import pyarrow as pa
 from synpref.io.layout import StorageLayout
 from synpref.io.preprocess import prepare
 from synpref.io.storage import read_json, read_parquet, write_json, write_parquet
-from synpref.llm.annotation import judge, read_examples
 from synpref.llm.client import AnnotatorConfig
 from synpref.models.reliability import judge_reliability
 from synpref.models.reward_model import fit_bt_head, head_scores, pair_features
@@ -60,7 +59,7 @@ from synpref.settings import PrepareConfig, RMConfig, Stage1Config, Stage2Config
 from synpref.simulation.evaluation import truth_agree
 from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex, simulate_human_review
 from synpref.simulation.synthetic import generate_disjoint
-from synpref.stage1.steps import probe_pairs
+from synpref.stage1.steps import judge_probe, step_evaluate
 from synpref.stage2.canaries import estimates, label_right
 from synpref.stage2.consistency import PaperRule, RuleBase, configured_rule, decide_shard
 from synpref.stage2.steps import (
@@ -401,8 +400,6 @@ def cleanlab_flags(feats: Features, wild_ids: list[str], gold_ids: list[str], se
 
 def refresh_evidence(store: StorageLayout, rnd: str) -> None:
     """Re-derive the round's calibration and judge reliability from its saved RMs and probes (``--reuse``)."""
-    from synpref.stage1.steps import step_evaluate
-
     step_evaluate(store, rnd)
     r = store.round(rnd)
     probes = [read_parquet(p) for p in sorted((r.dir / "annotations").glob("*/probe.parquet"))]
@@ -442,8 +439,8 @@ def evaluate_setting(
 
 def _evaluate(s: Setting, store: StorageLayout, rnd: str, run, sets: dict, fixed: dict | None) -> tuple:
     """The rows of one judging mode's stage-2 run: every rule variant's quality and cost, and cleanlab's."""
-    shards = run.pool().shard_uris()
     pool = run.pool()
+    shards = pool.shard_uris()
     wild_rows = [r for shard in pool.shards() for r in read_parquet(shard).to_pylist()]
     correct = truth_agree(wild_rows, sets["wild"][1])
     gold_rows = read_parquet(store.round(rnd).gold).to_pylist()
@@ -491,15 +488,12 @@ def logprob_calibration(store: StorageLayout, rnd: str, s: Setting, sets: dict) 
         yield
         return
     r = store.round(rnd)
-    original = r.judges.read_bytes()
-    judges, cfg = read_json(r.judges), Stage1Config()
-    gold = read_parquet(r.gold).to_pylist()
-    probe, examples = probe_pairs(gold, cfg.judge_probe, cfg.seed), read_examples(r.probe_examples, gold)
+    original, judges = r.judges.read_bytes(), read_json(r.judges)
     server = simulated_judges(s, sets)
     server.start()
     try:
         for a in judges_for(s, server):
-            samples, _ = judge(probe, examples, a, store.llm_cache, cfg, repeat_logprobs=True)
+            samples, _ = judge_probe(store, rnd, a)
             measured = judge_reliability(samples)["annotators"].get(a.name, {})
             if "logprobs" in measured:
                 judges["annotators"][a.name]["logprobs"] = measured["logprobs"]

@@ -502,24 +502,23 @@ def merge_samples(
     pair_ids: list[str] | None = None,
 ) -> pa.Table:
     """Per-pair merged verdicts from the sample tables of all annotators (sorted by pair_id)."""
-    counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    rows_of: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))  # pair → annotator → samples
     statuses: dict[str, Counter] = defaultdict(Counter)
     stopped: dict[tuple[str, str], str] = {}
     settled: dict[str, str] = {}
-    rows_of: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for t in samples:
         optional = [c for c in ("stopped", "settled", "p_slot1") if c in t.column_names]  # absent from older tables
         for r in t.select(["pair_id", "annotator", "sample", "swapped", "verdict", "status", *optional]).to_pylist():
-            rows_of[(r["pair_id"], r["annotator"])].append(r)
-            counts[r["pair_id"]][r["annotator"]][r["verdict"]] += 1
+            rows_of[r["pair_id"]][r["annotator"]].append(r)
             statuses[r["pair_id"]][r["status"]] += 1
             if r.get("stopped"):
                 stopped[(r["pair_id"], r["annotator"])] = r["stopped"]
             if r.get("settled"):
                 settled[r["pair_id"]] = r["settled"]
     rows = []
-    for pid in sorted(set(counts) | set(pair_ids or [])):
-        per = {a: majority(c["agree"], c["disagree"]) for a, c in sorted(counts[pid].items())}
+    for pid in sorted(set(rows_of) | set(pair_ids or [])):
+        tallies = {a: tally_votes(samples_of) for a, samples_of in sorted(rows_of[pid].items())}
+        per = {a: majority(t["agree"], t["disagree"]) for a, t in tallies.items()}
         verdict = merge_verdicts(per, policy, accuracy)
         st = statuses[pid]
         total = sum(st.values())
@@ -538,23 +537,18 @@ def merge_samples(
                 "pair_id": pid,
                 "verdict": verdict,
                 "status": status,
-                "votes_agree": sum(c["agree"] for c in counts[pid].values()),
-                "votes_disagree": sum(c["disagree"] for c in counts[pid].values()),
-                "votes_abstain": sum(c["abstain"] for c in counts[pid].values()),
+                **{f"votes_{v}": sum(t[v] for t in tallies.values()) for v in ("agree", "disagree", "abstain")},
                 "agreement": agreement,
                 "settled": settled.get(pid),
                 "annotator_verdicts": [
                     {
                         "annotator": a,
                         "verdict": per[a],
-                        "agree": c["agree"],
-                        "disagree": c["disagree"],
-                        "abstain": c["abstain"],
-                        "asked": sum(c.values()),
+                        **t,  # agree, disagree, abstain, log_odds
+                        "asked": t["agree"] + t["disagree"] + t["abstain"],
                         "stopped": stopped.get((pid, a)),
-                        "log_odds": tally_votes(rows_of[(pid, a)])["log_odds"],
                     }
-                    for a, c in sorted(counts[pid].items())
+                    for a, t in tallies.items()
                 ],
             }
         )

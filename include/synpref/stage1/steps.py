@@ -40,7 +40,7 @@ from synpref.llm.annotation import (
     with_samples,
 )
 from synpref.llm.attributes import ATTRIBUTE_STATUS_SCHEMA, generate_attributes
-from synpref.llm.client import AnnotatorConfig
+from synpref.llm.client import AnnotatorConfig, Budget
 from synpref.models.device import resolve_device
 from synpref.models.embedding import embed_rows, embedding_dim, embedding_text, nearest_examples, text_sha
 from synpref.models.reliability import (
@@ -431,20 +431,34 @@ def step_annotate(
     gold = _rows(out.gold)
     samples, usage = judge(pairs, read_examples(out.examples, gold), annotator, store.llm_cache, cfg, budget)
     write_parquet(samples, out.samples(annotator.name))
-    probe = probe_pairs(gold, cfg.judge_probe, cfg.seed)
-    examples = read_examples(out.probe_examples, gold)
-    probe_samples, probe_usage = judge(probe, examples, annotator, store.llm_cache, cfg, budget, repeat_logprobs=True)
+    probe_samples, probe_usage = judge_probe(store, rnd, annotator, cfg, budget)
     write_parquet(probe_samples, out.probe(annotator.name))
     work = {"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}
     write_json({**work, "probe_usage": probe_usage[annotator.name]["work"]}, out.usage(annotator.name))
     keys = ("requests", "cache_hits", "errors", "new_cost_usd")
     counts = {k: usage[annotator.name][k] + probe_usage[annotator.name][k] for k in keys}
-    return {"annotator": annotator.name, "pairs": len(pairs), "probe_pairs": len(probe), **counts}
+    probed = len(probe_pairs(gold, cfg.judge_probe, cfg.seed))
+    return {"annotator": annotator.name, "pairs": len(pairs), "probe_pairs": probed, **counts}
 
 
 def probe_pairs(gold: list[dict], n: int, seed: int) -> list[dict]:
     """A seeded sample of ``n`` gold pairs for measuring the judges."""
     return seeded_sample(gold, n, "probe", seed)
+
+
+def judge_probe(
+    root: PathLike | StorageLayout,
+    rnd: str,
+    annotator: AnnotatorConfig,
+    cfg: Stage1Config = Stage1Config(),
+    budget: Budget | None = None,
+) -> tuple[pa.Table, dict]:
+    """One annotator's samples on the round's blind gold probe, and usage: every sample asked, logprob verdicts
+    included (the probe measures repeated verdicts too)."""
+    out = layout(root).round(rnd)
+    gold = _rows(out.gold)
+    probe, examples = probe_pairs(gold, cfg.judge_probe, cfg.seed), read_examples(out.probe_examples, gold)
+    return judge(probe, examples, annotator, layout(root).llm_cache, cfg, budget, repeat_logprobs=True)
 
 
 def step_merge(
