@@ -219,6 +219,27 @@ def test_the_paper_rule_needs_nothing_fitted():
     assert rule.summary() == {}
 
 
+def test_judging_in_sequence_stops_past_the_target_the_decision_is_made_at():
+    """A pair whose label has the target precision is kept, but its votes go on to ``keep_stop_confidence`` (fixed
+    sampling's extra votes carry its decisions past the target); a flip's go on to ``flip_stop_confidence``."""
+    rule = _rule({"best": 1.0, "gold": 1.0})
+    agree = _judgement("agree")
+    weight = rule.judge_evidence(agree)["judge_j0"]
+    x = (logit(0.985) - weight) / 2  # the prior is 0.5: the RMs and one vote give the label 0.985
+    assert rule.decide(_scores(x, x), agree).decision == "kept"
+    assert rule.settled(_scores(x, x), agree, ["j1"]) is None
+    assert rule.model_copy(update={"keep_stop_confidence": 0.98}).settled(_scores(x, x), agree, ["j1"]) == "confident"
+    two = {"annotator_verdicts": [{"annotator": "j0", "agree": 0, "disagree": 2}]}
+    z = (-logit(0.99) - rule.judge_evidence(two)["judge_j0"]) / 2  # the flipped label at 0.99
+    assert rule.decide(_scores(z, z), two).decision == "recycled"
+    assert rule.settled(_scores(z, z), two, ["j1"]) is None  # not yet at 0.995
+    assert (
+        rule.model_copy(update={"flip_stop_confidence": 0.98}).settled(_scores(z, z), two, ["j1"])
+        == "confident_flipped"
+    )
+    assert Stage2Config(target_precision=0.999).keep_stop_confidence == 0.999  # never below the target
+
+
 def test_a_pair_is_settled_once_no_further_judge_is_needed():
     """Judging in sequence: stop at the judge-skip confidence either way, or when nothing left can matter."""
     rule = _rule({"best": 1.0, "gold": 1.0})

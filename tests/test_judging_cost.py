@@ -101,7 +101,7 @@ def test_prompts_share_their_prefix_and_cached_tokens_cost_the_cached_price(sim_
     assert full.model_copy(update={"mode": "batch"}).cost(1000, 0) == 0.5  # the batch discount
 
 
-def test_a_logprob_verdict_counts_by_its_calibrated_probability_and_a_sampled_one_by_its_kind(
+def test_a_logprob_verdict_counts_by_its_calibrated_probability_and_a_sampled_one_by_its_votes(
     sim_server, sim_truth, tmp_path
 ):
     """The probe asks every sample as a logprob verdict and fits, per number of verdicts k, a temperature to
@@ -124,7 +124,7 @@ def test_a_logprob_verdict_counts_by_its_calibrated_probability_and_a_sampled_on
     assert judge_evidence(stats, against) == pytest.approx(-judge_evidence(stats, sure))
     twice = {"agree": 2, "disagree": 0, "log_odds": [logit(0.95)] * 2}
     assert judge_evidence(stats, twice) == pytest.approx(2 * logit(0.95) * calibration["weights"][1])
-    assert judge_evidence(stats, {"agree": 2, "disagree": 0}) == judge_weight(stats, "unanimous")
+    assert judge_evidence(stats, {"agree": 2, "disagree": 0}) == judge_weight(stats, "unanimous", "2:2")
     by_id = {}
     for r in probe.to_pylist():
         by_id.setdefault(r["pair_id"], []).append(logit(1 - r["p_slot1"] if r["swapped"] else r["p_slot1"]))

@@ -9,9 +9,11 @@ from synpref.models.reliability import (
     calibrate,
     estimate_prior,
     joint_weights,
+    judge_evidence,
     judge_reliability,
     judge_weight,
     reliability,
+    shrink_toward_pool,
     verdict_sign,
     wilson_interval,
 )
@@ -84,6 +86,38 @@ def test_a_judges_first_vote_alone_is_measured_on_the_probe():
     assert judge_weight(a, "single") < judge_weight(a, "unanimous")
     older = {k: v for k, v in a.items() if k != "single"}  # a probe measured before first votes were
     assert judge_weight(older, "single") == judge_weight(older, "unanimous")
+
+
+def test_votes_count_by_their_number_and_margin_as_measured_on_the_probe():
+    """Judging in sequence stops on a prefix of an annotator's samples: two agreeing votes of three weigh what two
+    agreeing first samples were worth on the probe, not what three unanimous ones were."""
+    pattern = ["agree agree agree"] * 30 + ["agree agree disagree"] * 6 + ["disagree disagree agree"] * 4
+    pattern += ["disagree agree agree"] * 10
+    a = judge_reliability(_samples({"a": pattern}))["annotators"]["a"]
+    assert a["votes"]["2:2"]["n"] == 40 and a["votes"]["2:2"]["accuracy"] == 0.9
+    assert a["votes"]["3:3"]["n"] == 30 and a["votes"]["1:1"]["n"] == 50
+    assert a["votes"]["3:1"]["n"] == 20 and a["votes"]["3:1"]["accuracy"] == 0.8
+    three, two = judge_evidence(a, {"agree": 3, "disagree": 0}), judge_evidence(a, {"agree": 2, "disagree": 0})
+    assert three > two > judge_evidence(a, {"agree": 1, "disagree": 0}) > 0
+    assert judge_evidence(a, {"agree": 0, "disagree": 2}) == -two
+    assert three == judge_weight(a, "unanimous")  # a full set of samples weighs as before
+    older = {k: v for k, v in a.items() if k != "votes"}  # a probe measured before vote cells
+    assert judge_evidence(older, {"agree": 2, "disagree": 0}) == judge_weight(a, "unanimous")
+
+
+def test_alike_judges_share_one_estimate_of_a_vote_cell_and_a_different_one_keeps_its_own():
+    """A probe of a few dozen pairs a judge measures a cell's accuracy with an error of several points (judging in
+    sequence would stop where an overestimate first crosses the bar): empirical-Bayes shrinkage pools judges that
+    are alike, and leaves alone one that differs beyond sampling noise."""
+    alike = shrink_toward_pool([(32, 32), (32, 34), (40, 43)])
+    assert max(alike) - min(alike) < 0.01 and alike[0] < 33 / 34  # the lucky 32 of 32 is not taken at its word
+    apart = shrink_toward_pool([(30, 32), (20, 34), (40, 43)])
+    assert apart[1] < 0.65 < 0.85 < min(apart[0], apart[2])
+    assert shrink_toward_pool([(30, 32)]) == [31 / 34]  # one source: its own, Laplace-smoothed
+    pattern = ["agree agree agree"] * 30 + ["agree agree disagree"] * 10
+    judges = judge_reliability(_samples({"a": pattern, "b": ["agree agree agree"] * 40}))["annotators"]
+    assert judges["a"]["votes"]["2:2"]["pooled_accuracy"] == judges["b"]["votes"]["2:2"]["pooled_accuracy"]
+    assert judge_weight(judges["a"], votes="3:1") > 0 and "3:1" not in judges["b"]["votes"]
 
 
 def test_a_judge_at_chance_counts_zero():

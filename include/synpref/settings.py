@@ -371,6 +371,27 @@ class Stage2Config(AnnotateSettings):
         "confidence (never below the target). Their calibration comes from gold, which need not look like "
         "in-the-wild data, so this bar is stricter than the target.",
     )
+    keep_stop_confidence: float = setting(
+        0.99,
+        ge=0.5,
+        le=0.9999,
+        title="Confidence to stop judging a keep",
+        section=SECTION_CONSISTENCY,
+        description="reliability rule, judges in sequence: a pair stops getting votes for its label only at this "
+        "confidence (never below the target); the decision still keeps at the fitted keep threshold. Stopping at "
+        "the target itself asks fewest requests, but its kept pairs sit at the target while fixed sampling's "
+        "extra votes carry them well past it (README, Judging at scale).",
+    )
+    flip_stop_confidence: float = setting(
+        0.995,
+        ge=0.5,
+        le=0.9999,
+        title="Confidence to stop judging a flip",
+        section=SECTION_CONSISTENCY,
+        description="reliability rule, judges in sequence: a pair headed for a flip stops getting votes only at "
+        "this confidence in the flipped label (never below the target); the decision still flips at the target. "
+        "Stricter than a keep's: a flip rests on the judges alone, whose errors gather on hard pairs.",
+    )
     judges_in_sequence: bool = setting(
         True,
         title="Stop across annotators",
@@ -419,7 +440,10 @@ class Stage2Config(AnnotateSettings):
     @model_validator(mode="after")
     def _effective_confidences(self) -> Stage2Config:
         """The values the reliability rule uses, recorded as such: ``min_confidence`` is at most the target,
-        ``rm_only_confidence`` at least the target (the RMs alone never decide below what judging must reach)."""
+        ``rm_only_confidence`` at least the target (the RMs alone never decide below what judging must reach), and
+        and so are the confidences at which judging in sequence stops."""
         object.__setattr__(self, "min_confidence", min(self.min_confidence, self.target_precision))
         object.__setattr__(self, "rm_only_confidence", max(self.rm_only_confidence, self.target_precision))
+        for name in ("keep_stop_confidence", "flip_stop_confidence"):
+            object.__setattr__(self, name, max(getattr(self, name), self.target_precision))
         return self

@@ -170,7 +170,9 @@ def judge_reliability(samples: pa.Table) -> dict:
 
     Per annotator: the accuracy of its majority verdict, overall and separately for unanimous verdicts
     (all its samples agree) and split ones; the accuracy of its first sample alone (``single``: the weight of a
-    pair's first vote, on which judging in sequence may already stop); its position bias; and, where its verdicts
+    pair's first vote, on which judging in sequence may already stop); ``votes``: the accuracy of the majority of a
+    pair's first k samples per number of votes and margin (``vote_key``: what judging in sequence has when it
+    stops, e.g. two agreeing votes, which are weaker evidence than three); its position bias; and, where its verdicts
     came with log-probabilities, ``logprobs``: per number k of such verdicts on a pair, the temperature weight of
     their summed log-odds (``weights[k-1]``: calibrated log-odds = weight · Σ logit P(agree); fitted on the first k
     verdicts of each probe pair, so repeated verdicts that err together are not counted as independent) and
@@ -187,6 +189,7 @@ def judge_reliability(samples: pa.Table) -> dict:
     for name, pairs in sorted(by.items()):
         tally = {"unanimous": [0, 0], "split": [0, 0]}  # kind → [right, wrong] (a lone vote counts as unanimous)
         first = [0, 0]  # the first sample alone → [right, wrong]
+        prefixes: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # vote key of a first-k prefix → [right, wrong]
         log_odds = []  # per pair: logit P(agree) of its logprob verdicts (every probe pair is correctly oriented)
         for pid, rows in pairs.items():
             verdict = tally_votes(rows)
@@ -199,6 +202,8 @@ def judge_reliability(samples: pa.Table) -> dict:
             head = min(rows, key=lambda r: r["sample"])["verdict"]
             if head != "abstain":
                 first[0 if head == "agree" else 1] += 1
+            for key, right in _prefix_majorities(rows).items():
+                prefixes[key][0 if right else 1] += 1
         right, wrong = (sum(t[i] for t in tally.values()) for i in (0, 1))
         slots = [r["slot"] for rows in pairs.values() for r in rows if r["slot"] is not None]
         annotators[name] = {
@@ -206,11 +211,13 @@ def judge_reliability(samples: pa.Table) -> dict:
             "single": reliability(*_pair(first)),
             "unanimous": reliability(*_pair(tally["unanimous"])),
             "split": reliability(*_pair(tally["split"])),
+            "votes": {key: reliability(*_pair(t)) for key, t in sorted(prefixes.items())},
             "pairs": len(pairs),
             "abstained": len(pairs) - right - wrong,
             "position_bias": round(2 * sum(s == 1 for s in slots) / len(slots) - 1, 6) if slots else None,
             **({"logprobs": _logprob_calibration(log_odds)} if log_odds else {}),
         }
+    _pool_vote_cells(annotators)
     evidence = np.array([sum(judge_evidence(annotators[n], v) for n, v in per.items()) for per in verdicts.values()])
     shrink = min(1.0, float(fit_weights(evidence[:, None])[0])) if len(evidence) and evidence.any() else 1.0
     return {"annotators": annotators, "shrink": max(shrink, 0.0)}
@@ -233,6 +240,53 @@ def _logprob_calibration(log_odds: list[list[float]]) -> dict:
         weights.append(max(0.0, float(fit_weights(sums[:, None])[0])))
     first = np.abs([x[0] for x in log_odds])
     return {"n": len(log_odds), "weights": weights, "room": float(np.quantile(first, 0.95) * weights[0])}
+
+
+def vote_key(agree: int, disagree: int) -> str:
+    """``"n:m"``: n votes with margin m (agree − disagree in absolute value), the cell of a sampled verdict."""
+    return f"{agree + disagree}:{abs(agree - disagree)}"
+
+
+def _prefix_majorities(rows: list[dict]) -> dict[str, bool]:
+    """For each first-k prefix of a probe pair's samples with a majority: its vote key → whether the majority is
+    right (probe pairs are correctly oriented); a key reached by two prefixes (an abstention between) counts once."""
+    out: dict[str, bool] = {}
+    agree = disagree = 0
+    for r in sorted(rows, key=lambda r: r["sample"]):
+        agree += r["verdict"] == "agree"
+        disagree += r["verdict"] == "disagree"
+        if agree != disagree:
+            out.setdefault(vote_key(agree, disagree), agree > disagree)
+    return out
+
+
+def _pool_vote_cells(annotators: dict[str, dict]) -> None:
+    """Each annotator's vote cells get ``pooled_accuracy``: its own accuracy shrunk toward every annotator's on the
+    same cell (empirical Bayes, ``shrink_toward_pool``). A probe of a few dozen pairs a judge measures a cell's
+    accuracy with an error of several points, and judging in sequence stops where an overestimated weight first
+    crosses the bar; judges that are alike then share one estimate, judges that differ keep their own."""
+    keys = {k for a in annotators.values() for k in a["votes"]}
+    for key in keys:
+        cells = [a["votes"][key] for a in annotators.values() if key in a["votes"]]
+        counts = [(round(c["accuracy"] * c["n"]), c["n"]) for c in cells]
+        for cell, accuracy in zip(cells, shrink_toward_pool(counts)):
+            cell["pooled_accuracy"] = accuracy
+
+
+def shrink_toward_pool(counts: list[tuple[int, int]]) -> list[float]:
+    """Empirical-Bayes accuracies of binomial counts ``(right, n)``: each Laplace-smoothed and shrunk toward the
+    pooled accuracy with a Beta prior whose spread is the between-source variance beyond sampling noise (method of
+    moments); no spread beyond noise → the pooled accuracy, one source → its own."""
+    total_right, total_n = sum(r for r, _ in counts), sum(n for _, n in counts)
+    pooled = (total_right + 1) / (total_n + 2)
+    measured = [(r, n) for r, n in counts if n]
+    strength = 0.0  # the prior's pseudo-count
+    if len(measured) > 1:
+        spread = sum(n * (r / n - pooled) ** 2 for r, n in measured)
+        noise = (len(measured) - 1) * pooled * (1 - pooled)
+        between = (spread - noise) / (total_n - sum(n * n for _, n in measured) / total_n)
+        strength = max(pooled * (1 - pooled) / between - 1, 0.0) if between > 0 else 1e9
+    return [(r + 1 + strength * pooled) / (n + 2 + strength) for r, n in counts]
 
 
 def _pair(tally: list[int]) -> tuple[int, int]:
@@ -279,7 +333,7 @@ def judge_evidence(stats: dict | None, verdict: dict) -> float:
         weight = calibration["weights"][min(len(log_odds), len(calibration["weights"])) - 1]
         return weight * sum(log_odds) if stats.get("single", stats)["significant"] else 0.0
     sign, kind = verdict_sign(verdict["agree"], verdict["disagree"])
-    return sign * judge_weight(stats, kind) if sign else 0.0
+    return sign * judge_weight(stats, kind, vote_key(verdict["agree"], verdict["disagree"])) if sign else 0.0
 
 
 def judge_room(stats: dict | None) -> float:
@@ -290,17 +344,24 @@ def judge_room(stats: dict | None) -> float:
     return max(judge_weight(stats), confident)
 
 
-def judge_weight(stats: dict | None, kind: VerdictKind = "unanimous") -> float:
-    """Log-odds weight of one annotator's verdict, from its measured accuracy on verdicts of the same kind
-    (one vote, unanimous or split; one vote counts as unanimous for a probe measured before ``single``),
-    Laplace-smoothed; 0 unless significantly better than chance."""
+def judge_weight(stats: dict | None, kind: VerdictKind = "unanimous", votes: str | None = None) -> float:
+    """Log-odds weight of one annotator's verdict, from its measured accuracy on the probe.
+
+    Where the probe has the verdict's cell (``votes``, a ``vote_key``: two agreeing votes are weaker evidence than
+    three), the cell's ``pooled_accuracy`` (shrunk toward the other annotators'), if the annotator is significantly
+    better than chance overall: a cell holds a few dozen pairs, too few to test on its own. Otherwise (an older
+    probe, more samples than it asked) the accuracy of verdicts of the same kind (one vote, unanimous or split; one
+    vote counts as unanimous for a probe measured before ``single``), Laplace-smoothed, 0 unless significantly
+    better than chance."""
     if stats is None:
         return logit(DEFAULT_JUDGE_ACCURACY)
+    cell = (stats.get("votes") or {}).get(votes) if votes else None
+    if cell and "pooled_accuracy" in cell:
+        return max(0.0, logit(cell["pooled_accuracy"])) if stats["significant"] else 0.0
     kind = stats.get(kind if kind in stats else "unanimous", stats)
     if not kind["significant"]:
         return 0.0
-    accuracy = (kind["accuracy"] * kind["n"] + 1) / (kind["n"] + 2)
-    return logit(accuracy)
+    return logit((kind["accuracy"] * kind["n"] + 1) / (kind["n"] + 2))
 
 
 def estimate_prior(evidence: np.ndarray, iterations: int = 100) -> float:

@@ -47,8 +47,8 @@ from synpref.stage2.recycle import recycle_policy_for, should_recycle
 
 Decision = Literal["kept", "recycled", "dropped"]
 SETTLED_REASONS = {
-    "confident": "the RMs and the judges so far give the label the target precision",
-    "confident_flipped": "the RMs and the judges so far give the flipped label the target precision",
+    "confident": "the RMs and the judges so far give the label keep_stop_confidence",
+    "confident_flipped": "the RMs and the judges so far give the flipped label flip_stop_confidence",
     "hopeless": "even if every remaining annotator agreed, neither keeping nor flipping could be reached",
     "no_informative_judge": "the remaining annotators count zero (uninformative on the gold probe)",
     "all_annotators": "every annotator was asked",
@@ -211,7 +211,8 @@ def _or_half(p: float | None) -> float:
 class ReliabilityRule(RuleBase):
     """Reliability-weighted, precision-targeted decisions (see the module docstring).
 
-    ``min_confidence`` ≤ ``target_precision`` ≤ ``rm_only_confidence`` (``Stage2Config`` validates it)."""
+    ``min_confidence`` ≤ ``target_precision`` ≤ ``rm_only_confidence`` and the stopping confidences (``Stage2Config``
+    validates it)."""
 
     kind: Literal["reliability"] = "reliability"
     weighs_logprobs: ClassVar[bool] = True
@@ -222,6 +223,8 @@ class ReliabilityRule(RuleBase):
     recycle_policy: RecyclePolicy = "positive_evidence"
     min_confidence: float = 0.9
     rm_only_confidence: float = 0.995
+    keep_stop_confidence: float = 0.99  # judges in sequence: where a keep stops asking (it keeps at the threshold)
+    flip_stop_confidence: float = 0.995  # judges in sequence: where a flip stops asking (flips at the target)
     prior: float = 0.5  # fitted: estimated share of right labels among the shard's scored pairs
     keep_threshold: float | None = None  # fitted once judged: None = the target
 
@@ -294,24 +297,26 @@ class ReliabilityRule(RuleBase):
         return judge_weight(self.judges.get(annotator))
 
     def settled(self, scores: dict, judgement: dict | None, remaining: list[str]) -> str | None:
-        """Stop asking judges once the evidence (with a judge's verdict in it) gives the label — or, with the judges'
-        disagreement, the flipped label — the target precision, at which the pair would be kept (flipped) now; or
-        once no outcome of the remaining annotators could reach a keep or a flip. (Posteriors stay calibrated
-        under such optional stopping: the pairs kept so have the target precision in expectation.) A pair may be
-        kept on one vote, but flipped only on two or more sampled votes: a sampled vote's weight is measured on gold
-        probe pairs, which are easier than the pairs the RMs route, and replaying fixed-sampling worlds showed
-        single-vote flips below the target precision. A logprob verdict weighs by its own calibrated probability
-        (low on a pair the judge finds hard), so one may flip."""
+        """Stop asking judges once the evidence (with a judge's verdict in it) gives the label ``keep_stop_confidence``
+        or, with the judges' disagreement, gives the flipped label ``flip_stop_confidence``; or once no outcome of
+        the remaining annotators could reach a keep or a flip (at the target). Both stopping bars are above the
+        target the decisions are made at: posteriors stay calibrated under optional stopping, so pairs stopped at
+        the target have the target precision, but fixed sampling's extra votes carry its decisions well past it,
+        and the harness's paired comparison showed stopping at the target losing kept accuracy and recycled
+        precision against it beyond noise. A flip's bar is the stricter: it rests on the judges alone, whose errors
+        gather on hard pairs. A pair may be kept on one vote, but flipped only on two or more sampled votes
+        (replaying fixed-sampling worlds showed single-vote flips below the target precision); a logprob verdict
+        weighs by its own calibrated probability (low on a pair the judge finds hard), so one may flip."""
         evidence = self.evidence(scores, judgement)
         total = sum(evidence.values())
         judged = sum(v for k, v in evidence.items() if k.startswith("judge_"))
-        bar = logit(self.target_precision)
-        if total >= bar and judged > 0:  # the RMs alone decide only at rm_only_confidence (routing)
+        if total >= logit(self.keep_stop_confidence) and judged > 0:  # the RMs alone decide at rm_only_confidence
             return "confident"
         verdicts = (judgement or {}).get("annotator_verdicts") or []
         votes = sum(v["agree"] + v["disagree"] for v in verdicts)
         weighed = any(v.get("log_odds") for v in verdicts)  # a logprob verdict's weight is its own probability
-        if -total >= bar and (votes >= 2 or weighed) and (judged < 0 or self.recycle_policy != "positive_evidence"):
+        flip_ok = judged < 0 or self.recycle_policy != "positive_evidence"
+        if -total >= logit(self.flip_stop_confidence) and (votes >= 2 or weighed) and flip_ok:
             return "confident_flipped"  # never on one sampled vote: a flip changes the label (see the docstring)
         room = self.judge_shrink * sum(judge_room(self.judges.get(n)) for n in remaining)
         if room <= 0:
@@ -353,6 +358,8 @@ def configured_rule(cfg: Stage2Config, rnd: Any) -> RuleBase:
         recycle_policy=policy,
         min_confidence=cfg.min_confidence,
         rm_only_confidence=cfg.rm_only_confidence,
+        keep_stop_confidence=cfg.keep_stop_confidence,
+        flip_stop_confidence=cfg.flip_stop_confidence,
     )
 
 
