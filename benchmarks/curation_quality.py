@@ -22,7 +22,9 @@ with the flagged labels flipped.
 while an annotator's verdict is open; logprobs = one request, the verdict token's probability (the
 SIMULATED judges return P = their accuracy on the pair: calibrated and difficulty-aware); sequence = adaptive,
 and the annotators judge one after another, a pair going to the next only while the default rule leaves it
-open (``judges_in_sequence``, the default); sequence+logprobs = both. With judges in sequence the verdicts
+open (``judges_in_sequence``, the default); sequence+logprobs = both; ``@target`` (sequence@target,
+sequence+logprobs@target): stopping a pair once it reaches the target precision instead of the default stopping
+confidences past it (``keep_stop_confidence``, ``flip_stop_confidence``). With judges in sequence the verdicts
 depend on the rule, so only the default rule (and "no judges") is evaluated. Every judging mode of a setting
 runs stage 2 on the same world and the same stage-1 rounds (``stage2/eval-<judging>``, one LLM cache), so the
 modes differ only by what each asks; ``--table ... --cost`` shows each mode's difference from fixed sampling on
@@ -96,7 +98,7 @@ class Setting:
     @property
     def run_name(self) -> str:
         """This judging mode's stage-2 run in the world's storage root."""
-        return f"eval-{self.judging.replace('+', '-')}"
+        return f"eval-{self.judging.replace('+', '-').replace('@', '-')}"
 
     @property
     def sampling(self) -> str:
@@ -108,10 +110,19 @@ class Setting:
 
     @property
     def logprobs(self) -> bool:
-        return self.judging.endswith("logprobs")
+        return "logprobs" in self.judging
+
+    @property
+    def stop_bars(self) -> dict[str, float]:
+        """``@target``: judging in sequence stops at the target precision (the decisions' bar) instead of the
+        default stopping confidences past it."""
+        target = Stage2Config().target_precision
+        at_target = {"keep_stop_confidence": target, "flip_stop_confidence": target}
+        return at_target if self.judging.endswith("@target") else {}
 
 
 JUDGING = ["fixed", "adaptive", "logprobs", "sequence", "sequence+logprobs"]
+JUDGING += [f"{j}@target" for j in JUDGING if j.startswith("sequence")]
 
 
 SWEEP = [
@@ -232,7 +243,7 @@ def run_stage2(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> None:
         annotators = judges_for(s, server)
         run = begin_run(store.stage2(s.run_name))
         step_prepare_file(run, 0, str(store.wild / "wild.parquet"))
-        cfg2 = Stage2Config(shard_size=2000, sampling=s.sampling, judges_in_sequence=s.in_sequence)
+        cfg2 = Stage2Config(shard_size=2000, sampling=s.sampling, judges_in_sequence=s.in_sequence, **s.stop_bars)
         shards = step_finalize_prepare(run, cfg2)
         # every annotator judging every pair: routing every pair lets every rule be evaluated on the same verdicts;
         # judges in sequence stop where the default rule settles a pair, so only that rule can be evaluated

@@ -117,3 +117,17 @@ def test_the_judging_cost_table_compares_each_mode_with_fixed_sampling_on_the_sa
     ]
     table = cq.cost_table(results)
     assert "| 0.8 | sequence | 1.00 | 5.00× |" in table and " ✗ |" in table
+
+
+def test_a_judging_mode_at_target_stops_judging_in_sequence_at_the_target_precision():
+    """``@target`` runs stage 2 with both stopping confidences at the target, in its own run directory."""
+    import curation_quality as cq
+
+    from synpref.settings import Stage2Config
+
+    at = cq.Setting(0.3, 0.8, "frozen", judging="sequence+logprobs@target")
+    assert at.in_sequence and at.logprobs and at.run_name == "eval-sequence-logprobs-target"
+    cfg = Stage2Config(**at.stop_bars)
+    assert cfg.keep_stop_confidence == cfg.flip_stop_confidence == cfg.target_precision
+    default = cq.Setting(0.3, 0.8, "frozen", judging="sequence")
+    assert default.stop_bars == {} and not default.logprobs and at.world == default.world

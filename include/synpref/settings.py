@@ -441,7 +441,7 @@ class Stage2Config(AnnotateSettings):
     def _effective_confidences(self) -> Stage2Config:
         """The values the reliability rule uses, recorded as such: ``min_confidence`` is at most the target,
         ``rm_only_confidence`` at least the target (the RMs alone never decide below what judging must reach), and
-        and so are the confidences at which judging in sequence stops."""
+        so are the confidences at which judging in sequence stops."""
         object.__setattr__(self, "min_confidence", min(self.min_confidence, self.target_precision))
         object.__setattr__(self, "rm_only_confidence", max(self.rm_only_confidence, self.target_precision))
         for name in ("keep_stop_confidence", "flip_stop_confidence"):
