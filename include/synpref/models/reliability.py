@@ -185,7 +185,7 @@ def judge_reliability(samples: pa.Table) -> dict:
     by: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in samples.select(columns).to_pylist():
         by[r["annotator"]][r["pair_id"]].append(r)
-    annotators, verdicts = {}, defaultdict(dict)
+    annotators, verdicts, cell_counts = {}, defaultdict(dict), {}
     for name, pairs in sorted(by.items()):
         tally = {"unanimous": [0, 0], "split": [0, 0]}  # kind → [right, wrong] (a lone vote counts as unanimous)
         first = [0, 0]  # the first sample alone → [right, wrong]
@@ -217,7 +217,8 @@ def judge_reliability(samples: pa.Table) -> dict:
             "position_bias": round(2 * sum(s == 1 for s in slots) / len(slots) - 1, 6) if slots else None,
             **({"logprobs": _logprob_calibration(log_odds)} if log_odds else {}),
         }
-    _pool_vote_cells(annotators)
+        cell_counts[name] = prefixes
+    _pool_vote_cells(annotators, cell_counts)
     evidence = np.array([sum(judge_evidence(annotators[n], v) for n, v in per.items()) for per in verdicts.values()])
     shrink = min(1.0, float(fit_weights(evidence[:, None])[0])) if len(evidence) and evidence.any() else 1.0
     return {"annotators": annotators, "shrink": max(shrink, 0.0)}
@@ -260,17 +261,16 @@ def _prefix_majorities(rows: list[dict]) -> dict[str, bool]:
     return out
 
 
-def _pool_vote_cells(annotators: dict[str, dict]) -> None:
+def _pool_vote_cells(annotators: dict[str, dict], cell_counts: dict[str, dict[str, list[int]]]) -> None:
     """Each annotator's vote cells get ``pooled_accuracy``: its own accuracy shrunk toward every annotator's on the
     same cell (empirical Bayes, ``shrink_toward_pool``). A probe of a few dozen pairs a judge measures a cell's
     accuracy with an error of several points, and judging in sequence stops where an overestimated weight first
     crosses the bar; judges that are alike then share one estimate, judges that differ keep their own."""
-    keys = {k for a in annotators.values() for k in a["votes"]}
-    for key in keys:
-        cells = [a["votes"][key] for a in annotators.values() if key in a["votes"]]
-        counts = [(round(c["accuracy"] * c["n"]), c["n"]) for c in cells]
-        for cell, accuracy in zip(cells, shrink_toward_pool(counts)):
-            cell["pooled_accuracy"] = accuracy
+    for key in {k for counts in cell_counts.values() for k in counts}:
+        names = [n for n, counts in cell_counts.items() if key in counts]
+        counts = [_pair(cell_counts[n][key]) for n in names]
+        for name, accuracy in zip(names, shrink_toward_pool(counts)):
+            annotators[name]["votes"][key]["pooled_accuracy"] = accuracy
 
 
 def shrink_toward_pool(counts: list[tuple[int, int]]) -> list[float]:
