@@ -102,12 +102,24 @@ def _admin(*statements: str) -> None:
 def fresh_database() -> tuple[str, str]:
     """A new metadata database with a name of its own (two test runs on one host never share one) and its role
     if missing; returns (name, SQLAlchemy URL). ``drop_database`` removes it."""
+    import psycopg2
+
     name = f"synpref_it_{os.getpid()}_{secrets.token_hex(4)}"
-    _admin(
-        f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}') "
-        f"THEN CREATE ROLE {DB_ROLE} LOGIN; END IF; END $$",
-        f"CREATE DATABASE {name} OWNER {DB_ROLE}",
-    )
+    try:
+        _admin(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}') "
+            f"THEN CREATE ROLE {DB_ROLE} LOGIN; END IF; END $$"
+        )
+    except psycopg2.errors.UniqueViolation:  # another suite (a pytest-xdist worker) created it at the same moment
+        pass
+    for attempt in range(10):  # template1 is busy while another suite creates its database at the same moment
+        try:
+            _admin(f"CREATE DATABASE {name} OWNER {DB_ROLE}")
+            break
+        except psycopg2.errors.ObjectInUse:
+            if attempt == 9:
+                raise
+            time.sleep(1 + attempt)
     return name, f"postgresql+psycopg2://{DB_ROLE}@{PG['host']}:{PG['port']}/{name}"
 
 
@@ -144,6 +156,9 @@ class AirflowCluster:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            # log servers on ports of their own: two clusters (pytest-xdist workers) run side by side
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONPATH": str(REPO / "include"),

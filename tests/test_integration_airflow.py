@@ -1,181 +1,42 @@
 """Scheduler-driven integration suite: a real Airflow (api-server, scheduler, dag-processor, LocalExecutor,
 PostgreSQL) on loopback, driven through REST API v2 and `airflow backfill create`, with storage on
-`file://` and on S3 (moto server speaking the S3 wire protocol), and SIMULATED judges over HTTP.
-
-Storage roots: F (REST-triggered round), B (nightly root = SYNPREF_ROOT: the scheduled round and the
-backfill), S3 (same data and conf as F, compared manifest by manifest).
+`file://` and on S3 (moto server speaking the S3 wire protocol), SIMULATED judges over HTTP
+(tests/local_deployment.py), and stage 2 with batch-mode annotators waiting deferred in the triggerer. The humans
+in the loop are in test_integration_humans.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime
 from pathlib import Path
 
-import boto3
 import pytest
-from labelstudio_server import LabelStudioServer
-
-from airflow_cluster import (
-    CHROMIUM_ARGS,
-    REPO,
-    TERMINAL,
-    AirflowCluster,
-    chromium_page,
-    curation_listing,
-    ensure_services,
-    free_port,
+from local_deployment import (
+    ARTIFACTS,
+    BUCKET,
+    ROUND_CONF,
+    curated,
+    local_deployment,
+    local_stage2,
+    manifest,
+    prepare,
 )
-from conftest import write_synthetic_sets
+
+from airflow_cluster import CHROMIUM_ARGS, TERMINAL, AirflowCluster, chromium_page, curation_listing
 
 pytestmark = pytest.mark.integration
-
-S3_CONN, BUCKET = "synpref_s3", "synpref-it"
-ROUND_CONF = {"rm_mode": "frozen", "k_max": 4, "samples": 1, "max_examples": 4, "spot_check": 5}
-DATASETS = {
-    "gold": (60, 11, 0.0, True, "seed/gold.parquet"),
-    "silver": (200, 12, 0.2, True, "seed/silver.parquet"),
-    "pool": (300, 13, 0.3, False, "raw/pool.parquet"),  # two shards of 150: enough for mapped tasks to overlap
-    "wild": (300, 14, 0.3, False, "wild/wild.parquet"),
-}
-ARTIFACTS = Path(os.environ.get("SYNPREF_TEST_ARTIFACTS", REPO / ".artifacts"))
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """Everything a deployment has: PostgreSQL, S3 endpoint, judges, Airflow services; torn down even on failure."""
-    from moto.server import ThreadedMotoServer
-
-    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
-
-    ensure_services()
-    d = tmp_path_factory.mktemp("deployment")
-    roots = {"F": d / "root-f", "B": d / "root-b", "L": d / "root-l", "S3_local": d / "root-s3-upload"}
-    truths = {k: write_synthetic_sets(roots[k], DATASETS) for k in ("F", "B", "L")}  # the same bytes in every root
-    write_synthetic_sets(roots["S3_local"], DATASETS)
-
-    s3_port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
-    moto.start()
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="it-key",
-        aws_secret_access_key="it-secret",
-        region_name="us-east-1",
-    )
-    s3.create_bucket(Bucket=BUCKET)
-    for f in roots["S3_local"].rglob("*.parquet"):
-        s3.upload_file(str(f), BUCKET, f"root/{f.relative_to(roots['S3_local'])}")
-
-    judges = SimulatedJudgeServer(
-        TruthIndex.from_tables(*truths["F"].values()),
-        {"good": JudgeProfile(0.9, 0.05), "ok": JudgeProfile(0.85, 0.05), "meh": JudgeProfile(0.8, 0.05)},
-        api_key="sk-it",
-    )  # no injected faults: a fault depends on the attempt, so the file and S3 runs would differ
-    judges.start()
-    try:
-        label_studio = LabelStudioServer(d / "label-studio").start()
-    except Exception:
-        judges.stop()
-        moto.stop()
-        raise
-    s3_root = f"s3://{S3_CONN}@{BUCKET}/root"
-    env = {
-        "SYNPREF_ROOT": f"file://{roots['B']}",
-        "SYNPREF_REPORT_ROOTS": f"file://{roots['F']},{s3_root}",  # the Curation page: B, F, S3
-        "SYNPREF_TASK_RETRIES": "0",
-        "SYNPREF_STAGE2_SCHEDULE": "asset",
-        "SYNPREF_RM_MODE": "frozen",
-        "SYNPREF_SENSOR_POKE_S": "10",
-        "SYNPREF_BATCH_POLL_S": "2",  # the triggerer polls a judging batch every 2 s (60 s by default)
-        f"AIRFLOW_CONN_{S3_CONN.upper()}": json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "it-key",
-                "password": "it-secret",
-                "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-            }
-        ),
-        "AIRFLOW_CONN_SYNPREF_LABEL_STUDIO": json.dumps(
-            {"conn_type": "http", "host": label_studio.url, "password": label_studio.token}
-        ),
-        **{
-            f"AIRFLOW_CONN_SYNPREF_JUDGE_{letter}": json.dumps(
-                {
-                    "conn_type": "openai",
-                    "host": judges.base_url,
-                    "password": "sk-it",
-                    "extra": {"model": model, "timeout_s": 10, "max_concurrency": 8},
-                }
-            )
-            for letter, model in zip("ABC", ("good", "ok", "meh"))
-        },
-    }
-    cluster = AirflowCluster(d / "airflow", env)
-    try:
-        cluster.start()
-        cluster.wait_for_dags(["synpref_prepare", "synpref_stage1", "synpref_stage2"])
-        yield {
-            "cluster": cluster,
-            "roots": roots,
-            "truths": truths,
-            "s3": s3,
-            "judges": judges,
-            "label_studio": label_studio,
-            "s3_root": s3_root,
-        }
-    finally:
-        cluster.stop()
-        judges.stop()
-        label_studio.stop()
-        moto.stop()
+    with local_deployment(tmp_path_factory.mktemp("deployment")) as world:
+        yield world
 
 
-def _manifest(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _s3_manifest(s3, key: str) -> dict:
+def s3_manifest(s3, key: str) -> dict:
     return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-
-
-def _asset_runs(cluster: AirflowCluster) -> list[dict]:
-    return [r for r in cluster.runs("synpref_stage2") if r["run_type"] == "asset_triggered"]
-
-
-def _curated(cluster: AirflowCluster, read_manifest, rnd: str, timeout: float = 900) -> dict:
-    """Wait until no asset-triggered stage-2 run is queued or running (none failed) and the stage-2
-    manifest that ``read_manifest()`` returns was curated with round ``rnd``; return it."""
-    deadline, manifest = time.time() + timeout, None
-    while time.time() < deadline:
-        runs = _asset_runs(cluster)
-        failed = [r for r in runs if r["state"] == "failed"]
-        assert not failed, "\n".join(cluster.task_logs_tail("synpref_stage2", r["dag_run_id"]) for r in failed)
-        if runs and all(r["state"] == "success" for r in runs):
-            manifest = read_manifest()
-            if manifest and manifest["round"] == rnd:
-                return manifest
-        time.sleep(5)
-    raise TimeoutError(
-        f"no stage-2 manifest for round {rnd} (last: {manifest}); runs: {cluster.runs('synpref_stage2')}"
-    )
-
-
-def _local_stage2(root: Path):
-    def read() -> dict | None:
-        found = sorted((root / "stage2").glob("*/manifest.json"))
-        return _manifest(found[0]) if found else None
-
-    return read
-
-
-def _prepare(cluster: AirflowCluster, root: str, logical_date: str) -> None:
-    run_id = cluster.trigger("synpref_prepare", logical_date, {"root": root, "shard_size": 150})
-    cluster.wait_run("synpref_prepare", run_id)
 
 
 def _check_stage2(s2: dict, out: Path, truth) -> None:
@@ -195,8 +56,8 @@ def test_nightly_schedule_runs_last_nights_round_and_stage2_follows(deployment):
     the round's Asset event schedules stage 2, which curates with that round."""
     c, roots = deployment["cluster"], deployment["roots"]
     c.unpause("synpref_prepare")
-    _prepare(c, f"file://{roots['F']}", "2026-10-01T00:00:00Z")
-    _prepare(c, f"file://{roots['B']}", "2026-10-02T00:00:00Z")  # the nightly root, before the schedule starts
+    prepare(c, f"file://{roots['F']}", "2026-10-01T00:00:00Z")
+    prepare(c, f"file://{roots['B']}", "2026-10-02T00:00:00Z")  # the nightly root, before the schedule starts
     c.unpause("synpref_stage2")
     c.unpause("synpref_stage1")
     deadline = time.time() + 60
@@ -208,10 +69,10 @@ def test_nightly_schedule_runs_last_nights_round_and_stage2_follows(deployment):
     assert len(scheduled) == 1, c.runs("synpref_stage1")
     c.wait_run("synpref_stage1", scheduled[0]["dag_run_id"])
     nightly = datetime.fromisoformat(scheduled[0]["logical_date"]).strftime("%Y-%m-%d")
-    m = _manifest(roots["B"] / "rounds" / nightly / "manifest.json")
+    m = manifest(roots["B"] / "rounds" / nightly / "manifest.json")
     assert m["previous_round"] == "0000-seed"
     assert m["params"]["rm_mode"] == "frozen"  # SYNPREF_RM_MODE sets the default
-    s2 = _curated(c, _local_stage2(roots["B"]), nightly)
+    s2 = curated(c, local_stage2(roots["B"]), nightly)
     (out,) = [p.parent for p in (roots["B"] / "stage2").glob("*/manifest.json")]
     _check_stage2(s2, out, deployment["truths"]["B"]["wild"])
 
@@ -223,13 +84,13 @@ def test_rest_triggered_round_with_conf(deployment):
     run = c.wait_run("synpref_stage1", run_id)
     assert run["run_type"] == "manual"
     assert run["conf"]["k_max"] == 4
-    m = _manifest(roots["F"] / "rounds" / "2026-10-20" / "manifest.json")
+    m = manifest(roots["F"] / "rounds" / "2026-10-20" / "manifest.json")
     assert m["previous_round"] == "0000-seed"
     assert m["summary"]["gold"] == 60
     assert m["summary"]["retrieved"] > 0
     assert m["params"]["k_max"] == 4
     assert m["params"]["samples"] == 1
-    s2 = _curated(c, _local_stage2(roots["F"]), "2026-10-20")
+    s2 = curated(c, local_stage2(roots["F"]), "2026-10-20")
     (out,) = [p.parent for p in (roots["F"] / "stage2").glob("*/manifest.json")]
     _check_stage2(s2, out, deployment["truths"]["F"]["wild"])
 
@@ -275,7 +136,7 @@ def test_backfill_runs_rounds_in_date_order(deployment):
     for earlier, later in zip(runs, runs[1:]):
         published = tis[earlier["dag_run_id"]][("publish_round", -1)]["end_date"]
         assert tis[later["dag_run_id"]][("human_verification_intake", -1)]["start_date"] >= published, (earlier, later)
-    manifests = [_manifest(root / "rounds" / r / "manifest.json") for r in rounds]
+    manifests = [manifest(root / "rounds" / r / "manifest.json") for r in rounds]
     assert [m["previous_round"] for m in manifests] == ["0000-seed", "2026-11-01"]
     for prev, cur in zip(manifests, manifests[1:]):  # a round starts from its predecessor's silver
         assert cur["steps"]["intake"]["silver_in"] == prev["summary"]["silver"]
@@ -296,7 +157,7 @@ def test_backfill_runs_rounds_in_date_order(deployment):
             queued = [t.get("queued_when") for t in mapped if t["task_id"] == task_id]
             overlaps += all(queued) and max(queued) < min(end for _, end in spans)
     assert overlaps > 0, "mapped shard tasks never ran (or were never queued) side by side under LocalExecutor"
-    s2 = _curated(c, _local_stage2(root), "2026-11-02")
+    s2 = curated(c, local_stage2(root), "2026-11-02")
     (out,) = [p.parent for p in (root / "stage2").glob("*/manifest.json")]
     _check_stage2(s2, out, deployment["truths"]["B"]["wild"])
 
@@ -322,24 +183,24 @@ def _comparable(manifest: dict) -> dict:
 def test_s3_storage_matches_file_storage(deployment):
     """The same prepare → round → stage 2 on s3://conn@bucket (moto, S3 wire protocol) gives the file run's results."""
     c, s3, roots, s3_root = deployment["cluster"], deployment["s3"], deployment["roots"], deployment["s3_root"]
-    _prepare(c, s3_root, "2026-10-03T00:00:00Z")
+    prepare(c, s3_root, "2026-10-03T00:00:00Z")
     run_id = c.trigger("synpref_stage1", "2026-10-19T00:00:00Z", {"root": s3_root, **ROUND_CONF})
     c.wait_run("synpref_stage1", run_id)
 
     def s3_stage2() -> dict | None:
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="root/stage2/").get("Contents", [])]
         found = [k for k in keys if k.endswith("/manifest.json") and k.count("/") == 3]
-        return _s3_manifest(s3, found[0]) if found else None
+        return s3_manifest(s3, found[0]) if found else None
 
-    s_s2 = _curated(c, s3_stage2, "2026-10-19")
+    s_s2 = curated(c, s3_stage2, "2026-10-19")
 
-    f_pool, s_pool = _manifest(roots["F"] / "pool" / "manifest.json"), _s3_manifest(s3, "root/pool/manifest.json")
+    f_pool, s_pool = manifest(roots["F"] / "pool" / "manifest.json"), s3_manifest(s3, "root/pool/manifest.json")
     assert s_pool["counts"] == f_pool["counts"]
     assert _comparable(s_pool) == _comparable(f_pool)
-    f_round = _manifest(roots["F"] / "rounds" / "2026-10-20" / "manifest.json")
-    s_round = _s3_manifest(s3, "root/rounds/2026-10-19/manifest.json")
+    f_round = manifest(roots["F"] / "rounds" / "2026-10-20" / "manifest.json")
+    s_round = s3_manifest(s3, "root/rounds/2026-10-19/manifest.json")
     assert s_round["summary"] == f_round["summary"]
-    assert s_s2["counts"] == _local_stage2(roots["F"])()["counts"]
+    assert s_s2["counts"] == local_stage2(roots["F"])()["counts"]
 
 
 FORM_SECTIONS = {
@@ -446,120 +307,6 @@ def test_curation_page_lists_the_rounds_and_opens_their_reports_on_file_and_s3(d
     assert report.status_code == 200
     assert 'data-figure="rm_accuracy"' in report.text
     assert "SynPref stage 1 — round" in report.text
-
-
-# --- humans in the loop: Label Studio round trip and sign-off gates -----------------------------------
-
-LS_PROJECT = "synpref-it-review"
-
-
-def _wait_awaiting(c: AirflowCluster, dag_id: str, run_id: str, task_id: str, timeout: float = 900) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        states = {t["task_id"]: t["state"] for t in c.task_instances(dag_id, run_id)}
-        if states.get(task_id) == "awaiting_input":
-            # answer as a person would, not within the second: an answer that lands before the executor has
-            # reported the paused process's exit is taken as a finished-but-requeued task and fails it
-            # (seen with Airflow 3.3.2's LocalExecutor)
-            time.sleep(15)
-            return
-        assert "failed" not in states.values(), c.task_logs_tail(dag_id, run_id)
-        time.sleep(3)
-    raise TimeoutError(f"{dag_id} {run_id}: {task_id} never asked for input")
-
-
-def _answer(c: AirflowCluster, dag_id: str, run_id: str, task_id: str, option: str) -> None:
-    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
-    c.api("PATCH", path, json={"chosen_options": [option], "params_input": {}})
-
-
-def _wait_done(c: AirflowCluster, dag_id: str, run_id: str, timeout: float = 900) -> dict[str, str]:
-    """Wait for a run to end (success, or a rejection's skips); → task states."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if c.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"] in ("success", "failed"):
-            return {t["task_id"]: t["state"] for t in c.task_instances(dag_id, run_id)}
-        time.sleep(3)
-    raise TimeoutError(f"{dag_id} {run_id} not finished")
-
-
-def test_label_studio_round_trip_and_a_sign_off_approved_through_the_rest_api(deployment):
-    """Round 1 pushes its review queue to a real Label Studio server; a SIMULATED annotator labels the tasks
-    through its API (A/B, from the hidden truth); round 2 pulls the verdicts, which become gold in the right
-    orientation and counts, and publishes only after its sign-off is approved through REST API v2."""
-    from synpref.io.storage import read_parquet
-    from synpref.simulation.simulated import human_answer
-
-    c, roots, ls = deployment["cluster"], deployment["roots"], deployment["label_studio"]
-    root = f"file://{roots['L']}"
-    _prepare(c, root, "2026-10-04T00:00:00Z")
-    conf = {"root": root, "label_studio_project": LS_PROJECT, **ROUND_CONF}
-    c.wait_run("synpref_stage1", c.trigger("synpref_stage1", "2026-11-01T00:00:00Z", conf))
-    queue = json.loads((roots["L"] / "rounds" / "2026-11-01" / "review_queue" / "tasks.json").read_text())
-    tasks = ls.tasks(LS_PROJECT)
-    assert len(tasks) == len(queue) > 0
-    better = {}
-    for table in deployment["truths"]["L"].values():
-        better.update({t["pair_id"]: t["better"] for t in table.to_pylist()})
-    labelled = [t for t in tasks if t["data"]["pair_id"] in better]
-    for t in labelled:
-        ls.label(t["id"], human_answer(t["data"], better[t["data"]["pair_id"]], right=True))
-
-    run_id = c.trigger("synpref_stage1", "2026-11-02T00:00:00Z", {**conf, "sign_off": True})
-    _wait_awaiting(c, "synpref_stage1", run_id, "sign_off_silver")
-    assert not (roots["L"] / "rounds" / "2026-11-02" / "manifest.json").exists()  # waits for the person
-    _answer(c, "synpref_stage1", run_id, "sign_off_silver", "Approve")
-    c.wait_run("synpref_stage1", run_id)
-    m = _manifest(roots["L"] / "rounds" / "2026-11-02" / "manifest.json")
-    assert m["steps"]["intake"]["inbox_verifications"] == len(labelled)
-    pulled = roots["L"] / "inbox" / "2026-11-02" / f"label-studio-{LS_PROJECT}.json"
-    assert len(json.loads(pulled.read_text())) == len(labelled)
-    gold = read_parquet(roots["L"] / "rounds" / "2026-11-02" / "gold.parquet").to_pylist()
-    by_id = {g["pair_id"]: g for g in gold}
-    for t in labelled:
-        assert by_id[t["data"]["pair_id"]]["chosen"] == better[t["data"]["pair_id"]]
-
-
-def test_a_rejected_export_publishes_nothing(deployment):
-    """Stage 2 with its sign-off on: rejected through REST API v2, the dataset card and manifest are not written."""
-    c, roots = deployment["cluster"], deployment["roots"]
-    conf = {"root": f"file://{roots['L']}", "run_name": "gated", "sign_off": True, "shard_size": 200, "samples": 1}
-    run_id = c.trigger("synpref_stage2", "2026-11-05T00:00:00Z", conf)
-    _wait_awaiting(c, "synpref_stage2", run_id, "sign_off_export")
-    _answer(c, "synpref_stage2", run_id, "sign_off_export", "Reject")
-    states = _wait_done(c, "synpref_stage2", run_id)
-    out = roots["L"] / "stage2" / "gated"
-    assert states["export_dataset"] == "skipped"
-    assert (out / "estimates.json").exists()
-    assert (out / "report" / "index.html").exists()
-    assert not (out / "manifest.json").exists()
-    assert not (out / "README.md").exists()
-
-
-def test_a_sign_off_approved_in_the_ui_form(deployment):
-    """Headless Chromium: the round's required action, opened in the Airflow UI, approved with its button."""
-    from playwright.sync_api import sync_playwright
-
-    c, roots = deployment["cluster"], deployment["roots"]
-    conf = {"root": f"file://{roots['L']}", "label_studio_project": LS_PROJECT, "sign_off": True, **ROUND_CONF}
-    run_id = c.trigger("synpref_stage1", "2026-11-03T00:00:00Z", conf)
-    _wait_awaiting(c, "synpref_stage1", run_id, "sign_off_silver")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.add_cookies([{"name": "_token", "value": c.token(), "url": c.base}])
-            page = context.new_page()
-            page.goto(f"{c.base}/dags/synpref_stage1/runs/{run_id}/tasks/sign_off_silver/required_actions")
-            page.get_by_text("Publish the silver of round").first.wait_for(timeout=60000)
-            page.screenshot(path=str(ARTIFACTS / "sign_off_form.png"), full_page=True)
-            page.get_by_role("button", name="Approve").first.click()
-            page.wait_for_timeout(3000)
-        finally:
-            browser.close()
-    c.wait_run("synpref_stage1", run_id)
-    assert (roots["L"] / "rounds" / "2026-11-03" / "manifest.json").exists()
 
 
 def _batch_connection(c: AirflowCluster, judges, conn_id: str, model: str, mode: str) -> None:
