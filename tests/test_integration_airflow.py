@@ -203,6 +203,77 @@ def test_s3_storage_matches_file_storage(deployment):
     assert s_s2["counts"] == local_stage2(roots["F"])()["counts"]
 
 
+def _batch_connection(c: AirflowCluster, judges, conn_id: str, model: str, mode: str) -> None:
+    """An annotator connection in the metadata DB (created, or changed, through REST v2)."""
+    extra = {"model": model, "mode": mode, "timeout_s": 10, "max_concurrency": 8, "price_in_per_1k": 0.001}
+    body = {"connection_id": conn_id, "conn_type": "openai", "host": judges.base_url, "password": "sk-it"}
+    body["extra"] = json.dumps(extra)
+    try:
+        c.api("POST", "/connections", json=body)
+    except RuntimeError:
+        c.api("PATCH", f"/connections/{conn_id}", json=body)
+
+
+def test_stage2_in_batch_mode_waits_deferred_and_writes_what_the_online_run_writes(deployment):
+    """Scheduler-driven stage 2 with batch-mode annotators: the annotate task submits OpenAI batches and waits
+    deferred (the triggerer polls; no worker slot held) through a batch that partly fails and one that expires;
+    the same annotators online then ask nothing and write byte-identical parts from the cached answers (that a
+    batch-mode re-run submits no batch is checked without Airflow, in test_stage2)."""
+    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
+
+    c, roots = deployment["cluster"], deployment["roots"]
+    judges = SimulatedJudgeServer(  # its own judges: the stage-2 runs other tests set off ask theirs meanwhile
+        TruthIndex.from_tables(*deployment["truths"]["F"].values()),
+        {"good": JudgeProfile(0.9, 0.05), "ok": JudgeProfile(0.85, 0.05)},
+        api_key="sk-it",
+    )
+    judges.start()
+    try:
+        _batch_mode_run(c, roots, judges)
+    finally:
+        judges.stop()
+
+
+def _batch_mode_run(c: AirflowCluster, roots: dict, judges) -> None:
+    for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
+        _batch_connection(c, judges, conn_id, model, "batch")
+    judges.batches.delay_s, judges.batches.fail_share, judges.batches.fail_next = 5.0, 0.3, 1  # deferred ≥ 5 s
+    judges.batches.expire_next = 1
+    conf = {
+        "root": f"file://{roots['F']}",
+        "round": "2026-10-20",  # published by test_rest_triggered_round_with_conf
+        "shard_size": 400,  # one shard
+        "samples": 1,
+        "annotators": ["synpref_batch_a", "synpref_batch_b"],
+    }
+    chats = judges.counts.total()
+    run_id = c.trigger("synpref_stage2", "2026-11-06T00:00:00Z", {**conf, "run_name": "batch"})
+    seen, deadline = set(), time.time() + 900
+    while time.time() < deadline:
+        seen |= {t["state"] for t in c.task_instances("synpref_stage2", run_id) if t["task_id"] == "annotate_shard"}
+        if c.api("GET", f"/dags/synpref_stage2/dagRuns/{run_id}")["state"] in TERMINAL:
+            break
+        time.sleep(1)
+    c.wait_run("synpref_stage2", run_id)
+    assert "deferred" in seen, seen
+    batches = judges.batches.created
+    assert batches >= 3  # more than one per annotator: what failed or expired went out again
+    out = roots["F"] / "stage2"
+    records = [json.loads(p.read_text()) for p in (out / "batch").rglob("batches/*.json")]
+    outcomes = " ".join(s["outcome"] for r in records for s in r["submissions"])
+    assert "expired" in outcomes and "server_error" in outcomes
+
+    for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
+        _batch_connection(c, judges, conn_id, model, "online")
+    c.wait_run("synpref_stage2", c.trigger("synpref_stage2", "2026-11-07T00:00:00Z", {**conf, "run_name": "online"}))
+    assert judges.batches.created == batches
+    answered = sum(j["request_counts"]["completed"] for j in judges.batches.jobs.values())
+    assert judges.counts.total() - chats == answered  # every verdict came through a batch, none online
+    parts = sorted(p.relative_to(out / "batch") for p in (out / "batch").glob("*/*.parquet"))
+    assert parts and all((out / "batch" / p).read_bytes() == (out / "online" / p).read_bytes() for p in parts)
+    assert "per 1,000 curated pairs" in (out / "batch" / "README.md").read_text()
+
+
 FORM_SECTIONS = {
     "Storage": ["Storage root", "Unverified pool URI", "Inbox URI"],
     "Adaptive retrieval": ["k_max", "Spot-check sample"],
@@ -307,74 +378,3 @@ def test_curation_page_lists_the_rounds_and_opens_their_reports_on_file_and_s3(d
     assert report.status_code == 200
     assert 'data-figure="rm_accuracy"' in report.text
     assert "SynPref stage 1 — round" in report.text
-
-
-def _batch_connection(c: AirflowCluster, judges, conn_id: str, model: str, mode: str) -> None:
-    """An annotator connection in the metadata DB (created, or changed, through REST v2)."""
-    extra = {"model": model, "mode": mode, "timeout_s": 10, "max_concurrency": 8, "price_in_per_1k": 0.001}
-    body = {"connection_id": conn_id, "conn_type": "openai", "host": judges.base_url, "password": "sk-it"}
-    body["extra"] = json.dumps(extra)
-    try:
-        c.api("POST", "/connections", json=body)
-    except RuntimeError:
-        c.api("PATCH", f"/connections/{conn_id}", json=body)
-
-
-def test_stage2_in_batch_mode_waits_deferred_and_writes_what_the_online_run_writes(deployment):
-    """Scheduler-driven stage 2 with batch-mode annotators: the annotate task submits OpenAI batches and waits
-    deferred (the triggerer polls; no worker slot held) through a batch that partly fails and one that expires;
-    the same annotators online then ask nothing and write byte-identical parts from the cached answers (that a
-    batch-mode re-run submits no batch is checked without Airflow, in test_stage2)."""
-    from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
-
-    c, roots = deployment["cluster"], deployment["roots"]
-    judges = SimulatedJudgeServer(  # its own judges: the stage-2 runs other tests set off ask theirs meanwhile
-        TruthIndex.from_tables(*deployment["truths"]["F"].values()),
-        {"good": JudgeProfile(0.9, 0.05), "ok": JudgeProfile(0.85, 0.05)},
-        api_key="sk-it",
-    )
-    judges.start()
-    try:
-        _batch_mode_run(c, roots, judges)
-    finally:
-        judges.stop()
-
-
-def _batch_mode_run(c: AirflowCluster, roots: dict, judges) -> None:
-    for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
-        _batch_connection(c, judges, conn_id, model, "batch")
-    judges.batches.delay_s, judges.batches.fail_share, judges.batches.fail_next = 5.0, 0.3, 1  # deferred ≥ 5 s
-    judges.batches.expire_next = 1
-    conf = {
-        "root": f"file://{roots['F']}",
-        "round": "2026-10-20",  # published by test_rest_triggered_round_with_conf
-        "shard_size": 400,  # one shard
-        "samples": 1,
-        "annotators": ["synpref_batch_a", "synpref_batch_b"],
-    }
-    chats = judges.counts.total()
-    run_id = c.trigger("synpref_stage2", "2026-11-06T00:00:00Z", {**conf, "run_name": "batch"})
-    seen, deadline = set(), time.time() + 900
-    while time.time() < deadline:
-        seen |= {t["state"] for t in c.task_instances("synpref_stage2", run_id) if t["task_id"] == "annotate_shard"}
-        if c.api("GET", f"/dags/synpref_stage2/dagRuns/{run_id}")["state"] in TERMINAL:
-            break
-        time.sleep(1)
-    c.wait_run("synpref_stage2", run_id)
-    assert "deferred" in seen, seen
-    batches = judges.batches.created
-    assert batches >= 3  # more than one per annotator: what failed or expired went out again
-    out = roots["F"] / "stage2"
-    records = [json.loads(p.read_text()) for p in (out / "batch").rglob("batches/*.json")]
-    outcomes = " ".join(s["outcome"] for r in records for s in r["submissions"])
-    assert "expired" in outcomes and "server_error" in outcomes
-
-    for conn_id, model in (("synpref_batch_a", "good"), ("synpref_batch_b", "ok")):
-        _batch_connection(c, judges, conn_id, model, "online")
-    c.wait_run("synpref_stage2", c.trigger("synpref_stage2", "2026-11-07T00:00:00Z", {**conf, "run_name": "online"}))
-    assert judges.batches.created == batches
-    answered = sum(j["request_counts"]["completed"] for j in judges.batches.jobs.values())
-    assert judges.counts.total() - chats == answered  # every verdict came through a batch, none online
-    parts = sorted(p.relative_to(out / "batch") for p in (out / "batch").glob("*/*.parquet"))
-    assert parts and all((out / "batch" / p).read_bytes() == (out / "online" / p).read_bytes() for p in parts)
-    assert "per 1,000 curated pairs" in (out / "batch" / "README.md").read_text()
