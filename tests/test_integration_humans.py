@@ -12,7 +12,7 @@ import time
 import pytest
 from local_deployment import ARTIFACTS, ROUND_CONF, local_deployment, manifest, prepare
 
-from airflow_cluster import CHROMIUM_ARGS, AirflowCluster
+from airflow_cluster import AirflowCluster, chromium_page
 
 pytestmark = pytest.mark.integration
 
@@ -111,25 +111,16 @@ def test_a_rejected_export_publishes_nothing(deployment):
 
 def test_a_sign_off_approved_in_the_ui_form(deployment):
     """Headless Chromium: the round's required action, opened in the Airflow UI, approved with its button."""
-    from playwright.sync_api import sync_playwright
-
     c, roots = deployment["cluster"], deployment["roots"]
     conf = {"root": f"file://{roots['L']}", "label_studio_project": LS_PROJECT, "sign_off": True, **ROUND_CONF}
     run_id = c.trigger("synpref_stage1", "2026-11-03T00:00:00Z", conf)
     _wait_awaiting(c, "synpref_stage1", run_id, "sign_off_silver")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.add_cookies([{"name": "_token", "value": c.token(), "url": c.base}])
-            page = context.new_page()
-            page.goto(f"{c.base}/dags/synpref_stage1/runs/{run_id}/tasks/sign_off_silver/required_actions")
-            page.get_by_text("Publish the silver of round").first.wait_for(timeout=60000)
-            page.screenshot(path=str(ARTIFACTS / "sign_off_form.png"), full_page=True)
-            page.get_by_role("button", name="Approve").first.click()
-            page.wait_for_timeout(3000)
-        finally:
-            browser.close()
+    with chromium_page(c.base, c.token()) as page:
+        page.goto(f"{c.base}/dags/synpref_stage1/runs/{run_id}/tasks/sign_off_silver/required_actions")
+        page.get_by_text("Publish the silver of round").first.wait_for(timeout=60000)
+        page.screenshot(path=str(ARTIFACTS / "sign_off_form.png"), full_page=True)
+        page.get_by_role("button", name="Approve").first.click()
+        page.wait_for_timeout(3000)
     c.wait_run("synpref_stage1", run_id)
     assert (roots["L"] / "rounds" / "2026-11-03" / "manifest.json").exists()
