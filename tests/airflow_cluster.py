@@ -7,6 +7,7 @@ runs in its own session and is killed (group-wide) on ``stop()``, even after a f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -105,13 +106,11 @@ def fresh_database() -> tuple[str, str]:
     import psycopg2
 
     name = f"synpref_it_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
+    with contextlib.suppress(psycopg2.errors.UniqueViolation):  # another suite (xdist worker) made it just now
         _admin(
             f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}') "
             f"THEN CREATE ROLE {DB_ROLE} LOGIN; END IF; END $$"
         )
-    except psycopg2.errors.UniqueViolation:  # another suite (a pytest-xdist worker) created it at the same moment
-        pass
     for attempt in range(10):  # template1 is busy while another suite creates its database at the same moment
         try:
             _admin(f"CREATE DATABASE {name} OWNER {DB_ROLE}")
