@@ -111,14 +111,7 @@ def fresh_database() -> tuple[str, str]:
             f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}') "
             f"THEN CREATE ROLE {DB_ROLE} LOGIN; END IF; END $$"
         )
-    for attempt in range(10):  # template1 is busy while another suite creates its database at the same moment
-        try:
-            _admin(f"CREATE DATABASE {name} OWNER {DB_ROLE}")
-            break
-        except psycopg2.errors.ObjectInUse:
-            if attempt == 9:
-                raise
-            time.sleep(1 + attempt)
+    _admin(f"CREATE DATABASE {name} OWNER {DB_ROLE}")
     return name, f"postgresql+psycopg2://{DB_ROLE}@{PG['host']}:{PG['port']}/{name}"
 
 
