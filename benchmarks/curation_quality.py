@@ -206,8 +206,14 @@ def judges_for(s: Setting, server: SimulatedJudgeServer) -> list[AnnotatorConfig
     ]
 
 
+def judge_profile(s: Setting) -> JudgeProfile:
+    """The SIMULATED judges of a setting: its accuracy, 10% position bias, no faults, and a pair difficulty every
+    judge shares (``difficulty`` 0.5: a pair's accuracy spreads over accuracy ± (1 − accuracy) / 2)."""
+    return JudgeProfile(s.judge_accuracy, 0.1, 0.0, 0.5)
+
+
 def simulated_judges(s: Setting, sets: dict) -> SimulatedJudgeServer:
-    profiles = {f"judge-{i}": JudgeProfile(s.judge_accuracy, 0.1, 0.0, 0.5) for i in range(3)}
+    profiles = {f"judge-{i}": judge_profile(s) for i in range(3)}
     return SimulatedJudgeServer(TruthIndex.from_tables(*(t for _, t in sets.values())), profiles, api_key="sk-sim")
 
 

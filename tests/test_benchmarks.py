@@ -131,3 +131,29 @@ def test_a_judging_mode_at_target_stops_judging_in_sequence_at_the_target_precis
     assert cfg.keep_stop_confidence == cfg.flip_stop_confidence == cfg.target_precision
     default = cq.Setting(0.3, 0.8, "frozen", judging="sequence")
     assert default.stop_bars == {} and not default.logprobs and at.world == default.world
+
+
+def test_judging_bound_policy_asks_only_while_a_vote_is_worth_its_price():
+    import numpy as np
+    from judging_bound import ASK, DROP, FLIP, KEEP, VoteModel, optimal_policy, replay
+
+    from synpref.simulation.simulated import JudgeProfile
+
+    model = VoteModel.of(JudgeProfile(0.8, 0.1, 0.0, 0.5))
+    prior = np.array([0.999, 0.5, 0.5, 0.02])
+    action, q, stop = optimal_policy(prior, model, keep_bar=9.0, flip_bar=49.0, price=0.01)
+    assert action[0, 0, 0] == KEEP  # the RMs already settle it: no vote is worth buying
+    assert action[1, 0, 0] == ASK and action[1, 5, 0] == KEEP  # a 50/50 pair is asked until the votes settle it
+    assert np.all(np.diff(q[1, :, 0]) > 0) and np.all(np.diff(q[1, 0, :]) < 0)  # agreeing votes raise P(right)
+    assert action[3, 0, 1] != FLIP  # a flip needs two votes
+    free, _, _ = optimal_policy(prior, model, 9.0, 49.0, price=-1.0)
+    assert np.all(free[:, 0, 0] == ASK)  # votes that pay are always asked
+    dear, _, _ = optimal_policy(prior, model, 9.0, 49.0, price=1e6)
+    assert not np.any(dear == ASK)
+    assert dear[1, 0, 0] == DROP  # a 50/50 pair unjudged: neither kept nor flipped
+    # replayed on given votes: stops where the policy stops; votes running out leave the best decision without asking
+    decided = replay(action, stop, [[], ["agree"] * 9, ["agree"], ["disagree"] * 9])
+    assert decided[0] == (KEEP, 0)
+    assert decided[1][0] == KEEP and 1 < decided[1][1] < 9
+    assert decided[2] == (int(stop[2, 1, 0]), 1)
+    assert decided[3][0] == FLIP and decided[3][1] >= 2
