@@ -137,7 +137,6 @@ def replay(action: np.ndarray, stop: np.ndarray, votes: list[list[str]]) -> list
 
 @dataclass
 class World:
-    name: str
     model: VoteModel
     fixed: dict  # pair_id → fixed sampling's (decision, routed, requests)
     routed: list[str]
@@ -165,7 +164,6 @@ def load_world(root: Path, profile: JudgeProfile | None) -> World:
             votes[r["pair_id"]].append(r["verdict"])
     rows = [r for sh in run.pool().shards() for r in read_parquet(sh).to_pylist()]
     return World(
-        root.name,
         VoteModel.of(profile) if profile else VoteModel.from_probe(read_json(store.round(rnd).judges)),
         fixed,
         [s["pair_id"] for s in routed],
