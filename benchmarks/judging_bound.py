@@ -252,6 +252,13 @@ def report(name: str, fixed_requests: float, rows: list[dict]) -> list[str]:
     return lines
 
 
+def third_note(name: str, fixed_requests: float, rows: list[dict]) -> str:
+    """How many policies save ≥ 3× and how many of them lose nothing, not even within noise."""
+    third = [r for r in rows if r["requests_per_pair"] <= fixed_requests / 3]
+    lossless = [r for r in third if all(v[0] >= 0 for v in _defined(r))]
+    return f"- {name}: {len(third)} of {len(rows)} policies save ≥ 3×; {len(lossless)} of them lose nothing"
+
+
 def one_policy(results: dict) -> list[str]:
     """The one policy (keep bar, flip bar, price) with no loss beyond noise on every world and the most requests
     saved on the world where it saves the least: what a production rule set once, before seeing the truth, could
@@ -278,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("out", help="the --out directory of a curation_quality.py run with fixed sampling")
     args = ap.parse_args(argv)
     worlds = {s.world: s for s in QUICK + SWEEP}
-    lines, results = [HEADER, *measured_rows(Path(args.out), {s.name: s for s in QUICK + SWEEP})], {}
+    lines, results, notes = [HEADER, *measured_rows(Path(args.out), {s.name: s for s in QUICK + SWEEP})], {}, []
     for root in sorted(p for p in Path(args.out).iterdir() if (p / "storage" / "stage2" / "eval-fixed").exists()):
         setting = worlds[root.name]
         for knows, profile in (("the judges' true model", judge_profile(setting)), ("the probe's model", None)):
@@ -288,8 +295,10 @@ def main(argv: list[str] | None = None) -> dict:
             name = f"judges {setting.judge_accuracy}, knowing {knows}"
             results[name] = {"fixed_requests": fixed_requests, "frontier": rows}
             lines += report(name, fixed_requests, rows)
+            notes.append(third_note(name, fixed_requests, rows))
     lines += one_policy({k: v for k, v in results.items() if k.endswith("the probe's model")})
-    text = "\n".join(lines)
+    lossless = "Saving ≥ 3× and losing nothing (no paired difference below 0, even within noise):"
+    text = "\n".join([*lines, "", lossless, *notes])
     print(text)
     header = f"# Judging: the Bayes-optimal bound\n\nMeasured {dt.date.today()} on {machine()}.\n\n{__doc__}"
     (RESULTS / "judging_bound.md").write_text(f"{header}\n{text}\n")
