@@ -9,7 +9,7 @@ Two settings: the packaged MiniLM encoder (text pairs) at ~256 tokens per sequen
 Qwen3-architecture decoder (chat template; hidden 384, 6 layers: MiniLM's width and depth) at ~1,024 tokens.
 Sequence lengths are spread over about [0.4, 1] × the target, as in-the-wild responses are. Achieved FLOP/s
 counts useful work on real tokens: 2 × non-embedding parameters per token plus attention. Peak: the median
-of bf16 ``2048×2048 @ 2048×2048`` matmuls.
+of ``2048×2048 @ 2048×2048`` matmuls in the same precision.
 
     python benchmarks/scoring_speed.py                          # 96 pairs per setting, 3 repeats
     python benchmarks/scoring_speed.py --pairs 8 --repeats 1 --lengths 256   # smoke
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bf16_peak_flops, interleaved, report, summary, table, timed  # noqa: E402
+from _common import interleaved, peak_flops, report, summary, table, timed  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PLAIN_BATCH = 32
@@ -148,10 +148,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    peak = bf16_peak_flops("cpu") / 1e9  # GFLOP/s
+    from synpref.models.device import cpu_has_bf16
+
+    precision = "bf16" if cpu_has_bf16() else "fp32"
+    peak = peak_flops("cpu", bf16=precision == "bf16") / 1e9  # GFLOP/s
     rows_out = [row for tokens in a.lengths for row in measure(tokens, a.pairs, a.repeats, peak)]
-    head = ["model, mean tokens", "path", "median s", "pairs/s", "GFLOP/s", "% of bf16 peak", "speed vs plain HF"]
-    title = f"RM scoring of {a.pairs} pairs per setting (bf16 matmul peak {peak:,.0f} GFLOP/s, same precision)"
+    head = ["model, mean tokens", "path", "median s", "pairs/s", "GFLOP/s", f"% of {precision} peak"]
+    head.append("speed vs plain HF")
+    title = f"RM scoring of {a.pairs} pairs per setting ({precision} matmul peak {peak:,.0f} GFLOP/s, same precision)"
     report("scoring", table(title, head, rows_out))
     return {f"{r[0]} / {r[1]}": {"pairs_per_s": r[3], "vs_plain": r[6]} for r in rows_out}
 
