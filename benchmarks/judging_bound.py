@@ -52,6 +52,11 @@ FLIP_BARS = (19.0, 49.0, 99.0)  # flip at P(flipped label) ≥ 0.95, 0.98, 0.99
 PRICES = tuple(np.round(np.geomspace(0.005, 0.15, 16), 4))  # a vote's price, in right keeps
 
 
+def _spread(k: int) -> np.ndarray:
+    """``k`` equally likely points of a uniform spread over [−1, 1] (midpoints): a pair's accuracy is mean + h × it."""
+    return 1 - 2 * (np.arange(k) + 0.5) / k
+
+
 @dataclass(frozen=True)
 class VoteModel:
     """Votes on a pair: each right with the pair's accuracy, drawn once per pair (shared by every judge) from
@@ -63,8 +68,7 @@ class VoteModel:
     def of(cls, profile: JudgeProfile, k: int = 9) -> VoteModel:
         """The SIMULATED judge's model: accuracy ± difficulty · (1 − accuracy) uniformly, a position-biased vote
         being a coin flip (the candidates' order is random per sample)."""
-        u = (np.arange(k) + 0.5) / k
-        accuracy = profile.accuracy + profile.difficulty * (1 - profile.accuracy) * (1 - 2 * u)
+        accuracy = profile.accuracy + profile.difficulty * (1 - profile.accuracy) * _spread(k)
         return cls(accuracy * (1 - profile.position_bias) + 0.5 * profile.position_bias)
 
     @classmethod
@@ -75,7 +79,7 @@ class VoteModel:
         cells = [a["votes"] for a in judges["annotators"].values() if a.get("significant") and "votes" in a]
         mean = float(np.mean([c["1:1"]["pooled_accuracy"] for c in cells]))
         two = float(np.mean([c["2:2"]["pooled_accuracy"] for c in cells if "2:2" in c]))
-        u = 1 - 2 * (np.arange(k) + 0.5) / k
+        u = _spread(k)
 
         def agreeing_pair_accuracy(h: float) -> float:
             p = mean + h * u
