@@ -29,11 +29,12 @@ if ! redis-cli ping > /dev/null 2>&1; then
   redis-server --daemonize yes --save "" --appendonly no > /dev/null
 fi
 # Label Studio (the humans' review server of the integration suite) in its own virtualenv: its pins clash with Airflow's
-LS_VERSION=1.23.2
+# (every package locked by scripts/labelstudio-constraints.txt; the stamp changes with it)
+LS_VERSION="1.23.2 $(sha256sum scripts/labelstudio-constraints.txt | cut -c1-16)"
 if [ "$(cat .venv-labelstudio/.version 2>/dev/null)" != "$LS_VERSION" ]; then
   echo "services.sh: installing Label Studio $LS_VERSION into .venv-labelstudio (a few minutes, once)" >&2
   rm -rf .venv-labelstudio
   "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv .venv-labelstudio
-  .venv-labelstudio/bin/pip install -q "label-studio==$LS_VERSION" > .venv-labelstudio.log 2>&1 || { tail -30 .venv-labelstudio.log; exit 1; }
+  .venv-labelstudio/bin/pip install -q "label-studio==${LS_VERSION%% *}" -c scripts/labelstudio-constraints.txt > .venv-labelstudio.log 2>&1 || { tail -30 .venv-labelstudio.log; exit 1; }
   echo "$LS_VERSION" > .venv-labelstudio/.version
 fi

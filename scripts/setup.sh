@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent setup: a virtualenv in .venv with requirements.txt and the synpref package (editable),
+# Idempotent setup: a virtualenv in .venv with requirements.txt (locked by constraints.txt) and the synpref package,
 # and a project-local Airflow home (SQLite metadata DB, pools). Re-running skips what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,11 +9,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 STAMP=.venv/.synpref-requirements.sha
-WANT=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+WANT=$(cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "setup: installing requirements.txt into .venv (about 2 minutes the first time; log .venv/logs/pip.log)"
   mkdir -p .venv/logs
-  for step in "--upgrade pip" "-r requirements.txt" "--no-deps -e ."; do
+  for step in "--upgrade pip" "-r requirements.txt -c constraints.txt" "--no-deps -e ."; do
     # shellcheck disable=SC2086
     .venv/bin/pip install -q $step > .venv/logs/pip.log 2>&1 || { cat .venv/logs/pip.log; echo "setup failed: pip install $step" >&2; exit 1; }
   done
