@@ -19,6 +19,7 @@ import judges_speed  # noqa: E402
 import prepare_speed  # noqa: E402
 import retrieval_speed  # noqa: E402
 import scoring_speed  # noqa: E402
+import threads_per_task  # noqa: E402
 import training_speed  # noqa: E402
 
 SMOKE = {
@@ -30,6 +31,7 @@ SMOKE = {
     judges_speed: ["--concurrency", "8", "--requests", "32", "--latency", "0.05", "--repeats", "1"],
     airflow_overhead: ["--repeats", "1"],
     dag_parse: ["--repeats", "1"],
+    threads_per_task: ["--tasks", "2", "--pairs", "16", "--passes", "1", "--repeats", "1"],
 }
 
 

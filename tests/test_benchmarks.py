@@ -41,6 +41,14 @@ def test_judges_benchmark_measures_against_a_fixed_latency_endpoint(tmp_path):
     assert "Machine:" in (tmp_path / "judges.md").read_text()
 
 
+def test_threads_benchmark_runs_the_same_tasks_with_each_thread_setting(tmp_path):
+    import threads_per_task
+
+    out = threads_per_task.main(["--tasks", "2", "--pairs", "16", "--passes", "1", "--repeats", "1"])
+    assert len(out) == 2 and all(r["median"] > 0 for r in out.values())  # both settings ran; times not asserted
+    assert "embed tasks at once" in (tmp_path / "threads.md").read_text()
+
+
 def test_dag_parse_benchmark_compares_the_project_with_trivial_dags():
     import dag_parse
 
