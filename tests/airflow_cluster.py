@@ -146,6 +146,8 @@ class AirflowCluster:
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            # the DAG files do not change while a test runs: parse them once, not every 30 s (Airflow's default)
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             # log servers on ports of their own: two clusters (pytest-xdist workers) run side by side
@@ -153,6 +155,9 @@ class AirflowCluster:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            # one thread per task (torch, faiss): up to 4 tasks of each of two deployments share 2 cores, and torch's
+            # default of a thread per core made them spin against each other (README "Scale out": threads per task)
+            "OMP_NUM_THREADS": "1",
             "PYTHONPATH": str(REPO / "include"),
             **extra_env,
         }
