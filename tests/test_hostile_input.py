@@ -253,7 +253,7 @@ RND = "2026-11-01"
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    """A published round (gold + two tiny frozen RMs) and 400 unverified pairs to curate."""
+    """A published round (gold + two tiny frozen RMs) and 300 unverified pairs to curate."""
     from synpref.io.layout import StorageLayout
     from synpref.io.storage import write_json, write_parquet
     from synpref.models.reward_model import RMConfig, train_reward_model
@@ -268,7 +268,7 @@ def published(tmp_path_factory):
     train_reward_model(rows[:20], rows[20:], cfg, rnd.best_rm)
     train_reward_model(rows[:20], rows[20:], cfg, rnd.gold_rm)
     write_json({"round": RND}, rnd.manifest)
-    wild, _ = generate(400, seed=6, noise=0.3)
+    wild, _ = generate(300, seed=6, noise=0.3)
     return store, tmp, wild.to_pylist()
 
 
@@ -276,7 +276,7 @@ def _stage2(store, out, input_file):
     from synpref.pipeline import run_stage2
     from synpref.settings import Stage2Config
 
-    return run_stage2(store, out, input_file, [], RND, Stage2Config(decision_rule="paper", shard_size=150))
+    return run_stage2(store, out, input_file, [], RND, Stage2Config(decision_rule="paper", shard_size=100))
 
 
 def _parts(out) -> dict[str, bytes]:
@@ -294,12 +294,12 @@ def _jsonl_file(path, rows) -> str:
 @pytest.mark.parametrize("change", ["superset", "subset", "edited", "other"])
 def test_a_rerun_on_a_changed_input_publishes_what_a_fresh_output_does(published, tmp_path, change):
     store, _, wild = published
-    first = _jsonl_file(tmp_path / "first.jsonl", wild[:300])
+    first = _jsonl_file(tmp_path / "first.jsonl", wild[:200])  # two shards
     changed = {
         "superset": wild,
-        "subset": wild[100:300],
-        "edited": [{**r, "chosen": r["chosen"] + " (edited)"} if i % 7 == 0 else r for i, r in enumerate(wild[:300])],
-        "other": wild[300:],
+        "subset": wild[70:200],
+        "edited": [{**r, "chosen": r["chosen"] + " (edited)"} if i % 7 == 0 else r for i, r in enumerate(wild[:200])],
+        "other": wild[200:],
     }[change]
     second = _jsonl_file(tmp_path / "second.jsonl", changed)
     _stage2(store, tmp_path / "reused", first)

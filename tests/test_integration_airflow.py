@@ -97,8 +97,17 @@ def test_rest_triggered_round_with_conf(deployment):
 
 def test_backfill_runs_rounds_in_date_order(deployment):
     """`airflow backfill create` over 2 dates: rounds run one at a time in date order, each reading its
-    predecessor's artifacts, with the mapped shard tasks of a round running side by side."""
+    predecessor's artifacts, with the mapped shard tasks of a round running side by side. (Stage 2 is paused
+    meanwhile: that a round's Asset event schedules stage 2 is the nightly test's; here it would only add runs.)"""
     c, root = deployment["cluster"], deployment["roots"]["B"]
+    c.pause("synpref_stage2")
+    try:
+        _backfill_two_rounds(c, root)
+    finally:
+        c.unpause("synpref_stage2")
+
+
+def _backfill_two_rounds(c: AirflowCluster, root: Path) -> None:
     c.cli(
         "backfill",
         "create",
@@ -157,9 +166,6 @@ def test_backfill_runs_rounds_in_date_order(deployment):
             queued = [t.get("queued_when") for t in mapped if t["task_id"] == task_id]
             overlaps += all(queued) and max(queued) < min(end for _, end in spans)
     assert overlaps > 0, "mapped shard tasks never ran (or were never queued) side by side under LocalExecutor"
-    s2 = curated(c, local_stage2(root), "2026-11-02")
-    (out,) = [p.parent for p in (root / "stage2").glob("*/manifest.json")]
-    _check_stage2(s2, out, deployment["truths"]["B"]["wild"])
 
 
 def _comparable(manifest: dict) -> dict:
@@ -337,6 +343,9 @@ def test_ui_shows_the_dag_grid_and_the_trigger_form(deployment):
     assert len(new) == 1, new
     assert new[0]["conf"]["k_max"] == 8
     assert new[0]["conf"]["rm_mode"] == "frozen"
+    # the form's run was accepted, which is what this test checks; a whole round with the defaults would only
+    # compete for the cores with the tests after it (the nightly test ran one)
+    c.api("PATCH", f"/dags/synpref_stage1/dagRuns/{new[0]['dag_run_id']}", json={"state": "failed"})
 
 
 def _loaded_figures(page) -> int:

@@ -56,10 +56,11 @@ def _wait_done(c: AirflowCluster, dag_id: str, run_id: str, timeout: float = 900
     raise TimeoutError(f"{dag_id} {run_id} not finished")
 
 
-def test_label_studio_round_trip_and_a_sign_off_approved_through_the_rest_api(deployment):
+def test_label_studio_round_trip_and_a_sign_off_approved_in_the_ui_form(deployment):
     """Round 1 pushes its review queue to a real Label Studio server; a SIMULATED annotator labels the tasks
     through its API (A/B, from the hidden truth); round 2 pulls the verdicts, which become gold in the right
-    orientation and counts, and publishes only after its sign-off is approved through REST API v2."""
+    orientation and counts, and publishes only after its sign-off is approved: in headless Chromium, the round's
+    required action opened in the Airflow UI and approved with its button (REST API v2 answers the next test's)."""
     from synpref.io.storage import read_parquet
     from synpref.simulation.simulated import human_answer
 
@@ -81,7 +82,13 @@ def test_label_studio_round_trip_and_a_sign_off_approved_through_the_rest_api(de
     run_id = c.trigger("synpref_stage1", "2026-11-02T00:00:00Z", {**conf, "sign_off": True})
     _wait_awaiting(c, "synpref_stage1", run_id, "sign_off_silver")
     assert not (roots["L"] / "rounds" / "2026-11-02" / "manifest.json").exists()  # waits for the person
-    _answer(c, "synpref_stage1", run_id, "sign_off_silver", "Approve")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with chromium_page(c.base, c.token()) as page:
+        page.goto(f"{c.base}/dags/synpref_stage1/runs/{run_id}/tasks/sign_off_silver/required_actions")
+        page.get_by_text("Publish the silver of round").first.wait_for(timeout=60000)
+        page.screenshot(path=str(ARTIFACTS / "sign_off_form.png"), full_page=True)
+        page.get_by_role("button", name="Approve").first.click()
+        page.wait_for_timeout(3000)
     c.wait_run("synpref_stage1", run_id)
     m = manifest(roots["L"] / "rounds" / "2026-11-02" / "manifest.json")
     assert m["steps"]["intake"]["inbox_verifications"] == len(labelled)
@@ -94,7 +101,8 @@ def test_label_studio_round_trip_and_a_sign_off_approved_through_the_rest_api(de
 
 
 def test_a_rejected_export_publishes_nothing(deployment):
-    """Stage 2 with its sign-off on: rejected through REST API v2, the dataset card and manifest are not written."""
+    """Stage 2 with its sign-off on: rejected through REST API v2 (the approval in the UI is the test above), the
+    dataset card and manifest are not written."""
     c, roots = deployment["cluster"], deployment["roots"]
     conf = {"root": f"file://{roots['L']}", "run_name": "gated", "sign_off": True, "shard_size": 200, "samples": 1}
     run_id = c.trigger("synpref_stage2", "2026-11-05T00:00:00Z", conf)
@@ -107,20 +115,3 @@ def test_a_rejected_export_publishes_nothing(deployment):
     assert (out / "report" / "index.html").exists()
     assert not (out / "manifest.json").exists()
     assert not (out / "README.md").exists()
-
-
-def test_a_sign_off_approved_in_the_ui_form(deployment):
-    """Headless Chromium: the round's required action, opened in the Airflow UI, approved with its button."""
-    c, roots = deployment["cluster"], deployment["roots"]
-    conf = {"root": f"file://{roots['L']}", "label_studio_project": LS_PROJECT, "sign_off": True, **ROUND_CONF}
-    run_id = c.trigger("synpref_stage1", "2026-11-03T00:00:00Z", conf)
-    _wait_awaiting(c, "synpref_stage1", run_id, "sign_off_silver")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with chromium_page(c.base, c.token()) as page:
-        page.goto(f"{c.base}/dags/synpref_stage1/runs/{run_id}/tasks/sign_off_silver/required_actions")
-        page.get_by_text("Publish the silver of round").first.wait_for(timeout=60000)
-        page.screenshot(path=str(ARTIFACTS / "sign_off_form.png"), full_page=True)
-        page.get_by_role("button", name="Approve").first.click()
-        page.wait_for_timeout(3000)
-    c.wait_run("synpref_stage1", run_id)
-    assert (roots["L"] / "rounds" / "2026-11-03" / "manifest.json").exists()
