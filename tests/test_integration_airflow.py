@@ -100,72 +100,68 @@ def test_backfill_runs_rounds_in_date_order(deployment):
     predecessor's artifacts, with the mapped shard tasks of a round running side by side. (Stage 2 is paused
     meanwhile: that a round's Asset event schedules stage 2 is the nightly test's; here it would only add runs.)"""
     c, root = deployment["cluster"], deployment["roots"]["B"]
-    c.pause("synpref_stage2")
-    try:
-        _backfill_two_rounds(c, root)
-    finally:
-        c.unpause("synpref_stage2")
-
-
-def _backfill_two_rounds(c: AirflowCluster, root: Path) -> None:
-    c.cli(
-        "backfill",
-        "create",
-        "--dag-id",
-        "synpref_stage1",
-        "--from-date",
-        "2026-11-01",
-        "--to-date",
-        "2026-11-03",
-        "--reprocess-behavior",
-        "failed",
-        "--dag-run-conf",
-        json.dumps(ROUND_CONF),
-    )
-    deadline = time.time() + 1200
-    while time.time() < deadline:
-        runs = [r for r in c.runs("synpref_stage1") if r["run_type"] == "backfill"]
-        if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs):
-            break
-        time.sleep(5)
-    assert [r["state"] for r in runs] == ["success"] * 2, [
-        c.task_logs_tail("synpref_stage1", r["dag_run_id"]) for r in runs
-    ]
-    runs.sort(key=lambda r: r["logical_date"])
-    rounds = [datetime.fromisoformat(r["logical_date"]).strftime("%Y-%m-%d") for r in runs]
-    assert rounds == ["2026-11-01", "2026-11-02"]
-    # Backfill starts several runs at once; wait_for_previous_round makes each round begin (intake)
-    # only after its predecessor published (publish_round ended).
-    tis = {
-        r["dag_run_id"]: {
-            (t["task_id"], t["map_index"]): t for t in c.task_instances("synpref_stage1", r["dag_run_id"])
-        }
-        for r in runs
-    }
-    for earlier, later in zip(runs, runs[1:]):
-        published = tis[earlier["dag_run_id"]][("publish_round", -1)]["end_date"]
-        assert tis[later["dag_run_id"]][("human_verification_intake", -1)]["start_date"] >= published, (earlier, later)
-    manifests = [manifest(root / "rounds" / r / "manifest.json") for r in rounds]
-    assert [m["previous_round"] for m in manifests] == ["0000-seed", "2026-11-01"]
-    for prev, cur in zip(manifests, manifests[1:]):  # a round starts from its predecessor's silver
-        assert cur["steps"]["intake"]["silver_in"] == prev["summary"]["silver"]
-    overlaps = 0
-    for r in runs:
-        mapped = [
-            t
-            for (task_id, _), t in tis[r["dag_run_id"]].items()
-            if task_id in ("generate_attributes", "embed_pool_shard")
+    with c.paused("synpref_stage2"):
+        c.cli(
+            "backfill",
+            "create",
+            "--dag-id",
+            "synpref_stage1",
+            "--from-date",
+            "2026-11-01",
+            "--to-date",
+            "2026-11-03",
+            "--reprocess-behavior",
+            "failed",
+            "--dag-run-conf",
+            json.dumps(ROUND_CONF),
+        )
+        deadline = time.time() + 1200
+        while time.time() < deadline:
+            runs = [r for r in c.runs("synpref_stage1") if r["run_type"] == "backfill"]
+            if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs):
+                break
+            time.sleep(5)
+        assert [r["state"] for r in runs] == ["success"] * 2, [
+            c.task_logs_tail("synpref_stage1", r["dag_run_id"]) for r in runs
         ]
-        assert len(mapped) == 4
-        assert all(t["state"] == "success" for t in mapped)  # 2 pool shards × 2 mapped steps
-        for task_id in ("generate_attributes", "embed_pool_shard"):
-            spans = sorted((t["start_date"], t["end_date"]) for t in mapped if t["task_id"] == task_id)
-            overlaps += sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
-            # short tasks on a quiet machine may not overlap in time: both handed to the executor before either
-            # finished shows the same (the scheduler does not run mapped tasks one at a time)
-            queued = [t.get("queued_when") for t in mapped if t["task_id"] == task_id]
-            overlaps += all(queued) and max(queued) < min(end for _, end in spans)
-    assert overlaps > 0, "mapped shard tasks never ran (or were never queued) side by side under LocalExecutor"
+        runs.sort(key=lambda r: r["logical_date"])
+        rounds = [datetime.fromisoformat(r["logical_date"]).strftime("%Y-%m-%d") for r in runs]
+        assert rounds == ["2026-11-01", "2026-11-02"]
+        # Backfill starts several runs at once; wait_for_previous_round makes each round begin (intake)
+        # only after its predecessor published (publish_round ended).
+        tis = {
+            r["dag_run_id"]: {
+                (t["task_id"], t["map_index"]): t for t in c.task_instances("synpref_stage1", r["dag_run_id"])
+            }
+            for r in runs
+        }
+        for earlier, later in zip(runs, runs[1:]):
+            published = tis[earlier["dag_run_id"]][("publish_round", -1)]["end_date"]
+            assert tis[later["dag_run_id"]][("human_verification_intake", -1)]["start_date"] >= published, (
+                earlier,
+                later,
+            )
+        manifests = [manifest(root / "rounds" / r / "manifest.json") for r in rounds]
+        assert [m["previous_round"] for m in manifests] == ["0000-seed", "2026-11-01"]
+        for prev, cur in zip(manifests, manifests[1:]):  # a round starts from its predecessor's silver
+            assert cur["steps"]["intake"]["silver_in"] == prev["summary"]["silver"]
+        overlaps = 0
+        for r in runs:
+            mapped = [
+                t
+                for (task_id, _), t in tis[r["dag_run_id"]].items()
+                if task_id in ("generate_attributes", "embed_pool_shard")
+            ]
+            assert len(mapped) == 4
+            assert all(t["state"] == "success" for t in mapped)  # 2 pool shards × 2 mapped steps
+            for task_id in ("generate_attributes", "embed_pool_shard"):
+                spans = sorted((t["start_date"], t["end_date"]) for t in mapped if t["task_id"] == task_id)
+                overlaps += sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+                # short tasks on a quiet machine may not overlap in time: both handed to the executor before either
+                # finished shows the same (the scheduler does not run mapped tasks one at a time)
+                queued = [t.get("queued_when") for t in mapped if t["task_id"] == task_id]
+                overlaps += all(queued) and max(queued) < min(end for _, end in spans)
+        assert overlaps > 0, "mapped shard tasks never ran (or were never queued) side by side under LocalExecutor"
 
 
 def _comparable(manifest: dict) -> dict:
