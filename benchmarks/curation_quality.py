@@ -53,6 +53,7 @@ import pyarrow as pa
 from synpref.io.layout import StorageLayout
 from synpref.io.preprocess import prepare
 from synpref.io.storage import read_json, read_parquet, write_json, write_parquet
+from synpref.llm.annotation import requests_asked
 from synpref.llm.client import AnnotatorConfig
 from synpref.models.reliability import judge_reliability
 from synpref.models.reward_model import fit_bt_head, head_scores, pair_features
@@ -102,7 +103,13 @@ class Setting:
 
     @property
     def sampling(self) -> str:
-        return "fixed" if self.judging == "fixed" else "adaptive"
+        return "fixed" if self.judging.startswith("fixed") else "adaptive"
+
+    @property
+    def choices(self) -> int:
+        """``+n3``: an annotator's three samples in one request (OpenAI's ``n``, the default); else one request
+        per sample, as before."""
+        return 3 if "+n3" in self.judging else 1
 
     @property
     def in_sequence(self) -> bool:
@@ -121,7 +128,7 @@ class Setting:
         return at_target if self.judging.endswith("@target") else {}
 
 
-JUDGING = ["fixed", "adaptive", "logprobs", "sequence", "sequence+logprobs"]
+JUDGING = ["fixed", "fixed+n3", "adaptive", "logprobs", "sequence", "sequence+n3", "sequence+logprobs"]
 JUDGING += [f"{j}@target" for j in JUDGING if j.startswith("sequence")]
 
 
@@ -201,6 +208,7 @@ def judges_for(s: Setting, server: SimulatedJudgeServer) -> list[AnnotatorConfig
             max_concurrency=16,
             timeout_s=10,
             verdicts="auto" if s.logprobs else "sampled",
+            choices_per_request=s.choices,
         )
         for n in names
     ]
@@ -295,7 +303,10 @@ def decide_all(store, rnd, run, shards, rule: RuleBase, use_judges: bool) -> tup
         verdicts = merged_verdicts(sl, names, "majority", store.round(rnd)) if use_judges else {}
         result = decide_shard(scores, verdicts, rule.fit(scores), read_parquet(sl.canary_scores).to_pylist())
         asked = Counter(  # every request asked, also of annotators the rule counts zero (measured uninformative)
-            pid for n in names for pid in read_parquet(sl.samples(n), ["pair_id"]).column("pair_id").to_pylist()
+            r["pair_id"]
+            for n in names
+            for r in read_parquet(sl.samples(n), ["pair_id", "choice"]).to_pylist()
+            if not r["choice"]  # a request's later choices are not requests
         )
         out.update(
             {
@@ -446,7 +457,7 @@ def evaluate_setting(
     reused = reuse and (run.dir / "prepared" / "manifest.json").exists()
     if reused:
         refresh_evidence(store, rnd)
-    with logprob_calibration(store, rnd, s, sets):
+    with probe_calibration(store, rnd, s, sets):
         if not reused:
             run_stage2(store, rnd, s, sets)
         results, decisions = _evaluate(s, store, rnd, run, sets, fixed)
@@ -496,12 +507,14 @@ def _evaluate(s: Setting, store: StorageLayout, rnd: str, run, sets: dict, fixed
 
 
 @contextlib.contextmanager
-def logprob_calibration(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> Iterator[None]:
-    """For the logprob modes: the round's gold probe judged again with logprob verdicts and their calibration
-    (``logprobs``) added to ``judges.json`` while the mode runs, then the file restored. In production the probe
-    is judged the way the annotator judges (one connection, one mode); here the stage-1 rounds are shared by every
-    judging mode, so the logprob modes measure their verdicts on the same probe pairs (cached after the first)."""
-    if not s.logprobs:
+def probe_calibration(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> Iterator[None]:
+    """For the modes that judge otherwise than the stage-1 rounds did (one sampled choice a request): the round's
+    gold probe judged again the mode's way, its measurements in ``judges.json`` while the mode runs, then the file
+    restored — the logprob verdicts' calibration (``logprobs``) added, or, for several choices a request, every
+    annotator's vote cells measured anew (its choices share the candidates' order, so their errors are less
+    independent). In production the probe is judged the way the annotator judges (one connection); here the
+    stage-1 rounds are shared by every judging mode, so each measures its verdicts on the same probe pairs."""
+    if not (s.logprobs or s.choices > 1):
         yield
         return
     r = store.round(rnd)
@@ -509,13 +522,16 @@ def logprob_calibration(store: StorageLayout, rnd: str, s: Setting, sets: dict) 
     server = simulated_judges(s, sets)
     server.start()
     try:
-        for a in judges_for(s, server):
-            samples, _ = judge_probe(store, rnd, a)
-            measured = judge_reliability(samples)["annotators"].get(a.name, {})
-            if "logprobs" in measured:
-                judges["annotators"][a.name]["logprobs"] = measured["logprobs"]
+        probes = [judge_probe(store, rnd, a)[0] for a in judges_for(s, server)]
     finally:
         server.stop()
+    measured = judge_reliability(pa.concat_tables(probes))
+    if s.logprobs:
+        for name, stats in measured["annotators"].items():
+            if "logprobs" in stats:
+                judges["annotators"][name]["logprobs"] = stats["logprobs"]
+    else:
+        judges = measured
     write_json(judges, r.judges)
     try:
         yield
@@ -534,7 +550,7 @@ def request_cost(run, shards: list[str]) -> float:
         for usage in (sl.dir / "annotations").glob("*/usage.json"):
             work = read_json(usage)
             tokens_in, tokens_out = tokens_in + work["prompt_tokens"], tokens_out + work["completion_tokens"]
-            requests += read_parquet(usage.parent / "samples.parquet", ["pair_id"]).num_rows
+            requests += requests_asked(read_parquet(usage.parent / "samples.parquet"))
     return (tokens_in * PRICE_PER_M[0] + tokens_out * PRICE_PER_M[1]) / 1e6 / max(1, requests)
 
 

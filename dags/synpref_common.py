@@ -105,6 +105,7 @@ def existing(path: Any) -> Any:
 ANNOTATOR_EXTRAS = (
     "backend",
     "samples",
+    "choices_per_request",
     "temperature",
     "max_tokens",
     "max_concurrency",

@@ -35,6 +35,7 @@ def sim_server(sim_truth):
         "meh": JudgeProfile(0.75, 0.1, 0.0),
         "faulty": JudgeProfile(0.85, 0.0, 0.2, slow_s=1.5),
         "biased": JudgeProfile(0.8, 0.4, 0.0),
+        "one-choice": JudgeProfile(0.8, 0.1, 0.0, honours_n=False),  # answers one choice whatever ``n`` asks
     }
     server = SimulatedJudgeServer(TruthIndex.from_tables(truth, gtruth), profiles, api_key="sk-test")
     server.start()

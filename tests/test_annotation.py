@@ -94,11 +94,12 @@ def test_merged_verdicts_beat_single_samples_and_second_run_is_free(sim_server, 
     assert merged_acc > max(s["sample_accuracy"] for s in stats.values())
     assert merged_acc > stats["meh"]["accuracy"]
     first_requests = sum(sim_server.counts.values())
-    assert first_requests == len(rows) * 9
+    assert samples.num_rows == len(rows) * 9  # three annotators × three samples ...
+    assert first_requests == len(rows) * 3  # ... each annotator's in one request of three choices
     assert sum(u["cost_usd"] for u in usage.values()) > 0
     merged2, _, usage2 = annotate_pairs(rows, gold_rows, annotators, tmp_path / "cache", fixed)
     assert sum(sim_server.counts.values()) == first_requests  # zero new requests
-    assert all(u["requests"] == 0 and u["cache_hits"] == len(rows) * 3 for u in usage2.values())
+    assert all(u["requests"] == 0 and u["cache_hits"] == len(rows) for u in usage2.values())  # one request a pair
     assert merged2.equals(merged)
 
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace as NS
 import pytest
 
 from conftest import annotator_cfg
-from synpref.llm.annotation import judge, merge_samples
-from synpref.llm.client import AnnotatorError, verdict_logprobs
+from synpref.llm.annotation import judge, merge_samples, requests_asked
+from synpref.llm.client import AnnotatorError, completion_of, verdict_logprobs
 from synpref.models.reliability import judge_reliability
 from synpref.settings import AnnotateSettings
 from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex
@@ -18,10 +18,62 @@ def _per_annotator(merged):
     return {r["pair_id"]: r["annotator_verdicts"][0] for r in merged.to_pylist()}
 
 
+def test_an_annotators_samples_come_in_one_request_of_several_choices(sim_server, sim_truth, tmp_path):
+    """``choices_per_request`` (OpenAI's ``n``): three samples, one request, the prompt sent and billed once; the
+    choices are independent draws in one candidates' order; a re-run is free and gives the same table."""
+    _, pairs, _, _, _ = sim_truth
+    rows = pairs.to_pylist()[:40]
+    fixed = AnnotateSettings(sampling="fixed")
+    one_each = annotator_cfg(sim_server, "ok", choices_per_request=1)
+    separate, usage1 = judge(rows, {}, one_each, tmp_path / "c", fixed)
+    together, usage3 = judge(rows, {}, annotator_cfg(sim_server, "ok"), tmp_path / "c", fixed)
+    assert together.num_rows == separate.num_rows == 3 * len(rows)
+    assert usage3["ok"]["requests"] == requests_asked(together) == len(rows) == requests_asked(separate) / 3
+    assert 3 * usage3["ok"]["prompt_tokens"] == usage1["ok"]["prompt_tokens"]  # only the order differs there
+    by_pair = collections.defaultdict(list)
+    for r in together.to_pylist():
+        by_pair[r["pair_id"]].append(r)
+    for samples in by_pair.values():
+        assert [(r["sample"], r["choice"]) for r in samples] == [(0, 0), (1, 1), (2, 2)]
+        assert len({r["swapped"] for r in samples}) == 1  # one request, one order
+    assert any(len({r["verdict"] for r in s}) == 2 for s in by_pair.values())  # drawn, not copied
+    before = sum(sim_server.counts.values())
+    again, _ = judge(rows, {}, annotator_cfg(sim_server, "ok"), tmp_path / "c", fixed)
+    assert sum(sim_server.counts.values()) == before and again.equals(together)
+
+
+def test_an_endpoint_that_ignores_n_is_asked_again_for_the_missing_samples(sim_server, sim_truth, tmp_path):
+    _, pairs, _, _, _ = sim_truth
+    rows = pairs.to_pylist()[:30]
+    for sampling in ("fixed", "adaptive"):
+        samples, usage = judge(rows, {}, annotator_cfg(sim_server, "one-choice"), tmp_path / sampling,
+                               AnnotateSettings(sampling=sampling))  # fmt: skip
+        per_pair = collections.Counter(samples.column("pair_id").to_pylist())
+        assert usage["one-choice"]["requests"] == requests_asked(samples) == samples.num_rows
+        if sampling == "fixed":
+            assert set(per_pair.values()) == {3}  # every sample, one request each
+        assert all(r["choice"] == 0 for r in samples.to_pylist())
+
+
+def test_a_replys_choices_are_read_in_index_order_up_to_the_first_without_text():
+    def choice(i, text):
+        return {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+
+    import openai
+
+    body = {"id": "x", "object": "chat.completion", "created": 0, "model": "m"}
+    reply = {**body, "choices": [choice(2, "c [[2]]"), choice(0, "a [[1]]"), choice(1, "b [[1]]")]}
+    out = completion_of(openai.types.chat.ChatCompletion.model_validate(reply), "here")
+    assert (out.text, out.more_texts) == ("a [[1]]", ("b [[1]]", "c [[2]]"))
+    gap = {**body, "choices": [choice(0, "a [[1]]"), choice(1, ""), choice(2, "c [[2]]")]}
+    out = completion_of(openai.types.chat.ChatCompletion.model_validate(gap), "here")
+    assert (out.text, out.more_texts) == ("a [[1]]", ())  # the missing sample is asked again, never guessed
+
+
 def test_adaptive_sampling_gives_fixed_samplings_majority_with_fewer_requests(sim_server, sim_truth, tmp_path):
     _, pairs, _, _, _ = sim_truth
     rows = pairs.to_pylist()
-    sampled = annotator_cfg(sim_server, "ok", samples=5, verdicts="sampled")
+    sampled = annotator_cfg(sim_server, "ok", samples=5, verdicts="sampled", choices_per_request=1)
     fixed, _ = judge(rows, {}, sampled, tmp_path / "c", AnnotateSettings(sampling="fixed"))
     before = sum(sim_server.counts.values())
     adaptive, usage = judge(rows, {}, sampled, tmp_path / "c", AnnotateSettings(sampling="adaptive"))
@@ -85,7 +137,7 @@ def test_prompts_share_their_prefix_and_cached_tokens_cost_the_cached_price(sim_
     _, pairs, _, gold, _ = sim_truth
     rows, examples = pairs.to_pylist()[:30], gold.to_pylist()[:8]
     few_shot = {r["pair_id"]: examples for r in rows}
-    full = annotator_cfg(sim_server, "ok", samples=3).model_copy(
+    full = annotator_cfg(sim_server, "ok", samples=3, choices_per_request=1).model_copy(
         update={"price_in_per_1k": 1.0, "price_out_per_1k": 0}
     )
     cheap = full.model_copy(update={"price_cached_in_per_1k": 0.1})

@@ -20,6 +20,7 @@ from typing import Literal
 
 import jinja2
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from synpref.io.storage import PathLike, read_parquet
 from synpref.llm.client import (
@@ -173,6 +174,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("p_slot1", pa.float64()),  # P(Candidate 1) from the verdict token's logprobs; null for a sampled verdict
         ("stopped", pa.string()),  # on an annotator's last sample of a pair: why it asked no more (STOP_REASONS)
         ("settled", pa.string()),  # judging in sequence, on a pair's last sample overall: why no annotator followed
+        ("choice", pa.int8()),  # which of its request's choices (``n``) this sample is: 0 = a request of its own
     ]
 )
 STOP_REASONS = {
@@ -191,13 +193,15 @@ def slot_from_logprobs(logprobs: dict[str, float] | None) -> tuple[int | None, f
     return (1 if p1 > 0.5 else 2 if p1 < 0.5 else None), p1
 
 
-def _sample_row(pid: str, annotator: str, s: int, swapped: bool, resp) -> dict:
-    """One asked sample: its slot and verdict (from the logprobs when the reply has them, else from the text)."""
+def _sample_row(pid: str, annotator: str, s: int, swapped: bool, resp, choice: int = 0) -> dict:
+    """One asked sample, the reply's ``choice``: its slot and verdict (from the logprobs when the reply has them,
+    else from the text)."""
     if resp.status in ("error", "budget"):
         slot, reason, p1 = None, resp.error or "budget", None
     else:
-        slot, reason = parse_verdict(resp.text)
-        lp_slot, p1 = slot_from_logprobs(resp.verdict_logprobs) if slot is not None else (None, None)
+        slot, reason = parse_verdict(resp.texts()[choice])
+        logprobs = resp.verdict_logprobs if choice == 0 else None
+        lp_slot, p1 = slot_from_logprobs(logprobs) if slot is not None else (None, None)
         if p1 is not None:
             slot, reason = lp_slot, "ok" if lp_slot is not None else "logprobs_tied"
     return {
@@ -212,7 +216,22 @@ def _sample_row(pid: str, annotator: str, s: int, swapped: bool, resp) -> dict:
         "p_slot1": p1,
         "stopped": None,
         "settled": None,
+        "choice": choice,
     }
+
+
+def requests_asked(samples: pa.Table) -> int:
+    """How many requests a sample table's rows took (a request's later choices are not requests of their own)."""
+    if "choice" not in samples.column_names:
+        return samples.num_rows  # written before several choices per request: one request a row
+    return samples.num_rows - pc.sum(pc.fill_null(pc.greater(samples["choice"], 0), False)).as_py()
+
+
+def request_spans(missing: list[int], per_request: int, all_at_once: bool) -> list[list[int]]:
+    """The sample indices to ask next, grouped into requests of at most ``per_request`` choices: the first group
+    only (a wave of adaptive sampling), or all of them (fixed sampling)."""
+    spans = [missing[i : i + per_request] for i in range(0, len(missing), per_request)]
+    return spans if all_at_once else spans[:1]
 
 
 Settled = Callable[[str, dict, list[str]], str | None]
@@ -250,14 +269,16 @@ def judge(
     ``settled(pair_id, this annotator's samples so far)``: why judging in sequence needs no further sample of the
     pair (None: go on), asked after each wave of a pair this annotator would ask again.
 
-    Samples are asked in waves (sample 0 of every pair, then sample 1 of the pairs still open, ...): with
-    ``sampling=adaptive`` a pair stops as soon as the remaining samples cannot change the annotator's majority;
-    with ``verdicts`` logprobs/auto the first request asks for the verdict token's log-probabilities, and a reply
-    that has them is the verdict (one request) — unless ``repeat_logprobs`` (judging in sequence under a rule that
-    weighs logprob verdicts, where ``settled`` decides, and the gold probe, which asks every sample to measure
-    repeated verdicts): then the pair's later samples are logprob verdicts too; a reply without logprobs falls
-    back to sampling. Every request keeps its seeded identity (pair, sample, kind), so a re-run asks exactly the
-    same requests and finds them in the cache."""
+    Samples are asked in waves (sample 0 of every pair, then sample 1 of the pairs still open, ...), up to
+    ``choices_per_request`` samples in one request (OpenAI's ``n``; the choices share the candidates' order): with
+    ``sampling=adaptive`` a pair stops as soon as the remaining samples cannot change the annotator's majority,
+    with ``fixed`` every sample is asked at once; an endpoint that answers fewer choices than asked is asked for
+    the rest in the next wave. With ``verdicts`` logprobs/auto the first request asks for the verdict token's
+    log-probabilities (one choice), and a reply that has them is the verdict (one request) — unless
+    ``repeat_logprobs`` (judging in sequence under a rule that weighs logprob verdicts, where ``settled`` decides,
+    and the gold probe, which asks every sample to measure repeated verdicts): then the pair's later samples are
+    logprob verdicts too; a reply without logprobs falls back to sampling. Every request keeps its seeded identity
+    (pair, first sample, kind, choices), so a re-run asks exactly the same requests and finds them in the cache."""
     budget = budget or task_budget(settings)
     adaptive = settings.sampling == "adaptive"
     logprobs = annotator.verdicts in ("logprobs", "auto")
@@ -265,24 +286,26 @@ def judge(
     usage_total = Usage()
     open_pairs = list(pairs)
     first_prompt: dict[str, str] = {}
-    waves = range(annotator.samples) if adaptive or logprobs else [None]  # fixed sampling: every sample at once
-    for wave in waves:
+    for wave in range(annotator.samples):  # every wave adds at least one sample to every open pair
+        if not open_pairs:
+            break
         groups: dict[bool, tuple[list[Request], list[tuple]]] = {True: ([], []), False: ([], [])}
         for pair in open_pairs:
-            exs = examples.get(pair["pair_id"], [])
-            rows = asked[pair["pair_id"]]
-            with_logprobs = logprobs and (wave == 0 or (bool(rows) and rows[0]["p_slot1"] is not None))
+            pid, exs, rows = pair["pair_id"], examples.get(pair["pair_id"], []), asked[pair["pair_id"]]
+            with_logprobs = logprobs and (not rows or rows[0]["p_slot1"] is not None)
             requests, meta = groups[with_logprobs]
-            for s in range(annotator.samples) if wave is None else [wave]:
-                swapped = order_swapped(pair["pair_id"], annotator.name, s, settings.seed)
+            missing = sorted(set(range(annotator.samples)) - {r["sample"] for r in rows})
+            per_request = 1 if with_logprobs else annotator.choices_per_request
+            for span in request_spans(missing, per_request, not (adaptive or logprobs)):
+                swapped = order_swapped(pid, annotator.name, span[0], settings.seed)
                 msgs = tuple(
                     build_judge_messages(
                         pair, exs, swapped, settings.max_examples, settings.seed, settings.preference_aware
                     )
                 )
-                seed = request_seed(pair["pair_id"], annotator.name, s, settings.seed)
-                requests.append(Request(f"{pair['pair_id']}:{s}", msgs, s, seed))
-                meta.append((pair["pair_id"], s, swapped))
+                seed = request_seed(pid, annotator.name, span[0], settings.seed)
+                requests.append(Request(f"{pid}:{span[0]}", msgs, span[0], seed, len(span)))
+                meta.append((pid, span, swapped))
         waiting = len(pending) if pending is not None else 0
         answered = []
         for with_logprobs, (requests, meta) in groups.items():
@@ -301,8 +324,9 @@ def judge(
                 f"annotator '{annotator.name}' has verdicts: logprobs but its endpoint returned no logprobs; "
                 "use verdicts: auto (falls back to sampling) or sampled"
             )
-        for (pid, s, swapped), resp in answered:
-            asked[pid].append(_sample_row(pid, annotator.name, s, swapped, resp))
+        for (pid, span, swapped), resp in answered:
+            for choice, s in enumerate(span[: len(resp.texts())]):
+                asked[pid].append(_sample_row(pid, annotator.name, s, swapped, resp, choice))
         still_open = []
         for pair in open_pairs:
             rows = asked[pair["pair_id"]]

@@ -48,6 +48,9 @@ class AnnotatorConfig(BaseModel):
     api_key_env: str | None = None
     api_key: str | None = Field(default=None, exclude=True, repr=False)
     samples: int = Field(default=3, ge=1)
+    # self-consistency samples asked in one request (OpenAI's ``n``: the prompt is sent and billed once); an endpoint
+    # that returns fewer choices (llama.cpp ignores ``n``) is asked again for the rest. 1: one request per sample
+    choices_per_request: int = Field(default=3, ge=1, le=128)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1, le=1_000_000)
     max_concurrency: int = Field(default=4, ge=1)
@@ -227,6 +230,7 @@ class Request:
     messages: tuple[tuple[str, str], ...]
     sample: int
     seed: int
+    choices: int = 1  # completions asked in one request (``n``)
 
 
 @dataclass
@@ -236,6 +240,11 @@ class Response:
     status: str  # ok (fresh or cached) | error | budget | pending (batch mode: collected for a batch, not asked)
     error: str | None = None
     verdict_logprobs: dict[str, float] | None = None  # {"1": lp, "2": lp} at the final verdict token, if asked
+    more_texts: tuple[str, ...] = ()  # the texts of the request's further choices (``n`` > 1), in index order
+
+    def texts(self) -> list[str | None]:
+        """Every choice's text, the first one first (one entry, None, for an unanswered request)."""
+        return [self.text, *self.more_texts]
 
 
 def cache_key(
@@ -247,10 +256,13 @@ def cache_key(
     sample: int,
     seed: int,
     logprobs: bool = False,
+    choices: int = 1,
 ) -> str:
     """The request's identity; ``namespace`` (the endpoint) keeps a wrong endpoint's answers from being reused.
-    A request for logprobs is another request (its answer carries them); sampled requests keep their old keys."""
+    A request for logprobs, or for several choices, is another request (its answer differs); one sampled choice
+    keeps the old key."""
     key = [namespace, model, messages, temperature, max_tokens, sample, seed] + (["logprobs"] if logprobs else [])
+    key += [f"n={choices}"] if choices > 1 else []
     blob = json.dumps(key, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -322,6 +334,7 @@ class ChatRequest:
     max_tokens: int
     seed: int
     logprobs: bool = False  # ask for the tokens' log-probabilities (top 5 alternatives)
+    n: int = 1  # choices
 
 
 def chat_body(request: ChatRequest) -> dict:
@@ -335,6 +348,8 @@ def chat_body(request: ChatRequest) -> dict:
     }
     if request.logprobs:
         body.update(logprobs=True, top_logprobs=5)
+    if request.n > 1:
+        body["n"] = request.n
     return body
 
 
@@ -355,6 +370,7 @@ class Completion:
     usage_reported: bool = True  # False: the endpoint sent no token counts (counted as 0, and counted)
     verdict_logprobs: dict[str, float] | None = None  # {"1": lp, "2": lp} at the final verdict token
     cached_tokens: int = 0  # prompt tokens served from the endpoint's prefix cache
+    more_texts: tuple[str, ...] = ()  # further choices' texts (``n`` > 1; completion_tokens counts them all)
 
 
 class BackendError(RuntimeError):
@@ -482,6 +498,8 @@ def completion_of(out: Any, where: str) -> Completion:
         raise BackendError("bad_reply", f"reply from {where} is not a chat completion ({type(out).__name__})", True)
     if not choices:
         raise BackendError("empty_reply", f"reply from {where} has no choices", True)
+    if all(isinstance(getattr(c, "index", None), int) for c in choices):
+        choices = sorted(choices, key=lambda c: c.index)
     text = getattr(getattr(choices[0], "message", None), "content", None)
     if not isinstance(text, str) or not text.strip():
         raise BackendError("empty_reply", f"reply from {where} has no message content", True)
@@ -492,7 +510,20 @@ def completion_of(out: Any, where: str) -> Completion:
     counts = [t if isinstance(t, int) and t >= 0 else 0 for t in tokens]
     cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
     cached = cached if isinstance(cached, int) and 0 <= cached <= counts[0] else 0
-    return Completion(text, *counts, usage_reported=reported, verdict_logprobs=logprobs, cached_tokens=cached)
+    more = tuple(_further_texts(choices))
+    return Completion(text, *counts, reported, logprobs, cached, more)
+
+
+def _further_texts(choices: list) -> list[str]:
+    """The texts of the choices after the first, up to the first one without text: a sample the endpoint did not
+    give is asked again, never guessed."""
+    out = []
+    for choice in choices[1:]:
+        text = getattr(getattr(choice, "message", None), "content", None)
+        if not isinstance(text, str) or not text.strip():
+            break
+        out.append(text)
+    return out
 
 
 _DIGIT = {"1", "2"}
@@ -555,15 +586,17 @@ def plausible(out: Completion, chat: ChatRequest, usage: Usage) -> Completion:
     if not out.usage_reported:
         return out
     prompt_chars = sum(len(c) for _, c in chat.messages)
-    text_chars = len(out.text or "")
+    texts = [out.text or "", *out.more_texts]
+    text_chars = sum(map(len, texts))
     ok_prompt = _plausible_count(out.prompt_tokens, prompt_chars, prompt_chars + 64 * len(chat.messages) + 64)
-    ok_completion = _plausible_count(out.completion_tokens, text_chars, min(chat.max_tokens, text_chars) + 16)
+    most = sum(min(chat.max_tokens, len(t)) + 16 for t in texts)
+    ok_completion = _plausible_count(out.completion_tokens, text_chars, most)
     if ok_prompt and ok_completion:
         return out
     usage.implausible_usage += 1
     pt = out.prompt_tokens if ok_prompt else math.ceil(prompt_chars / CHARS_PER_TOKEN)
     ct = out.completion_tokens if ok_completion else math.ceil(text_chars / CHARS_PER_TOKEN)
-    return Completion(out.text, pt, ct, True, out.verdict_logprobs, min(out.cached_tokens, pt))
+    return Completion(out.text, pt, ct, True, out.verdict_logprobs, min(out.cached_tokens, pt), out.more_texts)
 
 
 async def _complete_with_retries(backend: JudgeBackend, request: ChatRequest, max_retries: int) -> Completion:
@@ -600,7 +633,9 @@ async def _run_async(
 
     namespace = cfg.cache_namespace or cfg.base_url
     hashes = [
-        cache_key(namespace, cfg.model, r.messages, cfg.temperature, cfg.max_tokens, r.sample, r.seed, logprobs)
+        cache_key(
+            namespace, cfg.model, r.messages, cfg.temperature, cfg.max_tokens, r.sample, r.seed, logprobs, r.choices
+        )
         for r in requests
     ]
     # cache reads in one go and writes on one thread: file I/O never blocks the requests in flight
@@ -612,8 +647,9 @@ async def _run_async(
         if hit is not None:
             usage.cache_hits += 1
             account(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), hit.get("cached_tokens", 0))
-            return Response(req.key, hit["text"], "ok", verdict_logprobs=hit.get("verdict_logprobs"))
-        chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed, logprobs)
+            more = tuple(itertools.takewhile(lambda t: isinstance(t, str), hit.get("more_texts") or ()))
+            return Response(req.key, hit["text"], "ok", verdict_logprobs=hit.get("verdict_logprobs"), more_texts=more)
+        chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed, logprobs, req.choices)
         if pending is not None and cfg.mode == "batch":
             pending.append(PendingRequest(cfg.name, h, chat_body(chat)))
             return Response(req.key, None, "pending")
@@ -637,7 +673,7 @@ async def _run_async(
         budget.spent_tokens += out.prompt_tokens + out.completion_tokens
         value = cache_value(cfg.model, out, logprobs)
         writes.append(writer.submit(cache.put, h, value))  # off the event loop, one writer thread
-        return Response(req.key, out.text, "ok", verdict_logprobs=out.verdict_logprobs)
+        return Response(req.key, out.text, "ok", verdict_logprobs=out.verdict_logprobs, more_texts=out.more_texts)
 
     async def counted(req: Request, h: str, progress: Progress) -> Response:
         response = await one(req, h)
@@ -672,6 +708,7 @@ def cache_value(model: str, out: Completion, logprobs: bool) -> dict:
         "completion_tokens": out.completion_tokens,
         **({"cached_tokens": out.cached_tokens} if out.cached_tokens else {}),
         **({"verdict_logprobs": out.verdict_logprobs} if logprobs else {}),
+        **({"more_texts": list(out.more_texts)} if out.more_texts else {}),
     }
 
 

@@ -50,6 +50,7 @@ from synpref.llm.annotation import (
     judge_in_sequence,
     merge_samples,
     read_examples,
+    requests_asked,
     task_budget,
     template,
     with_samples,
@@ -602,7 +603,7 @@ def judging_bill(shards: list, counts: dict, annotators: list[AnnotatorConfig]) 
             bill = bills.setdefault(name, dict.fromkeys(BILL_SUMS, 0))
             stops = bill.setdefault("stopped", Counter())
             table = read_parquet(shard.samples(name))
-            bill["requests"] += table.num_rows
+            bill["requests"] += requests_asked(table)
             for column, counter in (("stopped", stops), ("settled", settled)):
                 if column in table.column_names:
                     counter.update(s for s in table.column(column).to_pylist() if s)
