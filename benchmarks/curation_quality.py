@@ -18,7 +18,9 @@ with the flagged labels flipped.
     python benchmarks/curation_quality.py --quick        # two small settings, judges 0.8 and 0.7 (minutes)
     python benchmarks/curation_quality.py --quick --judging fixed adaptive logprobs   # what judging costs
 
-``--judging``: fixed = every sample of every annotator (self-consistency as it was); adaptive = samples only
+``--judging``: fixed = every sample of every annotator (self-consistency as it was); ``+n3`` (fixed+n3,
+sequence+n3) = an annotator's three samples in one request (``choices_per_request: 3``, the default; without it
+one request per sample, as the stage-1 rounds here judge); adaptive = samples only
 while an annotator's verdict is open; logprobs = one request, the verdict token's probability (the
 SIMULATED judges return P = their accuracy on the pair: calibrated and difficulty-aware); sequence = adaptive,
 and the annotators judge one after another, a pair going to the next only while the default rule leaves it

@@ -165,3 +165,13 @@ def test_judging_bound_policy_asks_only_while_a_vote_is_worth_its_price():
     assert decided[1][0] == KEEP and 1 < decided[1][1] < 9
     assert decided[2] == (int(stop[2, 1, 0]), 1)
     assert decided[3][0] == FLIP and decided[3][1] >= 2
+
+
+def test_a_judging_mode_with_n3_asks_three_choices_a_request_on_the_same_world():
+    import curation_quality as cq
+
+    n3 = cq.Setting(0.3, 0.8, "frozen", judging="fixed+n3")
+    before = cq.Setting(0.3, 0.8, "frozen", judging="fixed")
+    assert (n3.sampling, n3.choices, n3.run_name) == ("fixed", 3, "eval-fixed-n3")
+    assert (before.choices, cq.Setting(0.3, 0.8, "frozen", judging="sequence").choices) == (1, 1)
+    assert n3.world == before.world and cq.Setting(0.3, 0.8, "frozen", judging="sequence+n3").in_sequence
