@@ -227,8 +227,14 @@ def simulated_judges(sets: dict, w: World) -> SimulatedJudgeServer:
 
 def simulated_annotators(server: SimulatedJudgeServer) -> list[AnnotatorConfig]:
     return [
-        AnnotatorConfig(
-            name=f"judge-{i}", base_url=server.base_url, model=f"judge-{i}", api_key="sk-sim", samples=3, timeout_s=10
+        AnnotatorConfig(  # one sample a request, as the README's tables were measured (before choices_per_request)
+            name=f"judge-{i}",
+            base_url=server.base_url,
+            model=f"judge-{i}",
+            api_key="sk-sim",
+            samples=3,
+            choices_per_request=1,
+            timeout_s=10,
         )
         for i in range(3)
     ]
