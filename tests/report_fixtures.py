@@ -192,6 +192,7 @@ def fake_stage2(store: StorageLayout, name: str, shards: int, pairs_per_shard: i
                         "cost_usd": 0.51,
                         "verdicts": "auto",
                         "stopped": {"logprobs": 1200},
+                        "samples": 1200,
                     }
                 },
                 "requests_per_input_pair": 0.3,

@@ -106,7 +106,7 @@ def test_a_stage2_report_reads_shard_summaries_and_plots_the_funnel(tmp_path):
     bill = page.sections[-1]
     assert bill.id == "bill" and "$0.1457 per 1,000 curated pairs" in bill.note
     assert bill.table["rows"] == [
-        ["judge-a", "auto", "online", "1,200", "900,000", "0", "—", "40,000", "0.5100", "logprobs 1,200"]
+        ["judge-a", "auto", "online", "1,200", "1,200", "900,000", "0", "—", "40,000", "0.5100", "logprobs 1,200"]
     ]
     summary = stage2_summary(store.stage2("run"))
     assert sum(summary["hist"]["p_best"]["kept"]) == 4 * 700

@@ -192,6 +192,7 @@ def test_the_judging_bill_counts_requests_tokens_and_cost_per_pair(world, sim_se
     good, ok = bill.annotators["good"], bill.annotators["ok"]
     assert good.requests == 40 and good.stopped == {"logprobs": 40}  # one request a pair
     assert ok.requests == 40 and ok.stopped == {"all_samples": 40}  # its three samples in one request a pair
+    assert (good.samples, ok.samples) == (40, 120)
     assert bill.requests_per_input_pair == round((good.requests + ok.requests) / 60, 4)
     assert bill.cost_usd == round(good.cost_usd + ok.cost_usd, 6) > 0
     assert bill.cost_per_1k_curated_usd == round(1000 * bill.cost_usd / 30, 6)

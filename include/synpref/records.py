@@ -292,7 +292,7 @@ class QualityEstimates(Record):
 class AnnotatorBill(Record):
     """What one annotator's judging of a stage-2 run cost (cache-invariant: answers fresh or cached)."""
 
-    requests: int  # verdict requests asked (samples, incl. the blind canaries)
+    requests: int  # verdict requests asked (incl. the blind canaries')
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Number
@@ -301,6 +301,7 @@ class AnnotatorBill(Record):
     cached_prompt_tokens: int = 0  # served from the endpoint's prefix cache (as it reported), at the cached price
     shared_prefix_share: Number | None = None  # of the prompts' characters, in a prefix shared with an earlier prompt
     stopped: dict[str, int] = {}  # pairs by why sampling stopped (STOP_REASONS)
+    samples: int | None = None  # verdict samples those requests gave (several choices a request); None: not counted
 
 
 class JudgingBill(Record):

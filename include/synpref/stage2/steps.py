@@ -604,6 +604,7 @@ def judging_bill(shards: list, counts: dict, annotators: list[AnnotatorConfig]) 
             stops = bill.setdefault("stopped", Counter())
             table = read_parquet(shard.samples(name))
             bill["requests"] += requests_asked(table)
+            bill["samples"] = bill.get("samples", 0) + table.num_rows
             for column, counter in (("stopped", stops), ("settled", settled)):
                 if column in table.column_names:
                     counter.update(s for s in table.column(column).to_pylist() if s)
@@ -616,6 +617,7 @@ def judging_bill(shards: list, counts: dict, annotators: list[AnnotatorConfig]) 
             **{k: b[k] for k in ("requests", "prompt_tokens", "completion_tokens", "cached_prompt_tokens")},
             cost_usd=round(b["cost_usd"], 6),
             stopped=dict(sorted(b["stopped"].items())),
+            samples=b["samples"],
             shared_prefix_share=round(b["shared_prefix_chars"] / b["prompt_chars"], 4) if b["prompt_chars"] else None,
             verdicts=configs[n].verdicts,
             mode=configs[n].mode,
