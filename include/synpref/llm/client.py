@@ -397,8 +397,9 @@ MAX_CHARS_PER_TOKEN = 24  # fewer reported tokens than chars / 24 is not a count
 
 
 def reply_cap(cfg: AnnotatorConfig) -> int:
-    """The largest reply body read (bytes): a multiple of ``max_tokens``; a larger one is a bad reply."""
-    return REPLY_OVERHEAD_BYTES + REPLY_BYTES_PER_TOKEN * cfg.max_tokens
+    """The largest reply body read (bytes): a multiple of ``max_tokens`` per choice asked; a larger one is a bad
+    reply."""
+    return REPLY_OVERHEAD_BYTES + REPLY_BYTES_PER_TOKEN * cfg.max_tokens * cfg.choices_per_request
 
 
 class CappedTransport(httpx.AsyncBaseTransport):
@@ -425,7 +426,7 @@ class CappedTransport(httpx.AsyncBaseTransport):
         await response.aclose()
         body = b"".join(chunks)
         if too_large:
-            message = f"reply larger than {self.cap} bytes (64 × max_tokens + 16 KiB)"
+            message = f"reply larger than {self.cap} bytes (64 × max_tokens per choice + 16 KiB)"
             return httpx.Response(413, headers={self.CAP_HEADER: str(self.cap)}, json={"error": {"message": message}})
         headers = [
             (k, v)
