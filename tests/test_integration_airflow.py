@@ -244,8 +244,7 @@ def _batch_mode_run(c: AirflowCluster, roots: dict, judges) -> None:
     conf = {
         "root": f"file://{roots['F']}",
         "round": "2026-10-20",  # published by test_rest_triggered_round_with_conf
-        "shard_size": 400,  # one shard
-        "samples": 1,
+        "shard_size": 400,  # one shard; each annotator's three samples in one request (n = 3) of its batch lines
         "annotators": ["synpref_batch_a", "synpref_batch_b"],
     }
     chats = judges.counts.total()
