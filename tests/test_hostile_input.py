@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from conftest import annotator_cfg
 from synpref.llm.annotation import DEFAULT_GUIDELINE, build_judge_messages, judge, order_swapped
 from synpref.llm.attributes import attribute_messages
-from synpref.llm.client import AnnotatorConfig, Request, run_requests
+from synpref.llm.client import AnnotatorConfig, EndpointError, Request, run_requests
 from synpref.llm.prompt import parse_prompt
 from synpref.schema import prompt_text
 from synpref.settings import AnnotateSettings
@@ -506,3 +506,34 @@ def test_storage_that_keeps_nothing_or_is_not_installed_is_one_line(tmp_path, ca
     code = main(["prepare", "--input", str(tmp_path / "pairs.parquet"), "--out", uri])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and why in err
+
+
+def test_an_endpoint_that_rejects_several_choices_fails_the_task_with_the_fix_in_one_line(tmp_path):
+    class Rejecting(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            """Quiet."""
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps({"error": {"message": "'n' is not supported", "type": "invalid_request_error"}})
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rejecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        for per_request, hint in ((3, True), (1, False)):
+            cfg = AnnotatorConfig(
+                name="strict", base_url=url, model="m", max_retries=0, choices_per_request=per_request
+            )
+            requests = [Request(f"k{i}", (("user", f"which? {i}"),), 0, i, per_request) for i in range(3)]
+            with pytest.raises(EndpointError) as e:
+                run_requests(cfg, requests, tmp_path / "cache")
+            assert "BadRequestError: 400" in str(e.value) and "\n" not in str(e.value)
+            assert ("set choices_per_request: 1" in str(e.value)) is hint
+    finally:
+        server.shutdown()

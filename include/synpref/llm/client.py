@@ -751,8 +751,14 @@ def run_requests(
 def check_error_share(cfg: AnnotatorConfig, usage: Usage) -> None:
     """Raise EndpointError when more than ``max_error_share`` of the requests sent failed."""
     if usage.requests and usage.errors / usage.requests > cfg.max_error_share:
+        rejected_n = cfg.choices_per_request > 1 and any("BadRequestError" in m for m in usage.error_messages)
         raise EndpointError(
             f"annotator '{cfg.name}' ({cfg.base_url}): {usage.errors} of {usage.requests} requests failed "
             f"(more than {cfg.max_error_share:.0%}): {'; '.join(sorted(set(usage.error_messages))[:3])}. "
-            "The answers received are cached; a re-run asks only for the missing ones."
+            + (
+                "If the endpoint does not accept several choices a request (n), set choices_per_request: 1. "
+                if rejected_n
+                else ""
+            )
+            + "The answers received are cached; a re-run asks only for the missing ones."
         )
