@@ -42,6 +42,17 @@ def test_an_annotators_samples_come_in_one_request_of_several_choices(sim_server
     assert sum(sim_server.counts.values()) == before and again.equals(together)
 
 
+def test_requests_are_counted_in_empty_and_older_sample_tables():
+    import pyarrow as pa
+
+    from synpref.llm.annotation import SAMPLE_SCHEMA
+
+    assert requests_asked(SAMPLE_SCHEMA.empty_table()) == 0  # an annotator judging in sequence that asked nothing
+    rows = [{"pair_id": "p", "sample": s, "choice": c} for s, c in ((0, 0), (1, 1), (2, None))]
+    assert requests_asked(pa.Table.from_pylist(rows)) == 2
+    assert requests_asked(pa.Table.from_pylist([{"pair_id": "p", "sample": 0}] * 3)) == 3  # before ``choice``
+
+
 def test_an_endpoint_that_ignores_n_is_asked_again_for_the_missing_samples(sim_server, sim_truth, tmp_path):
     _, pairs, _, _, _ = sim_truth
     rows = pairs.to_pylist()[:30]

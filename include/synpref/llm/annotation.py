@@ -224,7 +224,8 @@ def requests_asked(samples: pa.Table) -> int:
     """How many requests a sample table's rows took (a request's later choices are not requests of their own)."""
     if "choice" not in samples.column_names:
         return samples.num_rows  # written before several choices per request: one request a row
-    return samples.num_rows - pc.sum(pc.fill_null(pc.greater(samples["choice"], 0), False)).as_py()
+    later_choices = pc.sum(pc.fill_null(pc.greater(samples["choice"], 0), False)).as_py() or 0  # None when empty
+    return samples.num_rows - later_choices
 
 
 def request_spans(missing: list[int], per_request: int, all_at_once: bool) -> list[list[int]]:

@@ -7,7 +7,8 @@
   responses, malformed text, a verdict buried mid-text, prompt-injection text) and, where asked, a
   verbosity bias (it prefers the longer candidate) that a human-verified example of the same kind in which
   the shorter candidate won partly corrects (preference-aware prompts, paper §3.2); it answers attribute
-  prompts with JSON, and ``n`` choices a request as independent draws (unless a profile ignores ``n``). It stands in for strong LLM judges, which cannot run offline here.
+  prompts with JSON, and ``n`` choices a request as independent draws (unless a profile ignores ``n``). It
+  stands in for strong LLM judges, which cannot run offline here.
 - ``simulate_human_review``: a simulated human verifier that answers a round's review queue
   from the truth with a configurable accuracy and writes a Label Studio export into the inbox.
 
