@@ -600,11 +600,11 @@ def judging_bill(shards: list, counts: dict, annotators: list[AnnotatorConfig]) 
         for name in sorted(configs):
             if not shard.samples(name).exists():
                 continue
-            bill = bills.setdefault(name, dict.fromkeys(BILL_SUMS, 0))
+            bill = bills.setdefault(name, dict.fromkeys((*BILL_SUMS, "samples"), 0))
             stops = bill.setdefault("stopped", Counter())
             table = read_parquet(shard.samples(name))
             bill["requests"] += requests_asked(table)
-            bill["samples"] = bill.get("samples", 0) + table.num_rows
+            bill["samples"] += table.num_rows
             for column, counter in (("stopped", stops), ("settled", settled)):
                 if column in table.column_names:
                     counter.update(s for s in table.column(column).to_pylist() if s)
