@@ -119,6 +119,34 @@ def drop_database(name: str) -> None:
     _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+# Airflow's own races: a state change through the REST API (marking a run failed, pausing a DAG) while the
+# execution API starts that run's tasks can deadlock in PostgreSQL, which aborts one side; the API server then answers
+# 500 "Database error" for a transaction that was rolled back, so an idempotent request is safe to send again.
+IDEMPOTENT = frozenset({"GET", "PATCH", "PUT", "DELETE"})
+DB_ERROR_TRIES = 4
+DB_ERROR_BACKOFF_S = 0.5
+
+
+def is_database_error(r: httpx.Response) -> bool:
+    """A 5xx the API server gives for a failed (rolled back) database transaction."""
+    return r.status_code >= 500 and "database error" in r.text.lower()
+
+
+def api_request(method: str, url: str, token: str, **kwargs) -> dict:
+    """One REST call; a database-error 5xx of an idempotent request is retried (``DB_ERROR_TRIES`` tries, back-off
+    0.5, 1, 2 s); any 4xx, any other 5xx, and a POST's database error fail at once, saying how many tries."""
+    tries = DB_ERROR_TRIES if method.upper() in IDEMPOTENT else 1
+    for attempt in range(1, tries + 1):
+        r = httpx.request(method, url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs)
+        if not is_database_error(r) or attempt == tries:
+            break
+        time.sleep(DB_ERROR_BACKOFF_S * 2 ** (attempt - 1))
+    if r.status_code >= 400:
+        tried = f"{attempt} tr{'y' if attempt == 1 else 'ies'}"
+        raise RuntimeError(f"{method} {url} → {r.status_code} after {tried}: {r.text[:2000]}")
+    return r.json() if r.content else {}
+
+
 class AirflowCluster:
     def __init__(self, home: Path, extra_env: dict[str, str]):
         self.home = home
@@ -254,16 +282,7 @@ class AirflowCluster:
         return self._token
 
     def api(self, method: str, path: str, **kwargs) -> dict:
-        r = httpx.request(
-            method,
-            f"{self.base}/api/v2{path}",
-            headers={"Authorization": f"Bearer {self.token()}"},
-            timeout=60,
-            **kwargs,
-        )
-        if r.status_code >= 400:
-            raise RuntimeError(f"{method} {path} → {r.status_code}: {r.text[:2000]}")
-        return r.json() if r.content else {}
+        return api_request(method, f"{self.base}/api/v2{path}", self.token(), **kwargs)
 
     def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
         deadline = time.time() + timeout

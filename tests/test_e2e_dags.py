@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -165,6 +166,24 @@ def test_stage1_rounds_then_stage2(world, airflow_home):
     _ok(dags_test(airflow_home, "synpref_stage2", "2026-11-03", uri, conf2, env))
     assert _hashes(out) == before
     assert sum(world["server"].counts.values()) == requests
+
+    # a judge whose endpoint never answers (a mistyped port) fails the run's annotate task in one line, in seconds
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    typo = json.loads(env["AIRFLOW_CONN_SYNPREF_JUDGE_A"])
+    typo["host"] = refused
+    proc = dags_test(
+        airflow_home,
+        "synpref_stage2",
+        "2026-11-04",
+        uri,
+        conf2,
+        {**env, "AIRFLOW_CONN_SYNPREF_JUDGE_A": json.dumps(typo)},
+    )
+    log = proc.stdout + proc.stderr
+    assert f"cannot reach {refused}: connection refused" in log, log[-3000:]
+    assert not (root / "stage2" / "2026-11-04" / "manifest.json").exists()
 
     # the export loads with datasets and trains with TRL's RewardTrainer
     import datasets

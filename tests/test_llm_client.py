@@ -7,11 +7,15 @@ import re
 import socket
 import threading
 
+import httpx2 as httpx
 import pytest
 
 from conftest import annotator_cfg
 from synpref.cli import main
+from synpref.io.storage import write_parquet
+from synpref.llm import breaker
 from synpref.llm.annotation import judge, merge_samples
+from synpref.llm.breaker import EndpointBreaker
 from synpref.llm.client import (
     BACKENDS,
     AnnotatorConfig,
@@ -20,6 +24,7 @@ from synpref.llm.client import (
     ChatRequest,
     Completion,
     EndpointError,
+    EndpointUnreachable,
     Request,
     load_annotators,
     register_backend,
@@ -330,3 +335,82 @@ def test_an_annotator_connection_can_set_every_annotator_setting(monkeypatch):
 
     own = {"name", "base_url", "model", "api_key", "api_key_env"}
     assert set(AnnotatorConfig.model_fields) - own == set(ANNOTATOR_EXTRAS)
+
+
+# --- the circuit breaker: an endpoint that never answered stops the annotator in seconds -------------------------
+
+
+def _refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+def _attempts(message: str) -> int:
+    return int(re.search(r"on (\d+) connection attempts in a row", message).group(1))
+
+
+@pytest.mark.parametrize(
+    ("url", "what"),
+    [(None, "connection refused"), ("http://synpref-judge.invalid:8000/v1", "the host name does not resolve")],
+)
+def test_an_endpoint_that_never_answered_trips_the_breaker_within_a_few_attempts(tmp_path, url, what):
+    cfg = AnnotatorConfig(name="typo", base_url=url or _refused_url(), model="m")  # default retries and concurrency
+    with pytest.raises(EndpointUnreachable) as e:
+        run_requests(cfg, _requests(200), tmp_path / "cache")
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"annotator 'typo' cannot reach {cfg.base_url}: {what}" in message
+    assert breaker.TRIP_AFTER <= _attempts(message) <= 10
+
+
+def test_the_cli_fails_on_an_unreachable_judge_in_one_line(sim_truth, tmp_path, capsys):
+    d, *_ = sim_truth
+    annotators = tmp_path / "annotators.yaml"
+    annotators.write_text(f"- {{name: typo, base_url: '{_refused_url()}', model: m}}\n")
+    pairs = tmp_path / "pairs.parquet"
+    from synpref.simulation.synthetic import generate
+
+    write_parquet(generate(200, seed=3)[0], pairs)
+    args = ["annotate", "--pairs", str(pairs), "--gold", str(d / "gold.parquet"), "--annotators", str(annotators)]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("synpref")]  # not progress
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("synpref annotate: error: annotator 'typo' cannot reach")
+    assert "connection refused" in errors[0] and "is the server running" in errors[0]
+
+
+def test_the_breaker_never_trips_once_the_endpoint_has_answered():
+    guard = EndpointBreaker("http://judge/v1")
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    for _ in range(breaker.TRIP_AFTER - 1):
+        with pytest.raises(httpx.ConnectError):
+            guard.guard_failure(refused)
+    assert guard.guard_failure(refused).headers[breaker.HEADER] == "refused"
+    later = EndpointBreaker("http://judge/v1")
+    later.on_answer()  # a dropped connection after answers is transient: the client's retries handle it
+    for _ in range(50):
+        with pytest.raises(httpx.ConnectError):
+            later.guard_failure(refused)
+    assert not later.tripped
+
+
+def test_an_endpoint_answering_429_and_500_on_a_share_of_requests_keeps_its_retries(sim_server, sim_truth, tmp_path):
+    rows = sim_truth[1].to_pylist()[:40]
+    faulty = annotator_cfg(sim_server, "faulty", timeout_s=1.0, max_retries=5)  # 20% faults: 429, 500, slow, junk
+    samples, usage = judge(rows, {}, faulty, tmp_path / "c", AnnotateSettings(sampling="fixed"))
+    assert samples.num_rows == 120
+    assert collections.Counter(samples.column("reason").to_pylist())["ok"] > 80
+
+
+@pytest.mark.parametrize("failure", ["refused", "dns"])
+def test_batch_mode_fails_in_one_line_on_an_unreachable_endpoint(tmp_path, failure):
+    from synpref.llm.batch import submit
+    from synpref.llm.client import PendingRequest
+
+    url = _refused_url() if failure == "refused" else "http://synpref-judge.invalid:8000/v1"
+    cfg = AnnotatorConfig(name="typo", base_url=url, model="m", mode="batch")
+    pending = [PendingRequest("typo", "a" * 64, {"model": "m", "messages": []})]
+    with pytest.raises(EndpointUnreachable, match=f"annotator 'typo' cannot reach {re.escape(url)}"):
+        submit(cfg, pending, tmp_path / "batches", {})
+    assert not (tmp_path / "batches").exists()  # nothing submitted, nothing recorded

@@ -9,7 +9,7 @@ from synpref.io.layout import StorageLayout
 from synpref.io.preprocess import prepare
 from synpref.io.readers import InputError
 from synpref.io.storage import read_parquet, write_parquet
-from synpref.settings import Stage1Config
+from synpref.settings import RMConfig, Stage1Config
 from synpref.simulation.synthetic import generate
 from synpref.stage1.gold import label_studio_tasks
 from synpref.stage1.steps import step_intake
@@ -134,3 +134,30 @@ def test_the_dag_glue_builds_the_layout_with_the_pool_param(tmp_path, monkeypatc
     store = storage({"root": f"file://{tmp_path}", "pool_uri": f"file://{tmp_path}/elsewhere"})
     assert str(store.pool.dir).endswith("/elsewhere")
     assert str(storage({"root": f"file://{tmp_path}", "pool_uri": None}).pool.dir).endswith("/pool")
+
+
+def test_an_unreachable_judge_fails_the_round_at_its_probe(tmp_path, sim_server, caplog):
+    """The annotate task asks the small gold probe first: a judge whose endpoint never answers trips its breaker
+    there, and the round fails in one line before any retrieved pair is asked or any output is written."""
+    import socket
+
+    from conftest import annotator_cfg
+    from synpref.llm.client import AnnotatorConfig, EndpointUnreachable
+    from synpref.pipeline import run_round
+
+    store, rows = _root(tmp_path, n_pool=200)
+    gold, _ = generate(40, seed=8, with_attributes=True)
+    write_parquet(gold, store.seed / "gold.parquet")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    judge = AnnotatorConfig(name="typo", base_url=url, model="m")
+    cfg = Stage1Config(rm=RMConfig(mode="frozen", head_epochs=3), k_max=2, max_examples=2, seed_silver=50)
+    caplog.set_level("INFO", logger="synpref")
+    with pytest.raises(EndpointUnreachable, match=f"annotator 'typo' cannot reach {url}: connection refused"):
+        run_round(store, "2026-01-01", [judge], cfg, attribute_annotator=annotator_cfg(sim_server, "good"))
+    out = store.round("2026-01-01")
+    assert out.retrieved.exists()  # the round got as far as annotation
+    assert not out.probe("typo").exists() and not out.samples("typo").exists()
+    asked = [r.getMessage() for r in caplog.records if r.getMessage().startswith("annotator typo:")]
+    assert asked == ["annotator typo: 40 requests to do"]  # the probe: every one of the 40 gold pairs, one request

@@ -319,3 +319,22 @@ def test_batch_mode_judges_through_the_batch_api_and_writes_what_the_online_run_
             step_annotate_shard(store, run_o, RND, shard, batch, cfg)
     finally:
         server.stop()
+
+
+def test_an_unreachable_judge_fails_the_annotate_task_in_one_line(world):
+    import socket
+
+    from synpref.llm.client import AnnotatorConfig, EndpointUnreachable
+    from synpref.stage2.steps import step_annotate_shard
+
+    store, shard, rows = world
+    run = store.stage2("unreachable")
+    cfg = Stage2Config(decision_rule="paper", band=0.5, max_examples=0)  # band 0.5: every pair is routed
+    step_score(store, run, RND, shard, cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    typo = AnnotatorConfig(name="typo", base_url=url, model="m")
+    with pytest.raises(EndpointUnreachable, match=f"annotator 'typo' cannot reach {url}: connection refused"):
+        step_annotate_shard(store, run, RND, shard, [typo], cfg)
+    assert not run.shard(shard).samples("typo").exists()

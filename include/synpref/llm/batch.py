@@ -18,14 +18,19 @@ import hashlib
 import io
 import json
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict
 
 from synpref.io.storage import PathLike, as_path, read_json, write_json
+from synpref.llm import breaker
+from synpref.llm.breaker import BreakerTransport, EndpointBreaker
 from synpref.llm.client import (
     AnnotatorConfig,
     AnnotatorError,
     BackendError,
+    EndpointUnreachable,
     PendingRequest,
     ResponseCache,
     cache_value,
@@ -75,12 +80,34 @@ def by_annotator(pending: list[PendingRequest]) -> dict[str, list[PendingRequest
     return dict(sorted(out.items()))
 
 
-def _client(cfg: AnnotatorConfig):
+@contextmanager
+def _client(cfg: AnnotatorConfig) -> Iterator:
+    """The Batch/Files API client of one annotator, behind the endpoint's circuit breaker: an endpoint that cannot be
+    reached, or that refuses the key, URL or model, fails in one line (as online judging does), not in a traceback."""
     import openai
 
-    return openai.OpenAI(
-        base_url=cfg.base_url, api_key=cfg.resolved_key(), max_retries=cfg.max_retries, timeout=cfg.timeout_s
+    guard = EndpointBreaker(cfg.base_url)
+    client = openai.OpenAI(
+        base_url=cfg.base_url,
+        api_key=cfg.resolved_key(),
+        max_retries=cfg.max_retries,
+        timeout=breaker.timeout(cfg.timeout_s),
+        http_client=openai.DefaultHttpxClient(transport=BreakerTransport(guard)),
     )
+    try:
+        yield client
+    except (openai.APIConnectionError, openai.APIStatusError) as e:
+        status = getattr(e, "status_code", None)
+        if guard.tripped or (not guard.answered and isinstance(e, openai.APIConnectionError)):
+            raise EndpointUnreachable(guard.message(cfg.name)) from None
+        if status in (401, 403, 404):
+            raise AnnotatorError(
+                f"annotator '{cfg.name}' (base_url {cfg.base_url}, model {cfg.model}) is misconfigured for the Batch "
+                f"API: HTTP {status} {type(e).__name__} — check the URL and API key of its connection"
+            ) from None
+        raise
+    finally:
+        client.close()
 
 
 def submit(
@@ -100,11 +127,11 @@ def submit(
             f"annotator '{cfg.name}': {n} requests still unanswered after {len(tried)} batches "
             f"(last: {tried[-1]['batch_id']}, {tried[-1].get('outcome')}); re-run the task to try again"
         )
-    client = _client(cfg)
-    uploaded = client.files.create(file=(f"{cfg.name}-{digest[:16]}.jsonl", io.BytesIO(content)), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h", metadata=metadata
-    )
+    with _client(cfg) as client:
+        uploaded = client.files.create(file=(f"{cfg.name}-{digest[:16]}.jsonl", io.BytesIO(content)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h", metadata=metadata
+        )
     sub = BatchSubmission(
         annotator=cfg.name,
         batch_id=batch.id,
@@ -125,29 +152,30 @@ def submit(
 
 
 def status(cfg: AnnotatorConfig, batch_id: str) -> str:
-    return _client(cfg).batches.retrieve(batch_id).status
+    with _client(cfg) as client:
+        return client.batches.retrieve(batch_id).status
 
 
 def ingest(cfg: AnnotatorConfig, sub: BatchSubmission, cache_dir: PathLike, record_dir: PathLike) -> BatchOutcome:
     """Every answer of a finished batch (completed, expired, failed or cancelled: whatever it answered) into the
     LLM cache; the submission is marked ingested (the next submission for requests still missing is a new batch)."""
-    client = _client(cfg)
-    batch = client.batches.retrieve(sub.batch_id)
-    if batch.status in IN_PROGRESS:
-        raise AnnotatorError(f"annotator '{cfg.name}': batch {sub.batch_id} is still {batch.status}")
+    with _client(cfg) as client:
+        batch = client.batches.retrieve(sub.batch_id)
+        if batch.status in IN_PROGRESS:
+            raise AnnotatorError(f"annotator '{cfg.name}': batch {sub.batch_id} is still {batch.status}")
+        output = client.files.content(batch.output_file_id).text if batch.output_file_id else ""
+        errors = client.files.content(batch.error_file_id).text if batch.error_file_id else ""
     cache = ResponseCache(cache_dir)
     answered, failed = 0, defaultdict(int)
-    if batch.output_file_id:
-        for line in client.files.content(batch.output_file_id).text.splitlines():
-            ok, why = _ingest_line(cfg, line, cache)
-            answered += ok
-            if not ok:
-                failed[why] += 1
-    if batch.error_file_id:
-        for line in client.files.content(batch.error_file_id).text.splitlines():
-            if line.strip():
-                error = (json.loads(line).get("error") or {}) if line.strip().startswith("{") else {}
-                failed[str(error.get("code") or "error")] += 1
+    for line in output.splitlines():
+        ok, why = _ingest_line(cfg, line, cache)
+        answered += ok
+        if not ok:
+            failed[why] += 1
+    for line in errors.splitlines():
+        if line.strip():
+            error = (json.loads(line).get("error") or {}) if line.strip().startswith("{") else {}
+            failed[str(error.get("code") or "error")] += 1
     outcome = BatchOutcome(batch_id=sub.batch_id, status=batch.status, answered=answered, failed=dict(failed))
     _mark_ingested(as_path(record_dir) / f"{cfg.name}-{sub.digest[:16]}.json", sub.batch_id, outcome)
     log.info(

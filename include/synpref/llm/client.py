@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from synpref.io.storage import PathLike, as_path, dumps_json, is_local, replace_local, write_json
+from synpref.llm import breaker
+from synpref.llm.breaker import EndpointBreaker
 from synpref.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,11 @@ class AnnotatorError(RuntimeError):
 class EndpointError(RuntimeError):
     """An endpoint failed more than ``max_error_share`` of a task's requests: the task fails so Airflow
     retries it; the answers it did get are cached, so the retry asks only for the missing ones."""
+
+
+class EndpointUnreachable(EndpointError):
+    """An endpoint that never answered tripped its circuit breaker (``synpref.llm.breaker``): the task fails within
+    seconds, in one line naming the endpoint, what failed and the fix."""
 
 
 def validation_message(e: ValidationError) -> str:
@@ -404,16 +411,23 @@ def reply_cap(cfg: AnnotatorConfig) -> int:
 
 class CappedTransport(httpx.AsyncBaseTransport):
     """httpx transport that reads at most ``cap`` bytes of a reply: a larger one becomes a 413 answer of this
-    client's own (never parsed, never cached, not retried) — a 10 MiB reply costs no memory."""
+    client's own (never parsed, never cached, not retried) — a 10 MiB reply costs no memory. The endpoint's circuit
+    breaker sees every connection attempt (``synpref.llm.breaker``)."""
 
     CAP_HEADER = "x-synpref-reply-cap"
 
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
+    def __init__(self, cap: int, guard: EndpointBreaker) -> None:
+        self.cap, self.breaker = cap, guard
         self.inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
+        if self.breaker.tripped:
+            return self.breaker.reply()
+        try:
+            response = await self.inner.handle_async_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            return self.breaker.guard_failure(e)
+        self.breaker.on_answer()
         length = response.headers.get("content-length", "")
         chunks, size, too_large = [], 0, length.isdigit() and int(length) > self.cap
         if not too_large:
@@ -446,6 +460,7 @@ class OpenAIBackend:
         import openai
 
         self.cfg, self.openai = cfg, openai
+        self.breaker = EndpointBreaker(cfg.base_url)  # one per endpoint and task: every client of it shares it
         # One client (connection pool) per CONNECTIONS_PER_CLIENT requests in flight: httpx scans its whole
         # pool for every request, which makes one large pool CPU-bound at high concurrency.
         self.clients = [
@@ -453,8 +468,8 @@ class OpenAIBackend:
                 base_url=cfg.base_url,
                 api_key=cfg.resolved_key(),
                 max_retries=cfg.max_retries,
-                timeout=cfg.timeout_s,
-                http_client=openai.DefaultAsyncHttpxClient(transport=CappedTransport(reply_cap(cfg))),
+                timeout=breaker.timeout(cfg.timeout_s),
+                http_client=openai.DefaultAsyncHttpxClient(transport=CappedTransport(reply_cap(cfg), self.breaker)),
             )
             for _ in range(math.ceil(cfg.max_concurrency / CONNECTIONS_PER_CLIENT))
         ]
@@ -474,6 +489,8 @@ class OpenAIBackend:
                 f"HTTP {e.status_code} {type(e).__name__} — check the URL, model name and API key of its connection"
             ) from None
         except openai.APIStatusError as e:
+            if breaker.HEADER in e.response.headers:
+                raise EndpointUnreachable(self.breaker.message(cfg.name)) from None
             if CappedTransport.CAP_HEADER not in e.response.headers:
                 raise BackendError(type(e).__name__, f"{type(e).__name__}: {e.status_code}") from None
             raise BackendError("reply_too_large", f"{cfg.base_url}: {e.message}") from None

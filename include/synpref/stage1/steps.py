@@ -421,18 +421,19 @@ def step_annotate(
     cfg: Stage1Config = Stage1Config(),
     n_annotators: int = 1,
 ) -> dict:
-    """Preference-aware annotation of the retrieved pairs by ONE annotator (the DAG maps over annotators),
-    then of a blind probe of gold pairs that measures the annotator (accuracy, position bias)."""
+    """A blind probe of gold pairs that measures ONE annotator (accuracy, position bias; the DAG maps over
+    annotators), then its preference-aware annotation of the retrieved pairs. The probe goes first: it is small, so
+    an endpoint that cannot be reached fails the round there, within seconds (its circuit breaker)."""
     store = layout(root)
     out = store.round(rnd)
     annotator = with_samples(cfg, annotator)
     pairs = _rows(out.retrieved) if cfg.retrieved_to == "judges" else []  # the ablation modes ask no judge
     budget = task_budget(cfg, n_annotators)
     gold = _rows(out.gold)
-    samples, usage = judge(pairs, read_examples(out.examples, gold), annotator, store.llm_cache, cfg, budget)
-    write_parquet(samples, out.samples(annotator.name))
     probe_samples, probe_usage = judge_probe(store, rnd, annotator, cfg, budget)
+    samples, usage = judge(pairs, read_examples(out.examples, gold), annotator, store.llm_cache, cfg, budget)
     write_parquet(probe_samples, out.probe(annotator.name))
+    write_parquet(samples, out.samples(annotator.name))
     work = {"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}
     write_json({**work, "probe_usage": probe_usage[annotator.name]["work"]}, out.usage(annotator.name))
     keys = ("requests", "cache_hits", "errors", "new_cost_usd")
