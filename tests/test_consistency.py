@@ -2,6 +2,7 @@
 
 import itertools
 
+import numpy as np
 import pytest
 
 from conftest import LengthRule, LongerIsBetter
@@ -81,7 +82,8 @@ DEFAULTS = {  # the settings' defaults
     k: getattr(Stage2Config(), k) for k in ("target_precision", "min_confidence", "rm_only_confidence")
 } | {"recycle_policy": "positive_evidence"}
 GOOD_JUDGES = {f"j{i}": _judge(0.9) for i in range(3)}
-BAD_JUDGE = _judge(0.55, significant=False)
+BAD_JUDGE = _judge(0.5, significant=False)  # at chance on the probe
+WEAK_JUDGE = _judge(0.55, significant=False)  # better than chance, not significantly: weak evidence
 
 
 def _rule(weights: dict, judges: dict | None = None, **kw) -> ReliabilityRule:
@@ -122,6 +124,13 @@ def test_a_source_not_better_than_chance_can_not_veto():
     decided = rule.decide(_scores(0.3, -9.0), _judgement("agree", "agree", "disagree"))
     assert decided.evidence["judge_j2"] == 0.0
     assert "rm_gold" not in decided.evidence
+    assert decided.decision == "kept"
+
+
+def test_a_weak_judge_weighs_what_it_knows_and_no_more():
+    rule = _rule({"best": 1.0, "gold": 0.0}, {**GOOD_JUDGES, "j2": WEAK_JUDGE})
+    decided = rule.decide(_scores(0.3, -9.0), _judgement("agree", "agree", "disagree"))
+    assert decided.evidence["judge_j2"] == pytest.approx(-np.log(28.5 / 23.5), abs=1e-4)  # Laplace: 28.5 of 52
     assert decided.decision == "kept"
 
 
@@ -185,7 +194,8 @@ def test_decide_shard_routes_refits_and_decides_every_pair_once():
     assert result.decided["gold"].reason.startswith("human-verified")
     assert "judge_j0" not in result.decided["sure"].evidence
     assert result.rule.keep_threshold is not None  # refitted to the judgements
-    assert result.rule.prior == rule.prior  # the prior is the one fitted at scoring
+    # the prior is refitted on every source's evidence: the RMs' and the verdicts of the pairs it routed, only those
+    assert result.rule.prior == rule.fit(SHARD, {k: verdicts[k] for k in ("unsure", "wrong")}).prior != rule.prior
 
 
 def test_decide_shard_is_pure():

@@ -14,6 +14,7 @@ from synpref.models.reliability import (
     judge_weight,
     reliability,
     shrink_toward_pool,
+    uninformative_judges,
     verdict_sign,
     wilson_interval,
 )
@@ -130,3 +131,86 @@ def test_the_prior_recovers_the_share_of_right_labels():
     right = rng.random(2000) < 0.7
     evidence = np.where(right, 1.0, -1.0) * 2.5 + rng.normal(0, 0.5, 2000)
     assert estimate_prior(evidence) == pytest.approx(0.7, abs=0.04)
+
+
+# --- judges as people have them: weak, correlated; a prior from every source (issue: real judges) ---------------
+
+
+def _single_votes(votes: dict[str, list[str]]) -> pa.Table:
+    """One vote per probe pair and judge, the candidates' order alternating from pair to pair."""
+    rows = [
+        {"pair_id": f"g{i}", "annotator": name, "sample": 0, "verdict": v, "slot": 1 + i % 2}
+        for name, per_pair in votes.items()
+        for i, v in enumerate(per_pair)
+    ]
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+
+def _one_vote_probe(accuracies: dict[str, float], n: int, seed: int, copies: dict[str, str] | None = None) -> pa.Table:
+    """One vote per probe pair and judge, right with its accuracy; ``copies``: judge → the judge it always echoes."""
+    rng = np.random.default_rng(seed)
+    votes = {name: ["agree" if rng.random() < a else "disagree" for _ in range(n)] for name, a in accuracies.items()}
+    for name, source in (copies or {}).items():
+        votes[name] = list(votes[source])
+    return _single_votes(votes)
+
+
+def test_a_weak_judge_contributes_evidence():
+    """0.6 on 60 probe pairs is not significant (95% CI reaches below 0.5), yet it is evidence: a Beta(1, 1) posterior
+    of 37/62, about 0.39 log-odds, not the zero a significance cut-off gave it."""
+    judges = judge_reliability(_single_votes({"weak": ["agree"] * 36 + ["disagree"] * 24}))
+    weak = judges["annotators"]["weak"]
+    assert not weak["significant"] and weak["n"] == 60
+    assert judge_weight(weak) == pytest.approx(np.log(37 / 25), abs=1e-9)
+    assert judge_evidence(weak, {"agree": 1, "disagree": 0}) > 0.3
+    assert uninformative_judges(judges) == {}
+
+
+def test_three_weak_judges_that_agree_outweigh_one():
+    judges = judge_reliability(_one_vote_probe({"a": 0.65, "b": 0.65, "c": 0.65}, 200, seed=4))
+    one = judge_evidence(judges["annotators"]["a"], {"agree": 1, "disagree": 0})
+    three = sum(judge_evidence(judges["annotators"][n], {"agree": 1, "disagree": 0}) for n in "abc")
+    assert three * judges["shrink"] > 2 * one * judges["shrink"] > 0
+
+
+def test_a_judge_no_better_than_chance_still_counts_zero():
+    judges = judge_reliability(_single_votes({"coin": ["agree"] * 30 + ["disagree"] * 30}))
+    assert judge_weight(judges["annotators"]["coin"]) == 0.0
+    assert "no better than chance" in uninformative_judges(judges)["coin"]
+
+
+def test_two_judges_that_always_agree_are_not_counted_as_two_independent_votes():
+    """A judge and its echo (two reward models of one family): on the probe their summed evidence is twice one
+    judge's, and the shrink fitted there takes it back to what one of them knows."""
+    judges = judge_reliability(_one_vote_probe({"a": 0.8}, 400, seed=5, copies={"echo": "a"}))
+    a, echo = judges["annotators"]["a"], judges["annotators"]["echo"]
+    vote = {"agree": 1, "disagree": 0}
+    together = (judge_evidence(a, vote) + judge_evidence(echo, vote)) * judges["shrink"]
+    alone = judge_evidence(a, vote)
+    assert together == pytest.approx(alone, rel=0.15)
+    independent = judge_reliability(_one_vote_probe({"a": 0.8, "b": 0.8}, 400, seed=5))
+    assert independent["shrink"] > 0.85  # independent judges keep (nearly) all their evidence
+
+
+def test_the_prior_comes_from_the_judges_when_the_rms_know_nothing():
+    """RMs at chance (weight 0 on gold), three informative judges (0.8, 0.7, 0.65 on the probe): the share of right
+    labels in the shard is estimated within ±0.05 of the truth, where RM evidence alone gives 0.5."""
+    from synpref.stage2.consistency import ReliabilityRule
+
+    truth = {0.715: 11, 0.55: 12, 0.85: 13}
+    for share, seed in truth.items():
+        accuracies = {"llm": 0.8, "rm_a": 0.7, "rm_b": 0.65}
+        judges = judge_reliability(_one_vote_probe(accuracies, 64, seed=seed))
+        rule = ReliabilityRule(rm_weights={}, judges=judges["annotators"], judge_shrink=judges["shrink"])
+        rng = np.random.default_rng(seed)
+        scores = [{"pair_id": f"p{i}", "in_gold": False} for i in range(1500)]
+        right = rng.random(len(scores)) < share
+        judgements = {}
+        for s, ok in zip(scores, right):
+            verdicts = []
+            for name, acc in accuracies.items():
+                agree = (rng.random() < acc) == ok
+                verdicts.append({"annotator": name, "agree": int(agree), "disagree": int(not agree), "abstain": 0})
+            judgements[s["pair_id"]] = {"annotator_verdicts": verdicts}
+        assert rule.fit(scores).prior == 0.5  # the RMs alone know nothing
+        assert rule.fit(scores, judgements).prior == pytest.approx(right.mean(), abs=0.05)

@@ -315,6 +315,23 @@ class JudgingBill(Record):
     settled: dict[str, int] = {}  # judging in sequence: pairs per reason no further annotator was asked
 
 
+class FrontierPoint(Record):
+    """At an estimated precision: the pairs a run at that target would keep, and flip (``stage2.frontier``)."""
+
+    precision: Number
+    kept: int
+    recycled: int
+
+
+class Frontier(Record):
+    """The run's estimated precision–retention frontier, from its decisions' calibrated posteriors."""
+
+    pairs: int  # decided pairs with a posterior (gold and rules without one are left out)
+    target: Number  # the run's target_precision
+    points: list[FrontierPoint]
+    reason: str | None = None  # the run kept and flipped nothing by its rule: why, and what was reachable
+
+
 class Stage2Preview(Record):
     """``estimates.json``: counts and quality estimates before export (what a sign-off shows)."""
 
@@ -325,6 +342,7 @@ class Stage2Preview(Record):
     quality_estimates: QualityEstimates
     config: dict[str, Any]
     judging: JudgingBill | None = None
+    frontier: Frontier | None = None
 
 
 class Stage2Manifest(Record):
@@ -341,3 +359,4 @@ class Stage2Manifest(Record):
     tables: list[str]
     dataset_card: str
     judging: JudgingBill | None = None
+    frontier: Frontier | None = None

@@ -9,8 +9,14 @@
   accuracy of each annotator's majority verdict and its position bias; for a logprob verdict, the temperature
   of its verdict-token probability (calibrated like an RM's reward difference), so that a confident verdict
   counts for more than an unsure one.
-- A source counts only when it is **significantly better than chance**: the lower end of its 95%
-  Wilson interval is above 0.5. Otherwise it neither keeps nor vetoes anything.
+- A **reward model** counts only when it is significantly better than chance on gold (the lower end of its 95%
+  Wilson interval above 0.5); otherwise it neither keeps nor vetoes anything: an RM's reward difference is large
+  whatever its accuracy, so a chance RM's calibrated weight would be noise.
+- A **judge** counts by its evidence, never cut off by a significance test: its accuracy is shrunk toward chance
+  by how little the probe saw (Laplace, a Beta(1, 1) posterior mean) and its weight is the log-odds of that, so a
+  judge at chance weighs ~0 and a weak one (0.6 on 60 pairs: 0.39 log-odds) adds what it knows; three weak judges
+  that agree can settle a pair that none settles alone. A judge that answers one position whatever the content,
+  or is right on no more than half its probe pairs, counts zero.
 """
 
 from __future__ import annotations
@@ -297,16 +303,17 @@ POSITION_BIAS_LIMIT = 0.8  # |2·P(slot 1) − 1| at or above this: the verdicts
 
 
 def uninformative_judges(judges: dict) -> dict[str, str]:
-    """Annotators whose votes count zero under every merge policy, with why: not significantly better than
-    chance on the gold probe, or answering one position whatever the content."""
+    """Annotators whose votes count zero under every merge policy, with why: right on no more than half the gold
+    probe pairs they decided, or answering one position whatever the content. A weak judge that is better than
+    chance is not here: it counts by its (smoothed) accuracy."""
     out = {}
     for name, j in sorted(judges.get("annotators", {}).items()):
         bias = j.get("position_bias")
         if bias is not None and abs(bias) >= POSITION_BIAS_LIMIT:
             out[name] = f"position bias {bias:+.2f} on the gold probe (it answers one position whatever the content)"
-        elif not j["significant"]:
+        elif not better_than_chance(j):
             out[name] = (
-                f"not significantly better than chance on {j['n']} gold probe pairs "
+                f"no better than chance on {j['n']} gold probe pairs "
                 f"(accuracy {j['accuracy'] if j['accuracy'] is not None else 'n/a'}, "
                 f"95% CI [{j['ci_low']:.3f}, {j['ci_high']:.3f}])"
             )
@@ -324,14 +331,19 @@ def counted_samples(samples: list[pa.Table], judges: dict) -> list[pa.Table]:
     return [t.filter(pc.invert(pc.is_in(t["annotator"], drop))) for t in samples] if len(drop) else samples
 
 
+def better_than_chance(stats: dict) -> bool:
+    """Right on more than half of the probe pairs it decided (its Laplace-smoothed accuracy above 0.5)."""
+    return bool(stats["n"]) and stats["accuracy"] * stats["n"] > stats["n"] / 2
+
+
 def judge_evidence(stats: dict | None, verdict: dict) -> float:
     """The log-odds one annotator's verdict on a pair adds to the stored label (before ``shrink``): logprob
-    verdicts by their calibrated summed log-odds (``logprobs`` in its probe stats; their argmax must be
-    significantly better than chance on the probe), sampled votes by the measured accuracy of their kind."""
+    verdicts by their calibrated summed log-odds (``logprobs`` in its probe stats; their argmax must be better than
+    chance on the probe), sampled votes by the measured accuracy of their kind."""
     calibration, log_odds = (stats or {}).get("logprobs"), verdict.get("log_odds")
     if log_odds and calibration:
         weight = calibration["weights"][min(len(log_odds), len(calibration["weights"])) - 1]
-        return weight * sum(log_odds) if stats.get("single", stats)["significant"] else 0.0
+        return weight * sum(log_odds) if better_than_chance(stats.get("single", stats)) else 0.0
     sign, kind = verdict_sign(verdict["agree"], verdict["disagree"])
     return sign * judge_weight(stats, kind, vote_key(verdict["agree"], verdict["disagree"])) if sign else 0.0
 
@@ -340,7 +352,7 @@ def judge_room(stats: dict | None) -> float:
     """The most log-odds an annotator not yet asked is expected to add to a pair (before ``shrink``): its unanimous
     verdict's weight, or a confident logprob verdict's (``logprobs.room``) where that is larger."""
     calibration = (stats or {}).get("logprobs")
-    confident = calibration["room"] if calibration and stats.get("single", stats)["significant"] else 0.0
+    confident = calibration["room"] if calibration and better_than_chance(stats.get("single", stats)) else 0.0
     return max(judge_weight(stats), confident)
 
 
@@ -348,20 +360,22 @@ def judge_weight(stats: dict | None, kind: VerdictKind = "unanimous", votes: str
     """Log-odds weight of one annotator's verdict, from its measured accuracy on the probe.
 
     Where the probe has the verdict's cell (``votes``, a ``vote_key``: two agreeing votes are weaker evidence than
-    three), the cell's ``pooled_accuracy`` (shrunk toward the other annotators'), if the annotator is significantly
-    better than chance overall: a cell holds a few dozen pairs, too few to test on its own. Otherwise (an older
-    probe, more samples than it asked) the accuracy of verdicts of the same kind (one vote, unanimous or split; one
-    vote counts as unanimous for a probe measured before ``single``), Laplace-smoothed, 0 unless significantly
-    better than chance."""
+    three), the cell's ``pooled_accuracy`` (Laplace-smoothed and shrunk toward the other annotators'), if the
+    annotator is better than chance overall. Otherwise (an older probe, more samples than it asked) the accuracy of
+    verdicts of the same kind (one vote, unanimous or split; one vote counts as unanimous for a probe measured before
+    ``single``), Laplace-smoothed. No significance cut-off: the smoothing shrinks what few pairs measured toward
+    chance, and a weight never goes below 0."""
     if stats is None:
         return logit(DEFAULT_JUDGE_ACCURACY)
+    if not better_than_chance(stats):
+        return 0.0
     cell = (stats.get("votes") or {}).get(votes) if votes else None
     if cell and "pooled_accuracy" in cell:
-        return max(0.0, logit(cell["pooled_accuracy"])) if stats["significant"] else 0.0
+        return max(0.0, logit(cell["pooled_accuracy"]))
     kind = stats.get(kind if kind in stats else "unanimous", stats)
-    if not kind["significant"]:
+    if not kind["n"]:
         return 0.0
-    return logit((kind["accuracy"] * kind["n"] + 1) / (kind["n"] + 2))
+    return max(0.0, logit((kind["accuracy"] * kind["n"] + 1) / (kind["n"] + 2)))
 
 
 def estimate_prior(evidence: np.ndarray, iterations: int = 100) -> float:

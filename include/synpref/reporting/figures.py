@@ -141,6 +141,16 @@ def bars(labels: list[str], values: list[float], title: str, xlabel: str, ylabel
         return png(fig)
 
 
+def frontier(precisions: list[float], kept: list[int], recycled: list[int], target: float, title: str) -> bytes:
+    """Pairs a run would keep and flip at each estimated precision; the run's target as a vertical line."""
+    with figure(title, "estimated precision", "pairs") as (fig, ax):
+        ax.plot(precisions, kept, marker="o", label="kept")
+        ax.plot(precisions, recycled, marker="s", label="flipped (recycled)")
+        ax.axvline(target, color="grey", linestyle="--", label=f"target {target:.2f}")
+        ax.legend()
+        return png(fig)
+
+
 def judges(names: list[str], stats: dict[str, list], title: str) -> bytes:
     """Per annotator: accuracy on the blind gold probe (95% interval), abstention rate, position bias."""
     with figure(title, "annotator", "share") as (fig, ax):

@@ -21,6 +21,7 @@ from synpref.io.layout import DECISIONS, RoundLayout, Stage2Layout, StorageLayou
 from synpref.io.storage import PathLike, as_path, read_parquet, write_bytes
 from synpref.models.reliability import wilson_interval
 from synpref.records import (
+    Frontier,
     JudgingBill,
     RoundManifest,
     RoundSteps,
@@ -451,7 +452,37 @@ def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]
         quality.add(
             "quality", "No estimates.", fig.message("Quality estimates", "no canaries in this run: no estimates")
         )
-    return [funnel, scores, quality] + ([_bill_section(m.judging)] if m.judging and m.judging.annotators else [])
+    sections = [funnel, scores, quality] + ([_frontier_section(m.frontier)] if m.frontier else [])
+    return sections + ([_bill_section(m.judging)] if m.judging and m.judging.annotators else [])
+
+
+def _frontier_section(reachable: Frontier) -> Section:
+    """What the same evidence allows at other targets (``stage2.frontier``), with why when nothing was published."""
+    section = Section(
+        "Estimated precision–retention frontier",
+        "frontier",
+        f"From the calibrated posteriors of {reachable.pairs:,} decided pairs: how many a run at each target "
+        "precision would keep and flip. The posteriors are the model's; the canaries above check them.",
+    )
+    if reachable.reason:
+        section.warnings.append(reachable.reason)
+    points = reachable.points
+    section.add(
+        "frontier",
+        "Pairs kept and flipped per estimated precision; the dashed line is this run's target.",
+        fig.frontier(
+            [p.precision for p in points],
+            [p.kept for p in points],
+            [p.recycled for p in points],
+            reachable.target,
+            "Estimated precision–retention frontier",
+        ),
+    )
+    section.table = {
+        "header": ["estimated precision", "kept", "flipped"],
+        "rows": [[f"{p.precision:.2f}", f"{p.kept:,}", f"{p.recycled:,}"] for p in points],
+    }
+    return section
 
 
 def _bill_section(judging: JudgingBill) -> Section:

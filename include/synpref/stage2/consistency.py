@@ -17,8 +17,10 @@ the DAG's decide task, the CLI and the curation-quality harness alike.
   judges agree); the rest is recycled or dropped by the recycle policy.
 - ``ReliabilityRule`` (default) — every source counts by its reliability measured on gold: the RMs
   by their calibrated, jointly weighted reward differences, each judge by the log-odds of its
-  accuracy, over the shard's estimated share of right labels (the prior). A source that is not
-  significantly better than chance counts zero, so it can neither keep nor veto. Pairs whose
+  accuracy, over the shard's estimated share of right labels (the prior, fitted by EM over every source's
+  evidence: the RMs' on every pair, the judges' on the pairs they judged, so RMs at chance do not pull it to 0.5
+  when the judges know better). An RM not significantly better than chance counts zero; a judge counts by its
+  accuracy shrunk toward chance (``synpref.models.reliability``). Pairs whose
   confidence from the prior and the RMs is below ``rm_only_confidence`` (stricter than the target: RM
   calibration comes from gold, not from the wild) go to the judges. After judging, a shard keeps its most
   certain pairs down to the confidence at which the kept set's expected precision (the mean
@@ -229,11 +231,17 @@ class ReliabilityRule(RuleBase):
     keep_threshold: float | None = None  # fitted once judged: None = the target
 
     def fit(self, scores: list[dict], judgements: Mapping[str, dict] | None = None) -> ReliabilityRule:
-        """The prior over the shard's scored pairs and, given judgements, the keep threshold: the lowest
-        confidence at which the kept set's mean confidence reaches the target."""
+        """The prior over the shard's scored pairs (from the RMs' evidence and, given judgements, the judges' on the
+        pairs they judged) and, given judgements, the keep threshold: the lowest confidence at which the kept set's
+        mean confidence reaches the target. Routing depended on the RMs' evidence only, so the judged pairs are a
+        selection the EM accounts for: each pair's posterior uses the evidence it has."""
         scored = [s for s in scores if not s.get("in_gold")]
-        prior = estimate_prior(np.array([sum(self.rm_evidence(s).values()) for s in scored]))
-        fitted = self.model_copy(update={"prior": prior, "keep_threshold": None})
+        judged = judgements or {}
+        evidence = [
+            sum(self.rm_evidence(s).values()) + sum(self.judge_evidence(judged.get(s["pair_id"])).values())
+            for s in scored
+        ]
+        fitted = self.model_copy(update={"prior": estimate_prior(np.array(evidence)), "keep_threshold": None})
         if judgements is None:
             return fitted
         confidences = [_confidence(fitted.evidence(s, judgements.get(s["pair_id"]))) for s in scored]

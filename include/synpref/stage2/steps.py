@@ -61,6 +61,7 @@ from synpref.progress import log, shard_position
 from synpref.records import (
     AnnotatorBill,
     DecisionSummary,
+    Frontier,
     Interval,
     JudgingBill,
     PoolManifest,
@@ -86,6 +87,7 @@ from synpref.stage2.consistency import (
     score_rows,
     scores_schema,
 )
+from synpref.stage2.frontier import frontier
 from synpref.stage2.recycle import recycled
 
 DECISION_FIELDS = [
@@ -654,6 +656,7 @@ def step_estimate(
     outcomes = [o for s in shards if s.canaries.exists() for o in read_parquet(s.canaries).to_pylist()]
     decided = sum(counts[d] for d in DECISIONS)
     quality = estimates(outcomes, counts["kept"] / decided if decided else 0.0)
+    reachable = run_frontier(run, shards, cfg)
     preview = Stage2Preview(
         kind="stage2_preview",
         run=run.name,
@@ -662,9 +665,25 @@ def step_estimate(
         quality_estimates=quality,
         config=cfg.model_dump(),
         judging=judging_bill(shards, counts, list(annotators)),
+        **({"frontier": reachable} if reachable is not None else {}),
     )
     preview.write(run.estimates)
     return preview
+
+
+def run_frontier(run: Stage2Layout, shards: list[ShardLayout], cfg: Stage2Config) -> Frontier | None:
+    """The run's estimated precision–retention frontier over its decided parts; None for a rule without posteriors
+    (the paper rule)."""
+    rows = [
+        r
+        for s in shards
+        for d in DECISIONS
+        if (part := run.part(d, s.name)).exists()
+        for r in read_parquet(part, ["decision", "confidence", "evidence"]).to_pylist()
+    ]
+    curated = sum(r["decision"] != "dropped" for r in rows if r["confidence"] is not None)
+    reachable = frontier(rows, cfg.target_precision, cfg.min_confidence, curated)
+    return reachable if reachable.pairs else None
 
 
 def step_export(
@@ -687,6 +706,7 @@ def step_export(
         recycle_policy=cfg.recycle_policy,
         band=cfg.band,
         quality=quality_lines(quality),
+        frontier=frontier_lines(preview.frontier),
         judging=bill_line(judging),
         date=date,
         params=json.dumps(params or cfg.model_dump(), sort_keys=True, default=str),
@@ -705,9 +725,23 @@ def step_export(
         tables=[run.quarantined.name],
         dataset_card=run.dataset_card.name,
         **({"judging": judging} if judging is not None else {}),
+        **({"frontier": preview.frontier} if preview.frontier is not None else {}),
     )
     manifest.write(run.manifest)
     return manifest
+
+
+def frontier_lines(reachable: Frontier | None) -> str:
+    """The frontier as a Markdown table of the dataset card (with the reason when the run published nothing)."""
+    if reachable is None:
+        return "Not estimated: the decision rule gives no calibrated posteriors (the paper rule)."
+    rows = "\n".join(f"| {p.precision:.2f} | {p.kept} | {p.recycled} |" for p in reachable.points)
+    why = f"**{reachable.reason}.**\n\n" if reachable.reason else ""
+    return (
+        f"{why}Estimated from the calibrated posteriors of {reachable.pairs} decided pairs (the model's; the canaries "
+        f"above check them). This run's target: {reachable.target:.2f}.\n\n"
+        f"| estimated precision | kept | flipped |\n|---|---|---|\n{rows}"
+    )
 
 
 def bill_line(judging: JudgingBill | None) -> str:
