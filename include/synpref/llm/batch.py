@@ -24,8 +24,7 @@ from contextlib import contextmanager
 from pydantic import BaseModel, ConfigDict
 
 from synpref.io.storage import PathLike, as_path, read_json, write_json
-from synpref.llm import breaker
-from synpref.llm.breaker import BreakerTransport, EndpointBreaker
+from synpref.llm.breaker import BreakerTransport, EndpointBreaker, client_timeout
 from synpref.llm.client import (
     AnnotatorConfig,
     AnnotatorError,
@@ -91,7 +90,7 @@ def _client(cfg: AnnotatorConfig) -> Iterator:
         base_url=cfg.base_url,
         api_key=cfg.resolved_key(),
         max_retries=cfg.max_retries,
-        timeout=breaker.timeout(cfg.timeout_s),
+        timeout=client_timeout(cfg.timeout_s),
         http_client=openai.DefaultHttpxClient(transport=BreakerTransport(guard)),
     )
     try:

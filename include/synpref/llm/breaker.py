@@ -116,6 +116,6 @@ class BreakerTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-def timeout(read_s: float) -> httpx.Timeout:
+def client_timeout(read_s: float) -> httpx.Timeout:
     """The clients' timeouts: ``read_s`` for a reply, at most ``CONNECT_TIMEOUT_S`` for a connection."""
     return httpx.Timeout(read_s, connect=min(read_s, CONNECT_TIMEOUT_S))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import itertools
 import json
 import logging
@@ -29,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from synpref.io.storage import PathLike, as_path, dumps_json, is_local, replace_local, write_json
-from synpref.llm import breaker
-from synpref.llm.breaker import EndpointBreaker
+from synpref.llm.breaker import HEADER as UNREACHABLE_HEADER
+from synpref.llm.breaker import EndpointBreaker, client_timeout
 from synpref.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -468,7 +469,7 @@ class OpenAIBackend:
                 base_url=cfg.base_url,
                 api_key=cfg.resolved_key(),
                 max_retries=cfg.max_retries,
-                timeout=breaker.timeout(cfg.timeout_s),
+                timeout=client_timeout(cfg.timeout_s),
                 http_client=openai.DefaultAsyncHttpxClient(transport=CappedTransport(reply_cap(cfg), self.breaker)),
             )
             for _ in range(math.ceil(cfg.max_concurrency / CONNECTIONS_PER_CLIENT))
@@ -489,7 +490,7 @@ class OpenAIBackend:
                 f"HTTP {e.status_code} {type(e).__name__} — check the URL, model name and API key of its connection"
             ) from None
         except openai.APIStatusError as e:
-            if breaker.HEADER in e.response.headers:
+            if UNREACHABLE_HEADER in e.response.headers:
                 raise EndpointUnreachable(self.breaker.message(cfg.name)) from None
             if CappedTransport.CAP_HEADER not in e.response.headers:
                 raise BackendError(type(e).__name__, f"{type(e).__name__}: {e.status_code}") from None
@@ -579,10 +580,14 @@ def verdict_logprobs(content: Any) -> dict[str, float] | None:
     return None
 
 
-BACKENDS: dict[str, Callable[[AnnotatorConfig], JudgeBackend]] = {"openai": OpenAIBackend}
+# a factory, or "module:Class" imported on first use (a backend module may import this one: no import cycle)
+BACKENDS: dict[str, Callable[[AnnotatorConfig], JudgeBackend] | str] = {
+    "openai": OpenAIBackend,
+    "replay": "synpref.llm.replay:ReplayBackend",  # recorded verdicts as a judge
+}
 
 
-def register_backend(name: str, factory: Callable[[AnnotatorConfig], JudgeBackend]) -> None:
+def register_backend(name: str, factory: Callable[[AnnotatorConfig], JudgeBackend] | str) -> None:
     """Make ``backend: <name>`` usable in annotator configs (connections' extra, YAML)."""
     BACKENDS[name] = factory
 
@@ -590,7 +595,11 @@ def register_backend(name: str, factory: Callable[[AnnotatorConfig], JudgeBacken
 def make_backend(cfg: AnnotatorConfig) -> JudgeBackend:
     if cfg.backend not in BACKENDS:
         raise AnnotatorError(f"annotator '{cfg.name}': unknown backend {cfg.backend!r} (known: {sorted(BACKENDS)})")
-    return BACKENDS[cfg.backend](cfg)
+    factory = BACKENDS[cfg.backend]
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attribute)
+    return factory(cfg)
 
 
 def _plausible_count(reported: int, chars: int, most: int) -> bool:

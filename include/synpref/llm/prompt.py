@@ -72,3 +72,38 @@ def parse_prompt(text: str) -> ParsedPrompt:
         return "{{" + b.group(1) + "}}"
 
     return ParsedPrompt(marker, pattern.sub(take, text), blocks)
+
+
+def blocks_text(blocks: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
+    """(conversation as ``prompt_text``, {block name: text}) of one pair's data blocks."""
+    turns = [f"{name.removeprefix('turn ')}: {text}" for name, text in blocks if name.startswith("turn ")]
+    return "\n".join(turns), {name: text for name, text in blocks if not name.startswith("turn ")}
+
+
+PromptParts = tuple[list[tuple[dict[str, str], int]], list[tuple[str, str]]]
+
+
+def prompt_parts(prompt: str) -> PromptParts | None:
+    """A judge prompt read back by its boundary marker (as a SIMULATED or a replayed judge reads it): its few-shot
+    examples (data blocks by name, the human's verdict slot) and the target pair's data blocks; None for a prompt
+    that is not one."""
+    parsed = parse_prompt(prompt)
+    if parsed.marker is None or "## Target pair" not in parsed.skeleton:
+        return None
+    segments = re.split(r"^(?:### Example \d+|## Target pair)$", parsed.skeleton, flags=re.M)
+    used, examples = segments[0].count("{{"), []
+    for segment in segments[1:-1]:
+        n = segment.count("{{")
+        blocks, used = dict(parsed.blocks[used : used + n]), used + n
+        verdict = re.search(r"Human verdict: \[\[([12])\]\]", segment)
+        if verdict and {"candidate_1", "candidate_2"} <= set(blocks):
+            examples.append((blocks, int(verdict.group(1))))
+    return examples, parsed.blocks[used:]
+
+
+def read_target(parts: PromptParts | None) -> tuple[str, str, str] | None:
+    """(conversation, candidate 1, candidate 2) of a judge prompt's target pair."""
+    if parts is None:
+        return None
+    conv, named = blocks_text(parts[1])
+    return (conv, named["candidate_1"], named["candidate_2"]) if {"candidate_1", "candidate_2"} <= set(named) else None

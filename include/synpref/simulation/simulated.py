@@ -34,7 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from synpref.io.storage import PathLike, as_path, read_parquet, write_json
-from synpref.llm.prompt import parse_prompt
+from synpref.llm.prompt import PromptParts, blocks_text, parse_prompt, prompt_parts, read_target
 from synpref.schema import ATTRIBUTE_FIELDS
 
 log = logging.getLogger(__name__)
@@ -43,40 +43,6 @@ SIMULATION_BANNER = (
     "not from an LLM"
 )
 _DEMAND = re.compile(r"(?i)\banswer\b[^\n\[]{0,20}\[\[([12])\]\]")
-
-
-def _blocks_text(blocks: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
-    """(conversation as ``prompt_text``, {block name: text}) of one pair's data blocks."""
-    turns = [f"{name.removeprefix('turn ')}: {text}" for name, text in blocks if name.startswith("turn ")]
-    return "\n".join(turns), {name: text for name, text in blocks if not name.startswith("turn ")}
-
-
-PromptParts = tuple[list[tuple[dict[str, str], int]], list[tuple[str, str]]]
-
-
-def prompt_parts(prompt: str) -> PromptParts | None:
-    """A judge prompt as a SIMULATED judge reads it, by its boundary marker: its few-shot examples (data blocks by
-    name, the human's verdict slot) and the target pair's data blocks; None for a prompt that is not one."""
-    parsed = parse_prompt(prompt)
-    if parsed.marker is None or "## Target pair" not in parsed.skeleton:
-        return None
-    segments = re.split(r"^(?:### Example \d+|## Target pair)$", parsed.skeleton, flags=re.M)
-    used, examples = segments[0].count("{{"), []
-    for segment in segments[1:-1]:
-        n = segment.count("{{")
-        blocks, used = dict(parsed.blocks[used : used + n]), used + n
-        verdict = re.search(r"Human verdict: \[\[([12])\]\]", segment)
-        if verdict and {"candidate_1", "candidate_2"} <= set(blocks):
-            examples.append((blocks, int(verdict.group(1))))
-    return examples, parsed.blocks[used:]
-
-
-def read_target(parts: PromptParts | None) -> tuple[str, str, str] | None:
-    """(conversation, candidate 1, candidate 2) of a judge prompt's target pair."""
-    if parts is None:
-        return None
-    conv, named = _blocks_text(parts[1])
-    return (conv, named["candidate_1"], named["candidate_2"]) if {"candidate_1", "candidate_2"} <= set(named) else None
 
 
 def _longer(target: tuple[str, str, str]) -> int | None:
@@ -263,7 +229,7 @@ class SimulatedJudgeServer:
         return text, slot, confidence
 
     def _attributes_text(self, prompt: str) -> str:
-        conv, _ = _blocks_text(parse_prompt(prompt).blocks)
+        conv, _ = blocks_text(parse_prompt(prompt).blocks)
         cat = self.truth.category.get(conv, "factual")
         values = CATEGORY_ATTRIBUTES.get(cat, CATEGORY_ATTRIBUTES["factual"])
         return json.dumps(dict(zip(ATTRIBUTE_FIELDS, values)))
