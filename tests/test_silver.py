@@ -107,3 +107,37 @@ def test_human_curation_only_queues_every_retrieved_pair_in_a_seeded_random_or_p
     ]
     assert orders[0] == orders[1] != orders[2]  # seeded: the same seed, the same order
     assert sorted(orders[0]) == sorted(q["pair_id"] for q in queue)
+
+
+def test_a_pair_joins_silver_only_with_a_calibrated_confidence_in_its_label(pairs):
+    confidence = dict(zip([p["pair_id"] for p in pairs[:6]], [0.95, 0.7, 0.04, 0.6, 0.5, 0.9]))
+    silver, queue, counts = merge_into_silver(
+        [], pairs[:6], _verdicts(pairs[:6], OUTCOMES), "2026-11-01", confidence=confidence, silver_precision=0.9
+    )
+    assert counts == {
+        "silver_agree": 1,  # 0.95
+        "deferred_low_confidence": 1,  # agreed, but 0.7 is below 0.9: stays in the pool
+        "silver_flipped": 1,  # 0.04: the flipped label is 0.96 right
+        "queued_contested": 2,  # contested, neither label reaches 0.9
+        "deferred_budget": 1,
+        "queued_spot_check": 0,
+        "silver_total": 2,
+        "review_queue": 2,
+    }
+    flipped = next(r for r in silver if r["pair_id"] == pairs[2]["pair_id"])
+    assert flipped["flipped"] and flipped["chosen"] == pairs[2]["rejected"]
+
+
+def test_the_confidence_weighs_each_judge_by_its_probe_and_the_pool_prior_by_em():
+    from synpref.models.reliability import label_confidence
+
+    stats = {"accuracy": 0.7, "n": 60, "significant": True, "ci_low": 0.58, "ci_high": 0.8}
+    judges = {"annotators": {n: {**stats, "unanimous": stats} for n in "abc"}, "shrink": 1.0}
+    vote = {"agree": 1, "disagree": 0, "abstain": 0}
+    against = {"agree": 0, "disagree": 1, "abstain": 0}
+    verdicts = {f"p{i}": [{"annotator": n, **(vote if i % 4 else against)} for n in "abc"] for i in range(40)}
+    verdicts["one"] = [{"annotator": "a", **vote}]
+    confidence, prior = label_confidence(verdicts, judges)
+    assert 0.7 < prior < 0.85  # three in four pairs have every judge for the label
+    assert confidence["p1"] > confidence["one"] > prior  # three agreeing judges say more than one
+    assert confidence["p0"] < 0.2

@@ -174,6 +174,8 @@ class MergeRecord(OpenRecord):
     usage: dict[str, dict[str, Any]]
     cost_usd: Number
     tokens: int
+    pool_prior: Number | None = None  # the judged pool pairs' estimated share of right labels
+    silver_estimated_precision: Number | None = None  # the model's precision of this round's new silver pairs
 
 
 class RoundSteps(Record):
@@ -204,6 +206,7 @@ class RoundSummary(Record):
     inbox_attributes_missing: int = 0  # ... whose generation failed (or no attribute annotator): gold all the same
     gold: int
     silver: int
+    silver_estimated_precision: Number | None = None  # of this round's new silver pairs (calibrated confidences)
     best_rm_gold_accuracy: Number | None
     gold_rm_validation_accuracy: Number | None
     retrieved: int

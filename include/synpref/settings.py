@@ -306,6 +306,16 @@ class Stage1Config(AnnotateSettings):
         section=SECTION_RETRIEVAL,
         description="New silver pairs also queued for human review each round.",
     )
+    silver_precision: float = setting(
+        0.9,
+        ge=0.5,
+        le=0.999,
+        title="Silver precision",
+        section=SECTION_RETRIEVAL,
+        description="A judged pool pair joins silver only when the calibrated confidence in its label (the judges "
+        "weighed by their probe accuracy, over the pool's estimated share of right labels) reaches this; "
+        "contested ones go to the review queue, the rest stay in the pool. 0.5: every decided verdict.",
+    )
     judge_probe: int = setting(
         64,
         ge=0,

@@ -378,6 +378,18 @@ def judge_weight(stats: dict | None, kind: VerdictKind = "unanimous", votes: str
     return max(0.0, logit((kind["accuracy"] * kind["n"] + 1) / (kind["n"] + 2)))
 
 
+def label_confidence(verdicts: dict[str, list[dict]], judges: dict) -> tuple[dict[str, float], float]:
+    """P(stored label right) per pair from its judges' verdicts alone (``annotator_verdicts`` of a merged table),
+    each weighed by its probe reliability and the judges' ``shrink``, over the prior fitted to those pairs by EM;
+    → (confidences, prior). What stage 1 asks of a pair before it joins silver."""
+    stats, shrink = judges.get("annotators", {}), judges.get("shrink", 1.0)
+    evidence = {
+        pid: shrink * sum(judge_evidence(stats.get(v["annotator"]), v) for v in vs) for pid, vs in verdicts.items()
+    }
+    prior = estimate_prior(np.array(list(evidence.values())))
+    return {pid: float(sigmoid(logit(prior) + e)) for pid, e in evidence.items()}, prior
+
+
 def estimate_prior(evidence: np.ndarray, iterations: int = 100) -> float:
     """Share of stored labels that are right, by EM over calibrated per-pair log-odds (content evidence only)."""
     e = np.asarray(evidence, dtype=np.float64)

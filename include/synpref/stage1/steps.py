@@ -49,6 +49,7 @@ from synpref.models.reliability import (
     joint_weights,
     judge_reliability,
     judge_warnings,
+    label_confidence,
     rm_warnings,
     sigmoid,
 )
@@ -483,9 +484,24 @@ def step_merge(
     votes = counted_samples(sample_tables, judges)  # an uninformative judge counts zero under every policy
     merged = merge_samples(votes, cfg.merge_policy, accuracy, [r["pair_id"] for r in retrieved])
     write_parquet(merged, out.verdicts)
+    verdicts = {
+        r["pair_id"]: r["annotator_verdicts"] for r in merged.select(["pair_id", "annotator_verdicts"]).to_pylist()
+    }
+    confidence, pool_prior = label_confidence(verdicts, judges) if cfg.silver_precision > 0.5 else ({}, None)
     silver, queue, counts = merge_into_silver(
-        _rows(out.silver_in), retrieved, merged, rnd, cfg.spot_check, cfg.seed, cfg.retrieved_to, cfg.review_order
+        _rows(out.silver_in),
+        retrieved,
+        merged,
+        rnd,
+        cfg.spot_check,
+        cfg.seed,
+        cfg.retrieved_to,
+        cfg.review_order,
+        confidence or None,
+        cfg.silver_precision,
     )
+    joined = [r["pair_id"] for r in silver if r.get("round") == rnd and r.get("provenance") == "llm"]
+    estimated = [max(confidence[p], 1 - confidence[p]) for p in joined if p in confidence]
     _write_table(silver, PAIR_SCHEMA, out.silver)
     _write_table(queue, QUEUE_SCHEMA, out.review_queue_table)
     write_jsonl(queue, out.review_queue_jsonl)
@@ -496,6 +512,9 @@ def step_merge(
         "verdicts": status_counts(merged),
         "annotator_stats": annotator_stats(pa.concat_tables(sample_tables)) if sample_tables else {},
         "judges": judges,
+        # the pool's estimated share of right labels and the model's precision of this round's new silver pairs
+        "pool_prior": None if pool_prior is None else round(pool_prior, 6),
+        "silver_estimated_precision": round(sum(estimated) / len(estimated), 6) if estimated else None,
         "usage": usage,
         "cost_usd": round(sum(u.get("cost_usd", 0) for u in usage.values()), 6),
         "tokens": sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values()),
@@ -536,6 +555,7 @@ def round_manifest(root: PathLike | StorageLayout, rnd: str, params: dict | None
         **{k: intake.get(k) for k in INTAKE_SUMMARY},
         "gold": steps["intake"]["gold"],
         "silver": steps["merge"]["silver_total"],
+        "silver_estimated_precision": steps["merge"].get("silver_estimated_precision"),
         "best_rm_gold_accuracy": steps["evaluate"]["best_rm_gold_accuracy"],
         "gold_rm_validation_accuracy": steps["evaluate"]["gold_rm_validation_accuracy"],
         "retrieved": steps["retrieve"]["retrieved"],
