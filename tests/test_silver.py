@@ -140,4 +140,4 @@ def test_the_confidence_weighs_each_judge_by_its_probe_and_the_pool_prior_by_em(
     confidence, prior = label_confidence(verdicts, judges)
     assert 0.7 < prior < 0.85  # three in four pairs have every judge for the label
     assert confidence["p1"] > confidence["one"] > prior  # three agreeing judges say more than one
-    assert confidence["p0"] < 0.2
+    assert confidence["p0"] < 0.3  # three judges against a label the pool holds right 4 times in 5
