@@ -106,6 +106,7 @@ ANNOTATOR_EXTRAS = (
     "backend",
     "samples",
     "choices_per_request",
+    "order",
     "temperature",
     "max_tokens",
     "max_concurrency",

@@ -36,6 +36,9 @@ def sim_server(sim_truth):
         "faulty": JudgeProfile(0.85, 0.0, 0.2, slow_s=1.5),
         "biased": JudgeProfile(0.8, 0.4, 0.0),
         "one-choice": JudgeProfile(0.8, 0.1, 0.0, honours_n=False),  # answers one choice whatever ``n`` asks
+        # as real judges are: temperature 0 and order-sensitive (an LLM judge), order-invariant (a reward model)
+        "temp0": JudgeProfile(0.76, difficulty=1.0, deterministic=True),
+        "rm-judge": JudgeProfile(0.64, difficulty=1.0, deterministic=True, order_invariant=True),
     }
     server = SimulatedJudgeServer(TruthIndex.from_tables(truth, gtruth), profiles, api_key="sk-test")
     server.start()

@@ -154,6 +154,9 @@ class JudgeStats(Reliability):
     pairs: int = 0
     abstained: int = 0
     position_bias: Number | None = None
+    order_bias: Number | None = None  # P(slot 1 | better in slot 2) − P(slot 2 | better in slot 1)
+    repeats_agree: Number | None = None  # share of pairs whose repeated samples of one order all agree
+    orders_agree: Number | None = None  # share of pairs asked both orders whose verdicts agree across them
 
 
 class Judges(Record):

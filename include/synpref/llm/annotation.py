@@ -69,6 +69,15 @@ def order_swapped(pair_id: str, annotator: str, sample: int, seed: int) -> bool:
     return seeded_digest(seed, pair_id, annotator, sample)[0] & 1 == 1
 
 
+def request_order(pair_id: str, annotator: AnnotatorConfig, first_sample: int, per_request: int, seed: int) -> bool:
+    """Whether the request whose first sample is ``first_sample`` shows the stored chosen as Candidate 2: seeded per
+    request (``order: random``), or the pair's seeded order for its first request and the other order for the next,
+    alternating (``order: both``)."""
+    if annotator.order == "random":
+        return order_swapped(pair_id, annotator.name, first_sample, seed)
+    return order_swapped(pair_id, annotator.name, 0, seed) ^ ((first_sample // per_request) % 2 == 1)
+
+
 def request_seed(pair_id: str, annotator: str, sample: int, seed: int) -> int:
     return seeded_int("req", seed, pair_id, annotator, sample)
 
@@ -298,7 +307,7 @@ def judge(
             missing = sorted(set(range(annotator.samples)) - {r["sample"] for r in rows})
             per_request = 1 if with_logprobs else annotator.choices_per_request
             for span in request_spans(missing, per_request, not (adaptive or logprobs)):
-                swapped = order_swapped(pid, annotator.name, span[0], settings.seed)
+                swapped = request_order(pid, annotator, span[0], per_request, settings.seed)
                 msgs = tuple(
                     build_judge_messages(
                         pair, exs, swapped, settings.max_examples, settings.seed, settings.preference_aware

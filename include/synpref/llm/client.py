@@ -54,6 +54,11 @@ class AnnotatorConfig(BaseModel):
     # self-consistency samples asked in one request (OpenAI's ``n``: the prompt is sent and billed once); an endpoint
     # that returns fewer choices (llama.cpp ignores ``n``) is asked again for the rest. 1: one request per sample
     choices_per_request: int = Field(default=3, ge=1, le=128)
+    # random: each request shows the candidates in a seeded order; both: a pair's requests alternate the order (the
+    # first one seeded). A judge that answers the same every time (temperature 0, a reward model) learns nothing from
+    # a second sample in one order, while an order-sensitive one says something new in the other: for such a judge
+    # ``order: both, samples: 2, choices_per_request: 1`` asks each order once (the probe measures it the same way)
+    order: Literal["random", "both"] = "random"
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1, le=1_000_000)
     max_concurrency: int = Field(default=4, ge=1)
@@ -81,6 +86,17 @@ class AnnotatorConfig(BaseModel):
         if self.backend == "openai" and (u.scheme not in ("http", "https") or not u.netloc):
             raise PydanticCustomError(
                 "url", "base_url must be an http(s) URL such as http://host:8000/v1, got '{v}'", {"v": self.base_url}
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _both_orders(self) -> AnnotatorConfig:
+        if self.order == "both" and self.samples <= self.choices_per_request:
+            raise PydanticCustomError(
+                "order",
+                "order: both asks a pair's requests in alternating orders, so it needs more samples than choices a "
+                "request (e.g. samples: 2, choices_per_request: 1), got samples {s}, choices_per_request {c}",
+                {"s": self.samples, "c": self.choices_per_request},
             )
         return self
 

@@ -221,6 +221,7 @@ def judge_reliability(samples: pa.Table) -> dict:
             "pairs": len(pairs),
             "abstained": len(pairs) - right - wrong,
             "position_bias": round(2 * sum(s == 1 for s in slots) / len(slots) - 1, 6) if slots else None,
+            **order_behaviour(pairs),
             **({"logprobs": _logprob_calibration(log_odds)} if log_odds else {}),
         }
         cell_counts[name] = prefixes
@@ -228,6 +229,51 @@ def judge_reliability(samples: pa.Table) -> dict:
     evidence = np.array([sum(judge_evidence(annotators[n], v) for n, v in per.items()) for per in verdicts.values()])
     shrink = min(1.0, float(fit_weights(evidence[:, None])[0])) if len(evidence) and evidence.any() else 1.0
     return {"annotators": annotators, "shrink": max(shrink, 0.0)}
+
+
+def order_behaviour(pairs: dict[str, list[dict]]) -> dict:
+    """How a judge treats the candidates' order, from its probe samples (correctly oriented pairs):
+
+    - ``order_bias``: P(answers slot 1 | the better is in slot 2) − P(answers slot 2 | the better is in slot 1): a
+      preference for the first position that, unlike ``position_bias``, does not mistake accuracy for bias;
+    - ``repeats_agree``: of the pairs with several samples in one order, the share whose samples all agree (1.0: it
+      answers the same every time, as a judge at temperature 0 or a reward model does: more samples buy nothing);
+    - ``orders_agree``: of the pairs asked in both orders, the share whose verdicts agree across them (how much the
+      other order is new information; None when no pair was asked both ways, ``order: random``)."""
+    wrong_first = [r["slot"] == 1 for rows in pairs.values() for r in rows if r.get("swapped") and r["slot"]]
+    wrong_second = [r["slot"] == 2 for rows in pairs.values() for r in rows if r.get("swapped") is False and r["slot"]]
+    repeats, orders = [], []
+    for rows in pairs.values():
+        by_order: dict[bool, list[str]] = defaultdict(list)
+        for r in rows:
+            if r["verdict"] != "abstain" and r.get("swapped") is not None:
+                by_order[bool(r["swapped"])].append(r["verdict"])
+        repeats += [len(set(v)) == 1 for v in by_order.values() if len(v) > 1]
+        if len(by_order) == 2:
+            majorities = [max(set(v), key=v.count) for v in by_order.values()]
+            orders.append(majorities[0] == majorities[1])
+    share = lambda xs: round(sum(xs) / len(xs), 6) if xs else None  # noqa: E731
+    bias = share(wrong_first) - share(wrong_second) if wrong_first and wrong_second else None
+    return {
+        "order_bias": None if bias is None else round(bias, 6),
+        "repeats_agree": share(repeats),
+        "orders_agree": share(orders),
+    }
+
+
+def judge_advice(judges: dict) -> list[str]:
+    """One line per annotator whose samples of one order always agree while it is asked one order: the other order
+    would be new information where more samples are not."""
+    return [
+        f"annotator {n} gave the same verdict on {j['repeats_agree']:.0%} of its repeated samples (it answers the "
+        "same every time): more samples of one order buy nothing; ask both orders instead "
+        "(order: both, samples: 2, choices_per_request: 1)"
+        for n, j in sorted(judges.get("annotators", {}).items())
+        if (j.get("repeats_agree") or 0) >= REPEATS_AGREE_LIMIT and j.get("orders_agree") is None
+    ]
+
+
+REPEATS_AGREE_LIMIT = 0.95  # of repeated samples in agreement: the judge is taken as answering the same every time
 
 
 def tally_votes(rows: list[dict]) -> dict:

@@ -122,11 +122,15 @@ class JudgeProfile:
     verbosity_bias: float = 0.0  # P(it answers the longer candidate instead of judging the content)
     bias_correction: float = 0.0  # share of that bias removed by a counter-stylistic example of the same kind
     honours_n: bool = True  # answers ``n`` choices when asked (False: one choice, as llama.cpp's server)
+    # as real judges are: temperature 0 (the same prompt gets the same answer whatever the seed; a request's ``n``
+    # choices are one answer), so the other candidates' order is the only new information a second request can buy
+    deterministic: bool = False
+    order_invariant: bool = False  # the verdict follows the pair, not the order shown (a reward model as a judge)
 
     @classmethod
     def parse(cls, spec: str) -> JudgeProfile:
         """``accuracy[,position_bias[,fault_rate[,difficulty[,slow_s[,obeys_injections[,logprobs[,verbosity_bias
-        [,bias_correction[,honours_n]]]]]]]]]``"""
+        [,bias_correction[,honours_n[,deterministic[,order_invariant]]]]]]]]]]]``"""
         vals = [float(x) for x in spec.split(",") if x]
         return cls(*vals)
 
@@ -261,6 +265,14 @@ class SimulatedJudgeServer:
         text, slot, confidence = self._judge(prompt, profile, rng)
         return text, verdict_token_logprobs(text, slot, confidence) if logprobs and profile.logprobs else None
 
+    @staticmethod
+    def _draw_key(model: str, seed: int, prompt: str, profile: JudgeProfile) -> str:
+        """What a judge's random draws depend on: the request (its seed and prompt); for a deterministic judge the
+        prompt only; for an order-invariant one the pair whichever order it is shown in."""
+        if profile.order_invariant and (target := read_target(prompt_parts(prompt))):
+            return f"{model}:{target[0]}:{sorted(target[1:])}"
+        return f"{model}:{prompt}" if profile.deterministic else f"{model}:{seed}:{prompt}"
+
     def repeated(self) -> int:
         """How many distinct requests (model, seed, prompt) were asked more than once."""
         return sum(1 for n in self.attempts.values() if n > 1)
@@ -279,12 +291,13 @@ class SimulatedJudgeServer:
         attempt_key = f"{model}:{seed}:{hashlib.sha256(prompt.encode()).hexdigest()[:16]}"
         attempt = self.attempts[attempt_key]
         self.attempts[attempt_key] += 1
-        rng = random.Random(f"{model}:{seed}:{prompt}")
+        rng = random.Random(self._draw_key(model, seed, prompt, profile))
         frng = random.Random(f"fault:{attempt_key}:{attempt}")
         delay = 0.0
         n = body.get("n") or 1
         n = n if profile.honours_n and isinstance(n, int) and 1 <= n <= 128 else 1
         answers = [self._answer(system, prompt, profile, rng, bool(body.get("logprobs"))) for _ in range(n)]
+        answers = answers[:1] * n if profile.deterministic else answers
         text = answers[0][0]
         if frng.random() < profile.fault_rate:
             fault = frng.choice(["429", "500", "slow", "malformed", "buried", "injection"])

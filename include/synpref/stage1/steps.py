@@ -47,6 +47,7 @@ from synpref.models.reliability import (
     calibrate,
     counted_samples,
     joint_weights,
+    judge_advice,
     judge_reliability,
     judge_warnings,
     label_confidence,
@@ -566,7 +567,7 @@ def round_manifest(root: PathLike | StorageLayout, rnd: str, params: dict | None
             n: {k: j[k] for k in ("accuracy", "ci_low", "ci_high", "n")}
             for n, j in judges.get("annotators", {}).items()
         },
-        "warnings": steps["evaluate"].get("warnings", []) + judge_warnings(judges),
+        "warnings": steps["evaluate"].get("warnings", []) + judge_warnings(judges) + judge_advice(judges),
     }
     return RoundManifest.model_validate(
         {
