@@ -524,7 +524,7 @@ def probe_calibration(store: StorageLayout, rnd: str, s: Setting, sets: dict) ->
     server = simulated_judges(s, sets)
     server.start()
     try:
-        probes = [judge_probe(store, rnd, a)[0] for a in judges_for(s, server)]
+        probes = [judge_probe(store, rnd, a)[2] for a in judges_for(s, server)]
     finally:
         server.stop()
     measured = judge_reliability(pa.concat_tables(probes))

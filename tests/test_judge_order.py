@@ -59,3 +59,33 @@ def test_order_both_in_one_request_is_refused_in_one_line():
 
     with pytest.raises(AnnotatorError, match="order: both .* needs more samples than choices a request"):
         annotator_config({"name": "j", "base_url": "http://h:1/v1", "model": "m", "order": "both"})
+
+
+def test_order_auto_asks_a_judge_that_repeats_itself_both_orders_from_its_probe_on(sim_server, sim_truth, tmp_path):
+    """The default ``order: auto``: a sampling judge is asked as configured; one that answers the same every time
+    is probed again asking each order once, and that is how it is asked from then on (``asking``)."""
+    from synpref.llm.annotation import asking, probe_judge
+
+    rows = _gold_rows(sim_truth)
+    sampling, chosen, _, _ = probe_judge(rows, {}, annotator_cfg(sim_server, "good"), tmp_path / "c", FIXED)
+    assert chosen is None and sampling.order == "auto"
+    temp0 = annotator_cfg(sim_server, "temp0")
+    asked, chosen, samples, usage = probe_judge(rows, {}, temp0, tmp_path / "c", FIXED)
+    assert chosen == {"order": "both", "samples": 2, "choices_per_request": 1} and asked.order == "both"
+    assert usage["temp0"]["requests"] == len(rows) + 2 * len(rows)  # the first probe (n = 3), then each order once
+    assert samples.num_rows == 2 * len(rows)  # the probe kept is the one asked as the judge will be asked
+    judges = judge_reliability(samples)
+    judges["annotators"]["temp0"]["asking"] = chosen
+    assert asking(temp0, judges).order == "both" and asking(temp0, judges).samples == 2
+    fixed = temp0.model_copy(update={"order": "random"})
+    assert asking(fixed, judges) == fixed  # a configured order is never overridden
+
+
+def test_order_auto_asks_a_judge_that_says_the_same_in_either_order_once(sim_server, sim_truth, tmp_path):
+    from synpref.llm.annotation import ASK_ONCE, probe_judge
+
+    rows = _gold_rows(sim_truth)
+    asked, chosen, samples, usage = probe_judge(rows, {}, annotator_cfg(sim_server, "rm-judge"), tmp_path / "c", FIXED)
+    assert chosen == ASK_ONCE and asked.samples == 1 and asked.choices_per_request == 1
+    assert usage["rm-judge"]["requests"] == 3 * len(rows)  # n = 3, then both orders; the last probe is in the cache
+    assert samples.num_rows == len(rows)

@@ -157,6 +157,7 @@ class JudgeStats(Reliability):
     order_bias: Number | None = None  # P(slot 1 | better in slot 2) − P(slot 2 | better in slot 1)
     repeats_agree: Number | None = None  # share of pairs whose repeated samples of one order all agree
     orders_agree: Number | None = None  # share of pairs asked both orders whose verdicts agree across them
+    asking: dict[str, Any] | None = None  # how an ``order: auto`` judge is asked since this probe (None: configured)
 
 
 class Judges(Record):
@@ -164,6 +165,7 @@ class Judges(Record):
 
     annotators: dict[str, JudgeStats] = {}
     shrink: Number = 1.0
+    shrinks: list[Number] = []  # the factor of k judges' summed log-odds, k = 1, 2, ... (most reliable first)
 
 
 class MergeRecord(OpenRecord):

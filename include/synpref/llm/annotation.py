@@ -33,7 +33,8 @@ from synpref.llm.client import (
     run_requests,
 )
 from synpref.llm.prompt import block, boundary_marker, marker_line
-from synpref.models.reliability import tally_votes
+from synpref.models.reliability import REPEATS_AGREE_LIMIT, answers_the_same, order_behaviour, tally_votes
+from synpref.progress import log
 from synpref.seeding import seeded_digest, seeded_int
 from synpref.settings import AnnotateSettings, MergePolicy
 
@@ -71,11 +72,22 @@ def order_swapped(pair_id: str, annotator: str, sample: int, seed: int) -> bool:
 
 def request_order(pair_id: str, annotator: AnnotatorConfig, first_sample: int, per_request: int, seed: int) -> bool:
     """Whether the request whose first sample is ``first_sample`` shows the stored chosen as Candidate 2: seeded per
-    request (``order: random``), or the pair's seeded order for its first request and the other order for the next,
-    alternating (``order: both``)."""
-    if annotator.order == "random":
+    request (``order: random``, and ``auto`` until a probe chose), or the pair's seeded order for its first request
+    and the other order for the next, alternating (``order: both``)."""
+    if annotator.order != "both":
         return order_swapped(pair_id, annotator.name, first_sample, seed)
     return order_swapped(pair_id, annotator.name, 0, seed) ^ ((first_sample // per_request) % 2 == 1)
+
+
+ASK_BOTH_ORDERS = {"order": "both", "samples": 2, "choices_per_request": 1}  # each order once
+ASK_ONCE = {"order": "random", "samples": 1, "choices_per_request": 1}  # a judge that says the same in either order
+
+
+def asking(annotator: AnnotatorConfig, judges: dict) -> AnnotatorConfig:
+    """An ``order: auto`` annotator as the round's probe chose to ask it (``asking`` in ``judges.json``, written by
+    stage 1's merge); any other annotator, or one the probe did not measure, as it is configured."""
+    chosen = (judges.get("annotators", {}).get(annotator.name) or {}).get("asking")
+    return annotator.model_copy(update=chosen) if annotator.order == "auto" and chosen else annotator
 
 
 def request_seed(pair_id: str, annotator: str, sample: int, seed: int) -> int:
@@ -351,6 +363,54 @@ def judge(
     rows = [r for p in pairs for r in asked[p["pair_id"]]]
     usage = {annotator.name: {**usage_total.as_dict(), "work": usage_total.work_dict()}}
     return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), usage
+
+
+def probe_judge(
+    probe: list[dict],
+    examples: dict[str, list[dict]],
+    annotator: AnnotatorConfig,
+    cache_dir: PathLike | None,
+    settings: AnnotateSettings = AnnotateSettings(),
+    budget: Budget | None = None,
+) -> tuple[AnnotatorConfig, dict | None, pa.Table, dict]:
+    """One annotator on a blind probe of gold pairs: every sample asked (logprob verdicts repeated too, to measure
+    them). An ``order: auto`` annotator that answers the same every time (``answers_the_same``: a judge at
+    temperature 0, a reward model) is probed again asking each order once (``ASK_BOTH_ORDERS``); if it says the same
+    in either order too (an order-invariant judge), one request a pair says it all (``ASK_ONCE``, answered from the
+    cache). The probe kept is the one asked as the annotator will be asked from now on, so that it measures the
+    verdicts it will give. → (the annotator as it is asked from now on, what the probe chose or None, its samples,
+    usage of every probe)."""
+
+    def asked(a: AnnotatorConfig) -> tuple[pa.Table, dict]:
+        return judge(probe, examples, a, cache_dir, settings, budget, repeat_logprobs=True)
+
+    samples, usage = asked(annotator)
+    if annotator.order != "auto" or not answers_the_same(samples):
+        return annotator, None, samples, usage
+    chosen = ASK_BOTH_ORDERS
+    samples, more = asked(annotator.model_copy(update=chosen))
+    usage = _added(usage, more)
+    if (order_behaviour(_by_pair(samples))["orders_agree"] or 0) >= REPEATS_AGREE_LIMIT:
+        chosen = ASK_ONCE
+        samples, more = asked(annotator.model_copy(update=chosen))
+        usage = _added(usage, more)
+    what = "each order once" if chosen is ASK_BOTH_ORDERS else "once (it says the same in either order)"
+    log.info("annotator %s answers the same every time on the probe: it is asked %s", annotator.name, what)
+    return annotator.model_copy(update=chosen), chosen, samples, usage
+
+
+def _by_pair(samples: pa.Table) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in samples.select(["pair_id", "verdict", "swapped", "slot"]).to_pylist():
+        out[r["pair_id"]].append(r)
+    return out
+
+
+def _added(first: dict, second: dict) -> dict:
+    """Two usage summaries of one annotator (``judge``'s) as one."""
+    (name, a), b = next(iter(first.items())), next(iter(second.values()))
+    total = {k: a[k] + b[k] for k, v in a.items() if isinstance(v, (int, float)) and k in b}
+    return {name: {**b, **total, "work": {k: a["work"][k] + b["work"][k] for k in a["work"]}}}
 
 
 def _count_shared_prefixes(requests: list[Request], meta: list[tuple], first: dict[str, str], usage: Usage) -> None:

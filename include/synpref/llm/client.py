@@ -57,8 +57,9 @@ class AnnotatorConfig(BaseModel):
     # random: each request shows the candidates in a seeded order; both: a pair's requests alternate the order (the
     # first one seeded). A judge that answers the same every time (temperature 0, a reward model) learns nothing from
     # a second sample in one order, while an order-sensitive one says something new in the other: for such a judge
-    # ``order: both, samples: 2, choices_per_request: 1`` asks each order once (the probe measures it the same way)
-    order: Literal["random", "both"] = "random"
+    # ``order: both, samples: 2, choices_per_request: 1`` asks each order once (the probe measures it the same way).
+    # auto: random, unless a stage-1 probe finds the judge answering the same every time: both (``ASK_BOTH_ORDERS``)
+    order: Literal["auto", "random", "both"] = "auto"
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1, le=1_000_000)
     max_concurrency: int = Field(default=4, ge=1)

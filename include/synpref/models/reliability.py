@@ -226,9 +226,33 @@ def judge_reliability(samples: pa.Table) -> dict:
         }
         cell_counts[name] = prefixes
     _pool_vote_cells(annotators, cell_counts)
-    evidence = np.array([sum(judge_evidence(annotators[n], v) for n, v in per.items()) for per in verdicts.values()])
-    shrink = min(1.0, float(fit_weights(evidence[:, None])[0])) if len(evidence) and evidence.any() else 1.0
-    return {"annotators": annotators, "shrink": max(shrink, 0.0)}
+    shrinks = _shrinks(annotators, verdicts)
+    return {"annotators": annotators, "shrink": shrinks[-1] if shrinks else 1.0, "shrinks": shrinks}
+
+
+def _shrinks(annotators: dict[str, dict], verdicts: dict[str, dict[str, dict]]) -> list[float]:
+    """``shrinks[k-1]``: the factor of the summed log-odds of k judges, fitted like a temperature on the probe over
+    the k most reliable (the ones judging in sequence asks first), at most 1. Hard pairs are hard for every judge, so
+    the more judges are summed the more their evidence overlaps: one judge's verdict keeps its own calibration
+    (``shrinks[0]`` ≈ 1), two judges that always agree add up to one (0.5), and a judge alone is not discounted for
+    the correlation of judges that were not asked."""
+    ranked = sorted(annotators, key=lambda n: (-judge_weight(annotators[n]), n))
+    out = []
+    for k in range(1, len(ranked) + 1):
+        evidence = np.array(
+            [sum(judge_evidence(annotators[n], per[n]) for n in ranked[:k] if n in per) for per in verdicts.values()]
+        )
+        fitted = float(fit_weights(evidence[:, None])[0]) if len(evidence) and evidence.any() else 1.0
+        out.append(round(min(1.0, max(fitted, 0.0)), 6))
+    return out
+
+
+def shrink_for(judges: dict, count: int) -> float:
+    """The factor of the summed evidence of ``count`` judges (``judges.json``: ``shrinks``, or one ``shrink``)."""
+    shrinks = judges.get("shrinks") or []
+    if not shrinks or count < 1:
+        return judges.get("shrink", 1.0)
+    return shrinks[min(count, len(shrinks)) - 1]
 
 
 def order_behaviour(pairs: dict[str, list[dict]]) -> dict:
@@ -262,18 +286,31 @@ def order_behaviour(pairs: dict[str, list[dict]]) -> dict:
 
 
 def judge_advice(judges: dict) -> list[str]:
-    """One line per annotator whose samples of one order always agree while it is asked one order: the other order
-    would be new information where more samples are not."""
+    """One line per annotator whose samples of one order always agree while it is asked one order (configured
+    ``order: random``; ``auto`` switches by itself): the other order would be new information where more samples are
+    not."""
     return [
         f"annotator {n} gave the same verdict on {j['repeats_agree']:.0%} of its repeated samples (it answers the "
         "same every time): more samples of one order buy nothing; ask both orders instead "
         "(order: both, samples: 2, choices_per_request: 1)"
         for n, j in sorted(judges.get("annotators", {}).items())
-        if (j.get("repeats_agree") or 0) >= REPEATS_AGREE_LIMIT and j.get("orders_agree") is None
+        if (j.get("repeats_agree") or 0) >= REPEATS_AGREE_LIMIT
+        and j.get("orders_agree") is None
+        and not j.get("asking")
     ]
 
 
 REPEATS_AGREE_LIMIT = 0.95  # of repeated samples in agreement: the judge is taken as answering the same every time
+
+
+def answers_the_same(samples: pa.Table) -> bool:
+    """Whether one annotator's probe samples show it answering the same every time (``repeats_agree`` at or above
+    ``REPEATS_AGREE_LIMIT``; False when no pair had repeated samples of one order)."""
+    pairs: dict[str, list[dict]] = defaultdict(list)
+    for r in samples.select(["pair_id", "verdict", "swapped", "slot"]).to_pylist():
+        pairs[r["pair_id"]].append(r)
+    repeats = order_behaviour(pairs)["repeats_agree"]
+    return repeats is not None and repeats >= REPEATS_AGREE_LIMIT
 
 
 def tally_votes(rows: list[dict]) -> dict:
@@ -428,10 +465,11 @@ def label_confidence(verdicts: dict[str, list[dict]], judges: dict) -> tuple[dic
     """P(stored label right) per pair from its judges' verdicts alone (``annotator_verdicts`` of a merged table),
     each weighed by its probe reliability and the judges' ``shrink``, over the prior fitted to those pairs by EM;
     → (confidences, prior). What stage 1 asks of a pair before it joins silver."""
-    stats, shrink = judges.get("annotators", {}), judges.get("shrink", 1.0)
-    evidence = {
-        pid: shrink * sum(judge_evidence(stats.get(v["annotator"]), v) for v in vs) for pid, vs in verdicts.items()
-    }
+    stats = judges.get("annotators", {})
+    evidence = {}
+    for pid, vs in verdicts.items():
+        counted = [judge_evidence(stats.get(v["annotator"]), v) for v in vs]
+        evidence[pid] = shrink_for(judges, sum(e != 0 for e in counted)) * sum(counted)
     prior = estimate_prior(np.array(list(evidence.values())))
     return {pid: float(sigmoid(logit(prior) + e)) for pid, e in evidence.items()}, prior
 

@@ -51,7 +51,7 @@ def _trl_accuracy(tables: list[pa.Table], truth: pa.Table) -> float | None:
         return None
     t = pa.concat_tables(tables).select(["pair_id", "chosen"])
     rows = [{"pair_id": r["pair_id"], "chosen": r["chosen"][-1]["content"]} for r in t.to_pylist()]
-    return label_accuracy(pa.Table.from_pylist(rows), truth)
+    return label_accuracy(pa.Table.from_pylist(rows), truth) if rows else None  # an empty set has no accuracy
 
 
 def accuracy_report(out_dir: PathLike | Stage2Layout, truth: pa.Table) -> dict:

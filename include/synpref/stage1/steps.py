@@ -34,6 +34,7 @@ from synpref.llm.annotation import (
     few_shot_examples,
     judge,
     merge_samples,
+    probe_judge,
     read_examples,
     status_counts,
     task_budget,
@@ -432,11 +433,11 @@ def step_annotate(
     pairs = _rows(out.retrieved) if cfg.retrieved_to == "judges" else []  # the ablation modes ask no judge
     budget = task_budget(cfg, n_annotators)
     gold = _rows(out.gold)
-    probe_samples, probe_usage = judge_probe(store, rnd, annotator, cfg, budget)
+    annotator, chosen, probe_samples, probe_usage = judge_probe(store, rnd, annotator, cfg, budget)
     samples, usage = judge(pairs, read_examples(out.examples, gold), annotator, store.llm_cache, cfg, budget)
     write_parquet(probe_samples, out.probe(annotator.name))
     write_parquet(samples, out.samples(annotator.name))
-    work = {"annotator": annotator.model_dump(), "usage": usage[annotator.name]["work"]}
+    work = {"annotator": annotator.model_dump(), "asking": chosen, "usage": usage[annotator.name]["work"]}
     write_json({**work, "probe_usage": probe_usage[annotator.name]["work"]}, out.usage(annotator.name))
     keys = ("requests", "cache_hits", "errors", "new_cost_usd")
     counts = {k: usage[annotator.name][k] + probe_usage[annotator.name][k] for k in keys}
@@ -455,13 +456,13 @@ def judge_probe(
     annotator: AnnotatorConfig,
     cfg: Stage1Config = Stage1Config(),
     budget: Budget | None = None,
-) -> tuple[pa.Table, dict]:
-    """One annotator's samples on the round's blind gold probe, and usage: every sample asked, logprob verdicts
-    included (the probe measures repeated verdicts too)."""
+) -> tuple[AnnotatorConfig, dict | None, pa.Table, dict]:
+    """One annotator on the round's blind gold probe (``probe_judge``): how it is asked from now on, what the probe
+    chose (None: as configured), its samples and usage."""
     out = layout(root).round(rnd)
     gold = _rows(out.gold)
     probe, examples = probe_pairs(gold, cfg.judge_probe, cfg.seed), read_examples(out.probe_examples, gold)
-    return judge(probe, examples, annotator, layout(root).llm_cache, cfg, budget, repeat_logprobs=True)
+    return probe_judge(probe, examples, annotator, layout(root).llm_cache, cfg, budget)
 
 
 def step_merge(
@@ -479,6 +480,8 @@ def step_merge(
     sample_tables = [read_parquet(out.samples(n)) for n in names]
     probes = [read_parquet(out.probe(n)) for n in names if out.probe(n).exists()]
     judges = judge_reliability(pa.concat_tables(probes)) if probes else {}
+    for name, stats in judges.get("annotators", {}).items():  # how an ``order: auto`` judge is asked from now on
+        stats["asking"] = read_json(out.usage(name)).get("asking") if out.usage(name).exists() else None
     write_json(judges, out.judges)
     accuracy = {n: j["accuracy"] for n, j in judges.get("annotators", {}).items() if j["accuracy"] is not None}
     retrieved = _rows(out.retrieved)

@@ -42,7 +42,15 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from synpref.io.storage import read_json
-from synpref.models.reliability import estimate_prior, judge_evidence, judge_room, judge_weight, logit, sigmoid
+from synpref.models.reliability import (
+    estimate_prior,
+    judge_evidence,
+    judge_room,
+    judge_weight,
+    logit,
+    shrink_for,
+    sigmoid,
+)
 from synpref.models.reward_model import RewardModel
 from synpref.settings import RecyclePolicy, Stage2Config
 from synpref.stage2.recycle import recycle_policy_for, should_recycle
@@ -220,7 +228,8 @@ class ReliabilityRule(RuleBase):
     weighs_logprobs: ClassVar[bool] = True
     rm_weights: dict[str, float]  # significant RMs only: calibrated logit = weight · reward difference
     judges: dict[str, dict] = {}  # per annotator: its reliability on the gold probe (``judges.json``)
-    judge_shrink: float = 1.0
+    judge_shrink: float = 1.0  # the factor of every judge's summed evidence (older rounds)
+    judge_shrinks: list[float] = []  # the factor of k judges' summed evidence, k = 1, 2, ... (``shrink_for``)
     target_precision: float = 0.98
     recycle_policy: RecyclePolicy = "positive_evidence"
     min_confidence: float = 0.9
@@ -281,8 +290,12 @@ class ReliabilityRule(RuleBase):
         out = {}
         for v in (judgement or {}).get("annotator_verdicts") or []:
             if v["agree"] != v["disagree"] or v.get("log_odds"):  # abstentions and tied votes add nothing
-                out[f"judge_{v['annotator']}"] = judge_evidence(self.judges.get(v["annotator"]), v) * self.judge_shrink
-        return out
+                out[f"judge_{v['annotator']}"] = judge_evidence(self.judges.get(v["annotator"]), v)
+        shrink = self._shrink(sum(e != 0 for e in out.values()))
+        return {k: e * shrink for k, e in out.items()}
+
+    def _shrink(self, count: int) -> float:
+        return shrink_for({"shrink": self.judge_shrink, "shrinks": self.judge_shrinks}, count)
 
     def evidence(self, scores: dict, judgement: dict | None) -> dict[str, float]:
         return {"prior": self.prior_evidence(scores), **self.rm_evidence(scores), **self.judge_evidence(judgement)}
@@ -326,7 +339,8 @@ class ReliabilityRule(RuleBase):
         flip_ok = judged < 0 or self.recycle_policy != "positive_evidence"
         if -total >= logit(self.flip_stop_confidence) and (votes >= 2 or weighed) and flip_ok:
             return "confident_flipped"  # never on one sampled vote: a flip changes the label (see the docstring)
-        room = self.judge_shrink * sum(judge_room(self.judges.get(n)) for n in remaining)
+        answered = sum(1 for k, v in evidence.items() if k.startswith("judge_") and v)
+        room = self._shrink(answered + len(remaining)) * sum(judge_room(self.judges.get(n)) for n in remaining)
         if room <= 0:
             return "no_informative_judge"
         judges_can_flip = self.recycle_policy == "positive_evidence" and total - room <= -logit(self.target_precision)
@@ -362,6 +376,7 @@ def configured_rule(cfg: Stage2Config, rnd: Any) -> RuleBase:
         rm_weights={k: v for k, v in weights.items() if v > 0},
         judges=judges.get("annotators", {}),
         judge_shrink=judges.get("shrink", 1.0),
+        judge_shrinks=judges.get("shrinks", []),
         target_precision=cfg.target_precision,
         recycle_policy=policy,
         min_confidence=cfg.min_confidence,

@@ -45,6 +45,7 @@ from synpref.io.storage import (
 )
 from synpref.llm.annotation import (
     Settled,
+    asking,
     examples_table,
     few_shot_examples,
     judge_in_sequence,
@@ -343,7 +344,8 @@ def step_annotate_shard(
     canary_scores = read_parquet(shard.canary_scores).to_pylist()
     canaries = _routed_canaries(read_parquet(shard.canary_pairs).to_pylist(), canary_scores)
     examples = read_examples(shard.examples, list(_gold(store, rnd).values()))  # chosen once, by the score step
-    annotators = [with_samples(cfg, a) for a in annotators]
+    judges = read_json(store.round(rnd).judges) if store.round(rnd).judges.exists() else {}
+    annotators = [asking(with_samples(cfg, a), judges) for a in annotators]  # as the round's probe measured them
     settled = None
     if cfg.judges_in_sequence:
         annotators = sorted(annotators, key=lambda a: (-rule.judge_priority(a.name), a.name))

@@ -1,0 +1,166 @@
+"""Stage 2 with judges as people have them, against a hidden truth: deterministic, weak, order-sensitive, erring
+together on hard pairs — and reward models at chance.
+
+SIMULATED stand-ins for the real-judge case of the project's issue (recorded verdicts of one LLM judge, 0.76 right,
+and two reward models used as judges, 0.63 and 0.64, on hard objective pairs; the RMs trained here at chance): one
+LLM judge at temperature 0 whose verdict is a new draw in the other order, two order-invariant RM-judges, errors
+concentrated on pairs every judge finds hard (``difficulty`` 1), 30% of the labels flipped. The round's RMs get
+weight 0 (not better than chance on gold, as there). The judges are measured on a blind gold probe as stage 1
+measures them, then ``run_stage2`` curates 300 in-the-wild pairs at several targets, every judge asked in a seeded
+order (``order: random``, the default before) or as its probe chooses (``order: auto``, the default: a judge that
+answers the same every time is asked each order once, or once if it says the same in either order). A useless world
+(one judge at chance) checks that weak-judge weighting never turns noise into evidence.
+
+Per run: the input-accuracy estimate (the prior) against the truth, what was kept and flipped and how right it is
+(truth) against what stage 2 estimated (the frontier's precision at that point), and the frontier's one line when
+nothing reached the target.
+
+    python benchmarks/real_judges.py            # ~3 minutes on 2 cores → benchmarks/results/real_judges.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyarrow as pa  # noqa: E402
+from _common import RESULTS, machine  # noqa: E402
+
+from synpref.io.layout import Stage2Layout, StorageLayout  # noqa: E402
+from synpref.io.storage import read_parquet, write_json, write_parquet  # noqa: E402
+from synpref.llm.annotation import probe_judge  # noqa: E402
+from synpref.llm.client import AnnotatorConfig  # noqa: E402
+from synpref.models.reliability import judge_reliability  # noqa: E402
+from synpref.models.reward_model import RMConfig, train_reward_model  # noqa: E402
+from synpref.pipeline import run_stage2  # noqa: E402
+from synpref.settings import Stage2Config  # noqa: E402
+from synpref.simulation.evaluation import accuracy_report  # noqa: E402
+from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex  # noqa: E402
+from synpref.simulation.synthetic import generate, generate_disjoint  # noqa: E402
+
+RND = "2026-11-01"
+HARD = ("arithmetic", "code", "factual")  # objective categories
+WORLDS = {
+    "real-like": {
+        "llm": JudgeProfile(0.76, difficulty=1.0, deterministic=True),
+        "rm_a": JudgeProfile(0.63, difficulty=1.0, deterministic=True, order_invariant=True),
+        "rm_b": JudgeProfile(0.64, difficulty=1.0, deterministic=True, order_invariant=True),
+    },
+    "useless": {"coin": JudgeProfile(0.5, deterministic=True)},
+}
+
+
+def _round(store: StorageLayout, gold, annotators: list[AnnotatorConfig]) -> dict:
+    """A published round: gold, two RMs at chance (weight 0), the judges measured on a blind probe of 64 gold pairs."""
+    rnd = store.round(RND)
+    write_parquet(gold, rnd.gold)
+    rows = gold.to_pylist()
+    for rm in (rnd.best_rm, rnd.gold_rm):
+        train_reward_model(rows[:60], rows[60:], RMConfig(mode="frozen", head_epochs=3), rm)
+    write_json({"joint_weights": {"best": 0.0, "gold": 0.0}}, rnd.calibration)  # not better than chance on gold
+    probed = [probe_judge(rows[:64], {}, a, store.llm_cache) for a in annotators]  # as stage 1's annotate task does
+    judges = judge_reliability(pa.concat_tables([samples for _, _, samples, _ in probed]))
+    for a, (_, chosen, _, _) in zip(annotators, probed):
+        judges["annotators"][a.name]["asking"] = chosen  # as stage 1's merge records it
+    write_json(judges, rnd.judges)
+    write_json({"round": RND}, rnd.manifest)
+    return judges
+
+
+def _kept_precision_estimate(manifest: dict) -> tuple[float | None, float | None]:
+    """The model's estimated precision of what the run kept and flipped (the frontier at its target)."""
+    frontier = manifest.get("frontier") or {}
+    at = {p["precision"]: p for p in frontier.get("points", [])}
+    return frontier.get("target"), at.get(frontier.get("target"), {}).get("kept")
+
+
+def run_world(name: str, profiles: dict, work: Path, targets: list[float]) -> list[dict]:
+    gold, gold_truth = generate(100, seed=31, categories=HARD)
+    wild, wild_truth = generate_disjoint(300, [gold], seed=32, noise=0.3, categories=HARD)
+    server = SimulatedJudgeServer(TruthIndex.from_tables(gold_truth, wild_truth), profiles)
+    server.start()
+    rows = []
+    try:
+        for order in ("random", "auto"):  # the candidates' order as before, or as the probe chooses (the default)
+            store = StorageLayout(work / name / order / "root")
+            annotators = [
+                AnnotatorConfig(name=model, base_url=server.base_url, model=model, order=order) for model in profiles
+            ]
+            judges = _round(store, gold, annotators)
+            write_parquet(wild, work / name / order / "wild.parquet")
+            for target in targets:
+                out = work / name / order / f"out-{target}"
+                cfg = Stage2Config(target_precision=target, canaries=0)
+                manifest = run_stage2(store, out, work / name / order / "wild.parquet", annotators, RND, cfg)
+                acc = accuracy_report(out, wild_truth)
+                prior = [
+                    json.loads(p.read_text())["rule"].get("prior")
+                    for p in sorted((out / "shards").glob("*/_SUCCESS.json"))
+                ]
+                c = manifest["counts"]
+                rows.append(
+                    {
+                        "world": name,
+                        "order": order,
+                        "target": target,
+                        "input acc": acc["input"],
+                        "prior (est.)": prior[0] if prior else None,
+                        "kept": c["kept"],
+                        "kept acc": acc["kept"],
+                        "retention": _retention(out, wild_truth),
+                        "recycled": c["recycled"],
+                        "recycled acc": acc["recycled"],
+                        "judges (probe acc, asked)": ", ".join(
+                            f"{n} {j['accuracy']:.2f} {(j.get('asking') or {}).get('order', order)}"
+                            for n, j in sorted(judges["annotators"].items())
+                        ),
+                        "reason": (manifest.get("frontier") or {}).get("reason") or "",
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def _retention(out: Path, truth) -> float | None:
+    """Kept pairs whose label is right, as a share of the input's right labels (the truth's)."""
+    better = {t["pair_id"]: t["better"] for t in truth.select(["pair_id", "better"]).to_pylist()}
+    shards = [read_parquet(p).to_pylist() for p in Stage2Layout(out).pool().shard_uris()]
+    right = sum(better.get(r["pair_id"]) == r["chosen"] for rows in shards for r in rows)
+    kept = [read_parquet(p).to_pylist() for p in sorted((out / "kept").glob("*.parquet"))]
+    good = sum(better.get(r["pair_id"]) == r["chosen"][-1]["content"] for rows in kept for r in rows)
+    return good / right if right else None
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.98, 0.9, 0.85])
+    parser.add_argument("--out", default=None, help="work directory (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.out or tmp)
+        rows = [r for name, profiles in WORLDS.items() for r in run_world(name, profiles, work, args.targets)]
+    columns = list(rows[0])
+    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    table += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
+    text = (
+        "# Stage 2 with real-like judges (SIMULATED), against the hidden truth\n\n"
+        f"`python benchmarks/real_judges.py` on {machine()}.\n\n" + "\n".join(table) + "\n"
+    )
+    (RESULTS / "real_judges.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
