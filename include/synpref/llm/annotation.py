@@ -33,7 +33,7 @@ from synpref.llm.client import (
     run_requests,
 )
 from synpref.llm.prompt import block, boundary_marker, marker_line
-from synpref.models.reliability import REPEATS_AGREE_LIMIT, answers_the_same, order_behaviour, tally_votes
+from synpref.models.reliability import answers_the_same, tally_votes
 from synpref.progress import log
 from synpref.seeding import seeded_digest, seeded_int
 from synpref.settings import AnnotateSettings, MergePolicy
@@ -390,20 +390,13 @@ def probe_judge(
     chosen = ASK_BOTH_ORDERS
     samples, more = asked(annotator.model_copy(update=chosen))
     usage = _added(usage, more)
-    if (order_behaviour(_by_pair(samples))["orders_agree"] or 0) >= REPEATS_AGREE_LIMIT:
+    if answers_the_same(samples, "orders_agree"):
         chosen = ASK_ONCE
         samples, more = asked(annotator.model_copy(update=chosen))
         usage = _added(usage, more)
     what = "each order once" if chosen is ASK_BOTH_ORDERS else "once (it says the same in either order)"
     log.info("annotator %s answers the same every time on the probe: it is asked %s", annotator.name, what)
     return annotator.model_copy(update=chosen), chosen, samples, usage
-
-
-def _by_pair(samples: pa.Table) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = defaultdict(list)
-    for r in samples.select(["pair_id", "verdict", "swapped", "slot"]).to_pylist():
-        out[r["pair_id"]].append(r)
-    return out
 
 
 def _added(first: dict, second: dict) -> dict:

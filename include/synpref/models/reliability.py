@@ -303,14 +303,19 @@ def judge_advice(judges: dict) -> list[str]:
 REPEATS_AGREE_LIMIT = 0.95  # of repeated samples in agreement: the judge is taken as answering the same every time
 
 
-def answers_the_same(samples: pa.Table) -> bool:
-    """Whether one annotator's probe samples show it answering the same every time (``repeats_agree`` at or above
-    ``REPEATS_AGREE_LIMIT``; False when no pair had repeated samples of one order)."""
+def order_stats(samples: pa.Table) -> dict:
+    """``order_behaviour`` of one annotator's probe samples."""
     pairs: dict[str, list[dict]] = defaultdict(list)
     for r in samples.select(["pair_id", "verdict", "swapped", "slot"]).to_pylist():
         pairs[r["pair_id"]].append(r)
-    repeats = order_behaviour(pairs)["repeats_agree"]
-    return repeats is not None and repeats >= REPEATS_AGREE_LIMIT
+    return order_behaviour(pairs)
+
+
+def answers_the_same(samples: pa.Table, share: str = "repeats_agree") -> bool:
+    """Whether one annotator's probe samples show it answering the same every time (``repeats_agree`` at or above
+    ``REPEATS_AGREE_LIMIT``), or in either order (``share="orders_agree"``); False when nothing was repeated."""
+    measured = order_stats(samples)[share]
+    return measured is not None and measured >= REPEATS_AGREE_LIMIT
 
 
 def tally_votes(rows: list[dict]) -> dict:
