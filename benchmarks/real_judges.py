@@ -28,17 +28,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 from _common import RESULTS, machine  # noqa: E402
 
 from synpref.io.layout import Stage2Layout, StorageLayout  # noqa: E402
-from synpref.io.storage import read_parquet, write_json, write_parquet  # noqa: E402
+from synpref.io.preprocess import prepare  # noqa: E402
+from synpref.io.storage import read_json, read_parquet, write_json, write_parquet  # noqa: E402
 from synpref.llm.annotation import probe_judge  # noqa: E402
 from synpref.llm.client import AnnotatorConfig  # noqa: E402
 from synpref.models.reliability import judge_reliability  # noqa: E402
 from synpref.models.reward_model import RMConfig, train_reward_model  # noqa: E402
-from synpref.pipeline import run_stage2  # noqa: E402
-from synpref.settings import Stage2Config  # noqa: E402
-from synpref.simulation.evaluation import accuracy_report  # noqa: E402
+from synpref.pipeline import run_round, run_stage2  # noqa: E402
+from synpref.settings import Stage1Config, Stage2Config  # noqa: E402
+from synpref.simulation.evaluation import accuracy_report, label_accuracy  # noqa: E402
 from synpref.simulation.simulated import JudgeProfile, SimulatedJudgeServer, TruthIndex  # noqa: E402
 from synpref.simulation.synthetic import generate, generate_disjoint  # noqa: E402
 
@@ -71,11 +73,50 @@ def _round(store: StorageLayout, gold, annotators: list[AnnotatorConfig]) -> dic
     return judges
 
 
-def _kept_precision_estimate(manifest: dict) -> tuple[float | None, float | None]:
-    """The model's estimated precision of what the run kept and flipped (the frontier at its target)."""
-    frontier = manifest.get("frontier") or {}
-    at = {p["precision"]: p for p in frontier.get("points", [])}
-    return frontier.get("target"), at.get(frontier.get("target"), {}).get("kept")
+def stage1_silver(name: str, profiles: dict, work: Path) -> list[dict]:
+    """One stage-1 round (``run_round``, frozen RMs) over a 400-pair unverified pool of the same kind (35% flipped)
+    with these judges: what joins silver from the pool, and how right it is against the truth."""
+    gold, gold_truth = generate(100, seed=33, categories=HARD)
+    pool, pool_truth = generate_disjoint(400, [gold], seed=34, noise=0.35, categories=HARD)
+    server = SimulatedJudgeServer(TruthIndex.from_tables(gold_truth, pool_truth), profiles)
+    server.start()
+    rows = []
+    try:
+        for order in ("random", "auto"):
+            store = StorageLayout(work / name / f"stage1-{order}")
+            write_parquet(gold, store.seed / "gold.parquet")
+            write_parquet(pool, work / name / f"pool-{order}.parquet")
+            prepare([str(work / name / f"pool-{order}.parquet")], store.pool)
+            annotators = [
+                AnnotatorConfig(name=model, base_url=server.base_url, model=model, order=order) for model in profiles
+            ]
+            cfg = Stage1Config(rm=RMConfig(mode="frozen"), seed_silver=150)
+            run_round(store, RND, annotators, cfg)
+            out = store.round(RND)
+            merge = read_json(out.steps / "merge.json")
+            added = read_parquet(out.silver).filter(pc.equal(read_parquet(out.silver)["round"], RND))
+            rows.append(
+                {
+                    "world": name,
+                    "order": order,
+                    "pool acc": label_accuracy(pool, pool_truth),
+                    "pool prior (est.)": merge.get("pool_prior"),
+                    "retrieved": merge.get("silver_agree", 0)
+                    + merge.get("silver_flipped", 0)
+                    + merge.get("queued_contested", 0)
+                    + merge.get("deferred_low_confidence", 0)
+                    + merge.get("deferred_budget", 0),
+                    "silver added": added.num_rows,
+                    "silver acc": label_accuracy(added, pool_truth) if added.num_rows else None,
+                    "silver est. precision": merge.get("silver_estimated_precision"),
+                    "stayed in pool (low confidence)": merge.get("deferred_low_confidence", 0),
+                    "review queue (contested)": merge.get("queued_contested", 0),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    return rows
 
 
 def run_world(name: str, profiles: dict, work: Path, targets: list[float]) -> list[dict]:
@@ -137,6 +178,12 @@ def _retention(out: Path, truth) -> float | None:
     return good / right if right else None
 
 
+def _table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(table + ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]) + "\n"
+
+
 def _fmt(v) -> str:
     if v is None:
         return "—"
@@ -150,13 +197,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out or tmp)
+        silver = [r for name, profiles in WORLDS.items() for r in stage1_silver(name, profiles, work)]
         rows = [r for name, profiles in WORLDS.items() for r in run_world(name, profiles, work, args.targets)]
-    columns = list(rows[0])
-    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    table += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
     text = (
-        "# Stage 2 with real-like judges (SIMULATED), against the hidden truth\n\n"
-        f"`python benchmarks/real_judges.py` on {machine()}.\n\n" + "\n".join(table) + "\n"
+        "# Real-like judges (SIMULATED), against the hidden truth\n\n"
+        f"`python benchmarks/real_judges.py` on {machine()}.\n\n"
+        "## Stage 1: silver from the unverified pool (one round, frozen RMs, `silver_precision` 0.9)\n\n"
+        + _table(silver)
+        + "\n## Stage 2: 300 in-the-wild pairs, RMs at chance\n\n"
+        + _table(rows)
     )
     (RESULTS / "real_judges.md").write_text(text)
     print(text)
