@@ -15,7 +15,7 @@ Per run: the input-accuracy estimate (the prior) against the truth, what was kep
 (truth) against what stage 2 estimated (the frontier's precision at that point), and the frontier's one line when
 nothing reached the target.
 
-    python benchmarks/real_judges.py            # ~3 minutes on 2 cores → benchmarks/results/real_judges.md
+    python benchmarks/real_judges.py            # ~5 minutes on 2 cores → benchmarks/results/real_judges.md
 """
 
 from __future__ import annotations
