@@ -46,6 +46,7 @@ from synpref.simulation.synthetic import generate, generate_disjoint  # noqa: E4
 
 RND = "2026-11-01"
 HARD = ("arithmetic", "code", "factual")  # objective categories
+SIZES = {"gold": 100, "pool": 400, "wild": 300}  # a smoke test makes them tiny
 WORLDS = {
     "real-like": {
         "llm": JudgeProfile(0.76, difficulty=1.0, deterministic=True),
@@ -62,7 +63,9 @@ def _round(store: StorageLayout, gold, annotators: list[AnnotatorConfig]) -> dic
     write_parquet(gold, rnd.gold)
     rows = gold.to_pylist()
     for rm in (rnd.best_rm, rnd.gold_rm):
-        train_reward_model(rows[:60], rows[60:], RMConfig(mode="frozen", head_epochs=3), rm)
+        train_reward_model(
+            rows[: len(rows) * 3 // 5], rows[len(rows) * 3 // 5 :], RMConfig(mode="frozen", head_epochs=3), rm
+        )
     write_json({"joint_weights": {"best": 0.0, "gold": 0.0}}, rnd.calibration)  # not better than chance on gold
     probed = [probe_judge(rows[:64], {}, a, store.llm_cache) for a in annotators]  # as stage 1's annotate task does
     judges = judge_reliability(pa.concat_tables([samples for _, _, samples, _ in probed]))
@@ -76,8 +79,8 @@ def _round(store: StorageLayout, gold, annotators: list[AnnotatorConfig]) -> dic
 def stage1_silver(name: str, profiles: dict, work: Path) -> list[dict]:
     """One stage-1 round (``run_round``, frozen RMs) over a 400-pair unverified pool of the same kind (35% flipped)
     with these judges: what joins silver from the pool, and how right it is against the truth."""
-    gold, gold_truth = generate(100, seed=33, categories=HARD)
-    pool, pool_truth = generate_disjoint(400, [gold], seed=34, noise=0.35, categories=HARD)
+    gold, gold_truth = generate(SIZES["gold"], seed=33, categories=HARD)
+    pool, pool_truth = generate_disjoint(SIZES["pool"], [gold], seed=34, noise=0.35, categories=HARD)
     server = SimulatedJudgeServer(TruthIndex.from_tables(gold_truth, pool_truth), profiles)
     server.start()
     rows = []
@@ -90,7 +93,7 @@ def stage1_silver(name: str, profiles: dict, work: Path) -> list[dict]:
             annotators = [
                 AnnotatorConfig(name=model, base_url=server.base_url, model=model, order=order) for model in profiles
             ]
-            cfg = Stage1Config(rm=RMConfig(mode="frozen"), seed_silver=150)
+            cfg = Stage1Config(rm=RMConfig(mode="frozen"), seed_silver=SIZES["pool"] * 3 // 8)
             run_round(store, RND, annotators, cfg)
             out = store.round(RND)
             merge = read_json(out.steps / "merge.json")
@@ -120,8 +123,8 @@ def stage1_silver(name: str, profiles: dict, work: Path) -> list[dict]:
 
 
 def run_world(name: str, profiles: dict, work: Path, targets: list[float]) -> list[dict]:
-    gold, gold_truth = generate(100, seed=31, categories=HARD)
-    wild, wild_truth = generate_disjoint(300, [gold], seed=32, noise=0.3, categories=HARD)
+    gold, gold_truth = generate(SIZES["gold"], seed=31, categories=HARD)
+    wild, wild_truth = generate_disjoint(SIZES["wild"], [gold], seed=32, noise=0.3, categories=HARD)
     server = SimulatedJudgeServer(TruthIndex.from_tables(gold_truth, wild_truth), profiles)
     server.start()
     rows = []
@@ -190,11 +193,11 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.98, 0.9, 0.85])
     parser.add_argument("--out", default=None, help="work directory (default: a temporary one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out or tmp)
         silver = [r for name, profiles in WORLDS.items() for r in stage1_silver(name, profiles, work)]

@@ -175,3 +175,18 @@ def test_a_judging_mode_with_n3_asks_three_choices_a_request_on_the_same_world()
     assert (n3.sampling, n3.choices, n3.run_name) == ("fixed", 3, "eval-fixed-n3")
     assert (before.choices, cq.Setting(0.3, 0.8, "frozen", judging="sequence").choices) == (1, 1)
     assert n3.world == before.world and cq.Setting(0.3, 0.8, "frozen", judging="sequence+n3").in_sequence
+
+
+def test_the_real_judges_benchmark_runs_stage1_and_stage2_on_every_world(tmp_path, monkeypatch):
+    import real_judges
+
+    monkeypatch.setattr(real_judges, "SIZES", {"gold": 40, "pool": 60, "wild": 40})
+    monkeypatch.setattr(real_judges, "RESULTS", tmp_path)
+    real_judges.main(["--targets", "0.9", "--out", str(tmp_path / "work")])
+    text = (tmp_path / "real_judges.md").read_text()
+    assert "## Stage 1" in text and "## Stage 2" in text
+    stage2 = text.split("## Stage 2")[1]
+    assert stage2.count("| useless |") == 2 and stage2.count("| real-like |") == 2  # each order, one target
+    assert (
+        "| useless | auto | 0.900 |" in stage2 and "none is reachable" in stage2
+    )  # a useless judge publishes nothing
