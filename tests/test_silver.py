@@ -141,3 +141,14 @@ def test_the_confidence_weighs_each_judge_by_its_probe_and_the_pool_prior_by_em(
     assert 0.7 < prior < 0.85  # three in four pairs have every judge for the label
     assert confidence["p1"] > confidence["one"] > prior  # three agreeing judges say more than one
     assert confidence["p0"] < 0.3  # three judges against a label the pool holds right 4 times in 5
+
+
+def test_a_pair_no_judge_spoke_about_gets_no_confidence_however_clean_the_pool():
+    from synpref.models.reliability import label_confidence
+
+    stats = {"accuracy": 0.9, "n": 60, "significant": True, "ci_low": 0.8, "ci_high": 0.95}
+    judges = {"annotators": {"a": {**stats, "unanimous": stats}}, "shrink": 1.0}
+    verdicts = {f"p{i}": [{"annotator": "a", "agree": 1, "disagree": 0, "abstain": 0}] for i in range(40)}
+    verdicts["silent"] = [{"annotator": "a", "agree": 0, "disagree": 0, "abstain": 1}]
+    confidence, prior = label_confidence(verdicts, judges)
+    assert prior > 0.9 and "silent" not in confidence  # it goes to the review queue as contested, not into silver

@@ -469,14 +469,15 @@ def judge_weight(stats: dict | None, kind: VerdictKind = "unanimous", votes: str
 def label_confidence(verdicts: dict[str, list[dict]], judges: dict) -> tuple[dict[str, float], float]:
     """P(stored label right) per pair from its judges' verdicts alone (``annotator_verdicts`` of a merged table),
     each weighed by its probe reliability and the judges' ``shrink``, over the prior fitted to those pairs by EM;
-    → (confidences, prior). What stage 1 asks of a pair before it joins silver."""
+    → (confidences, prior). What stage 1 asks of a pair before it joins silver. A pair no judge said anything about
+    gets no confidence (the prior alone is not a verdict on it), though it counts in the prior."""
     stats = judges.get("annotators", {})
     evidence = {}
     for pid, vs in verdicts.items():
         counted = [judge_evidence(stats.get(v["annotator"]), v) for v in vs]
         evidence[pid] = shrink_for(judges, sum(e != 0 for e in counted)) * sum(counted)
     prior = estimate_prior(np.array(list(evidence.values())))
-    return {pid: float(sigmoid(logit(prior) + e)) for pid, e in evidence.items()}, prior
+    return {pid: float(sigmoid(logit(prior) + e)) for pid, e in evidence.items() if e}, prior
 
 
 def estimate_prior(evidence: np.ndarray, iterations: int = 100) -> float:
