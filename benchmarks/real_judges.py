@@ -24,6 +24,8 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,23 +78,34 @@ def _round(store: StorageLayout, gold, annotators: list[AnnotatorConfig]) -> dic
     return judges
 
 
+@contextmanager
+def _world(profiles: dict, seed: int, size: str, noise: float) -> Iterator[tuple]:
+    """Hard objective gold and a disjoint ``size`` set with ``noise`` of its labels flipped, SIMULATED judges of
+    ``profiles`` answering from their truth; → (gold, the set, its truth, annotators by order)."""
+    gold, gold_truth = generate(SIZES["gold"], seed=seed, categories=HARD)
+    pairs, truth = generate_disjoint(SIZES[size], [gold], seed=seed + 1, noise=noise, categories=HARD)
+    server = SimulatedJudgeServer(TruthIndex.from_tables(gold_truth, truth), profiles)
+    server.start()
+    annotators = {  # the candidates' order as before, or as the probe chooses (the default)
+        order: [AnnotatorConfig(name=m, base_url=server.base_url, model=m, order=order) for m in profiles]
+        for order in ("random", "auto")
+    }
+    try:
+        yield gold, pairs, truth, annotators
+    finally:
+        server.stop()
+
+
 def stage1_silver(name: str, profiles: dict, work: Path) -> list[dict]:
     """One stage-1 round (``run_round``, frozen RMs) over a 400-pair unverified pool of the same kind (35% flipped)
     with these judges: what joins silver from the pool, and how right it is against the truth."""
-    gold, gold_truth = generate(SIZES["gold"], seed=33, categories=HARD)
-    pool, pool_truth = generate_disjoint(SIZES["pool"], [gold], seed=34, noise=0.35, categories=HARD)
-    server = SimulatedJudgeServer(TruthIndex.from_tables(gold_truth, pool_truth), profiles)
-    server.start()
     rows = []
-    try:
-        for order in ("random", "auto"):
+    with _world(profiles, 33, "pool", 0.35) as (gold, pool, pool_truth, by_order):
+        for order, annotators in by_order.items():
             store = StorageLayout(work / name / f"stage1-{order}")
             write_parquet(gold, store.seed / "gold.parquet")
             write_parquet(pool, work / name / f"pool-{order}.parquet")
             prepare([str(work / name / f"pool-{order}.parquet")], store.pool)
-            annotators = [
-                AnnotatorConfig(name=model, base_url=server.base_url, model=model, order=order) for model in profiles
-            ]
             cfg = Stage1Config(rm=RMConfig(mode="frozen"), seed_silver=SIZES["pool"] * 3 // 8)
             run_round(store, RND, annotators, cfg)
             out = store.round(RND)
@@ -104,11 +117,7 @@ def stage1_silver(name: str, profiles: dict, work: Path) -> list[dict]:
                     "order": order,
                     "pool acc": label_accuracy(pool, pool_truth),
                     "pool prior (est.)": merge.get("pool_prior"),
-                    "retrieved": merge.get("silver_agree", 0)
-                    + merge.get("silver_flipped", 0)
-                    + merge.get("queued_contested", 0)
-                    + merge.get("deferred_low_confidence", 0)
-                    + merge.get("deferred_budget", 0),
+                    "retrieved": read_json(out.steps / "retrieve.json")["retrieved"],
                     "silver added": added.num_rows,
                     "silver acc": label_accuracy(added, pool_truth) if added.num_rows else None,
                     "silver est. precision": merge.get("silver_estimated_precision"),
@@ -117,23 +126,14 @@ def stage1_silver(name: str, profiles: dict, work: Path) -> list[dict]:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    finally:
-        server.stop()
     return rows
 
 
 def run_world(name: str, profiles: dict, work: Path, targets: list[float]) -> list[dict]:
-    gold, gold_truth = generate(SIZES["gold"], seed=31, categories=HARD)
-    wild, wild_truth = generate_disjoint(SIZES["wild"], [gold], seed=32, noise=0.3, categories=HARD)
-    server = SimulatedJudgeServer(TruthIndex.from_tables(gold_truth, wild_truth), profiles)
-    server.start()
     rows = []
-    try:
-        for order in ("random", "auto"):  # the candidates' order as before, or as the probe chooses (the default)
+    with _world(profiles, 31, "wild", 0.3) as (gold, wild, wild_truth, by_order):
+        for order, annotators in by_order.items():
             store = StorageLayout(work / name / order / "root")
-            annotators = [
-                AnnotatorConfig(name=model, base_url=server.base_url, model=model, order=order) for model in profiles
-            ]
             judges = _round(store, gold, annotators)
             write_parquet(wild, work / name / order / "wild.parquet")
             for target in targets:
@@ -166,8 +166,6 @@ def run_world(name: str, profiles: dict, work: Path, targets: list[float]) -> li
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
-    finally:
-        server.stop()
     return rows
 
 

@@ -12,12 +12,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
-
-from airflow_cluster import REPO, free_port
+from airflow_cluster import REPO, free_port, wait_answering
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -72,17 +69,7 @@ class TransformersServe:
         self.proc = subprocess.Popen(
             [*args, "--device", "cpu", self.model], env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"transformers serve not answering after 180 s: {log.read_text()[-2000:]}")
+        wait_answering(f"http://127.0.0.1:{self.port}/health", self.proc, log)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -466,16 +466,25 @@ def judge_weight(stats: dict | None, kind: VerdictKind = "unanimous", votes: str
     return max(0.0, logit((kind["accuracy"] * kind["n"] + 1) / (kind["n"] + 2)))
 
 
+def weighed_verdicts(judges: dict, verdicts: list[dict]) -> dict[str, float]:
+    """Each annotator's log-odds for the stored label on one pair (``annotator_verdicts``: abstentions and tied
+    votes add nothing), scaled by ``shrink_for`` the number of judges that said something (``judges.json``)."""
+    stats = judges.get("annotators", {})
+    out = {
+        v["annotator"]: judge_evidence(stats.get(v["annotator"]), v)
+        for v in verdicts
+        if v["agree"] != v["disagree"] or v.get("log_odds")
+    }
+    shrink = shrink_for(judges, sum(e != 0 for e in out.values()))
+    return {name: e * shrink for name, e in out.items()}
+
+
 def label_confidence(verdicts: dict[str, list[dict]], judges: dict) -> tuple[dict[str, float], float]:
     """P(stored label right) per pair from its judges' verdicts alone (``annotator_verdicts`` of a merged table),
     each weighed by its probe reliability and the judges' ``shrink``, over the prior fitted to those pairs by EM;
     → (confidences, prior). What stage 1 asks of a pair before it joins silver. A pair no judge said anything about
     gets no confidence (the prior alone is not a verdict on it), though it counts in the prior."""
-    stats = judges.get("annotators", {})
-    evidence = {}
-    for pid, vs in verdicts.items():
-        counted = [judge_evidence(stats.get(v["annotator"]), v) for v in vs]
-        evidence[pid] = shrink_for(judges, sum(e != 0 for e in counted)) * sum(counted)
+    evidence = {pid: sum(weighed_verdicts(judges, vs).values()) for pid, vs in verdicts.items()}
     prior = estimate_prior(np.array(list(evidence.values())))
     return {pid: float(sigmoid(logit(prior) + e)) for pid, e in evidence.items() if e}, prior
 

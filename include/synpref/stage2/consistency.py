@@ -44,12 +44,12 @@ from pydantic import BaseModel, ConfigDict
 from synpref.io.storage import read_json
 from synpref.models.reliability import (
     estimate_prior,
-    judge_evidence,
     judge_room,
     judge_weight,
     logit,
     shrink_for,
     sigmoid,
+    weighed_verdicts,
 )
 from synpref.models.reward_model import RewardModel
 from synpref.settings import RecyclePolicy, Stage2Config
@@ -287,15 +287,15 @@ class ReliabilityRule(RuleBase):
         return _confidence(evidence) < self.rm_only_confidence
 
     def judge_evidence(self, judgement: dict | None) -> dict[str, float]:
-        out = {}
-        for v in (judgement or {}).get("annotator_verdicts") or []:
-            if v["agree"] != v["disagree"] or v.get("log_odds"):  # abstentions and tied votes add nothing
-                out[f"judge_{v['annotator']}"] = judge_evidence(self.judges.get(v["annotator"]), v)
-        shrink = self._shrink(sum(e != 0 for e in out.values()))
-        return {k: e * shrink for k, e in out.items()}
+        verdicts = (judgement or {}).get("annotator_verdicts") or []
+        return {f"judge_{name}": e for name, e in weighed_verdicts(self._judges(), verdicts).items()}
+
+    def _judges(self) -> dict:
+        """The judges as ``judges.json`` holds them."""
+        return {"annotators": self.judges, "shrink": self.judge_shrink, "shrinks": self.judge_shrinks}
 
     def _shrink(self, count: int) -> float:
-        return shrink_for({"shrink": self.judge_shrink, "shrinks": self.judge_shrinks}, count)
+        return shrink_for(self._judges(), count)
 
     def evidence(self, scores: dict, judgement: dict | None) -> dict[str, float]:
         return {"prior": self.prior_evidence(scores), **self.rm_evidence(scores), **self.judge_evidence(judgement)}
