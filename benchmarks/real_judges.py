@@ -60,9 +60,11 @@ WORLDS = {
 
 
 def _round(store: StorageLayout, gold, annotators: list[AnnotatorConfig]) -> dict:
-    """A published round: gold, two RMs at chance (weight 0), the judges measured on a blind probe of 64 gold pairs."""
+    """A published round: gold, two RMs at chance (weight 0), the judges measured on a blind probe of 64 gold pairs,
+    the other 36 held out as stage 2's blind canaries."""
     rnd = store.round(RND)
     write_parquet(gold, rnd.gold)
+    write_parquet(gold.slice(64), rnd.gold_validation)  # the canaries: gold the probe below never saw
     rows = gold.to_pylist()
     for rm in (rnd.best_rm, rnd.gold_rm):
         train_reward_model(
@@ -138,23 +140,23 @@ def run_world(name: str, profiles: dict, work: Path, targets: list[float]) -> li
             write_parquet(wild, work / name / order / "wild.parquet")
             for target in targets:
                 out = work / name / order / f"out-{target}"
-                cfg = Stage2Config(target_precision=target, canaries=0)
+                cfg = Stage2Config(target_precision=target)
                 manifest = run_stage2(store, out, work / name / order / "wild.parquet", annotators, RND, cfg)
                 acc = accuracy_report(out, wild_truth)
-                prior = [
-                    json.loads(p.read_text())["rule"].get("prior")
-                    for p in sorted((out / "shards").glob("*/_SUCCESS.json"))
-                ]
-                c = manifest["counts"]
+                shards = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*/_SUCCESS.json"))]
+                c, canary = manifest["counts"], manifest["quality_estimates"].get("kept_precision") or {}
+                frontier = manifest.get("frontier") or {}
                 rows.append(
                     {
                         "world": name,
                         "order": order,
                         "target": target,
                         "input acc": acc["input"],
-                        "prior (est.)": prior[0] if prior else None,
+                        "prior (est.)": shards[0]["rule"].get("prior") if shards else None,
+                        "kept at (est.)": shards[0]["fitted"].get("operating_precision") if shards else None,
                         "kept": c["kept"],
                         "kept acc": acc["kept"],
+                        "canary kept precision": _interval(canary),
                         "retention": _retention(out, wild_truth),
                         "recycled": c["recycled"],
                         "recycled acc": acc["recycled"],
@@ -162,7 +164,7 @@ def run_world(name: str, profiles: dict, work: Path, targets: list[float]) -> li
                             f"{n} {j['accuracy']:.2f} {(j.get('asking') or {}).get('order', order)}"
                             for n, j in sorted(judges["annotators"].items())
                         ),
-                        "reason": (manifest.get("frontier") or {}).get("reason") or "",
+                        "reason": frontier.get("reason") or frontier.get("fallback") or "",
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
@@ -177,6 +179,10 @@ def _retention(out: Path, truth) -> float | None:
     kept = [read_parquet(p).to_pylist() for p in sorted((out / "kept").glob("*.parquet"))]
     good = sum(better.get(r["pair_id"]) == r["chosen"][-1]["content"] for rows in kept for r in rows)
     return good / right if right else None
+
+
+def _interval(i: dict) -> str:
+    return "—" if i.get("estimate") is None else f"{i['estimate']:.3f} [{i['ci_low']:.3f}, {i['ci_high']:.3f}]"
 
 
 def _table(rows: list[dict]) -> str:
@@ -205,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         f"`python benchmarks/real_judges.py` on {machine()}.\n\n"
         "## Stage 1: silver from the unverified pool (one round, frozen RMs, `silver_precision` 0.9)\n\n"
         + _table(silver)
-        + "\n## Stage 2: 300 in-the-wild pairs, RMs at chance\n\n"
-        + _table(rows)
+        + "\n## Stage 2: 300 in-the-wild pairs, RMs at chance "
+        "(defaults: `target_retention` 0.3, `precision_floor` 0.9)\n\n" + _table(rows)
     )
     (RESULTS / "real_judges.md").write_text(text)
     print(text)

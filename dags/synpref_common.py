@@ -13,12 +13,13 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, Param
 
-from synpref.settings import specs
+from synpref.environment import env
+from synpref.settings import AnnotatorConfig, specs
 
 DEFAULT_ARGS = {
     "owner": "synpref",
-    "retries": int(os.environ.get("SYNPREF_TASK_RETRIES", "2")),
-    "retry_delay": timedelta(seconds=int(os.environ.get("SYNPREF_RETRY_DELAY_S", "60"))),
+    "retries": int(env("SYNPREF_TASK_RETRIES")),
+    "retry_delay": timedelta(seconds=int(env("SYNPREF_RETRY_DELAY_S"))),
 }
 TAGS = ["synpref", "skywork-reward-v2"]
 
@@ -28,17 +29,15 @@ GOLD_RM = Asset("synpref_gold_rm")
 GOLD_SILVER = Asset("synpref_gold_silver")
 CURATED_DATASET = Asset("synpref_curated_dataset")
 
-LLM_POOL = os.environ.get("SYNPREF_LLM_POOL", "llm_api")
-TRAIN_QUEUE = os.environ.get("SYNPREF_TRAIN_QUEUE", "default")  # "gpu" routes RM training/scoring to GPU workers
-RM_POOL = os.environ.get("SYNPREF_RM_POOL", "default_pool")  # "gpu": RM tasks take a gpu pool slot (one per GPU)
-# stage-2 score tasks running at once per run: size it to the GPUs (or CPU worker slots) of the deployment
-SCORE_PARALLELISM = int(os.environ.get("SYNPREF_SCORE_PARALLELISM", "4"))
-BATCH_POLL_S = float(os.environ.get("SYNPREF_BATCH_POLL_S", "60"))  # how often the triggerer polls a judging batch
-DEFAULT_ANNOTATORS = [
-    c for c in os.environ.get("SYNPREF_ANNOTATORS", "synpref_judge_a,synpref_judge_b,synpref_judge_c").split(",") if c
-]
-# Deployment-wide defaults of settings, from the environment (the form still shows and takes every setting).
-ENV_DEFAULTS = {"rm_mode": os.environ["SYNPREF_RM_MODE"]} if os.environ.get("SYNPREF_RM_MODE") else {}
+# the deployment's environment (declared, with defaults and descriptions, in synpref.environment)
+LLM_POOL = env("SYNPREF_LLM_POOL")
+TRAIN_QUEUE = env("SYNPREF_TRAIN_QUEUE")
+RM_POOL = env("SYNPREF_RM_POOL")
+SCORE_PARALLELISM = int(env("SYNPREF_SCORE_PARALLELISM"))
+BATCH_POLL_S = float(env("SYNPREF_BATCH_POLL_S"))
+DEFAULT_ANNOTATORS = [c for c in env("SYNPREF_ANNOTATORS").split(",") if c]
+# Deployment-wide defaults of settings (the form still shows and takes every setting).
+ENV_DEFAULTS = {"rm_mode": env("SYNPREF_RM_MODE")} if env("SYNPREF_RM_MODE") else {}
 
 
 def optional_param(title: str, description: str, section: str = "Storage") -> Param:
@@ -85,7 +84,7 @@ def storage(params: dict):
     from synpref.io.layout import StorageLayout
     from synpref.io.storage import use_uri_factory
 
-    uri = params.get("root") or os.environ.get("SYNPREF_ROOT")
+    uri = params.get("root") or env("SYNPREF_ROOT")
     if not uri:
         uri = "file://" + os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "synpref-data")
     use_uri_factory(ObjectStoragePath)  # URIs read from manifests resolve through Airflow connections
@@ -102,27 +101,7 @@ def existing(path: Any) -> Any:
     return path if path.exists() else None
 
 
-ANNOTATOR_EXTRAS = (
-    "backend",
-    "samples",
-    "choices_per_request",
-    "order",
-    "temperature",
-    "max_tokens",
-    "max_concurrency",
-    "requests_per_minute",
-    "timeout_s",
-    "max_retries",
-    "price_in_per_1k",
-    "price_out_per_1k",
-    "price_cached_in_per_1k",
-    "max_error_share",
-    "verdicts",
-    "mode",
-    "batch_discount",
-    "cache_namespace",
-    "cache",
-)
+ANNOTATOR_EXTRAS = AnnotatorConfig.connection_extras()  # what a connection's extra may set
 
 
 def annotator_from_connection(conn_id: str):
@@ -160,7 +139,7 @@ def round_name(dag_run) -> str:
 
 # --- humans in the loop: the Label Studio server and sign-off gates -----------------------------------
 
-REVIEW_CONN = os.environ.get("SYNPREF_LABEL_STUDIO_CONN", "synpref_label_studio")
+REVIEW_CONN = env("SYNPREF_LABEL_STUDIO_CONN")
 LABEL_STUDIO_PROJECT_PARAM = Param(
     None,
     type=["null", "string"],

@@ -16,6 +16,8 @@ and a partition, never by the input's size (tasks map over files and partitions,
 4. `write_pool` — the partitions one after the other: Parquet shards under `<root>/pool/`, one table
    per rule, the quarantine, and a manifest (written last) whose counts satisfy
    `input = pool + duplicates + contaminated + quarantined` (checked; a mismatch fails).
+
+Docs: `docs/concepts.md` (the pool and its layout), `docs/getting-started.md` (input formats), `docs/configuration.md`.
 """
 
 from __future__ import annotations

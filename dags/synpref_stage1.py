@@ -27,16 +27,18 @@ only under its own prefix, manifest last.
    leaves the round unpublished;
 10. **publish_round** — manifest + Asset events (best RM, gold RM, gold/silver sets);
 11. **push_review_queue** (with a Label Studio connection) — the review queue as tasks on the server.
+
+Docs: `docs/concepts.md` (stage 1), `docs/humans.md` (review queue, sign-off), `docs/configuration.md`.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import PokeReturnValue, dag, task
 
+from synpref.environment import env
 from synpref.settings import Stage1Config
 from synpref_common import (
     ANNOTATORS_PARAM,
@@ -62,7 +64,7 @@ from synpref_common import (
     storage,
 )
 
-POKE_S = int(os.environ.get("SYNPREF_SENSOR_POKE_S", "60"))
+POKE_S = int(env("SYNPREF_SENSOR_POKE_S"))
 
 
 def _round(params: dict, dag_run) -> tuple:
@@ -89,7 +91,7 @@ def _mark_rejected(context: dict, response: dict) -> None:
 
 @dag(
     dag_id="synpref_stage1",
-    schedule=os.environ.get("SYNPREF_STAGE1_SCHEDULE", "0 2 * * *") or None,  # empty: triggered rounds only
+    schedule=env("SYNPREF_STAGE1_SCHEDULE") or None,  # empty: triggered rounds only
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -25,15 +25,17 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
 
 Schedule: manual/UI by default; set `SYNPREF_STAGE2_SCHEDULE=asset` to run after every stage-1 round
 (an asset-triggered run curates with the triggering round, in its storage root).
+
+Docs: `docs/decision-model.md` (keep, flip, drop; the frontier), `docs/scale.md` (judging cost),
+`docs/configuration.md`.
 """
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import dag, task
 
+from synpref.environment import env
 from synpref.settings import Stage2Config, Stage2Source
 from synpref_common import (
     ANNOTATORS_PARAM,
@@ -93,7 +95,7 @@ def _run(params: dict, dag_run, triggering_asset_events=None) -> tuple:
 
 @dag(
     dag_id="synpref_stage2",
-    schedule=[BEST_RM] if os.environ.get("SYNPREF_STAGE2_SCHEDULE") == "asset" else None,
+    schedule=[BEST_RM] if env("SYNPREF_STAGE2_SCHEDULE") == "asset" else None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import os
 import re
 import threading
 import time
@@ -26,6 +25,8 @@ from airflow.api_fastapi.core_api.security import GetUserDep, get_user
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
+
+from synpref.environment import env
 
 PER_PAGE = 20
 _NAME = re.compile(r"[\w][\w.-]*")  # a round (date) or run name: never a path
@@ -69,7 +70,7 @@ def _inside(root: str, path: Any) -> bool:
 
 def report_roots() -> list[str]:
     """``$SYNPREF_ROOT`` first, then ``$SYNPREF_REPORT_ROOTS`` (comma-separated), without repeats."""
-    roots = [os.environ.get("SYNPREF_ROOT", "")] + os.environ.get("SYNPREF_REPORT_ROOTS", "").split(",")
+    roots = [env("SYNPREF_ROOT")] + env("SYNPREF_REPORT_ROOTS").split(",")
     return list(dict.fromkeys(r.strip() for r in roots if r.strip()))
 
 

@@ -16,7 +16,14 @@ LIBRARY = REPO / "include" / "synpref"
 LAYERS = [  # lowest first; a module may import its own layer and the ones below
     (
         "foundation",
-        ["synpref.settings", "synpref.seeding", "synpref.progress", "synpref.schema", "synpref.io.storage"],
+        [
+            "synpref.settings",
+            "synpref.environment",
+            "synpref.seeding",
+            "synpref.progress",
+            "synpref.schema",
+            "synpref.io.storage",
+        ],
     ),
     ("records", ["synpref.records", "synpref.io.layout"]),
     ("io", ["synpref.io"]),

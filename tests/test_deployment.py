@@ -1,5 +1,5 @@
 """The docker-compose deployment, validated without a Docker engine: `docker-compose config` resolves it,
-its services are the ones the README documents, every variable is documented, no secret is committed."""
+its services are the ones docs/deployment.md documents, every variable is documented, no secret is committed."""
 
 from __future__ import annotations
 
@@ -115,11 +115,11 @@ def test_every_variable_is_documented_and_no_secret_is_committed():
 
 
 def test_readme_services_exist(resolved):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### docker-compose") :]
+    docs = (REPO / "docs" / "deployment.md").read_text()
+    section = docs[docs.index("### docker-compose") :]
     section = section[: section.index("\n### ", 4)]  # the compose section's service table only
     table = re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M)
-    assert table, "README has no service table"
+    assert table, "docs/deployment.md has no service table"
     assert set(table) == set(resolved["services"])
 
 

@@ -83,3 +83,40 @@ def test_a_run_whose_target_is_unreachable_completes_with_the_frontier_and_the_r
     assert "Estimated precision–retention frontier" in report and "none is reachable at 0.75" in report
     card = (out / "README.md").read_text()
     assert "estimated precision–retention frontier" in card and "| 0.90 | 0 | 0 |" in card
+
+
+def _rule(**kw):
+    from synpref.stage2.consistency import ReliabilityRule
+
+    return ReliabilityRule(rm_weights={}, **{"prior": 0.7, **kw})
+
+
+def test_a_target_that_retains_too_little_falls_back_to_the_highest_precision_that_does():
+    """20 pairs, prior 0.7 → 14 right labels expected. At 0.98 only one pair is kept (0.99: 7% of 14); at 0.95
+    the five ≥ 0.93 are (mean 0.954, 4.8 right: 34%), so a 30% retention falls back to 0.95, not to 0.90."""
+    conf = np.array([0.99, 0.96, 0.95, 0.94, 0.93] + [0.91] * 5 + [0.5] * 10)
+    rule = _rule(target_retention=0.3)
+    assert rule.operating_point(conf) == 0.95
+    fitted = rule.model_copy(update={"operating_precision": 0.95})
+    assert fitted.threshold(list(conf)) == 0.93 and fitted.summary()["operating_precision"] == 0.95
+    assert _rule(target_retention=0.0).operating_point(conf) is None  # no fallback asked for: the target holds
+    assert _rule(target_retention=0.3, target_precision=0.9).operating_point(conf) is None  # the target retains it
+
+
+def test_the_fallback_never_goes_below_its_floor_and_a_useless_shard_stays_empty():
+    conf = np.array([0.92] * 3 + [0.6] * 17)  # 0.92 × 3 = 2.8 of 0.7 × 20 = 14: 20% retention at best
+    assert _rule(target_retention=0.3).operating_point(conf) is None
+    assert _rule(target_retention=0.3).threshold(list(conf)) == 0.98  # nothing reaches the target: none kept
+    assert _rule(target_retention=0.3, precision_floor=0.75).operating_point(conf) is None  # 0.6s cannot help
+    assert _rule(target_retention=0.1).operating_point(conf) == 0.9
+    assert _rule(target_retention=0.3, prior=0.5).operating_point(np.full(20, 0.5)) is None
+
+
+def test_a_fallback_is_one_line_naming_the_shards_and_the_precision():
+    from synpref.stage2.frontier import fallback_line
+
+    assert fallback_line([0.98, 0.98], 0.98, 0.3) is None
+    assert fallback_line([0.95, 0.98, 0.9], 0.98, 0.3) == (
+        "2 of 3 shards kept at an estimated precision of 0.90–0.95, not the target 0.98: at the target they would "
+        "hold less than 30% of their estimated right labels (target_retention)"
+    )

@@ -1,4 +1,5 @@
-"""The README's input-format examples stay true: each line of its ``jsonl`` block becomes one pool pair."""
+"""The input-format examples of docs/getting-started.md stay true: each line of its ``jsonl`` block becomes one
+pool pair."""
 
 import json
 import re
@@ -10,7 +11,7 @@ from synpref.io.storage import read_parquet
 
 
 def readme_examples() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "getting-started.md").read_text()
     section = text[text.index("## What goes in: input formats") :]
     return re.search(r"```jsonl\n(.*?)```", section, re.S).group(1).strip().splitlines()
 

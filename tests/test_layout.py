@@ -1,4 +1,5 @@
-"""The storage layout: round bookkeeping, and the README's layout block checked against the layout objects."""
+"""The storage layout: round bookkeeping, and the layout block of docs/concepts.md checked against the layout
+objects."""
 
 import inspect
 import re
@@ -141,7 +142,7 @@ def _leaves(paths: set[str]) -> set[str]:
 
 
 def _readme_layout_block() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "concepts.md").read_text()
     return re.search(r"### Storage layout.*?```\n(.*?)```", text, re.S).group(1)
 
 
@@ -153,8 +154,8 @@ def test_the_layout_objects_name_every_path_the_readme_lists():
     """Both directions, derived from the layout objects: no undocumented path, no documented path that is not made."""
     made = _relative_artifacts(Path("/root"))
     documented = _readme_paths()
-    assert _leaves(made) - documented == set(), "paths the layout names but the README's layout block does not list"
-    assert documented - made == set(), "paths the README lists that no layout object names"
+    assert _leaves(made) - documented == set(), "paths the layout names but docs/concepts.md does not list"
+    assert documented - made == set(), "paths the docs list that no layout object names"
 
 
 def test_pool_layout_reads_shards_from_its_manifest(tmp_path):

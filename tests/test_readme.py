@@ -1,4 +1,5 @@
-"""The README's hand-run walk-through runs as written (from a scratch copy of the repository root)."""
+"""The hand-run walk-through of docs/getting-started.md runs as written (from a scratch copy of the repository
+root)."""
 
 import json
 import os
@@ -22,7 +23,7 @@ def free_port() -> int:
 
 
 def walkthrough() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "getting-started.md").read_text()
     section = text[text.index("## Run one step by hand") :]
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 

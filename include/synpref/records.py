@@ -338,6 +338,7 @@ class Frontier(Record):
     target: Number  # the run's target_precision
     points: list[FrontierPoint]
     reason: str | None = None  # the run kept and flipped nothing by its rule: why, and what was reachable
+    fallback: str | None = None  # shards that kept below the target to hold ``target_retention``: which, and at what
 
 
 class Stage2Preview(Record):

@@ -13,15 +13,18 @@ constrain each other, a validator makes the effective value the one recorded.
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlparse
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 RMMode = Literal["full", "frozen"]
 MergePolicy = Literal["majority", "unanimous", "weighted"]
@@ -203,9 +206,13 @@ class RMConfig(BaseModel):
         description="HF sequence-classification checkpoint (name or path). "
         "Empty: the packaged all-MiniLM-L6-v2 (CPU, offline).",
     )
-    max_length: int = setting(256, ge=32, title="RM max tokens", section=SECTION_RM)
-    epochs: int = setting(1, ge=1, title="RM epochs", section=SECTION_RM)
-    learning_rate: float = setting(3e-5, title="RM learning rate (full mode)", section=SECTION_RM, param="lr")
+    max_length: int = setting(
+        256, ge=32, title="RM max tokens", section=SECTION_RM, description="A pair's text is truncated to this."
+    )
+    epochs: int = setting(1, ge=1, title="RM epochs", section=SECTION_RM, description="Passes over the training set.")
+    learning_rate: float = setting(
+        3e-5, title="RM learning rate (full mode)", section=SECTION_RM, param="lr", description="AdamW's peak rate."
+    )
     batch_size: int = 16
     eval_steps: int = 50  # at most; at least once per epoch
     min_steps: int = 200  # full mode: optimizer updates however small the training set
@@ -236,7 +243,13 @@ class AnnotateSettings(BaseModel):
         "soon as the remaining samples cannot change its majority: the majority fixed sampling would give); "
         "fixed: always every sample.",
     )
-    merge_policy: MergePolicy = setting("majority", title="Cross-model merge policy", section=SECTION_ANNOTATION)
+    merge_policy: MergePolicy = setting(
+        "majority",
+        title="Cross-model merge policy",
+        section=SECTION_ANNOTATION,
+        description="How annotators' verdicts merge into a pair's label: majority of the annotators, unanimous, or "
+        "weighted by each annotator's accuracy on the gold probe.",
+    )
     max_examples: int = setting(
         8,
         ge=0,
@@ -390,7 +403,7 @@ class Stage2Config(AnnotateSettings):
         description="reliability rule, judges in sequence: a pair stops getting votes for its label only at this "
         "confidence (never below the target); the decision still keeps at the fitted keep threshold. Stopping at "
         "the target itself asks fewest requests, but its kept pairs sit at the target while fixed sampling's "
-        "extra votes carry them well past it (README, Judging at scale).",
+        "extra votes carry them well past it (docs/scale.md, Judging at scale).",
     )
     flip_stop_confidence: float = setting(
         0.995,
@@ -428,6 +441,26 @@ class Stage2Config(AnnotateSettings):
         description="reliability rule: no pair is kept below this confidence, even when the kept set's "
         "expected precision would still reach the target (at most the target).",
     )
+    target_retention: float = setting(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        title="Retention to fall back for",
+        section=SECTION_CONSISTENCY,
+        description="reliability rule: when the pairs kept at the target precision hold less than this share of "
+        "a shard's estimated right labels, keep at the highest lower precision (not below the precision floor) "
+        "that holds it; flips stay at the target. 0: never fall back. With a target of 0.999 this is the "
+        "operating point 'best precision at this retention'.",
+    )
+    precision_floor: float = setting(
+        0.9,
+        ge=0.5,
+        le=0.999,
+        title="Precision floor of the fallback",
+        section=SECTION_CONSISTENCY,
+        description="reliability rule: the lowest estimated precision the retention fallback keeps at (at most "
+        "the target). Nothing reaches it: the run publishes what reaches the target and says what was reachable.",
+    )
     band: float = setting(
         0.0,
         ge=0.0,
@@ -449,11 +482,144 @@ class Stage2Config(AnnotateSettings):
 
     @model_validator(mode="after")
     def _effective_confidences(self) -> Stage2Config:
-        """The values the reliability rule uses, recorded as such: ``min_confidence`` is at most the target,
-        ``rm_only_confidence`` at least the target (the RMs alone never decide below what judging must reach), and
-        so are the confidences at which judging in sequence stops."""
+        """The values the reliability rule uses, recorded as such: ``min_confidence`` and ``precision_floor`` are at
+        most the target, ``rm_only_confidence`` at least the target (the RMs alone never decide below what judging
+        must reach), and so are the confidences at which judging in sequence stops."""
         object.__setattr__(self, "min_confidence", min(self.min_confidence, self.target_precision))
+        object.__setattr__(self, "precision_floor", min(self.precision_floor, self.target_precision))
         object.__setattr__(self, "rm_only_confidence", max(self.rm_only_confidence, self.target_precision))
         for name in ("keep_stop_confidence", "flip_stop_confidence"):
             object.__setattr__(self, name, max(getattr(self, name), self.target_precision))
         return self
+
+
+# --- annotators: one per LLM judge (the CLI's YAML file; in DAGs, an Airflow connection and its extra) ---
+
+
+class AnnotatorConfig(BaseModel):
+    """One annotator model behind an OpenAI-compatible endpoint. The API key is never serialised."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="A file name in the run's layout (DAGs: the connection id).",
+    )
+    base_url: str = Field(
+        description="The OpenAI-compatible endpoint (DAGs: the connection's host); for `replay`, the recording."
+    )
+    model: str = Field(description="The model name the endpoint serves.")
+    backend: str = Field(
+        default="openai",
+        exclude_if=lambda v: v == "openai",
+        description="`openai` (any OpenAI-compatible endpoint), `replay` (recorded verdicts), or a registered "
+        "`module:Class`.",
+    )
+    api_key_env: str | None = Field(default=None, description="CLI: the environment variable holding the API key.")
+    api_key: str | None = Field(default=None, exclude=True, repr=False, description="DAGs: the connection's password.")
+    samples: int = Field(default=3, ge=1, description="Verdicts asked per pair (self-consistency samples).")
+    choices_per_request: int = Field(
+        default=3,
+        ge=1,
+        le=128,
+        description="Samples asked in one request (OpenAI's `n`: the prompt is sent and billed once); an endpoint "
+        "that returns fewer (llama.cpp ignores `n`) is asked again for the rest. 1: one request a sample.",
+    )
+    order: Literal["auto", "random", "both"] = Field(
+        default="auto",
+        description="The candidates' order: `random` (seeded per request), `both` (a pair's requests alternate "
+        "it: for a judge that answers the same every time, the other order is the new information), `auto` "
+        "(random, unless the stage-1 probe finds the judge deterministic: both).",
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(default=512, ge=1, le=1_000_000, description="Completion tokens per answer.")
+    max_concurrency: int = Field(default=4, ge=1, description="Requests in flight at once.")
+    requests_per_minute: float | None = Field(default=None, gt=0, description="Rate limit; empty: none.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Read timeout of a request (connect: 10 s).")
+    max_retries: int = Field(default=4, ge=0, le=100, description="The openai client's retries of a request.")
+    price_in_per_1k: float = Field(default=0.0, ge=0.0, description="USD per 1,000 prompt tokens.")
+    price_out_per_1k: float = Field(default=0.0, ge=0.0, description="USD per 1,000 completion tokens.")
+    price_cached_in_per_1k: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="USD per 1,000 prompt tokens the endpoint reports as served from its prefix cache; empty: the "
+        "input price.",
+    )
+    max_error_share: float = Field(
+        default=0.25, ge=0.0, le=1.0, description="More failed requests than this share fail the task."
+    )
+    verdicts: Literal["sampled", "logprobs", "auto"] = Field(
+        default="sampled",
+        description="`sampled`: self-consistency votes; `logprobs`: one request, the verdict token's probability "
+        "(the endpoint must return logprobs); `auto`: logprobs where the endpoint has them.",
+    )
+    mode: Literal["online", "batch"] = Field(
+        default="online",
+        description="`online`: one HTTP request per verdict; `batch`: the task's missing requests go out as one "
+        "OpenAI Batch API job, waited for in Airflow's triggerer, at the batch price.",
+    )
+    batch_discount: float = Field(default=0.5, ge=0.0, le=1.0, description="The batch price's discount.")
+    cache_namespace: str | None = Field(default=None, description="The response cache's namespace; empty: base_url.")
+    cache: Literal["use", "refresh"] = Field(
+        default="use", description="`refresh`: ask again and overwrite (never reuse) cached answers."
+    )
+    CONNECTION_OWN: ClassVar[tuple[str, ...]] = ("name", "base_url", "model", "api_key", "api_key_env")
+
+    @classmethod
+    def connection_extras(cls) -> tuple[str, ...]:
+        """The settings an Airflow connection's extra may hold (all but the connection's own: id, host, password)."""
+        return tuple(f for f in cls.model_fields if f not in cls.CONNECTION_OWN)
+
+    @model_validator(mode="after")
+    def _url(self) -> AnnotatorConfig:
+        u = urlparse(self.base_url)
+        if self.backend == "openai" and (u.scheme not in ("http", "https") or not u.netloc):
+            raise PydanticCustomError(
+                "url", "base_url must be an http(s) URL such as http://host:8000/v1, got '{v}'", {"v": self.base_url}
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _both_orders(self) -> AnnotatorConfig:
+        if self.order == "both" and self.samples <= self.choices_per_request:
+            raise PydanticCustomError(
+                "order",
+                "order: both asks a pair's requests in alternating orders, so it needs more samples than choices a "
+                "request (e.g. samples: 2, choices_per_request: 1), got samples {s}, choices_per_request {c}",
+                {"s": self.samples, "c": self.choices_per_request},
+            )
+        return self
+
+    @field_validator("name", "model")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def resolved_key(self) -> str:
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                return key
+            raise AnnotatorError(
+                f"annotator '{self.name}': environment variable {self.api_key_env} (its API key) is not set"
+            )
+        return "no-key"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD of one answer at this annotator's prices: cached prompt tokens at the cached price, the batch price
+        in batch mode."""
+        cached_price = self.price_in_per_1k if self.price_cached_in_per_1k is None else self.price_cached_in_per_1k
+        cost = (
+            (prompt_tokens - cached_tokens) / 1000 * self.price_in_per_1k
+            + cached_tokens / 1000 * cached_price
+            + completion_tokens / 1000 * self.price_out_per_1k
+        )
+        return cost * (1 - self.batch_discount) if self.mode == "batch" else cost
+
+
+class AnnotatorError(RuntimeError):
+    """A misconfigured annotator (bad URL, bad key, unknown model, a bad annotators file): fails the task
+    (the CLI exits 2) with one line naming the annotator and the field."""

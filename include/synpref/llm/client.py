@@ -14,127 +14,28 @@ import itertools
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
-from urllib.parse import urlparse
+from typing import Any, Protocol
 
 import httpx2 as httpx  # the HTTP library of the openai client (its fork of httpx)
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import ValidationError
 
 from synpref.io.storage import PathLike, as_path, dumps_json, is_local, replace_local, write_json
 from synpref.llm.breaker import HEADER as UNREACHABLE_HEADER
 from synpref.llm.breaker import EndpointBreaker, client_timeout
 from synpref.progress import Progress
+from synpref.settings import AnnotatorConfig, AnnotatorError  # noqa: F401 (the library's annotator API)
 
 log = logging.getLogger(__name__)
 
 for _noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one INFO line per request would drown task logs
     logging.getLogger(_noisy).setLevel(logging.WARNING)
-
-
-class AnnotatorConfig(BaseModel):
-    """One annotator model behind an OpenAI-compatible endpoint. The API key is never serialised."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a file name in the run's layout
-    base_url: str
-    model: str
-    backend: str = Field(default="openai", exclude_if=lambda v: v == "openai")  # a key of BACKENDS
-    api_key_env: str | None = None
-    api_key: str | None = Field(default=None, exclude=True, repr=False)
-    samples: int = Field(default=3, ge=1)
-    # self-consistency samples asked in one request (OpenAI's ``n``: the prompt is sent and billed once); an endpoint
-    # that returns fewer choices (llama.cpp ignores ``n``) is asked again for the rest. 1: one request per sample
-    choices_per_request: int = Field(default=3, ge=1, le=128)
-    # random: each request shows the candidates in a seeded order; both: a pair's requests alternate the order (the
-    # first one seeded). A judge that answers the same every time (temperature 0, a reward model) learns nothing from
-    # a second sample in one order, while an order-sensitive one says something new in the other: for such a judge
-    # ``order: both, samples: 2, choices_per_request: 1`` asks each order once (the probe measures it the same way).
-    # auto: random, unless a stage-1 probe finds the judge answering the same every time: both (``ASK_BOTH_ORDERS``)
-    order: Literal["auto", "random", "both"] = "auto"
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=512, ge=1, le=1_000_000)
-    max_concurrency: int = Field(default=4, ge=1)
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=4, ge=0, le=100)
-    price_in_per_1k: float = Field(default=0.0, ge=0.0)  # USD; a negative price would bypass the budget
-    price_out_per_1k: float = Field(default=0.0, ge=0.0)
-    # prompt tokens the endpoint reports as served from its prefix cache (usage.prompt_tokens_details.cached_tokens)
-    price_cached_in_per_1k: float | None = Field(default=None, ge=0.0)  # None: the input price
-    max_error_share: float = Field(default=0.25, ge=0.0, le=1.0)  # more failed requests fail the task
-    # sampled: self-consistency votes (default: measured, it keeps the curation quality); logprobs: one request, the
-    # verdict token's probability (the endpoint must return logprobs); auto: logprobs where the endpoint has them
-    verdicts: Literal["sampled", "logprobs", "auto"] = "sampled"
-    # online: one HTTP request per verdict, answered in the task; batch: the task's missing requests go out as one
-    # OpenAI Batch API job (JSONL), waited for in Airflow's triggerer, at the batch price (``batch_discount`` off)
-    mode: Literal["online", "batch"] = "online"
-    batch_discount: float = Field(default=0.5, ge=0.0, le=1.0)
-    cache_namespace: str | None = None  # default: the endpoint's base_url
-    cache: Literal["use", "refresh"] = "use"  # refresh: ask again and overwrite (never reuse) cached answers
-
-    @model_validator(mode="after")
-    def _url(self) -> AnnotatorConfig:
-        u = urlparse(self.base_url)
-        if self.backend == "openai" and (u.scheme not in ("http", "https") or not u.netloc):
-            raise PydanticCustomError(
-                "url", "base_url must be an http(s) URL such as http://host:8000/v1, got '{v}'", {"v": self.base_url}
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _both_orders(self) -> AnnotatorConfig:
-        if self.order == "both" and self.samples <= self.choices_per_request:
-            raise PydanticCustomError(
-                "order",
-                "order: both asks a pair's requests in alternating orders, so it needs more samples than choices a "
-                "request (e.g. samples: 2, choices_per_request: 1), got samples {s}, choices_per_request {c}",
-                {"s": self.samples, "c": self.choices_per_request},
-            )
-        return self
-
-    @field_validator("name", "model")
-    @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        return v
-
-    def resolved_key(self) -> str:
-        if self.api_key:
-            return self.api_key
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if key:
-                return key
-            raise AnnotatorError(
-                f"annotator '{self.name}': environment variable {self.api_key_env} (its API key) is not set"
-            )
-        return "no-key"
-
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        """USD of one answer at this annotator's prices: cached prompt tokens at the cached price, the batch price
-        in batch mode."""
-        cached_price = self.price_in_per_1k if self.price_cached_in_per_1k is None else self.price_cached_in_per_1k
-        cost = (
-            (prompt_tokens - cached_tokens) / 1000 * self.price_in_per_1k
-            + cached_tokens / 1000 * cached_price
-            + completion_tokens / 1000 * self.price_out_per_1k
-        )
-        return cost * (1 - self.batch_discount) if self.mode == "batch" else cost
-
-
-class AnnotatorError(RuntimeError):
-    """A misconfigured annotator (bad URL, bad key, unknown model, a bad annotators file): fails the task
-    (the CLI exits 2) with one line naming the annotator and the field."""
 
 
 class EndpointError(RuntimeError):

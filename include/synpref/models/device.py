@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 
+from synpref.environment import env
 from synpref.settings import DEVICE_ENV, DEVICE_PATTERN, TRAIN_PROCESSES_ENV
 
 
@@ -20,7 +21,7 @@ class DeviceError(ValueError):
 
 def requested_device(value: str | None = None) -> str:
     """The device asked for: ``value`` if given, else the worker's ``SYNPREF_DEVICE``, else ``auto``; validated."""
-    wanted = (value or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    wanted = (value or env(DEVICE_ENV) or "auto").strip().lower()
     if not re.fullmatch(DEVICE_PATTERN, wanted):
         raise DeviceError(f"{DEVICE_ENV}={wanted!r} is not a device: use auto, cpu, cuda or cuda:N")
     return wanted
@@ -73,7 +74,7 @@ def visible_gpus() -> int:
 def train_processes(device: str) -> int:
     """Data-parallel processes to train on: ``SYNPREF_TRAIN_PROCESSES`` if set, else every visible GPU when the
     device setting is ``auto``/``cuda`` on a CUDA worker, else 1 (a pinned ``cuda:N`` trains on that GPU only)."""
-    value = os.environ.get(TRAIN_PROCESSES_ENV, "").strip()
+    value = env(TRAIN_PROCESSES_ENV).strip()
     if value:
         if not value.isdigit() or int(value) < 1:
             raise DeviceError(f"{TRAIN_PROCESSES_ENV}={value!r} is not a number of processes (1 or more)")

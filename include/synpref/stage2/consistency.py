@@ -53,6 +53,7 @@ from synpref.models.reliability import (
 )
 from synpref.models.reward_model import RewardModel
 from synpref.settings import RecyclePolicy, Stage2Config
+from synpref.stage2.frontier import GRID, keepable
 from synpref.stage2.recycle import recycle_policy_for, should_recycle
 
 Decision = Literal["kept", "recycled", "dropped"]
@@ -236,8 +237,11 @@ class ReliabilityRule(RuleBase):
     rm_only_confidence: float = 0.995
     keep_stop_confidence: float = 0.99  # judges in sequence: where a keep stops asking (it keeps at the threshold)
     flip_stop_confidence: float = 0.995  # judges in sequence: where a flip stops asking (flips at the target)
+    target_retention: float = 0.0  # below this estimated retention at the target, keep at a lower precision
+    precision_floor: float = 0.9  # ... never below this one (``operating_point``)
     prior: float = 0.5  # fitted: estimated share of right labels among the shard's scored pairs
-    keep_threshold: float | None = None  # fitted once judged: None = the target
+    operating_precision: float | None = None  # fitted once judged: None = the target (``operating_point``)
+    keep_threshold: float | None = None  # fitted once judged: None = the precision kept to
 
     def fit(self, scores: list[dict], judgements: Mapping[str, dict] | None = None) -> ReliabilityRule:
         """The prior over the shard's scored pairs (from the RMs' evidence and, given judgements, the judges' on the
@@ -250,32 +254,55 @@ class ReliabilityRule(RuleBase):
             sum(self.rm_evidence(s).values()) + sum(self.judge_evidence(judged.get(s["pair_id"])).values())
             for s in scored
         ]
-        fitted = self.model_copy(update={"prior": estimate_prior(np.array(evidence)), "keep_threshold": None})
+        update = {"prior": estimate_prior(np.array(evidence)), "keep_threshold": None, "operating_precision": None}
+        fitted = self.model_copy(update=update)
         if judgements is None:
             return fitted
-        confidences = [_confidence(fitted.evidence(s, judgements.get(s["pair_id"]))) for s in scored]
+        confidences = np.array([_confidence(fitted.evidence(s, judgements.get(s["pair_id"]))) for s in scored])
+        fitted = fitted.model_copy(update={"operating_precision": fitted.operating_point(confidences)})
         return fitted.model_copy(update={"keep_threshold": fitted.threshold(confidences)})
 
     def summary(self) -> dict:
-        return {"prior_label_accuracy": round(self.prior, 6), "keep_threshold": round(self.keep, 6)}
+        return {
+            "prior_label_accuracy": round(self.prior, 6),
+            "keep_threshold": round(self.keep, 6),
+            "operating_precision": round(self.precision, 6),
+        }
+
+    @property
+    def precision(self) -> float:
+        """The estimated precision the kept set is held to: the target, or the fitted fallback operating point."""
+        return self.target_precision if self.operating_precision is None else self.operating_precision
 
     @property
     def keep(self) -> float:
-        return self.target_precision if self.keep_threshold is None else self.keep_threshold
+        return self.precision if self.keep_threshold is None else self.keep_threshold
+
+    def retains(self, confidences: np.ndarray, precision: float) -> bool:
+        """Whether the pairs kept at ``precision`` hold ``target_retention`` of the shard's estimated right labels
+        (prior × pairs), counting each kept pair by its confidence."""
+        n = keepable(confidences, precision, min(self.min_confidence, precision))
+        return n > 0 and np.sort(confidences)[::-1][:n].sum() >= self.target_retention * self.prior * len(confidences)
+
+    def operating_point(self, confidences: np.ndarray) -> float | None:
+        """None when keeping at the target retains ``target_retention`` (or no retention is asked for); else the
+        highest precision of the frontier's grid in [``precision_floor``, target) that does, None when none does
+        (the run then keeps what reaches the target, and its frontier says what was reachable). Flips stay at the
+        target: they rest on the judges alone, whose shared errors overstate a flip's confidence."""
+        if not self.target_retention or self.retains(confidences, self.target_precision):
+            return None
+        lower = sorted((p for p in GRID if self.precision_floor <= p < self.target_precision), reverse=True)
+        return next((p for p in lower if self.retains(confidences, p)), None)
 
     def rm_evidence(self, scores: dict) -> dict[str, float]:
         return {f"rm_{n}": w * scores[f"logit_{n}"] for n, w in self.rm_weights.items() if w > 0}
 
     def threshold(self, confidences: list[float]) -> float:
         """Lowest per-pair confidence (≥ min_confidence) whose kept set (every pair at or above it, ties
-        included) still has mean confidence ≥ target."""
-        ranked = np.sort(np.array([c for c in confidences if c >= self.min_confidence]))[::-1]
-        if len(ranked) == 0:
-            return self.target_precision
-        mean = np.cumsum(ranked) / np.arange(1, len(ranked) + 1)
-        boundary = np.append(ranked[:-1] > ranked[1:], True)  # a cut never splits tied confidences
-        ok = np.nonzero((mean >= self.target_precision) & boundary)[0]
-        return float(min(self.target_precision, ranked[ok[-1]])) if len(ok) else self.target_precision
+        included) still has mean confidence ≥ the precision it is held to (``frontier.keepable``)."""
+        conf = np.asarray(confidences, dtype=np.float64)
+        n = keepable(conf, self.precision, min(self.min_confidence, self.precision))
+        return float(min(self.precision, np.sort(conf)[::-1][n - 1])) if n else self.precision
 
     def prior_evidence(self, scores: dict) -> float:
         """The stored label's prior log-odds; none when the input also held its mirrored copy (a label conflict)."""
@@ -380,6 +407,8 @@ def configured_rule(cfg: Stage2Config, rnd: Any) -> RuleBase:
         target_precision=cfg.target_precision,
         recycle_policy=policy,
         min_confidence=cfg.min_confidence,
+        target_retention=cfg.target_retention,
+        precision_floor=cfg.precision_floor,
         rm_only_confidence=cfg.rm_only_confidence,
         keep_stop_confidence=cfg.keep_stop_confidence,
         flip_stop_confidence=cfg.flip_stop_confidence,

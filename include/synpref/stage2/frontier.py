@@ -66,6 +66,19 @@ def frontier(
     )
 
 
+def fallback_line(kept_at: list[float], target: float, retention: float) -> str | None:
+    """One line for the shards whose fitted operating precision (``kept_at``, one per shard) fell below the target
+    to hold ``retention`` of their estimated right labels; None when none did."""
+    fallen = sorted(p for p in kept_at if p < target)
+    if not fallen:
+        return None
+    at = f"{fallen[0]:.2f}" if fallen[0] == fallen[-1] else f"{fallen[0]:.2f}–{fallen[-1]:.2f}"
+    return (
+        f"{len(fallen)} of {len(kept_at)} shards kept at an estimated precision of {at}, not the target {target:.2f}: "
+        f"at the target they would hold less than {retention:.0%} of their estimated right labels (target_retention)"
+    )
+
+
 def _reason(points: list[FrontierPoint], target: float) -> str:
     below = [p for p in points if p.precision < target]
     reachable = [p for p in below if p.kept + p.recycled]

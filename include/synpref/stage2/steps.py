@@ -88,7 +88,7 @@ from synpref.stage2.consistency import (
     score_rows,
     scores_schema,
 )
-from synpref.stage2.frontier import frontier
+from synpref.stage2.frontier import fallback_line, frontier
 from synpref.stage2.recycle import recycled
 
 DECISION_FIELDS = [
@@ -685,7 +685,13 @@ def run_frontier(run: Stage2Layout, shards: list[ShardLayout], cfg: Stage2Config
     ]
     curated = sum(r["decision"] != "dropped" for r in rows if r["confidence"] is not None)
     reachable = frontier(rows, cfg.target_precision, cfg.min_confidence, curated)
-    return reachable if reachable.pairs else None
+    kept_at = [
+        ShardDecided.read(s.success).fitted.get("operating_precision", cfg.target_precision)
+        for s in shards
+        if s.success.exists()
+    ]
+    fallback = fallback_line(kept_at, cfg.target_precision, cfg.target_retention)
+    return reachable.model_copy(update={"fallback": fallback}) if reachable.pairs else None
 
 
 def step_export(
@@ -738,7 +744,7 @@ def frontier_lines(reachable: Frontier | None) -> str:
     if reachable is None:
         return "Not estimated: the decision rule gives no calibrated posteriors (the paper rule)."
     rows = "\n".join(f"| {p.precision:.2f} | {p.kept} | {p.recycled} |" for p in reachable.points)
-    why = f"**{reachable.reason}.**\n\n" if reachable.reason else ""
+    why = "".join(f"**{line}.**\n\n" for line in (reachable.reason, reachable.fallback) if line)
     return (
         f"{why}Estimated from the calibrated posteriors of {reachable.pairs} decided pairs (the model's; the canaries "
         f"above check them). This run's target: {reachable.target:.2f}.\n\n"
