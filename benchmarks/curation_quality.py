@@ -68,6 +68,7 @@ from synpref.stage1.steps import judge_probe, step_evaluate
 from synpref.stage2.canaries import estimates, label_right
 from synpref.stage2.consistency import PaperRule, RuleBase, configured_rule, decide_shard
 from synpref.stage2.steps import (
+    Stage2Run,
     begin_run,
     merged_verdicts,
     step_annotate_shard,
@@ -265,8 +266,8 @@ def run_stage2(store: StorageLayout, rnd: str, s: Setting, sets: dict) -> None:
         # judges in sequence stop where the default rule settles a pair, so only that rule can be evaluated
         everything = None if s.in_sequence else PaperRule(band=0.5, recycle_policy="both_rms_reject")
         for shard in shards:
-            step_score(store, run, rnd, shard, cfg2, rule=everything)
-            step_annotate_shard(store, run, rnd, shard, annotators, cfg2, len(shards))
+            step_score(Stage2Run.at(store, run, rnd, cfg2), shard, rule=everything)
+            step_annotate_shard(Stage2Run.at(store, run, rnd, cfg2), shard, annotators, len(shards))
     finally:
         server.stop()
 

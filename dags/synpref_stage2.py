@@ -75,22 +75,27 @@ def _annotators(context) -> dict:
     return {c: annotator_from_connection(c) for c in context["params"]["annotators"]}
 
 
-def _run(params: dict, dag_run, triggering_asset_events=None) -> tuple:
-    """(params, StorageLayout, Stage2Layout, Stage2Config) of the running task.
-
-    An asset-triggered run curates with the round that triggered it, in that round's storage root,
-    unless the params name a root or a round explicitly.
-    """
-    from synpref.settings import from_flat
-
+def _source(params: dict, triggering_asset_events=None) -> dict:
+    """The params with the source round's root and round: an asset-triggered run curates with the round that
+    triggered it, in that round's storage root, unless the params name a root or a round explicitly."""
     params = dict(params)
     source = _triggering_round(triggering_asset_events)
     if source and not params["root"]:
         params["root"] = source.get("root", "")
     if source and params["round"] == "latest":
         params["round"] = source.get("round", "latest")
+    return params
+
+
+def _ctx(params: dict, dag_run, triggering_asset_events=None, rnd: str = ""):
+    """The running task's ``Stage2Run`` (storage root, output, source round, settings), built once per task."""
+    from synpref.settings import from_flat
+    from synpref.stage2.context import Stage2Run
+
+    params = _source(params, triggering_asset_events)
     store = storage(params)
-    return params, store, store.stage2(params["run_name"] or round_name(dag_run)), from_flat(Stage2Config, params)
+    run = store.stage2(params["run_name"] or round_name(dag_run))
+    return Stage2Run(store, run, rnd or params["round"], from_flat(Stage2Config, params))
 
 
 @dag(
@@ -126,10 +131,11 @@ def synpref_stage2():
     def resolve_source_round(params: dict | None = None, dag_run=None, triggering_asset_events=None, ti=None) -> str:
         from synpref.stage2.steps import begin_run
 
-        params, store, run, _ = _run(params, dag_run, triggering_asset_events)
-        rnd = store.resolve_round(params["round"])
-        begin_run(run, run_lock(run, dag_run, ti))  # one DAG run writes an output; incomplete until re-exported
-        return rnd
+        ctx = _ctx(params, dag_run, triggering_asset_events)
+        begin_run(
+            ctx.run, run_lock(ctx.run, dag_run, ti)
+        )  # one DAG run writes an output; incomplete until re-exported
+        return ctx.store.resolve_round(ctx.rnd)
 
     @task
     def list_input_files(
@@ -138,16 +144,15 @@ def synpref_stage2():
         from synpref.io.preprocess import map_items
         from synpref.stage2.steps import prepare_inputs
 
-        params, store, run, _ = _run(params, dag_run, triggering_asset_events)
-        files, _ = prepare_inputs(path_or(params["input_uri"], store.wild), run)
+        ctx = _ctx(params, dag_run, triggering_asset_events, rnd)
+        files, _ = prepare_inputs(path_or(params["input_uri"], ctx.store.wild), ctx.run)
         return map_items(files)
 
     @task(max_active_tis_per_dagrun=8)
     def prepare_file(item: list, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
         from synpref.stage2.steps import step_prepare_file
 
-        _, _, run, _ = _run(params, dag_run, triggering_asset_events)
-        return step_prepare_file(run, *item)
+        return step_prepare_file(_ctx(params, dag_run, triggering_asset_events).run, *item)
 
     @task(trigger_rule="none_failed")
     def finalize_prepare(
@@ -155,32 +160,32 @@ def synpref_stage2():
     ) -> list:
         from synpref.stage2.steps import prepare_inputs, step_finalize_prepare
 
-        params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
-        _, pool = prepare_inputs(path_or(params["input_uri"], store.wild))
-        bench = existing(path_or(params["benchmark_uri"], store.benchmark_prompts))
-        step_finalize_prepare(run, cfg, bench, pool)
-        return run.pool().shards()
+        ctx = _ctx(params, dag_run, triggering_asset_events)
+        _, pool = prepare_inputs(path_or(params["input_uri"], ctx.store.wild))
+        bench = existing(path_or(params["benchmark_uri"], ctx.store.benchmark_prompts))
+        step_finalize_prepare(ctx.run, ctx.cfg, bench, pool)
+        return ctx.run.pool().shards()
 
     @task(queue=TRAIN_QUEUE, pool=RM_POOL, max_active_tis_per_dagrun=SCORE_PARALLELISM)
     def score_shard(shard, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
         from synpref.stage2.steps import step_score
 
-        _, store, run, cfg = _run(params, dag_run, triggering_asset_events)
-        return {"shard_uri": shard, **step_score(store, run, rnd, shard, cfg).for_xcom()}
+        ctx = _ctx(params, dag_run, triggering_asset_events, rnd)
+        return {"shard_uri": shard, **step_score(ctx, shard).for_xcom()}
 
     def judge_shard(context, score: dict, pending: list) -> dict:
         from synpref.stage2.steps import step_annotate_shard
 
-        _, store, run, cfg = _run(context["params"], context["dag_run"], context.get("triggering_asset_events"))
         ti = context["ti"]
-        n_tasks = max(1, len(ti.xcom_pull(task_ids="finalize_prepare") or []))
         rnd = ti.xcom_pull(task_ids="resolve_source_round")
+        ctx = _ctx(context["params"], context["dag_run"], context.get("triggering_asset_events"), rnd)
+        n_tasks = max(1, len(ti.xcom_pull(task_ids="finalize_prepare") or []))
         annotators = list(_annotators(context).values())
-        return step_annotate_shard(store, run, rnd, score["shard_uri"], annotators, cfg, n_tasks, pending)
+        return step_annotate_shard(ctx, score["shard_uri"], annotators, n_tasks, pending)
 
     def batch_places(context, score: dict) -> tuple:
-        _, store, run, _ = _run(context["params"], context["dag_run"], context.get("triggering_asset_events"))
-        return _annotators(context), store.llm_cache, run.shard(score["shard_uri"]).batches
+        ctx = _ctx(context["params"], context["dag_run"], context.get("triggering_asset_events"))
+        return _annotators(context), ctx.store.llm_cache, ctx.run.shard(score["shard_uri"]).batches
 
     @task(trigger_rule="none_failed", max_active_tis_per_dagrun=4)
     def decide_shard(
@@ -188,8 +193,8 @@ def synpref_stage2():
     ) -> dict:
         from synpref.stage2.steps import step_decide
 
-        params, store, run, cfg = _run(params, dag_run, triggering_asset_events)
-        return step_decide(store, run, rnd, score["shard_uri"], list(params["annotators"]), cfg).for_xcom()
+        ctx = _ctx(params, dag_run, triggering_asset_events, rnd)
+        return step_decide(ctx, score["shard_uri"], list(params["annotators"])).for_xcom()
 
     @task(trigger_rule="none_failed")
     def check_conservation(
@@ -197,8 +202,7 @@ def synpref_stage2():
     ) -> dict:
         from synpref.stage2.steps import step_check_conservation
 
-        _, _, run, _ = _run(params, dag_run, triggering_asset_events)
-        return step_check_conservation(run, shards)
+        return step_check_conservation(_ctx(params, dag_run, triggering_asset_events).run, shards)
 
     @task
     def estimate_quality(
@@ -206,9 +210,9 @@ def synpref_stage2():
     ) -> dict:
         from synpref.stage2.steps import step_estimate
 
-        params, _, run, cfg = _run(params, dag_run, triggering_asset_events)
+        ctx = _ctx(params, dag_run, triggering_asset_events, rnd)
         judges = [annotator_from_connection(c) for c in params["annotators"]]
-        return step_estimate(run, rnd, counts, cfg, judges).dump()
+        return step_estimate(ctx, counts, judges).dump()
 
     @task(outlets=[CURATED_DATASET])
     def export_dataset(
@@ -222,17 +226,17 @@ def synpref_stage2():
     ) -> dict:
         from synpref.stage2.steps import end_run, step_export
 
-        params, _, run, cfg = _run(params, dag_run, triggering_asset_events)
-        manifest = step_export(run, rnd, counts, cfg, params, date=round_name(dag_run))
-        end_run(run, run_lock(run, dag_run, ti))
-        outlet_events[CURATED_DATASET].extra = {"uri": str(run.dir), "round": rnd, **counts}
-        return {"out": str(run.dir), **manifest.counts}
+        ctx = _ctx(params, dag_run, triggering_asset_events, rnd)
+        manifest = step_export(ctx, counts, _source(params, triggering_asset_events), date=round_name(dag_run))
+        end_run(ctx.run, run_lock(ctx.run, dag_run, ti))
+        outlet_events[CURATED_DATASET].extra = {"uri": str(ctx.run.dir), "round": rnd, **counts}
+        return {"out": str(ctx.run.dir), **manifest.counts}
 
     @task
     def write_report(estimates: dict, params: dict | None = None, dag_run=None, triggering_asset_events=None) -> dict:
         from synpref.reporting.report import stage2_sign_off, write_stage2_report
 
-        _, _, run, _ = _run(params, dag_run, triggering_asset_events)
+        run = _ctx(params, dag_run, triggering_asset_events).run
         uri = write_stage2_report(run)
         return {"uri": uri, "sign_off": stage2_sign_off(run, uri)}
 

@@ -151,3 +151,15 @@ def test_the_checks_see_a_cycle_and_an_upward_import():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert _layer("synpref.stage1.steps") < _layer("synpref.reporting.report")  # so stage1 → report is upward
     assert _layer("synpref.io.storage") < _layer("synpref.io.readers")  # the foundation is below the rest of io
+
+
+def test_no_library_function_is_over_80_lines():
+    """Small functions: a step that grows past 80 lines is split into named parts (docs/development.md)."""
+    import ast
+
+    long = []
+    for path in LIBRARY.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{_module(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []

@@ -276,3 +276,17 @@ def test_a_pair_is_settled_once_no_further_judge_is_needed():
     assert weak.settled(_scores(-0.3, 0.0), _judgement("agree"), ["j1"]) == "hopeless"  # keep and flip out of reach
     assert weak.judge_priority("j0") < rule.judge_priority("j0")
     assert PaperRule().settled(_scores(5.0, 5.0), _judgement("agree"), rest) is None  # the paper rule asks everyone
+
+
+def test_every_selectable_decision_rule_is_one_class_configured_by_the_settings():
+    """Adding a rule is one ``RuleBase`` class (its ``kind``, ``from_config``, ``default_recycle``) plus its name in
+    ``DecisionRuleName``: every selectable name has a class, and each configures itself from a run's settings."""
+    from typing import get_args
+
+    from synpref.settings import DecisionRuleName
+    from synpref.stage2.consistency import RuleBase
+
+    for name in get_args(DecisionRuleName):
+        cls = RuleBase.registry[name]
+        assert cls.from_config.__func__ is not RuleBase.from_config.__func__, f"{name}: no from_config"
+        assert cls.recycle_policy_of(Stage2Config(decision_rule=name)) == cls.default_recycle

@@ -364,6 +364,7 @@ def test_a_second_writer_of_one_output_is_refused_while_the_first_runs(published
     import subprocess
     import sys
 
+    from synpref.io.layout import Stage2Layout
     from synpref.io.storage import StorageError, WriterLock
     from synpref.stage2.steps import begin_run, end_run
 
@@ -375,18 +376,22 @@ def test_a_second_writer_of_one_output_is_refused_while_the_first_runs(published
         lock_file.parent.mkdir(parents=True)
         lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
         with pytest.raises(StorageError, match=f"being written by process {holder.pid}"):
-            begin_run(out)
+            begin_run(Stage2Layout(out))
     finally:
         holder.kill()
         holder.wait()
-    run = begin_run(out)  # its holder is gone: the lock is taken over
+    run = begin_run(Stage2Layout(out))  # its holder is gone: the lock is taken over
     with pytest.raises(StorageError, match="being written by"):
-        begin_run(out, WriterLock.for_dag_run(run.lock, "synpref_stage2", "manual__1", lambda d, r: "running"))
-    end_run(out)
+        begin_run(
+            Stage2Layout(out), WriterLock.for_dag_run(run.lock, "synpref_stage2", "manual__1", lambda d, r: "running")
+        )
+    end_run(Stage2Layout(out))
     assert not (out / ".writer.lock").exists()
     finished = WriterLock.for_dag_run(run.lock, "synpref_stage2", "manual__1", lambda d, r: "running")
     finished.acquire()
-    begin_run(out, WriterLock.for_dag_run(run.lock, "synpref_stage2", "manual__2", lambda d, r: "failed"))
+    begin_run(
+        Stage2Layout(out), WriterLock.for_dag_run(run.lock, "synpref_stage2", "manual__2", lambda d, r: "failed")
+    )
 
 
 def test_concurrent_cli_runs_on_one_output_never_merge_their_inputs(published, tmp_path):

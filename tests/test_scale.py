@@ -22,11 +22,12 @@ SHARD = 20_000
 
 SHARD_TASK = """
 import json, resource, sys
-from synpref.stage2.steps import Stage2Config, step_decide, step_score
+from synpref.settings import Stage2Config
+from synpref.stage2.steps import Stage2Run, step_decide, step_score
 root, out, shard = sys.argv[1:4]
 cfg = Stage2Config(shard_size={shard})
-score = step_score(root, out, "2026-01-01", shard, cfg)
-decided = step_decide(root, out, "2026-01-01", shard, [], cfg).for_xcom()
+score = step_score(Stage2Run.at(root, out, "2026-01-01", cfg), shard)
+decided = step_decide(Stage2Run.at(root, out, "2026-01-01", cfg), shard, []).for_xcom()
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **decided}))
 """.replace("{shard}", str(SHARD))
 

@@ -9,8 +9,9 @@ from synpref.io.preprocess import ConservationError
 from synpref.io.storage import read_parquet, write_json, write_parquet
 from synpref.models.reward_model import RMConfig, train_reward_model
 from synpref.records import PoolManifest, RecordFormatError, ShardScores
+from synpref.settings import Stage2Config
 from synpref.simulation.synthetic import generate
-from synpref.stage2.steps import Stage2Config, step_check_conservation, step_decide, step_score
+from synpref.stage2.steps import Stage2Run, step_check_conservation, step_decide, step_score
 
 RND = "2026-11-01"
 
@@ -37,7 +38,7 @@ def test_gold_rm_never_scores_gold_pairs(world, tmp_path):
     """Stage-2 scoring marks pairs already in gold and leaves their gold-RM p empty."""
     store, shard, rows = world
     run = store.stage2("scored")
-    info = step_score(store, run, RND, shard, Stage2Config(decision_rule="paper"))
+    info = step_score(Stage2Run.at(store, run, RND, Stage2Config(decision_rule="paper")), shard)
     scores = {r["pair_id"]: r for r in pq.read_table(run.shard(shard).scores).to_pylist()}
     assert info.in_gold == 20
     assert all(scores[r["pair_id"]]["in_gold"] for r in rows[:20])
@@ -49,10 +50,12 @@ def test_a_new_signal_and_rule_run_through_the_shard_steps(world):
     """The toy signal/rule of test_consistency, passed to the steps: its column is scored and its rule decides."""
     store, shard, rows = world
     run = store.stage2("toy")
-    step_score(store, run, RND, shard, Stage2Config(), signals=[LongerIsBetter()], rule=LengthRule())
+    step_score(Stage2Run.at(store, run, RND, Stage2Config()), shard, signals=[LongerIsBetter()], rule=LengthRule())
     scores = pq.read_table(run.shard(shard).scores)
     assert "logit_length" in scores.column_names
-    info = step_decide(store, run, RND, shard, [], Stage2Config())  # the rule stored with the shard decides
+    info = step_decide(
+        Stage2Run.at(store, run, RND, Stage2Config()), shard, []
+    )  # the rule stored with the shard decides
     longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows[20:])
     assert info.kept == 20 + longer  # gold pairs keep their label
     assert info.dropped == 40 - longer
@@ -62,13 +65,13 @@ def test_a_new_signal_and_rule_run_through_the_shard_steps(world):
 def test_the_reliability_rule_refuses_a_round_without_calibration(world):
     store, shard, _ = world
     with pytest.raises(FileNotFoundError, match="decision_rule=paper"):
-        step_score(store, store.stage2("old-round"), RND, shard, Stage2Config())
+        step_score(Stage2Run.at(store, store.stage2("old-round"), RND, Stage2Config()), shard)
 
 
 def _scored(world, name: str) -> tuple:
     store, shard, rows = world
     run = store.stage2(name)
-    step_score(store, run, RND, shard, Stage2Config(), signals=[LongerIsBetter()], rule=LengthRule())
+    step_score(Stage2Run.at(store, run, RND, Stage2Config()), shard, signals=[LongerIsBetter()], rule=LengthRule())
     return store, run, shard, rows
 
 
@@ -76,13 +79,13 @@ def test_a_finished_shard_is_skipped_only_while_its_content_is_the_same(world, t
     store, shard, rows = world
     run = store.stage2("fingerprint")
     cfg = Stage2Config(decision_rule="paper")
-    first = step_score(store, run, RND, shard, cfg)
+    first = step_score(Stage2Run.at(store, run, RND, cfg), shard)
     scores_file = run.shard(shard).scores
     scores_file.unlink()
-    assert step_score(store, run, RND, shard, cfg) == first  # same input: skipped (nothing rewritten)
+    assert step_score(Stage2Run.at(store, run, RND, cfg), shard) == first  # same input: skipped (nothing rewritten)
     assert not scores_file.exists()
     write_parquet(read_parquet(shard).slice(0, 50), tmp_path / shard.name)  # a user removed 10 rows
-    changed = step_score(store, run, RND, tmp_path / shard.name, cfg)
+    changed = step_score(Stage2Run.at(store, run, RND, cfg), tmp_path / shard.name)
     assert changed.fingerprint != first.fingerprint
     assert changed.pairs == 50
     assert read_parquet(scores_file).num_rows == 50
@@ -100,7 +103,7 @@ def test_decide_refuses_scores_routed_unlike_the_stored_rule(world):
     )
     assert record.rule == {"kind": "length"}
     with pytest.raises(ConservationError, match="routed unlike their stored scores"):
-        step_decide(store, run, RND, shard, [], Stage2Config())
+        step_decide(Stage2Run.at(store, run, RND, Stage2Config()), shard, [])
 
 
 def _pool_manifest(run, shard, count: int) -> None:
@@ -130,7 +133,7 @@ def test_conservation_fails_loudly_on_a_shard_without_decisions(world):
 
 def test_conservation_fails_loudly_when_a_shard_decided_fewer_pairs_than_it_holds(world):
     store, run, shard, _ = _scored(world, "short")
-    step_decide(store, run, RND, shard, [], Stage2Config())
+    step_decide(Stage2Run.at(store, run, RND, Stage2Config()), shard, [])
     _pool_manifest(run, shard, 61)
     with pytest.raises(ConservationError, match="decided 60 pairs but the shard holds 61"):
         step_check_conservation(run, [str(shard)])
@@ -138,7 +141,7 @@ def test_conservation_fails_loudly_when_a_shard_decided_fewer_pairs_than_it_hold
 
 def test_conservation_fails_loudly_when_a_marker_does_not_add_up(world):
     store, run, shard, _ = _scored(world, "lost")
-    decided = step_decide(store, run, RND, shard, [], Stage2Config())
+    decided = step_decide(Stage2Run.at(store, run, RND, Stage2Config()), shard, [])
     _pool_manifest(run, shard, 60)
     decided.model_copy(update={"dropped": decided.dropped - 1}).write(run.shard(shard).success)
     with pytest.raises(ConservationError, match="input 60 != kept"):
@@ -161,7 +164,7 @@ def test_the_score_step_chooses_the_few_shot_examples_and_annotate_needs_no_enco
     store, shard, rows = world
     run = store.stage2("examples")
     cfg = Stage2Config(decision_rule="paper", band=0.5, max_examples=2)  # band 0.5: every pair is routed
-    step_score(store, run, RND, shard, cfg)
+    step_score(Stage2Run.at(store, run, RND, cfg), shard)
     stored = read_parquet(run.shard(shard).examples).to_pylist()
     gold_ids = {r["pair_id"] for r in rows[:20]}
     assert {r["pair_id"] for r in stored} == {r["pair_id"] for r in rows[20:]}
@@ -171,7 +174,9 @@ def test_the_score_step_chooses_the_few_shot_examples_and_annotate_needs_no_enco
         raise AssertionError("an annotate task loaded the encoder")
 
     monkeypatch.setattr(embedding, "_model", no_encoder)
-    info = step_annotate_shard(store, run, RND, shard, [annotator_cfg(sim_server, "good", samples=1)], cfg)
+    info = step_annotate_shard(
+        Stage2Run.at(store, run, RND, cfg), shard, [annotator_cfg(sim_server, "good", samples=1)]
+    )
     assert info["pairs"] == 40
     assert info["annotators"]["good"]["requests"] == 40
 
@@ -183,11 +188,13 @@ def test_the_judging_bill_counts_requests_tokens_and_cost_per_pair(world, sim_se
     store, shard, rows = world
     run = store.stage2("bill")
     cfg = Stage2Config(decision_rule="paper", band=0.5, max_examples=0)  # every non-gold pair is routed
-    step_score(store, run, RND, shard, cfg)
+    step_score(Stage2Run.at(store, run, RND, cfg), shard)
     annotators = [
         annotator_cfg(sim_server, name, verdicts=verdicts) for name, verdicts in (("good", "auto"), ("ok", "sampled"))
     ]
-    step_annotate_shard(store, run, RND, shard, annotators, cfg)  # the paper rule: every annotator judges every pair
+    step_annotate_shard(
+        Stage2Run.at(store, run, RND, cfg), shard, annotators
+    )  # the paper rule: every annotator judges every pair
     bill = judging_bill([run.shard(shard)], {"input": 60, "kept": 25, "recycled": 5}, annotators)
     good, ok = bill.annotators["good"], bill.annotators["ok"]
     assert good.requests == 40 and good.stopped == {"logprobs": 40}  # one request a pair
@@ -225,8 +232,8 @@ def test_judges_in_sequence_ask_the_next_annotator_only_while_the_rule_leaves_a_
     for name, in_sequence in (("all", False), ("sequence", True)):
         run = store.stage2(name)
         cfg = Stage2Config(max_examples=0, judges_in_sequence=in_sequence)
-        step_score(store, run, RND, shard, cfg, rule=rule)
-        step_annotate_shard(store, run, RND, shard, annotators, cfg)
+        step_score(Stage2Run.at(store, run, RND, cfg), shard, rule=rule)
+        step_annotate_shard(Stage2Run.at(store, run, RND, cfg), shard, annotators)
         asked[name] = {a: read_parquet(run.shard(shard).samples(a)) for a in ("good", "ok", "meh")}
     routed = set(asked["all"]["good"].column("pair_id").to_pylist())
     seq = asked["sequence"]
@@ -244,9 +251,9 @@ def test_judges_in_sequence_ask_the_next_annotator_only_while_the_rule_leaves_a_
 
     run = store.stage2("sequence")
     before = {a: run.shard(shard).samples(a).read_bytes() for a in per}
-    step_annotate_shard(store, run, RND, shard, annotators, Stage2Config(max_examples=0))
+    step_annotate_shard(Stage2Run.at(store, run, RND, Stage2Config(max_examples=0)), shard, annotators)
     assert {a: run.shard(shard).samples(a).read_bytes() for a in per} == before
-    decided = step_decide(store, run, RND, shard, list(per), Stage2Config())
+    decided = step_decide(Stage2Run.at(store, run, RND, Stage2Config()), shard, list(per))
     assert decided.kept + decided.recycled + decided.dropped == 60
     bill = judging_bill([run.shard(shard)], {"input": 60}, annotators)
     assert sum(bill.settled.values()) == len(routed)
@@ -264,7 +271,7 @@ def _annotate_through_batches(store, run, shard, annotators, cfg) -> tuple[dict,
     records = run.shard(shard).batches
     for _ in range(60):  # a batch per wave and annotator, and retries of what failed
         pending = []
-        result = step_annotate_shard(store, run, RND, shard, annotators, cfg, 1, pending)
+        result = step_annotate_shard(Stage2Run.at(store, run, RND, cfg), shard, annotators, 1, pending)
         if not pending:
             return result, outcomes
         assert result["pending"] == len(pending)
@@ -298,8 +305,8 @@ def test_batch_mode_judges_through_the_batch_api_and_writes_what_the_online_run_
         online = [annotator_cfg(server, n) for n in ("good", "ok")]
         batch = [a.model_copy(update={"mode": "batch"}) for a in online]
         run_b, run_o = store.stage2("batch"), store.stage2("online")
-        step_score(store, run_b, RND, shard, cfg)
-        step_score(store, run_o, RND, shard, cfg)
+        step_score(Stage2Run.at(store, run_b, RND, cfg), shard)
+        step_score(Stage2Run.at(store, run_o, RND, cfg), shard)
         asked_online = server.counts.total()
         result, outcomes = _annotate_through_batches(store, run_b, shard, batch, cfg)
         assert server.counts.total() - asked_online == sum(o.answered for o in outcomes)  # only through batches
@@ -311,12 +318,12 @@ def test_batch_mode_judges_through_the_batch_api_and_writes_what_the_online_run_
         again, _ = _annotate_through_batches(store, run_b, shard, batch, cfg)  # a re-run: all cached
         assert server.batches.created == before and again == result
 
-        step_annotate_shard(store, run_o, RND, shard, online, cfg)
+        step_annotate_shard(Stage2Run.at(store, run_o, RND, cfg), shard, online)
         for a in ("good", "ok"):
             assert run_o.shard(shard).samples(a).read_bytes() == run_b.shard(shard).samples(a).read_bytes()
         assert server.counts.total() - asked_online == sum(o.answered for o in outcomes)  # online asked nothing new
         with pytest.raises(AnnotatorError, match="mode: batch"):
-            step_annotate_shard(store, run_o, RND, shard, batch, cfg)
+            step_annotate_shard(Stage2Run.at(store, run_o, RND, cfg), shard, batch)
     finally:
         server.stop()
 
@@ -330,11 +337,11 @@ def test_an_unreachable_judge_fails_the_annotate_task_in_one_line(world):
     store, shard, rows = world
     run = store.stage2("unreachable")
     cfg = Stage2Config(decision_rule="paper", band=0.5, max_examples=0)  # band 0.5: every pair is routed
-    step_score(store, run, RND, shard, cfg)
+    step_score(Stage2Run.at(store, run, RND, cfg), shard)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     typo = AnnotatorConfig(name="typo", base_url=url, model="m")
     with pytest.raises(EndpointUnreachable, match=f"annotator 'typo' cannot reach {url}: connection refused"):
-        step_annotate_shard(store, run, RND, shard, [typo], cfg)
+        step_annotate_shard(Stage2Run.at(store, run, RND, cfg), shard, [typo])
     assert not run.shard(shard).samples("typo").exists()

@@ -9,7 +9,15 @@ import os
 import sys
 from collections.abc import Callable
 
-from synpref.settings import from_flat, specs
+from synpref.settings import (
+    AnnotateSettings,
+    PrepareConfig,
+    Stage1Config,
+    Stage2Config,
+    Stage2Source,
+    from_flat,
+    specs,
+)
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -37,7 +45,6 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     from synpref.io.layout import PoolLayout
     from synpref.io.preprocess import prepare
     from synpref.io.readers import scan_inputs
-    from synpref.settings import PrepareConfig
 
     _require(a.benchmark, "--benchmark file")
     config = from_flat(PrepareConfig, vars(a))
@@ -92,7 +99,6 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     from synpref.io.storage import as_path, read_parquet, write_json, write_parquet
     from synpref.llm.annotation import annotate_pairs, annotator_stats, status_counts
     from synpref.llm.client import load_annotators
-    from synpref.settings import AnnotateSettings
     from synpref.simulation.evaluation import merged_accuracy, truth_agree
 
     _require(a.pairs, "--pairs")
@@ -147,7 +153,6 @@ def cmd_stage1(a: argparse.Namespace) -> int:
     from synpref.io.layout import StorageLayout
     from synpref.llm.client import load_annotators
     from synpref.pipeline import run_round
-    from synpref.settings import Stage1Config
 
     annotators = load_annotators(a.annotators) if a.annotators else []
     cfg = from_flat(Stage1Config, vars(a))
@@ -178,7 +183,6 @@ def cmd_stage2(a: argparse.Namespace) -> int:
     from synpref.llm.client import load_annotators
     from synpref.pipeline import run_stage2
     from synpref.reporting.report import write_stage2_report
-    from synpref.settings import Stage2Config
     from synpref.simulation.evaluation import accuracy_report
 
     cfg = from_flat(Stage2Config, vars(a))
@@ -257,13 +261,25 @@ def add_settings(parser: argparse.ArgumentParser, model: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from synpref.settings import AnnotateSettings, PrepareConfig, Stage1Config, Stage2Config, Stage2Source
-
     p = argparse.ArgumentParser(
         prog="synpref", description="SynPref preference-data curation (Skywork-Reward-V2) — run steps by hand."
     )
     sp = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _prepare_parser,
+        _synth_parser,
+        _annotate_parser,
+        _stage1_parser,
+        _stage2_parser,
+        _report_parser,
+        _simulate_humans_parser,
+        _simulate_annotators_parser,
+    ):
+        add(sp)
+    return p
 
+
+def _prepare_parser(sp: argparse._SubParsersAction) -> None:
     s = sp.add_parser("prepare", help="raw pairs → quarantine, dedup, decontamination → unverified pool shards")
     s.add_argument(
         "--input",
@@ -281,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings(s, PrepareConfig)
 
+
+def _synth_parser(sp: argparse._SubParsersAction) -> None:
     s = sp.add_parser("synth", help="generate synthetic objective preference pairs with a separate hidden-truth table")
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
@@ -296,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="pairs file the new set must share no pair with, in either orientation (repeatable)",
     )
 
+
+def _annotate_parser(sp: argparse._SubParsersAction) -> None:
     s = sp.add_parser(
         "annotate", help="preference-aware LLM annotation of pairs (few-shot gold examples, self-consistency, merge)"
     )
@@ -311,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--truth", default=None, help="hidden truth (synthetic data) to report accuracies")
     add_settings(s, AnnotateSettings)
 
+
+def _stage1_parser(sp: argparse._SubParsersAction) -> None:
     s = sp.add_parser(
         "stage1", help="run one stage-1 curation round (intake → RMs → retrieval → annotation → silver/review queue)"
     )
@@ -323,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--annotators", default=None, help="YAML/JSON annotator list (see `synpref annotate --help`)")
     add_settings(s, Stage1Config)
 
+
+def _stage2_parser(sp: argparse._SubParsersAction) -> None:
     s = sp.add_parser(
         "stage2", help="stage 2: dual-RM consistency filtering, LLM re-annotation, recycling → curated dataset"
     )
@@ -347,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(s, Stage2Source)
     add_settings(s, Stage2Config)
 
+
+def _report_parser(sp: argparse._SubParsersAction) -> None:
     s = sp.add_parser(
         "report",
         help="per-round stage-1 numbers and the stage-2 funnel as JSON, and an HTML report with figures "
@@ -357,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--truth", action="append", default=[], help="synthetic truth Parquet (repeatable)")
     s.add_argument("--html", default=None, help="folder of the HTML report (default <root>/report/)")
 
+
+def _simulate_humans_parser(sp: argparse._SubParsersAction) -> None:
     s = sp.add_parser(
         "simulate-humans", help="SIMULATED human verifier: answer a review queue from the truth → Label Studio export"
     )
@@ -366,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accuracy", type=float, default=0.97)
     s.add_argument("--seed", type=int, default=0)
 
+
+def _simulate_annotators_parser(sp: argparse._SubParsersAction) -> None:
     s = sp.add_parser(
         "simulate-annotators",
         help="serve SIMULATED OpenAI-compatible judges from a synthetic truth (offline demo/tests)",
@@ -377,7 +407,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8900)
     s.add_argument("--api-key-env", default=None, help="require this env var's value as the bearer key")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from synpref.stage1.steps import (
     step_train,
 )
 from synpref.stage2.steps import (
+    Stage2Run,
     begin_run,
     end_run,
     prepare_inputs,
@@ -86,20 +87,20 @@ def run_stage2(
 ) -> dict[str, Any]:
     """The whole of stage 2: the manifest (as JSON) and the report's path under ``report``."""
     store = layout(root)
-    rnd = store.resolve_round(rnd)
-    run = begin_run(out_dir)  # refuses an output that is not a stage-2 run's, or one another writer holds
+    ctx = Stage2Run.at(store, out_dir, store.resolve_round(rnd), cfg)
+    run = begin_run(ctx.run)  # refuses an output that is not a stage-2 run's, or one another writer holds
     try:
         files, pool = prepare_inputs(input_uri, run)
         for i, f, split in map_items(files):
             step_prepare_file(run, i, f, split)
         shards = step_finalize_prepare(run, cfg, benchmark_uri, pool)
         for shard in shards:
-            step_score(store, run, rnd, shard, cfg)
-            step_annotate_shard(store, run, rnd, shard, annotators, cfg, max(1, len(shards)))
-            step_decide(store, run, rnd, shard, [a.name for a in annotators], cfg)
+            step_score(ctx, shard)
+            step_annotate_shard(ctx, shard, annotators, max(1, len(shards)))
+            step_decide(ctx, shard, [a.name for a in annotators])
         counts = step_check_conservation(run, shards)
-        step_estimate(run, rnd, counts, cfg, annotators)
-        manifest = step_export(run, rnd, counts, cfg, params)
+        step_estimate(ctx, counts, annotators)
+        manifest = step_export(ctx, counts, params)
         return {**manifest.dump(), "report": write_stage2_report(run)}
     finally:
         end_run(run)

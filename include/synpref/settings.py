@@ -33,6 +33,7 @@ RetrievalPolicy = Literal["adaptive", "random", "uncertainty"]
 RetrievedTo = Literal["judges", "silver", "humans"]
 ReviewOrder = Literal["priority", "random"]
 RecyclePolicy = Literal["rule_default", "positive_evidence", "both_rms_reject", "all_discarded"]
+# the decision rules a run can select: each name is the ``kind`` of one ``stage2.consistency.RuleBase`` class
 DecisionRuleName = Literal["reliability", "paper"]
 NGRAM = 13  # decontamination n-gram length (paper appendix C)
 HIST_BINS = 20  # p histograms of a stage-2 shard summary (report figures): 20 bins over [0, 1]

@@ -303,7 +303,6 @@ def judge(
     (pair, first sample, kind, choices), so a re-run asks exactly the same requests and finds them in the cache."""
     budget = budget or task_budget(settings)
     adaptive = settings.sampling == "adaptive"
-    logprobs = annotator.verdicts in ("logprobs", "auto")
     asked: dict[str, list[dict]] = {p["pair_id"]: [] for p in pairs}
     usage_total = Usage()
     open_pairs = list(pairs)
@@ -311,23 +310,7 @@ def judge(
     for wave in range(annotator.samples):  # every wave adds at least one sample to every open pair
         if not open_pairs:
             break
-        groups: dict[bool, tuple[list[Request], list[tuple]]] = {True: ([], []), False: ([], [])}
-        for pair in open_pairs:
-            pid, exs, rows = pair["pair_id"], examples.get(pair["pair_id"], []), asked[pair["pair_id"]]
-            with_logprobs = logprobs and (not rows or rows[0]["p_slot1"] is not None)
-            requests, meta = groups[with_logprobs]
-            missing = sorted(set(range(annotator.samples)) - {r["sample"] for r in rows})
-            per_request = 1 if with_logprobs else annotator.choices_per_request
-            for span in request_spans(missing, per_request, not (adaptive or logprobs)):
-                swapped = request_order(pid, annotator, span[0], per_request, settings.seed)
-                msgs = tuple(
-                    build_judge_messages(
-                        pair, exs, swapped, settings.max_examples, settings.seed, settings.preference_aware
-                    )
-                )
-                seed = request_seed(pid, annotator.name, span[0], settings.seed)
-                requests.append(Request(f"{pid}:{span[0]}", msgs, span[0], seed, len(span)))
-                meta.append((pid, span, swapped))
+        groups = _wave_requests(open_pairs, asked, examples, annotator, settings)
         waiting = len(pending) if pending is not None else 0
         answered = []
         for with_logprobs, (requests, meta) in groups.items():
@@ -349,20 +332,61 @@ def judge(
         for (pid, span, swapped), resp in answered:
             for choice, s in enumerate(span[: len(resp.texts())]):
                 asked[pid].append(_sample_row(pid, annotator.name, s, swapped, resp, choice))
-        still_open = []
-        for pair in open_pairs:
-            rows = asked[pair["pair_id"]]
-            reason = _stop_reason(rows, annotator.samples, adaptive, repeat_logprobs)
-            if reason is None and settled is not None and settled(pair["pair_id"], rows):
-                reason = "sequence"
-            if reason is None:
-                still_open.append(pair)
-            else:
-                rows[-1]["stopped"] = reason
-        open_pairs = still_open
+        open_pairs = _still_open(open_pairs, asked, annotator.samples, adaptive, repeat_logprobs, settled)
     rows = [r for p in pairs for r in asked[p["pair_id"]]]
     usage = {annotator.name: {**usage_total.as_dict(), "work": usage_total.work_dict()}}
     return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), usage
+
+
+def _wave_requests(
+    open_pairs: list[dict],
+    asked: dict[str, list[dict]],
+    examples: dict[str, list[dict]],
+    annotator: AnnotatorConfig,
+    settings: AnnotateSettings,
+) -> dict[bool, tuple[list[Request], list[tuple]]]:
+    """A wave's requests (and their (pair id, samples, swapped)), with and without logprobs: every sample of an
+    open pair not asked yet, ``choices_per_request`` a request (one with logprobs); adaptive sampling and logprob
+    verdicts ask one request a pair per wave."""
+    logprobs = annotator.verdicts in ("logprobs", "auto")
+    adaptive = settings.sampling == "adaptive"
+    groups: dict[bool, tuple[list[Request], list[tuple]]] = {True: ([], []), False: ([], [])}
+    for pair in open_pairs:
+        pid, exs, rows = pair["pair_id"], examples.get(pair["pair_id"], []), asked[pair["pair_id"]]
+        with_logprobs = logprobs and (not rows or rows[0]["p_slot1"] is not None)
+        requests, meta = groups[with_logprobs]
+        missing = sorted(set(range(annotator.samples)) - {r["sample"] for r in rows})
+        per_request = 1 if with_logprobs else annotator.choices_per_request
+        for span in request_spans(missing, per_request, not (adaptive or logprobs)):
+            swapped = request_order(pid, annotator, span[0], per_request, settings.seed)
+            aware = settings.preference_aware
+            msgs = tuple(build_judge_messages(pair, exs, swapped, settings.max_examples, settings.seed, aware))
+            seed = request_seed(pid, annotator.name, span[0], settings.seed)
+            requests.append(Request(f"{pid}:{span[0]}", msgs, span[0], seed, len(span)))
+            meta.append((pid, span, swapped))
+    return groups
+
+
+def _still_open(
+    open_pairs: list[dict],
+    asked: dict[str, list[dict]],
+    samples: int,
+    adaptive: bool,
+    repeat_logprobs: bool,
+    settled: PairSettled | None,
+) -> list[dict]:
+    """The pairs that get another wave; a stopped pair's last sample records why it stopped."""
+    still_open = []
+    for pair in open_pairs:
+        rows = asked[pair["pair_id"]]
+        reason = _stop_reason(rows, samples, adaptive, repeat_logprobs)
+        if reason is None and settled is not None and settled(pair["pair_id"], rows):
+            reason = "sequence"
+        if reason is None:
+            still_open.append(pair)
+        else:
+            rows[-1]["stopped"] = reason
+    return still_open
 
 
 def probe_judge(

@@ -567,15 +567,6 @@ async def _run_async(
     backend = make_backend(cfg)
     sem = asyncio.Semaphore(cfg.max_concurrency)
     limiter = _RateLimiter(cfg.requests_per_minute)
-
-    def account(pt: int, ct: int, cached: int = 0) -> float:
-        cost = cfg.cost(pt, ct, cached)
-        usage.prompt_tokens += pt
-        usage.completion_tokens += ct
-        usage.cached_prompt_tokens += cached
-        usage.cost_usd += cost
-        return cost
-
     namespace = cfg.cache_namespace or cfg.base_url
     hashes = [
         cache_key(
@@ -590,10 +581,7 @@ async def _run_async(
     async def one(req: Request, h: str) -> Response:
         hit = cached.get(h)
         if hit is not None:
-            usage.cache_hits += 1
-            account(hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), hit.get("cached_tokens", 0))
-            more = tuple(itertools.takewhile(lambda t: isinstance(t, str), hit.get("more_texts") or ()))
-            return Response(req.key, hit["text"], "ok", verdict_logprobs=hit.get("verdict_logprobs"), more_texts=more)
+            return _cached_response(cfg, usage, req, hit)
         chat = ChatRequest(cfg.model, req.messages, cfg.temperature, cfg.max_tokens, req.seed, logprobs, req.choices)
         if pending is not None and cfg.mode == "batch":
             pending.append(PendingRequest(cfg.name, h, chat_body(chat)))
@@ -611,7 +599,7 @@ async def _run_async(
                 usage.error_messages.append(str(e))
                 return Response(req.key, None, "error", e.kind)
         out = plausible(out, chat, usage)
-        cost = account(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
+        cost = _account(cfg, usage, out.prompt_tokens, out.completion_tokens, out.cached_tokens)
         usage.missing_usage += not out.usage_reported
         usage.new_cost_usd += cost
         budget.spent_usd += cost
@@ -642,6 +630,24 @@ async def _run_async(
     finally:
         writer.shutdown(wait=True)
         await backend.aclose()
+
+
+def _account(cfg: AnnotatorConfig, usage: Usage, pt: int, ct: int, cached: int = 0) -> float:
+    """Count an answer's tokens and cost (at the annotator's prices) in ``usage``; → its cost."""
+    cost = cfg.cost(pt, ct, cached)
+    usage.prompt_tokens += pt
+    usage.completion_tokens += ct
+    usage.cached_prompt_tokens += cached
+    usage.cost_usd += cost
+    return cost
+
+
+def _cached_response(cfg: AnnotatorConfig, usage: Usage, req: Request, hit: dict) -> Response:
+    """A cached answer as a response, counted as it was billed (the figures do not change on a re-run)."""
+    usage.cache_hits += 1
+    _account(cfg, usage, hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), hit.get("cached_tokens", 0))
+    more = tuple(itertools.takewhile(lambda t: isinstance(t, str), hit.get("more_texts") or ()))
+    return Response(req.key, hit["text"], "ok", verdict_logprobs=hit.get("verdict_logprobs"), more_texts=more)
 
 
 def cache_value(model: str, out: Completion, logprobs: bool) -> dict:

@@ -182,9 +182,24 @@ def _manifest_or_preview(store: StorageLayout, rnd: str) -> RoundManifest:
 
 
 def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageLayout) -> list[Section]:
+    """The rounds' report: reward models, data sizes, judges, spend (and the truth, when given)."""
     names = [h["round"] for h in history]
     steps: list[RoundSteps] = [h["manifest"].steps for h in history]
     summaries: list[RoundSummary] = [h["manifest"].summary for h in history]
+    sections = [
+        _rm_section(names, steps, summaries, history),
+        _data_section(names, steps, summaries),
+        _judges_section(names, steps),
+        _spend_section(names, summaries),
+    ]
+    if truth is not None:
+        sections.append(_truth_section(names, truth, store))
+    return sections
+
+
+def _rm_section(
+    names: list[str], steps: list[RoundSteps], summaries: list[RoundSummary], history: list[dict]
+) -> Section:
     rm = Section(
         "Reward models on gold",
         "reward-models",
@@ -236,7 +251,10 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
             for i, (n, sm) in enumerate(zip(names, summaries))
         ],
     }
+    return rm
 
+
+def _data_section(names: list[str], steps: list[RoundSteps], summaries: list[RoundSummary]) -> Section:
     data = Section(
         "Gold, silver and the review queue",
         "sizes",
@@ -266,7 +284,10 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         "Pool pairs pulled by adaptive retrieval per round.",
         fig.sizes_over_rounds(names, {"retrieved": [st.retrieve.retrieved for st in steps]}, "Pool pairs retrieved"),
     )
+    return data
 
+
+def _judges_section(names: list[str], steps: list[RoundSteps]) -> Section:
     judges = Section(
         "Judges",
         "judges",
@@ -297,7 +318,10 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         )
     else:
         judges.note = "No annotators in these rounds."
+    return judges
 
+
+def _spend_section(names: list[str], summaries: list[RoundSummary]) -> Section:
     spend = Section(
         "Tokens and cost",
         "cost",
@@ -319,23 +343,24 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
             "Cost per round", "no cost: no annotator has prices (price_in_per_1k, price_out_per_1k in its connection)"
         ),
     )
-    sections = [rm, data, judges, spend]
-    if truth is not None:
-        reports = [round_report(store, n, truth) for n in names]
-        acc = {"value": [r.get("silver_added_accuracy_vs_truth") for r in reports]}
-        acc["low"] = acc["high"] = acc["value"]
-        t = Section(
-            "Against the synthetic truth",
-            "truth",
-            "Label accuracy of the silver each round added, from the hidden truth.",
-        )
-        t.add(
-            "silver_truth",
-            "Label accuracy of the silver added per round (synthetic truth).",
-            fig.accuracy_over_rounds(names, {"silver added": acc}, "Silver added: label accuracy (truth)"),
-        )
-        sections.append(t)
-    return sections
+    return spend
+
+
+def _truth_section(names: list[str], truth: pa.Table, store: StorageLayout) -> Section:
+    reports = [round_report(store, n, truth) for n in names]
+    acc = {"value": [r.get("silver_added_accuracy_vs_truth") for r in reports]}
+    acc["low"] = acc["high"] = acc["value"]
+    t = Section(
+        "Against the synthetic truth",
+        "truth",
+        "Label accuracy of the silver each round added, from the hidden truth.",
+    )
+    t.add(
+        "silver_truth",
+        "Label accuracy of the silver added per round (synthetic truth).",
+        fig.accuracy_over_rounds(names, {"silver added": acc}, "Silver added: label accuracy (truth)"),
+    )
+    return t
 
 
 def round_page(root: PathLike | StorageLayout, rnd: str, truth: pa.Table | None = None) -> Page:
@@ -371,7 +396,15 @@ def stage2_summary(run: Stage2Layout) -> dict:
 
 
 def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]:
+    """A stage-2 run's report: the funnel, the RM scores by decision, the quality estimates, the frontier and the
+    judging bill."""
     m = Stage2Manifest.read(run.manifest) if run.is_complete() else Stage2Preview.read(run.estimates)  # preview
+    sections = [_funnel_section(m), _scores_section(run, m.counts), _quality_section(run, m, truth)]
+    sections += [_frontier_section(m.frontier)] if m.frontier else []
+    return sections + ([_bill_section(m.judging)] if m.judging and m.judging.annotators else [])
+
+
+def _funnel_section(m: Stage2Manifest | Stage2Preview) -> Section:
     c = m.counts
     funnel = Section(
         "Where every input pair went",
@@ -390,6 +423,11 @@ def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]
         "rows": [[k, f"{v:,}", f"{v / c['input']:.1%}" if c["input"] else "—"] for k, v in stages[1:]]
         + [["routed to LLM judges", f"{routed:,}", f"{routed / decided:.1%} of decided" if decided else "—"]],
     }
+    return funnel
+
+
+def _scores_section(run: Stage2Layout, c: dict) -> Section:
+    routed, decided = c.get("routed_to_llm", 0), sum(c[d] for d in DECISIONS)
     summary = stage2_summary(run)
     edges = [i / HIST_BINS for i in range(HIST_BINS + 1)]
     scores = Section(
@@ -416,6 +454,10 @@ def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]
                 "Decisions per task category",
             ),
         )
+    return scores
+
+
+def _quality_section(run: Stage2Layout, m: Stage2Manifest | Stage2Preview, truth: pa.Table | None) -> Section:
     quality = Section(
         "Quality estimates",
         "quality",
@@ -452,8 +494,7 @@ def _stage2_sections(run: Stage2Layout, truth: pa.Table | None) -> list[Section]
         quality.add(
             "quality", "No estimates.", fig.message("Quality estimates", "no canaries in this run: no estimates")
         )
-    sections = [funnel, scores, quality] + ([_frontier_section(m.frontier)] if m.frontier else [])
-    return sections + ([_bill_section(m.judging)] if m.judging and m.judging.annotators else [])
+    return quality
 
 
 def _frontier_section(reachable: Frontier) -> Section:

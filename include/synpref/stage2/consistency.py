@@ -54,7 +54,7 @@ from synpref.models.reliability import (
 from synpref.models.reward_model import RewardModel
 from synpref.settings import RecyclePolicy, Stage2Config
 from synpref.stage2.frontier import GRID, keepable
-from synpref.stage2.recycle import recycle_policy_for, should_recycle
+from synpref.stage2.recycle import should_recycle
 
 Decision = Literal["kept", "recycled", "dropped"]
 SETTLED_REASONS = {
@@ -133,6 +133,7 @@ class RuleBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     registry: ClassVar[dict[str, type[RuleBase]]] = {}
     weighs_logprobs: ClassVar[bool] = False  # reads logprob verdicts' log-odds (judging in sequence asks again)
+    default_recycle: ClassVar[RecyclePolicy] = "both_rms_reject"  # what ``recycle_policy: rule_default`` means
     kind: str
 
     @classmethod
@@ -141,6 +142,17 @@ class RuleBase(BaseModel):
         default = cls.model_fields["kind"].default
         if isinstance(default, str):
             RuleBase.registry[default] = cls
+
+    @classmethod
+    def from_config(cls, cfg: Stage2Config, rnd: Any) -> RuleBase:
+        """The rule as a run's settings and its source round (``RoundLayout``) configure it: a rule that
+        ``decision_rule`` can select overrides it (``configured_rule``)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be configured from a run's settings")
+
+    @classmethod
+    def recycle_policy_of(cls, cfg: Stage2Config) -> RecyclePolicy:
+        """The run's ``recycle_policy``, ``rule_default`` resolved to this rule's ``default_recycle``."""
+        return cls.default_recycle if cfg.recycle_policy == "rule_default" else cfg.recycle_policy
 
     def fit(self, scores: list[dict], judgements: Mapping[str, dict] | None = None) -> RuleBase:
         """The rule fitted to a shard's scores (and, once judged, its judgements); nothing to fit by default."""
@@ -182,6 +194,10 @@ class PaperRule(RuleBase):
     kind: Literal["paper"] = "paper"
     band: float = 0.0
     recycle_policy: RecyclePolicy = "both_rms_reject"
+
+    @classmethod
+    def from_config(cls, cfg: Stage2Config, rnd: Any) -> PaperRule:
+        return cls(band=cfg.band, recycle_policy=cls.recycle_policy_of(cfg))
 
     def best_rm_agrees(self, p_best: float | None) -> bool:
         return p_best is not None and p_best > 0.5 + self.band
@@ -227,6 +243,7 @@ class ReliabilityRule(RuleBase):
 
     kind: Literal["reliability"] = "reliability"
     weighs_logprobs: ClassVar[bool] = True
+    default_recycle: ClassVar[RecyclePolicy] = "positive_evidence"
     rm_weights: dict[str, float]  # significant RMs only: calibrated logit = weight · reward difference
     judges: dict[str, dict] = {}  # per annotator: its reliability on the gold probe (``judges.json``)
     judge_shrink: float = 1.0  # the factor of every judge's summed evidence (older rounds)
@@ -242,6 +259,31 @@ class ReliabilityRule(RuleBase):
     prior: float = 0.5  # fitted: estimated share of right labels among the shard's scored pairs
     operating_precision: float | None = None  # fitted once judged: None = the target (``operating_point``)
     keep_threshold: float | None = None  # fitted once judged: None = the precision kept to
+
+    @classmethod
+    def from_config(cls, cfg: Stage2Config, rnd: Any) -> ReliabilityRule:
+        """With the round's calibration (``calibration.json``) and judge reliability (``judges.json``)."""
+        if not rnd.calibration.exists():
+            raise FileNotFoundError(
+                f"{rnd.calibration} is missing: round {rnd.name} predates the reliability rule; "
+                "re-run the round or choose decision_rule=paper"
+            )
+        weights = read_json(rnd.calibration)["joint_weights"]
+        judges = read_json(rnd.judges) if rnd.judges.exists() else {}
+        return cls(
+            rm_weights={k: v for k, v in weights.items() if v > 0},
+            judges=judges.get("annotators", {}),
+            judge_shrink=judges.get("shrink", 1.0),
+            judge_shrinks=judges.get("shrinks", []),
+            target_precision=cfg.target_precision,
+            recycle_policy=cls.recycle_policy_of(cfg),
+            min_confidence=cfg.min_confidence,
+            target_retention=cfg.target_retention,
+            precision_floor=cfg.precision_floor,
+            rm_only_confidence=cfg.rm_only_confidence,
+            keep_stop_confidence=cfg.keep_stop_confidence,
+            flip_stop_confidence=cfg.flip_stop_confidence,
+        )
 
     def fit(self, scores: list[dict], judgements: Mapping[str, dict] | None = None) -> ReliabilityRule:
         """The prior over the shard's scored pairs (from the RMs' evidence and, given judgements, the judges' on the
@@ -387,32 +429,9 @@ def _confidence(evidence: dict[str, float]) -> float:
 
 
 def configured_rule(cfg: Stage2Config, rnd: Any) -> RuleBase:
-    """The run's decision rule, with the round's calibration (``calibration.json``) and judge reliability
-    (``judges.json``) for the reliability rule; not yet fitted to a shard."""
-    policy = recycle_policy_for(cfg.decision_rule, cfg.recycle_policy)
-    if cfg.decision_rule == "paper":
-        return PaperRule(band=cfg.band, recycle_policy=policy)
-    if not rnd.calibration.exists():
-        raise FileNotFoundError(
-            f"{rnd.calibration} is missing: round {rnd.name} predates the reliability rule; "
-            "re-run the round or choose decision_rule=paper"
-        )
-    weights = read_json(rnd.calibration)["joint_weights"]
-    judges = read_json(rnd.judges) if rnd.judges.exists() else {}
-    return ReliabilityRule(
-        rm_weights={k: v for k, v in weights.items() if v > 0},
-        judges=judges.get("annotators", {}),
-        judge_shrink=judges.get("shrink", 1.0),
-        judge_shrinks=judges.get("shrinks", []),
-        target_precision=cfg.target_precision,
-        recycle_policy=policy,
-        min_confidence=cfg.min_confidence,
-        target_retention=cfg.target_retention,
-        precision_floor=cfg.precision_floor,
-        rm_only_confidence=cfg.rm_only_confidence,
-        keep_stop_confidence=cfg.keep_stop_confidence,
-        flip_stop_confidence=cfg.flip_stop_confidence,
-    )
+    """The run's decision rule (``decision_rule``: a rule class's ``kind``), configured by its settings and the
+    source round; not yet fitted to a shard."""
+    return RuleBase.registry[cfg.decision_rule].from_config(cfg, rnd)
 
 
 @dataclass(frozen=True)

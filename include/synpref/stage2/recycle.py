@@ -4,8 +4,8 @@ Policies (``recycle_policy``): ``positive_evidence`` (the reliability rule's def
 confidence in the flipped label reaches the target and the judges disagree with the stored label;
 ``both_rms_reject`` (the paper rule's default, the seed summary's rule): flip pairs that BOTH reward
 models reject (p_best < 0.5 and p_gold < 0.5); ``all_discarded`` (the paper's text): flip every
-discarded pair; ``rule_default``: the decision rule's own default. Flipped pairs keep their pair_id,
-get ``flipped`` toggled and provenance ``recycled``.
+discarded pair; ``rule_default``: the decision rule's own default (its ``default_recycle``). Flipped pairs keep
+their pair_id, get ``flipped`` toggled and provenance ``recycled``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,7 @@ from __future__ import annotations
 from typing import get_args
 
 from synpref.schema import flip
-from synpref.settings import DecisionRuleName, RecyclePolicy
-
-RULE_DEFAULT_POLICY: dict[str, RecyclePolicy] = {"reliability": "positive_evidence", "paper": "both_rms_reject"}
-
-
-def recycle_policy_for(rule: DecisionRuleName, policy: RecyclePolicy) -> RecyclePolicy:
-    """The policy a rule uses: ``rule_default`` resolved to the rule's own default."""
-    return RULE_DEFAULT_POLICY[rule] if policy == "rule_default" else policy
+from synpref.settings import RecyclePolicy
 
 
 def should_recycle(p_best: float, p_gold: float, policy: RecyclePolicy) -> bool:
