@@ -33,8 +33,10 @@ Every knob has one home. A **run setting** is declared once in `include/synpref/
 form (param `name`) and the CLI (`--name` with `-` for `_`) are derived from it. An **annotator setting** is a
 field of `AnnotatorConfig`: a key of the CLI's annotators YAML, or of an Airflow connection's extra. A
 **deployment setting** is an environment variable of the scheduler and workers. A run records the values it used
-(its manifest's `config`), and where a value is adjusted to stay consistent (say, `min_confidence` above the
-target) the recorded value is the one used.
+(its manifest's `config`); where a value is adjusted to stay consistent (say, `min_confidence` above the
+target), the manifest's `adjusted` lists the value given and the value used. In the trigger form (Airflow 3.3) every
+named section starts collapsed; the reliability rule's secondary thresholds have a section of their own
+("Advanced: decision thresholds").
 """
 
 

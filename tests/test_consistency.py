@@ -173,6 +173,11 @@ def test_the_settings_record_the_confidences_the_rule_uses():
     cfg = Stage2Config(target_precision=0.99, min_confidence=0.995, rm_only_confidence=0.98)
     assert (cfg.min_confidence, cfg.rm_only_confidence) == (0.99, 0.99)
     assert cfg.model_dump()["min_confidence"] == 0.99
+    assert cfg.adjusted() == {  # recorded in the run's manifest beside the effective config: no silent rewrite
+        "min_confidence": {"given": 0.995, "effective": 0.99},
+        "rm_only_confidence": {"given": 0.98, "effective": 0.99},
+    }
+    assert Stage2Config().adjusted() == {}
 
 
 SHARD = [_scores(4.0, 4.0, "sure"), _scores(0.2, 0.1, "unsure"), _scores(-4.0, -4.0, "wrong")]

@@ -369,3 +369,4 @@ class Stage2Manifest(Record):
     dataset_card: str
     judging: JudgingBill | None = None
     frontier: Frontier | None = None
+    adjusted: dict[str, dict[str, Any]] | None = None  # settings given one value, used another (given, effective)

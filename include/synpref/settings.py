@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -53,6 +53,9 @@ SECTION_RETRIEVAL = "Adaptive retrieval"
 SECTION_ANNOTATION = "LLM annotation"
 SECTION_RM = "Reward models"
 SECTION_CONSISTENCY = "Consistency filtering"
+# the trigger form (Airflow 3.3) shows every named section collapsed: the secondary thresholds of the reliability
+# rule have their own, so that "Consistency filtering" holds only what a run usually sets
+SECTION_ADVANCED = "Advanced: decision thresholds"
 
 
 def setting(
@@ -390,7 +393,7 @@ class Stage2Config(AnnotateSettings):
         ge=0.5,
         le=0.9999,
         title="Confidence to skip the judges",
-        section=SECTION_CONSISTENCY,
+        section=SECTION_ADVANCED,
         description="reliability rule: the RMs alone decide a pair (no judge call) only at or above this "
         "confidence (never below the target). Their calibration comes from gold, which need not look like "
         "in-the-wild data, so this bar is stricter than the target.",
@@ -400,7 +403,7 @@ class Stage2Config(AnnotateSettings):
         ge=0.5,
         le=0.9999,
         title="Confidence to stop judging a keep",
-        section=SECTION_CONSISTENCY,
+        section=SECTION_ADVANCED,
         description="reliability rule, judges in sequence: a pair stops getting votes for its label only at this "
         "confidence (never below the target); the decision still keeps at the fitted keep threshold. Stopping at "
         "the target itself asks fewest requests, but its kept pairs sit at the target while fixed sampling's "
@@ -411,7 +414,7 @@ class Stage2Config(AnnotateSettings):
         ge=0.5,
         le=0.9999,
         title="Confidence to stop judging a flip",
-        section=SECTION_CONSISTENCY,
+        section=SECTION_ADVANCED,
         description="reliability rule, judges in sequence: a pair headed for a flip stops getting votes only at "
         "this confidence in the flipped label (never below the target); the decision still flips at the target. "
         "Stricter than a keep's: a flip rests on the judges alone, whose errors gather on hard pairs.",
@@ -438,7 +441,7 @@ class Stage2Config(AnnotateSettings):
         ge=0.5,
         le=0.999,
         title="Minimum pair confidence",
-        section=SECTION_CONSISTENCY,
+        section=SECTION_ADVANCED,
         description="reliability rule: no pair is kept below this confidence, even when the kept set's "
         "expected precision would still reach the target (at most the target).",
     )
@@ -458,7 +461,7 @@ class Stage2Config(AnnotateSettings):
         ge=0.5,
         le=0.999,
         title="Precision floor of the fallback",
-        section=SECTION_CONSISTENCY,
+        section=SECTION_ADVANCED,
         description="reliability rule: the lowest estimated precision the retention fallback keeps at (at most "
         "the target). Nothing reaches it: the run publishes what reaches the target and says what was reachable.",
     )
@@ -480,18 +483,31 @@ class Stage2Config(AnnotateSettings):
         "rule, both_rms_reject for the paper rule.",
     )
     shard_size: int = SHARD_SIZE
+    _given: dict[str, float] = PrivateAttr(default_factory=dict)  # what ``_effective_confidences`` changed
 
     @model_validator(mode="after")
     def _effective_confidences(self) -> Stage2Config:
         """The values the reliability rule uses, recorded as such: ``min_confidence`` and ``precision_floor`` are at
         most the target, ``rm_only_confidence`` at least the target (the RMs alone never decide below what judging
         must reach), and so are the confidences at which judging in sequence stops."""
-        object.__setattr__(self, "min_confidence", min(self.min_confidence, self.target_precision))
-        object.__setattr__(self, "precision_floor", min(self.precision_floor, self.target_precision))
-        object.__setattr__(self, "rm_only_confidence", max(self.rm_only_confidence, self.target_precision))
-        for name in ("keep_stop_confidence", "flip_stop_confidence"):
-            object.__setattr__(self, name, max(getattr(self, name), self.target_precision))
+        effective = {
+            "min_confidence": min(self.min_confidence, self.target_precision),
+            "precision_floor": min(self.precision_floor, self.target_precision),
+            **{
+                name: max(getattr(self, name), self.target_precision)
+                for name in ("rm_only_confidence", "keep_stop_confidence", "flip_stop_confidence")
+            },
+        }
+        for name, value in effective.items():
+            if value != getattr(self, name):
+                self._given.setdefault(name, getattr(self, name))
+                object.__setattr__(self, name, value)
         return self
+
+    def adjusted(self) -> dict[str, dict[str, float]]:
+        """The settings given one value and used another (``_effective_confidences``): recorded in the run's
+        manifest beside the effective config, so no value is rewritten silently."""
+        return {name: {"given": given, "effective": getattr(self, name)} for name, given in self._given.items()}
 
 
 # --- annotators: one per LLM judge (the CLI's YAML file; in DAGs, an Airflow connection and its extra) ---

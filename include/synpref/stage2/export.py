@@ -226,6 +226,7 @@ def step_export(ctx: Stage2Run, counts: dict, params: dict | None = None, date: 
         dataset_card=run.dataset_card.name,
         **({"judging": judging} if judging is not None else {}),
         **({"frontier": preview.frontier} if preview.frontier is not None else {}),
+        **({"adjusted": cfg.adjusted()} if cfg.adjusted() else {}),
     )
     manifest.write(run.manifest)
     return manifest
