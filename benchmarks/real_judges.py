@@ -156,6 +156,7 @@ def run_world(name: str, profiles: dict, work: Path, targets: list[float]) -> li
                         "kept at (est.)": shards[0]["fitted"].get("operating_precision") if shards else None,
                         "kept": c["kept"],
                         "kept acc": acc["kept"],
+                        "kept posterior": frontier.get("kept_posterior"),
                         "canary kept precision": _interval(canary),
                         "retention": _retention(out, wild_truth),
                         "recycled": c["recycled"],

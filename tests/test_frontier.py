@@ -120,3 +120,16 @@ def test_a_fallback_is_one_line_naming_the_shards_and_the_precision():
         "2 of 3 shards kept at an estimated precision of 0.90–0.95, not the target 0.98: at the target they would "
         "hold less than 30% of their estimated right labels (target_retention)"
     )
+
+
+def test_the_canaries_check_the_precision_the_posteriors_claim():
+    from synpref.records import Interval
+    from synpref.stage2.frontier import posterior_check
+
+    assert posterior_check(None, Interval(estimate=0.9, ci_low=0.8, ci_high=0.95)) is None
+    assert posterior_check(0.97, None) is None
+    inside = posterior_check(0.93, Interval(estimate=0.9, ci_low=0.8, ci_high=0.95))
+    assert inside.endswith("inside their interval") and "0.930" in inside
+    over = posterior_check(0.99, Interval(estimate=0.85, ci_low=0.75, ci_high=0.92))
+    assert "err together" in over and "trust the canaries" in over
+    assert "conservative" in posterior_check(0.7, Interval(estimate=0.95, ci_low=0.9, ci_high=0.99))

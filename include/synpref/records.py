@@ -339,6 +339,7 @@ class Frontier(Record):
     points: list[FrontierPoint]
     reason: str | None = None  # the run kept and flipped nothing by its rule: why, and what was reachable
     fallback: str | None = None  # shards that kept below the target to hold ``target_retention``: which, and at what
+    kept_posterior: Number | None = None  # the mean posterior of the kept pairs: their precision as the model sees it
 
 
 class Stage2Preview(Record):

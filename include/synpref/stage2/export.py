@@ -39,7 +39,7 @@ from synpref.records import (
 from synpref.settings import Stage2Config
 from synpref.stage2.canaries import estimates
 from synpref.stage2.context import Stage2Run
-from synpref.stage2.frontier import fallback_line, frontier
+from synpref.stage2.frontier import fallback_line, frontier, posterior_check
 
 QUARANTINED_SCHEMA = pa.schema(
     [
@@ -189,7 +189,10 @@ def run_frontier(run: Stage2Layout, shards: list[ShardLayout], cfg: Stage2Config
         if s.success.exists()
     ]
     fallback = fallback_line(kept_at, cfg.target_precision, cfg.target_retention)
-    return reachable.model_copy(update={"fallback": fallback}) if reachable.pairs else None
+    kept = [r["confidence"] for r in rows if r["decision"] == "kept" and r["confidence"] is not None]
+    posterior = round(sum(kept) / len(kept), 6) if kept else None
+    update = {"fallback": fallback, "kept_posterior": posterior}
+    return reachable.model_copy(update=update) if reachable.pairs else None
 
 
 def step_export(ctx: Stage2Run, counts: dict, params: dict | None = None, date: str = "") -> Stage2Manifest:
@@ -206,7 +209,7 @@ def step_export(ctx: Stage2Run, counts: dict, params: dict | None = None, date: 
         recycle_policy=cfg.recycle_policy,
         band=cfg.band,
         quality=quality_lines(quality),
-        frontier=frontier_lines(preview.frontier),
+        frontier=frontier_lines(preview.frontier, quality),
         judging=bill_line(judging),
         date=date,
         params=json.dumps(params or cfg.model_dump(), sort_keys=True, default=str),
@@ -232,12 +235,14 @@ def step_export(ctx: Stage2Run, counts: dict, params: dict | None = None, date: 
     return manifest
 
 
-def frontier_lines(reachable: Frontier | None) -> str:
-    """The frontier as a Markdown table of the dataset card (with the reason when the run published nothing)."""
+def frontier_lines(reachable: Frontier | None, quality: QualityEstimates | None = None) -> str:
+    """The frontier as a Markdown table of the dataset card (with the reason when the run published nothing, the
+    fallback when shards kept below the target, and the canaries' check of the kept pairs' posteriors)."""
     if reachable is None:
         return "Not estimated: the decision rule gives no calibrated posteriors (the paper rule)."
     rows = "\n".join(f"| {p.precision:.2f} | {p.kept} | {p.recycled} |" for p in reachable.points)
-    why = "".join(f"**{line}.**\n\n" for line in (reachable.reason, reachable.fallback) if line)
+    check = posterior_check(reachable.kept_posterior, quality.kept_precision if quality else None)
+    why = "".join(f"**{line}.**\n\n" for line in (reachable.reason, reachable.fallback, check) if line)
     return (
         f"{why}Estimated from the calibrated posteriors of {reachable.pairs} decided pairs (the model's; the canaries "
         f"above check them). This run's target: {reachable.target:.2f}.\n\n"

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from synpref.records import Frontier, FrontierPoint
+from synpref.records import Frontier, FrontierPoint, Interval
 
 GRID = (0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 
@@ -63,6 +63,25 @@ def frontier(
     ]
     return Frontier(
         pairs=len(rows), target=target, points=points, reason=_reason(points, target) if not curated else None
+    )
+
+
+def posterior_check(kept_posterior: float | None, canary: Interval | None) -> str | None:
+    """The frontier checked where the canaries can check it: the kept pairs' mean posterior (the precision the
+    model claims for them) against the blind canaries' measured kept precision. None without both."""
+    if kept_posterior is None or canary is None or canary.estimate is None:
+        return None
+    inside = (canary.ci_low or 0.0) <= kept_posterior <= (canary.ci_high or 1.0)
+    verdict = (
+        "inside their interval"
+        if inside
+        else "outside their interval: the judges err together more than the model assumes, so trust the canaries"
+        if kept_posterior > (canary.ci_high or 1.0)
+        else "outside their interval (the model is conservative here)"
+    )
+    return (
+        f"The kept pairs' posteriors claim a precision of {kept_posterior:.3f}; the blind canaries measure "
+        f"{canary.estimate:.3f} [{canary.ci_low or 0:.3f}, {canary.ci_high or 0:.3f}], {verdict}"
     )
 
 
