@@ -72,7 +72,7 @@ def test_gpu_benchmark_without_a_gpu_says_it_measured_none(tmp_path, monkeypatch
 def test_scoring_benchmark_compares_three_paths_at_one_length(tmp_path):
     import scoring_speed
 
-    out = scoring_speed.main(["--pairs", "4", "--repeats", "1", "--lengths", "256"])
+    out = scoring_speed.main(["--pairs", "4", "--repeats", "1", "--settings", "encoder-256"])
     paths = {name.split(" / ")[1] for name in out}  # the rates are benchmark results, not asserted here
     assert paths == {"one pair at a time", "plain HF batching (32)", "project (token budget, sorted)"}
     assert "plain HF batching" in (tmp_path / "scoring.md").read_text()

@@ -87,6 +87,59 @@ def test_decoder_rms_train_and_score_through_the_production_code(backbone, rows,
     assert np.allclose(one_at_a_time.reward_diff(rows[32:]), table.column("reward_diff").to_numpy(), atol=0.05)
 
 
+def _saved_rm(backbone: str, directory, max_length: int = 4096):
+    """A project RM directory around a (random) backbone, as training leaves it."""
+    import json
+    import shutil
+
+    shutil.copytree(backbone, directory / "model")
+    cfg = RMConfig(mode="full", backbone=backbone, max_length=max_length)
+    (directory / "rm_config.json").write_text(json.dumps(cfg.model_dump()))
+    return directory
+
+
+def test_shared_prefix_scoring_equals_plain_scoring(backbone, rows, tmp_path, monkeypatch):
+    """Decoder RMs encode a pair's conversation once and score both responses from its keys and values: the
+    rewards equal two plain sequences' (fp32 on CPU: to rounding), with pairs of every shape — long shared
+    multi-turn conversations, one response a prefix of the other, batches of mixed prefix lengths, and pairs too
+    short to share (scored plainly)."""
+    from synpref.models import shared_prefix
+
+    monkeypatch.setenv("SYNPREF_DEVICE", "cpu")
+    long_turns = [
+        {**MULTI_TURN, "pair_id": f"long-{i}", "conversation": MULTI_TURN["conversation"] * (i + 1)} for i in range(5)
+    ]
+    prefix_of = {**MULTI_TURN, "pair_id": "prefix-of", "rejected": MULTI_TURN["chosen"] + " And thirteen."}
+    short = {
+        "pair_id": "short",
+        "conversation": [{"role": "user", "content": "Hi"}],
+        "chosen": "Yes",
+        "rejected": "No",
+    }
+    pairs = rows[:12] + long_turns + [prefix_of, short]
+    rm_dir = _saved_rm(backbone, tmp_path)
+    tok, model = load_backbone(str(rm_dir / "model"))
+    assert shared_prefix.applies(model)
+    chosen, rejected = (tokenize_side(tok, pairs, side, 4096)[0] for side in ("chosen", "rejected"))
+    lengths = [shared_prefix.shared_length(c, r, tok.pad_token_id) for c, r in zip(chosen, rejected)]
+    assert min(lengths) < shared_prefix.MIN_SHARED <= max(lengths)  # both paths are taken
+    # the scoring precision (bf16 where the CPU has it): equal within bf16 rounding, as batching already is
+    shared, plain = RewardModel(rm_dir, budget=600), RewardModel(rm_dir, shared_prefix=False)
+    assert np.abs(shared.reward_diff(pairs) - plain.reward_diff(pairs)).max() < 0.01
+    # fp32: equal to float rounding
+    monkeypatch.setattr("synpref.models.reward_model.bf16_on", lambda device: False)
+    shared, plain = RewardModel(rm_dir, budget=600), RewardModel(rm_dir, shared_prefix=False)
+    assert np.abs(shared.reward_diff(pairs) - plain.reward_diff(pairs)).max() < 1e-5
+
+
+def test_encoders_keep_the_plain_path():
+    from synpref.models import shared_prefix
+    from synpref.models.reward_model import resolved_backbone
+
+    _, model = load_backbone(resolved_backbone(RMConfig()))
+    assert not shared_prefix.applies(model)
+
+
 def test_token_batches_respect_the_budget_and_keep_every_sequence():
     lengths = [5, 300, 40, 41, 7, 1000, 39]
     batches = token_batches(lengths, budget=100)

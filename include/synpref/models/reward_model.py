@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from synpref.io.storage import PathLike, as_path, cleanup, download_dir, local_scratch, read_json, upload_dir
+from synpref.models import shared_prefix
 from synpref.models.device import (
     bf16_on,
     in_launched_process,
@@ -434,8 +435,11 @@ class RewardModel:
     It runs on ``device`` (default: the worker's ``SYNPREF_DEVICE``; ``self.device`` is the resolved one)
     and counts the pairs whose input was cut to the RM's ``max_length`` in ``self.truncated``."""
 
-    def __init__(self, rm_dir: PathLike, device: str | None = None, budget: int | None = None):
+    def __init__(
+        self, rm_dir: PathLike, device: str | None = None, budget: int | None = None, shared_prefix: bool = True
+    ):
         self.dir = as_path(rm_dir)
+        self.shared_prefix = shared_prefix  # decoder RMs: encode a pair's conversation once (``shared_prefix``)
         cfg = read_json(self.dir / "rm_config.json")
         self.cfg = RMConfig(**cfg)
         self.device = resolve_device(device)
@@ -483,6 +487,12 @@ class RewardModel:
             chosen, cut_c = tokenize_side(self._tok, rows, "chosen", self.cfg.max_length)
             rejected, cut_r = tokenize_side(self._tok, rows, "rejected", self.cfg.max_length)
             self.truncated += sum(a or b for a, b in zip(cut_c, cut_r))
+            if self.shared_prefix and shared_prefix.applies(model):
+                pad = self._tok.pad_token_id or 0
+                c, r = shared_prefix.score_pairs(
+                    model, chosen, rejected, pad, self.device, self.token_budget, self.score_ids
+                )
+                return c - r
             both = self.score_ids(chosen + rejected)
         return both[: len(rows)] - both[len(rows) :]
 
