@@ -196,13 +196,15 @@ def review_server(project: str | None = None):
 
 
 class SignOff(ApprovalOperator):
-    """An optional approval step (Airflow's HITL ``ApprovalOperator``): it waits only when the run's ``sign_off``
-    param is on; a timeout decides per ``sign_off_on_timeout``; a rejection skips what follows (nothing is
+    """An optional approval step (Airflow's HITL ``ApprovalOperator``): it waits when the run's ``sign_off``
+    param is on, or when ``required(context)`` gives a reason (a regressing RM); a timeout decides per
+    ``sign_off_on_timeout``; a rejection skips what follows (nothing is
     published). The body (markdown, templated) shows the numbers and the report link."""
 
-    def __init__(self, on_reject=None, **kwargs) -> None:
+    def __init__(self, on_reject=None, required=None, **kwargs) -> None:
         super().__init__(defaults=ApprovalOperator.REJECT, **kwargs)
         self.on_reject = on_reject  # called with the context and the response when rejected (or timed out so)
+        self.required = required  # context → why this run must wait whatever ``sign_off`` says (None: it need not)
 
     def execute_complete(self, context, event):
         result = super().execute_complete(context, event)
@@ -212,9 +214,12 @@ class SignOff(ApprovalOperator):
 
     def execute(self, context):
         params = context["params"]
-        if not params.get("sign_off"):
+        required = self.required(context) if self.required is not None else None
+        if not params.get("sign_off") and not required:
             self.log.info("sign-off is off for this run: approved without waiting")
             return {"chosen_options": [self.APPROVE], "params_input": {}, "responded_by_user": None}
+        if required:
+            self.log.warning("sign-off required: %s", required)
         self.defaults = [self.APPROVE if params["sign_off_on_timeout"] == "approve" else self.REJECT]
         self.response_timeout = timedelta(hours=float(params["sign_off_timeout_hours"]))
         return super().execute(context)

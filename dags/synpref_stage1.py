@@ -178,6 +178,13 @@ def synpref_stage1():
         store, rnd, _ = _round(params, dag_run)
         return step_evaluate(store, rnd)
 
+    @task(queue=TRAIN_QUEUE, pool=RM_POOL)
+    def score_rm_benchmarks(evaluation: dict, params: dict | None = None, dag_run=None) -> dict:
+        from synpref.stage1.steps import step_rm_benchmarks
+
+        store, rnd, cfg = _round(params, dag_run)
+        return step_rm_benchmarks(store, rnd, cfg.benchmark_uris)
+
     @task
     def adaptive_retrieval(evaluation: dict, embedded: list[dict], params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1.steps import step_retrieve
@@ -216,12 +223,14 @@ def synpref_stage1():
         return {"round": rnd, "manifest": str(store.round(rnd).manifest), **manifest.summary.dump()}
 
     @task
-    def write_report(merged: dict, params: dict | None = None, dag_run=None) -> dict:
+    def write_report(merged: dict, benchmarks: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.reporting.report import round_sign_off, write_round_report
+        from synpref.stage1.steps import sign_off_required
 
-        store, rnd, _ = _round(params, dag_run)
+        store, rnd, cfg = _round(params, dag_run)
         uri = write_round_report(store, rnd)
-        return {"uri": uri, "sign_off": round_sign_off(store, rnd, uri)}
+        required = sign_off_required(store, rnd, cfg)
+        return {"uri": uri, "sign_off": round_sign_off(store, rnd, uri, required), "required": required}
 
     @task
     def pull_verifications(params: dict | None = None, dag_run=None) -> dict:
@@ -258,10 +267,11 @@ def synpref_stage1():
     evaluation = evaluate_on_gold(train_best_rm(intake), train_gold_rm(intake))
     retrieval = adaptive_retrieval(evaluation, embedded)
     annotations = annotate.expand(conn_id=annotator_ids(retrieval))
-    report = write_report(merge_silver_and_review_queue(annotations))
+    report = write_report(merge_silver_and_review_queue(annotations), score_rm_benchmarks(evaluation))
     gate = SignOff(
         task_id="sign_off_silver",
         on_reject=_mark_rejected,
+        required=lambda context: context["ti"].xcom_pull(task_ids="write_report").get("required"),
         subject="Publish the silver of round {{ dag_run.logical_date | ds }}?",
         body="{{ ti.xcom_pull(task_ids='write_report')['sign_off'] }}",
     )

@@ -91,6 +91,7 @@ PLACEHOLDERS = {
     "index": 0,
     "key": "<key>",
     "kind": "*",
+    "benchmark": "<benchmark>",
 }
 
 

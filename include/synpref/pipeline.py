@@ -13,9 +13,11 @@ from synpref.io.layout import StorageLayout, layout
 from synpref.io.preprocess import map_items
 from synpref.io.storage import PathLike, WriterLock, as_path
 from synpref.llm.client import AnnotatorConfig
+from synpref.progress import log
 from synpref.reporting.report import write_round_report, write_stage2_report
 from synpref.settings import Stage1Config, Stage2Config
 from synpref.stage1.steps import (
+    sign_off_required,
     step_annotate,
     step_attributes,
     step_embed_shard,
@@ -24,6 +26,7 @@ from synpref.stage1.steps import (
     step_merge,
     step_publish,
     step_retrieve,
+    step_rm_benchmarks,
     step_train,
 )
 from synpref.stage2.steps import (
@@ -65,10 +68,14 @@ def run_round(
         step_train(store, rnd, "best", cfg)
         step_train(store, rnd, "gold", cfg)
         step_evaluate(store, rnd)
+        step_rm_benchmarks(store, rnd, cfg.benchmark_uris)
         step_retrieve(store, rnd, cfg)
         for a in annotators:
             step_annotate(store, rnd, a, cfg, len(annotators))
         step_merge(store, rnd, [a.name for a in annotators], cfg)
+        required = sign_off_required(store, rnd, cfg)
+        if required:  # in process there is no one to ask: say so loudly (the DAG waits for a human)
+            log.warning("round %s: %s (the DAG would wait for a sign-off; published anyway)", rnd, required)
         manifest = step_publish(store, rnd, params)
         return {**manifest.dump(), "report": write_round_report(store, rnd)}
     finally:

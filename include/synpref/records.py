@@ -183,6 +183,28 @@ class MergeRecord(OpenRecord):
     silver_estimated_precision: Number | None = None  # the model's precision of this round's new silver pairs
 
 
+class BenchmarkScore(Record):
+    """One public RM benchmark scored in a round (``models.rm_benchmarks``): accuracy with Wilson intervals overall
+    and per subset (RewardBench's section scores where its subsets are named) for both RMs, and the best RM's paired
+    difference to the previous round's best RM on the same pairs (bootstrap interval)."""
+
+    uri: str
+    pairs: int
+    skipped: int
+    best_rm: dict[str, Any]
+    gold_rm: dict[str, Any]
+    previous_round: str | None = None
+    vs_previous: dict[str, Number] | None = None  # difference, ci_low, ci_high (best RM, this round − previous)
+    regressed: bool = False  # the whole interval of that difference is below 0
+
+
+class RMBenchmarksRecord(Record):
+    """``steps/rm_benchmarks.json``: every configured benchmark's scores, and which regressed."""
+
+    benchmarks: dict[str, BenchmarkScore] = {}
+    regressed: list[str] = []
+
+
 class RoundSteps(Record):
     """Every step's record of a round (``steps/<step>.json``)."""
 
@@ -192,6 +214,7 @@ class RoundSteps(Record):
     evaluate: EvaluateRecord
     retrieve: RetrieveRecord
     merge: MergeRecord
+    rm_benchmarks: RMBenchmarksRecord | None = None  # rounds with benchmarks configured (``rm_benchmarks``)
 
 
 class JudgeSummary(Record):

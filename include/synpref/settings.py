@@ -349,8 +349,28 @@ class Stage1Config(AnnotateSettings):
         description="First round only, when the root has no seed/silver: unverified pool pairs (a seeded "
         "sample, at most half the pool) the best RM first trains on, as the paper's seed is unverified data.",
     )
+    rm_benchmarks: str | None = setting(
+        None,
+        title="RM benchmarks",
+        section=SECTION_RM,
+        description="Public RM benchmark files or URIs, comma-separated (RewardBench: prompt/chosen/rejected/subset; "
+        "JudgeBench-style: question/response_A/response_B/label; any pair format the readers take): both RMs are "
+        "scored on them every round (accuracy with intervals, per subset; RewardBench's sections), compared with "
+        "the previous round's. Empty: none.",
+    )
+    benchmark_gate: bool = setting(
+        True,
+        title="Sign-off when an RM benchmark regresses",
+        section=SECTION_RM,
+        description="A round whose best RM is worse than the previous round's on a benchmark (the whole paired "
+        "interval below 0) waits for a human sign-off before it publishes, even when sign_off is off.",
+    )
     rm: RMConfig = nested(RMConfig, prefix="rm_")
     validation_fraction: float = 0.2
+
+    @property
+    def benchmark_uris(self) -> list[str]:
+        return [u.strip() for u in (self.rm_benchmarks or "").split(",") if u.strip()]
 
     @property
     def rm_config(self) -> RMConfig:

@@ -157,6 +157,10 @@ class RoundLayout(_Directory):
     def gold_eval_metrics(self) -> Any:
         return self.dir / "gold_eval_metrics.json"
 
+    def rm_benchmark(self, benchmark: str) -> Any:
+        """Per pair of a public RM benchmark: its subset and whether the best RM and the gold RM ranked it right."""
+        return self.dir / "rm_benchmarks" / f"{benchmark}.parquet"
+
     @property
     def calibration(self) -> Any:
         """Both RMs' temperature, reliability on held-out gold, ECE/Brier before and after, joint weights."""

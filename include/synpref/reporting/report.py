@@ -192,9 +192,65 @@ def _round_sections(history: list[dict], truth: pa.Table | None, store: StorageL
         _judges_section(names, steps),
         _spend_section(names, summaries),
     ]
+    if any(st.rm_benchmarks and st.rm_benchmarks.benchmarks for st in steps):
+        sections.insert(1, _benchmarks_section(names, steps))
     if truth is not None:
         sections.append(_truth_section(names, truth, store))
     return sections
+
+
+def _benchmarks_section(names: list[str], steps: list[RoundSteps]) -> Section:
+    """Both RMs of every round on the public RM benchmarks, and the last round's change against the one before."""
+    section = Section(
+        "Reward models on public RM benchmarks",
+        "rm-benchmarks",
+        "Accuracy (r(chosen) > r(rejected)) of the best RM and the gold RM on each configured benchmark, with 95% "
+        "Wilson intervals; RewardBench's score where its subsets are named; the best RM's paired difference to the "
+        "previous round's on the same pairs (95% bootstrap interval). A regression beyond the interval asks for a "
+        "sign-off (``benchmark_gate``).",
+    )
+    benches = sorted({b for st in steps if st.rm_benchmarks for b in st.rm_benchmarks.benchmarks})
+    series: dict[str, dict[str, list]] = {}
+    for bench in benches:
+        for rm in ("best_rm", "gold_rm"):
+            cells = [
+                getattr(st.rm_benchmarks.benchmarks[bench], rm)["overall"]
+                if st.rm_benchmarks and bench in st.rm_benchmarks.benchmarks
+                else None
+                for st in steps
+            ]
+            series[f"{bench}, {rm.replace('_', ' ')}"] = {
+                k: [c[f] if c else None for c in cells]
+                for k, f in (("value", "accuracy"), ("low", "ci_low"), ("high", "ci_high"))
+            }
+    section.add(
+        "rm_benchmarks",
+        "RM accuracy on the public benchmarks over rounds (95% intervals).",
+        fig.accuracy_over_rounds(names, series, "Reward models on public RM benchmarks"),
+    )
+    last = steps[-1].rm_benchmarks
+    rows = []
+    for bench, b in sorted((last.benchmarks if last else {}).items()):
+        vs = b.vs_previous
+        change = (
+            f"{vs['difference']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}] vs {b.previous_round}" if vs else "—"
+        )
+        rb = b.best_rm.get("rewardbench")
+        rows.append(
+            [
+                bench,
+                b.pairs,
+                fmt(b.best_rm["overall"]["accuracy"]),
+                fmt(b.gold_rm["overall"]["accuracy"]),
+                fmt(rb["score"]) if rb else "—",
+                change + (" (regressed)" if b.regressed else ""),
+            ]
+        )
+    section.table = {
+        "header": ["benchmark", "pairs", "best RM", "gold RM", "RewardBench score (best RM)", "best RM change"],
+        "rows": rows,
+    }
+    return section
 
 
 def _rm_section(
@@ -616,8 +672,9 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {fmt(v) if not isinstance(v, str) else v} |" for k, v in rows)
 
 
-def round_sign_off(store: StorageLayout, rnd: str, report_uri: str) -> str:
-    """Markdown for the "publish this round's silver?" approval: the round's numbers and its report."""
+def round_sign_off(store: StorageLayout, rnd: str, report_uri: str, required: str | None = None) -> str:
+    """Markdown for the "publish this round's silver?" approval: the round's numbers and its report (and why it
+    is required, when a regression requires it)."""
     s = _manifest_or_preview(store, rnd).summary
     rows = [
         ("gold (human-verified, cumulative)", s.gold),
@@ -629,10 +686,12 @@ def round_sign_off(store: StorageLayout, rnd: str, report_uri: str) -> str:
         ("LLM cost (USD)", s.cost_usd),
         ("warnings", "; ".join(s.warnings) or "none"),
     ]
+    why = f"**Sign-off required: {required}.**\n\n" if required else ""
     return (
-        f"### Publish the silver of round {rnd}?\n\n{_table(rows)}\n\nReport: `{report_uri}` (also under Browse → "
-        "Curation, and this run's *Curation report* tab).\n\n**Approve** publishes the round (its manifest and "
-        "the Asset events stage 2 listens to). **Reject** leaves it unpublished: the next round reads the one before."
+        f"### Publish the silver of round {rnd}?\n\n{why}{_table(rows)}\n\nReport: `{report_uri}` (also under "
+        "Browse → Curation, and this run's *Curation report* tab).\n\n**Approve** publishes the round (its manifest "
+        "and the Asset events stage 2 listens to). **Reject** leaves it unpublished: the next round reads the one "
+        "before."
     )
 
 

@@ -56,6 +56,7 @@ from synpref.models.reliability import (
     sigmoid,
 )
 from synpref.models.reward_model import RewardModel, evaluate, train_reward_model
+from synpref.models.rm_benchmarks import load_benchmark, paired_difference, summarize
 from synpref.progress import log, shard_position
 from synpref.records import (
     EvaluateRecord,
@@ -63,11 +64,12 @@ from synpref.records import (
     MergeRecord,
     Record,
     RetrieveRecord,
+    RMBenchmarksRecord,
     RoundManifest,
     TrainRecord,
 )
 from synpref.schema import ATTRIBUTE_FIELDS, PAIR_SCHEMA, has_attributes
-from synpref.seeding import seeded_sample
+from synpref.seeding import seeded_int, seeded_sample
 from synpref.settings import Stage1Config
 from synpref.stage1 import gold as gold_mod
 from synpref.stage1.adaptive_retrieval import (
@@ -145,6 +147,7 @@ STEP_RECORDS: dict[str, type[Record]] = {
     "evaluate": EvaluateRecord,
     "retrieve": RetrieveRecord,
     "merge": MergeRecord,
+    "rm_benchmarks": RMBenchmarksRecord,
 }
 
 
@@ -332,6 +335,77 @@ def step_evaluate(root: PathLike | StorageLayout, rnd: str) -> dict:
     }
     write_json({**metrics, "gold_rm_validation": gold_rm_metrics}, out.gold_eval_metrics)
     return _step_record(out, "evaluate", info)
+
+
+RM_BENCHMARK_SCHEMA = pa.schema(
+    [("pair_id", pa.string()), ("subset", pa.string()), ("best_rm_right", pa.bool_()), ("gold_rm_right", pa.bool_())]
+)
+
+
+def sign_off_required(root: PathLike | StorageLayout, rnd: str, cfg: Stage1Config) -> str | None:
+    """Why the round must wait for a human sign-off whatever ``sign_off`` says (None: it need not): its best RM
+    regressed on a public RM benchmark and ``benchmark_gate`` is on."""
+    step = layout(root).round(rnd).step("rm_benchmarks")
+    if not cfg.benchmark_gate or not step.exists():
+        return None
+    regressed = RMBenchmarksRecord.read(step).regressed
+    return f"the best RM regressed on the RM benchmark(s) {', '.join(regressed)}" if regressed else None
+
+
+def step_rm_benchmarks(root: PathLike | StorageLayout, rnd: str, uris: list[str]) -> dict:
+    """Both RMs of the round on each public RM benchmark (``models.rm_benchmarks``): reads the round's ``best_rm``
+    and ``gold_rm`` and the previous published round's ``rm_benchmark`` tables; writes this round's
+    ``rm_benchmark`` table per benchmark, then its ``rm_benchmarks`` step record (which benchmarks regressed)."""
+    store = layout(root)
+    out = store.round(rnd)
+    if not uris:  # none configured: no record (one left by an earlier run of the round goes)
+        if out.step("rm_benchmarks").exists():
+            out.step("rm_benchmarks").unlink()
+        return {}
+    previous = store.previous_round(rnd)
+    scores: dict[str, dict] = {}
+    rms = {"best": RewardModel(out.best_rm), "gold": RewardModel(out.gold_rm)}
+    try:
+        for uri in uris:
+            bench = load_benchmark(uri)
+            right = {k: rm.reward_diff(bench.rows) > 0 for k, rm in rms.items()}
+            table = {
+                "pair_id": [r["pair_id"] for r in bench.rows],
+                "subset": [r["subset"] for r in bench.rows],
+                "best_rm_right": right["best"],
+                "gold_rm_right": right["gold"],
+            }
+            write_parquet(pa.Table.from_pydict(table, schema=RM_BENCHMARK_SCHEMA), out.rm_benchmark(bench.name))
+            subsets = table["subset"]
+            scores[bench.name] = {
+                "uri": str(uri),
+                "pairs": len(bench.rows),
+                "skipped": bench.skipped,
+                "best_rm": summarize(subsets, right["best"]),
+                "gold_rm": summarize(subsets, right["gold"]),
+                **_versus(store, previous, bench.name, table),
+            }
+    finally:
+        for rm in rms.values():
+            rm.close()
+    regressed = sorted(n for n, b in scores.items() if b.get("regressed"))
+    return _step_record(out, "rm_benchmarks", {"benchmarks": scores, "regressed": regressed})
+
+
+def _versus(store: StorageLayout, previous: str | None, name: str, table: dict) -> dict:
+    """The best RM against the previous round's on the pairs both scored: the paired difference and whether it
+    regressed beyond its interval; {} without a previous round that scored this benchmark."""
+    before_uri = store.round(previous).rm_benchmark(name) if previous else None
+    if before_uri is None or not before_uri.exists():
+        return {}
+    before = dict(zip(*read_parquet(before_uri, ["pair_id", "best_rm_right"]).to_pydict().values()))
+    shared = [i for i, pid in enumerate(table["pair_id"]) if pid in before]
+    if not shared:
+        return {}
+    now = np.asarray(table["best_rm_right"])[shared]
+    then = np.array([before[table["pair_id"][i]] for i in shared])
+    diff = paired_difference(then, now, seed=seeded_int("rm_benchmarks", name))
+    return {"previous_round": previous, "vs_previous": diff, "regressed": diff["ci_high"] < 0}
 
 
 def _pair_ids(uri) -> list[str]:
