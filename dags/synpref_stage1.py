@@ -16,15 +16,17 @@ only under its own prefix, manifest last.
 3. **train_best_rm** (Bradley-Terry on silver, checkpoint by gold accuracy) and **train_gold_rm**
    (on gold-train, checkpoint by gold-validation);
 4. **evaluate_on_gold** — p = σ(r_w − r_l) per gold pair, accuracy overall / per category; both RMs
-   calibrated on gold they did not train on (`calibration.json`, read by stage 2);
+   calibrated on gold they did not train on (`calibration.json`, read by stage 2); beside it
+   **score_rm_benchmarks** — both RMs on the public RM benchmarks of `rm_benchmarks` (if any), against the
+   previous round's;
 5. **adaptive_retrieval** — k = k_max if p ≤ 0.5 else ⌈k_max(1−p)⌉ neighbours per gold pair;
 6. **annotate** (mapped over annotator connections, pool `llm_api`) — preference-aware judging;
 7. **merge_silver_and_review_queue** — agreeing verdicts → silver; contested → review queue; the judges'
    accuracy on their blind gold probe → `judges.json`;
 8. **write_report** — HTML report with figures (`rounds/<date>/report/`; Browse → Curation, and the
    run's "Curation report" tab);
-9. **sign_off_silver** — optional approval (param `sign_off`; off for scheduled runs): a rejection
-   leaves the round unpublished;
+9. **sign_off_silver** — approval when param `sign_off` is on (off for scheduled runs) or the best RM
+   regressed on an RM benchmark (`benchmark_gate`): a rejection leaves the round unpublished;
 10. **publish_round** — manifest + Asset events (best RM, gold RM, gold/silver sets);
 11. **push_review_queue** (with a Label Studio connection) — the review queue as tasks on the server.
 

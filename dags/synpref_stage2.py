@@ -19,9 +19,11 @@ No humans. Everything maps over **shards** (tens of thousands of pairs each), ne
    policy — every pair with its reason;
 5. **check_conservation**: input = kept + recycled + dropped + quarantined + duplicates + contaminated,
    per shard and overall, or the run fails;
-6. **estimate_quality** (blind canaries → `estimates.json`) → **write_report** (HTML report with figures,
-   `report/`; the card shows three of them) → **sign_off_export** (optional approval, param `sign_off`)
-   → **export_dataset**: dataset card, manifest (TRL-ready Parquet in `kept/`, `recycled/`), Asset event.
+6. **downstream_check** (optional, `downstream_pairs`: RMs trained on the curated set and on the raw input, on the
+   RM benchmarks → `downstream.json`) → **estimate_quality** (blind canaries → `estimates.json`) →
+   **write_report** (HTML report with figures, `report/`; the card shows three of them) →
+   **sign_off_export** (optional approval, param `sign_off`) → **export_dataset**: dataset card, manifest
+   (TRL-ready Parquet in `kept/`, `recycled/`), Asset event.
 
 Schedule: manual/UI by default; set `SYNPREF_STAGE2_SCHEDULE=asset` to run after every stage-1 round
 (an asset-triggered run curates with the triggering round, in its storage root).
@@ -204,6 +206,17 @@ def synpref_stage2():
 
         return step_check_conservation(_ctx(params, dag_run, triggering_asset_events).run, shards)
 
+    @task(queue=TRAIN_QUEUE, pool=RM_POOL)
+    def downstream_check(
+        counts: dict, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
+    ) -> dict:
+        """Optional (``downstream_pairs``): RMs trained on the curated set and on the raw input, on RM benchmarks;
+        passes the counts on."""
+        from synpref.stage2.downstream import step_downstream
+
+        step_downstream(_ctx(params, dag_run, triggering_asset_events, rnd))
+        return counts
+
     @task
     def estimate_quality(
         counts: dict, rnd: str, params: dict | None = None, dag_run=None, triggering_asset_events=None
@@ -254,7 +267,7 @@ def synpref_stage2():
     decisions = decide_shard.partial(rnd=rnd).expand(score=scores)
     annotations >> decisions
     counts = check_conservation(decisions, shards)
-    report = write_report(estimate_quality(counts, rnd))
+    report = write_report(estimate_quality(downstream_check(counts, rnd), rnd))
     gate = SignOff(
         task_id="sign_off_export",
         subject="Export the curated dataset of this stage-2 run?",

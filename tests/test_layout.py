@@ -92,6 +92,7 @@ PLACEHOLDERS = {
     "key": "<key>",
     "kind": "*",
     "benchmark": "<benchmark>",
+    "trained_on": "<curated|raw>",
 }
 
 

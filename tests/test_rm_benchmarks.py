@@ -152,3 +152,34 @@ def test_the_sign_off_waits_when_required_even_with_sign_off_off(monkeypatch):
     assert quiet.execute({"params": params})["chosen_options"] == [ApprovalOperator.APPROVE]
     gated = SignOff(task_id="b", subject="s", body="b", required=lambda c: "the best RM regressed")
     assert gated.execute({"params": params}) == "waiting for a human"
+
+
+@pytest.mark.e2e  # a stage-2 run and four RMs trained (about a minute on 2 cores)
+def test_the_downstream_check_trains_on_the_curated_set_and_on_the_raw_input(tmp_path, capsys):
+    """Stage 2 with ``downstream_pairs``: two RMs, one per training set, scored on a benchmark; the manifest and
+    the dataset card carry the comparison; ``synpref downstream`` runs it again on the finished output."""
+    from synpref.cli import main
+    from synpref.io.storage import write_json, write_parquet
+    from synpref.pipeline import run_stage2
+    from synpref.settings import Stage2Config
+    from synpref.simulation.synthetic import generate, generate_disjoint
+
+    store, bench = _rounds(tmp_path)
+    write_json({"joint_weights": {"best": 1.0, "gold": 1.0}}, store.round("2026-11-01").calibration)
+    wild, _ = generate_disjoint(120, [generate(30, seed=5)[0]], seed=12, noise=0.3)
+    write_parquet(wild, tmp_path / "wild.parquet")
+    cfg = Stage2Config(rm_benchmarks=str(bench), downstream_pairs=40, canaries=0, decision_rule="paper")
+    out = tmp_path / "out"
+    manifest = run_stage2(store, out, tmp_path / "wild.parquet", [], "2026-11-01", cfg)
+    down = manifest["downstream"]
+    curated = manifest["counts"]["kept"] + manifest["counts"]["recycled"]
+    assert down["pairs"] == min(40, curated) - max(1, int(min(40, curated) * 0.2)) and down["rm_mode"] == "frozen"
+    result = down["benchmarks"]["rewardbench"]
+    assert result["curated"]["pairs"] == result["raw"]["pairs"] == 40
+    assert result["difference"]["ci_low"] <= result["difference"]["difference"] <= result["difference"]["ci_high"]
+    card = (out / "README.md").read_text()
+    assert f"an RM trained on {down['pairs']} pairs of this set" in card, card[card.find("## Does"):][:400]
+    assert "pairs of the raw input" in card
+    assert (out / "downstream" / "curated" / "rm_config.json").exists()
+    assert main(["downstream", "--out", str(out), "--rm-benchmarks", str(bench), "--pairs", "40"]) == 0
+    assert json.loads(capsys.readouterr().out)["benchmarks"]["rewardbench"] == result  # deterministic

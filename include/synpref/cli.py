@@ -211,6 +211,22 @@ def cmd_stage2(a: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_downstream(a: argparse.Namespace) -> int:
+    """The downstream check on a finished stage-2 output: RMs trained on its curated set and on its raw input,
+    scored on RM benchmarks; writes ``downstream.json`` beside the output (the card shows it after an export)."""
+    from synpref.stage2.context import Stage2Run
+    from synpref.stage2.downstream import step_downstream
+
+    _require(a.out, "--out")
+    for uri in a.rm_benchmarks.split(","):
+        _require(uri.strip(), "--rm-benchmarks file")
+    cfg = Stage2Config(rm_benchmarks=a.rm_benchmarks, downstream_pairs=a.pairs, seed=a.seed)
+    record = step_downstream(Stage2Run.at(a.root or a.out, a.out, "", cfg))
+    _print(record.dump() if record else {})
+    return 0
+
+
 def _with_coverage_warning(report: dict) -> dict:
     cov = report.get("truth_coverage") or {}
     if cov.get("share") is not None and cov["share"] < 1:
@@ -271,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         _annotate_parser,
         _stage1_parser,
         _stage2_parser,
+        _downstream_parser,
         _report_parser,
         _simulate_humans_parser,
         _simulate_annotators_parser,
@@ -370,6 +387,18 @@ def _stage2_parser(sp: argparse._SubParsersAction) -> None:
     )
     add_settings(s, Stage2Source)
     add_settings(s, Stage2Config)
+
+
+def _downstream_parser(sp: argparse._SubParsersAction) -> None:
+    s = sp.add_parser(
+        "downstream",
+        help="downstream check of a stage-2 output: does its curated set train a better RM than its raw input?",
+    )
+    s.add_argument("--out", required=True, help="a finished stage-2 output directory")
+    s.add_argument("--root", default=None, help="its storage root (default: the output itself)")
+    s.add_argument("--rm-benchmarks", required=True, help="RM benchmark files or URIs, comma-separated")
+    s.add_argument("--pairs", type=int, default=2000, help="training pairs of each RM (default 2,000)")
+    s.add_argument("--seed", type=int, default=0)
 
 
 def _report_parser(sp: argparse._SubParsersAction) -> None:

@@ -29,6 +29,7 @@ from synpref.stage1.steps import (
     step_rm_benchmarks,
     step_train,
 )
+from synpref.stage2.downstream import step_downstream
 from synpref.stage2.steps import (
     Stage2Run,
     begin_run,
@@ -106,6 +107,7 @@ def run_stage2(
             step_annotate_shard(ctx, shard, annotators, max(1, len(shards)))
             step_decide(ctx, shard, [a.name for a in annotators])
         counts = step_check_conservation(run, shards)
+        step_downstream(ctx)
         step_estimate(ctx, counts, annotators)
         manifest = step_export(ctx, counts, params)
         return {**manifest.dump(), "report": write_stage2_report(run)}

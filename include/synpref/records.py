@@ -365,6 +365,15 @@ class Frontier(Record):
     kept_posterior: Number | None = None  # the mean posterior of the kept pairs: their precision as the model sees it
 
 
+class DownstreamRecord(Record):
+    """``downstream.json``: the same budget of pairs from the curated set and from the raw input, each training a
+    fresh RM (``RMConfig`` frozen), both scored on every RM benchmark (``models.rm_benchmarks``)."""
+
+    pairs: int  # training pairs of each RM (the rest of the sample selects its checkpoint)
+    rm_mode: str
+    benchmarks: dict[str, dict[str, Any]]  # name → curated / raw (overall accuracy, Wilson interval), difference
+
+
 class Stage2Preview(Record):
     """``estimates.json``: counts and quality estimates before export (what a sign-off shows)."""
 
@@ -394,3 +403,4 @@ class Stage2Manifest(Record):
     judging: JudgingBill | None = None
     frontier: Frontier | None = None
     adjusted: dict[str, dict[str, Any]] | None = None  # settings given one value, used another (given, effective)
+    downstream: DownstreamRecord | None = None  # RMs trained on the curated set and on the raw input

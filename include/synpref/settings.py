@@ -56,6 +56,7 @@ SECTION_CONSISTENCY = "Consistency filtering"
 # the trigger form (Airflow 3.3) shows every named section collapsed: the secondary thresholds of the reliability
 # rule have their own, so that "Consistency filtering" holds only what a run usually sets
 SECTION_ADVANCED = "Advanced: decision thresholds"
+SECTION_DOWNSTREAM = "Downstream RM check"
 
 
 def setting(
@@ -370,7 +371,7 @@ class Stage1Config(AnnotateSettings):
 
     @property
     def benchmark_uris(self) -> list[str]:
-        return [u.strip() for u in (self.rm_benchmarks or "").split(",") if u.strip()]
+        return benchmark_uris(self.rm_benchmarks)
 
     @property
     def rm_config(self) -> RMConfig:
@@ -387,6 +388,11 @@ class Stage2Source(BaseModel):
         section=SECTION_CONSISTENCY,
         description="Round (YYYY-MM-DD) supplying the best RM and gold RM; 'latest' = newest completed.",
     )
+
+
+def benchmark_uris(value: str | None) -> list[str]:
+    """The comma-separated ``rm_benchmarks`` setting as a list of URIs."""
+    return [u.strip() for u in (value or "").split(",") if u.strip()]
 
 
 class Stage2Config(AnnotateSettings):
@@ -502,8 +508,28 @@ class Stage2Config(AnnotateSettings):
         "all_discarded: flip every discarded pair (paper); rule_default: positive_evidence for the reliability "
         "rule, both_rms_reject for the paper rule.",
     )
+    rm_benchmarks: str | None = setting(
+        None,
+        title="RM benchmarks",
+        section=SECTION_DOWNSTREAM,
+        description="Public RM benchmark files or URIs, comma-separated (the formats of stage 1's rm_benchmarks), "
+        "for the downstream check.",
+    )
+    downstream_pairs: int = setting(
+        0,
+        ge=0,
+        title="Downstream check: training pairs",
+        section=SECTION_DOWNSTREAM,
+        description="0: off. Else a fresh RM (frozen backbone + BT head) is trained on this many pairs of the "
+        "curated set and another on as many of the raw input, both scored on the RM benchmarks: the dataset card "
+        "says which trains the better RM.",
+    )
     shard_size: int = SHARD_SIZE
-    _given: dict[str, float] = PrivateAttr(default_factory=dict)  # what ``_effective_confidences`` changed
+    _given: dict[str, float] = PrivateAttr(default_factory=dict)
+
+    @property
+    def benchmark_uris(self) -> list[str]:
+        return benchmark_uris(self.rm_benchmarks)  # what ``_effective_confidences`` changed
 
     @model_validator(mode="after")
     def _effective_confidences(self) -> Stage2Config:

@@ -349,6 +349,15 @@ class Stage2Layout(_Directory):
         return self.dir / "estimates.json"
 
     @property
+    def downstream(self) -> Any:
+        """The downstream check: RMs trained on the curated set and on the raw input, scored on RM benchmarks."""
+        return self.dir / "downstream.json"
+
+    def downstream_rm(self, trained_on: str) -> Any:
+        """The downstream check's RM trained on ``curated`` or ``raw`` pairs."""
+        return self.dir / "downstream" / trained_on
+
+    @property
     def dataset_card(self) -> Any:
         return self.dir / "README.md"
 

@@ -28,6 +28,7 @@ from synpref.llm.annotation import (
 from synpref.llm.client import AnnotatorConfig
 from synpref.records import (
     AnnotatorBill,
+    DownstreamRecord,
     Frontier,
     Interval,
     JudgingBill,
@@ -39,6 +40,7 @@ from synpref.records import (
 from synpref.settings import Stage2Config
 from synpref.stage2.canaries import estimates
 from synpref.stage2.context import Stage2Run
+from synpref.stage2.downstream import downstream_lines
 from synpref.stage2.frontier import fallback_line, frontier, posterior_check
 
 QUARANTINED_SCHEMA = pa.schema(
@@ -200,6 +202,7 @@ def step_export(ctx: Stage2Run, counts: dict, params: dict | None = None, date: 
     ``manifest``."""
     run, rnd, cfg = ctx.run, ctx.rnd, ctx.cfg
     preview = Stage2Preview.read(run.estimates)
+    downstream = DownstreamRecord.read(run.downstream) if run.downstream.exists() else None
     quality, judging = preview.quality_estimates, preview.judging
     card = template("dataset_card.md").format(
         run=run.name,
@@ -210,6 +213,7 @@ def step_export(ctx: Stage2Run, counts: dict, params: dict | None = None, date: 
         band=cfg.band,
         quality=quality_lines(quality),
         frontier=frontier_lines(preview.frontier, quality),
+        downstream=downstream_lines(downstream),
         judging=bill_line(judging),
         date=date,
         params=json.dumps(params or cfg.model_dump(), sort_keys=True, default=str),
@@ -230,6 +234,7 @@ def step_export(ctx: Stage2Run, counts: dict, params: dict | None = None, date: 
         **({"judging": judging} if judging is not None else {}),
         **({"frontier": preview.frontier} if preview.frontier is not None else {}),
         **({"adjusted": cfg.adjusted()} if cfg.adjusted() else {}),
+        **({"downstream": downstream} if downstream is not None else {}),
     )
     manifest.write(run.manifest)
     return manifest
