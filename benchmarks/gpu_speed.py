@@ -6,6 +6,8 @@ models (``synpref.simulation.random_models``; speed does not depend on the weigh
   over length-sorted sequences) side by side with a plain ``transformers`` loop (batches of 32 in input
   order, padded to the batch's longest), as pairs/s, tokens/s and MFU (useful FLOPs over the measured bf16
   matmul peak of this GPU);
+- pairs whose two sequences share 70% of their tokens (multi-turn): the project's shared-prefix scorer
+  (``models.shared_prefix``: the conversation encoded once) beside the plain loop over both sequences;
 - one training configuration: tokens/s and MFU of TRL's ``RewardTrainer`` on pre-tokenised pairs (what
   ``train_reward_model`` runs);
 - the projected hours to score 20M pairs with both RMs (80M sequences) on 1 and on 8 such GPUs.
@@ -113,6 +115,39 @@ def score_rows(family, size, tokens, n, device, peak, budget, project_hours: boo
     return out
 
 
+def shared_pairs(n: int, tokens: int, shared: float = 0.7, seed: int = 1) -> tuple[list, list]:
+    """``n`` pairs whose two sequences share their first ``shared`` of ~``tokens`` (a multi-turn conversation)."""
+    rng = random.Random(seed)
+    chosen, rejected = [], []
+    for seq in sequences(n, tokens, seed):
+        cut = int(len(seq) * shared)
+        chosen.append(seq)
+        rejected.append(seq[:cut] + [rng.randrange(1, 32000) for _ in range(len(seq) - cut)])
+    return chosen, rejected
+
+
+def shared_prefix_rows(family, size, tokens, n, device, peak, budget) -> list:
+    """Pairs sharing 70% of their tokens: the project's shared-prefix scorer beside the plain loop over both
+    sequences of every pair (what scoring each sequence on its own costs)."""
+    from synpref.models import shared_prefix
+    from synpref.models.reward_model import score_token_ids
+
+    model, params = build(family, size, device)
+    chosen, rejected = shared_pairs(n // 2, tokens)
+    both = chosen + rejected
+    plain_ids = lambda ids: score_token_ids(model, ids, 0, device, budget)  # noqa: E731
+    project = lambda: shared_prefix.score_pairs(model, chosen, rejected, 0, device, budget, plain_ids)  # noqa: E731
+    plain = lambda: plain_loop(model, both, device)  # noqa: E731
+    project(), plain()  # warm
+    t_plain, t_project = min(seconds(plain, device) for _ in range(2)), min(seconds(project, device) for _ in range(2))
+    flops, toks = useful_flops(model, params, [len(i) for i in both]), sum(map(len, both))
+    label = f"{size}, ~{toks // len(both)} tok, 70% shared"
+    return [
+        [label, name, len(chosen) / t, toks / t, 100 * flops / t / 1e12 / peak, t_plain / t, "—", "—"]
+        for name, t in (("plain transformers loop (32)", t_plain), ("project (shared prefixes)", t_project))
+    ]
+
+
 def train_row(family: str, size: str, tokens: int, n: int, device: str, peak: float) -> list:
     """Tokens/s and MFU of TRL's RewardTrainer on pre-tokenised random pairs (one epoch over ``n`` pairs)."""
     import tempfile
@@ -165,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         cases = [(f, s, t) for f, s in (("qwen3", "qwen3-0.6b"), ("llama", "llama-3.1-8b")) for t in (512, 2048)]
         train_case, n, budget = ("qwen3", "qwen3-0.6b", 1024), 1024, 262144
     score = [row for c in cases for row in score_rows(*c, n, device, peak, budget, not smoke)]
+    score += [row for c in cases[-1:] for row in shared_prefix_rows(*c, n, device, peak, budget)]
     train = [train_row(*train_case, 256 if not smoke else 32, device, peak)]
     name = torch.cuda.get_device_name(0) if gpu else "CPU (no CUDA device visible)"
     head = [

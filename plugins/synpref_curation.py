@@ -153,14 +153,27 @@ def _rows(kind: str, index: int, root: str, names: list[str]) -> str:
         raw = _manifest_bytes(target.manifest)
         link = f'<a href="{kind}?root={index}&amp;name={html.escape(name)}">{html.escape(name)}</a>'
         if kind == "round":
-            s = RoundManifest.model_validate_json(raw).summary
-            cells = [s.gold, s.silver, s.best_rm_gold_accuracy, s.retrieved, s.review_queue, s.cost_usd]
+            m = RoundManifest.model_validate_json(raw)
+            s = m.summary
+            cells = [s.gold, s.silver, s.best_rm_gold_accuracy, _benchmarks(m.steps.rm_benchmarks)]
+            cells += [s.retrieved, s.review_queue, s.cost_usd]
         else:
             m = Stage2Manifest.model_validate_json(raw)
             c = m.counts
             cells = [m.round, c["input"], c["kept"], c["recycled"], c["dropped"], c.get("quarantined", 0)]
         out.append("<tr><td>" + link + "</td>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in cells) + "</tr>")
     return "\n".join(out)
+
+
+def _benchmarks(record: Any) -> str | None:
+    """The best RM on each public RM benchmark of the round, with its change from the round before."""
+    if record is None or not record.benchmarks:
+        return None
+    cells = []
+    for name, b in sorted(record.benchmarks.items()):
+        change = f" ({b.vs_previous['difference']:+.3f})" if b.vs_previous else ""
+        cells.append(f"{name} {b.best_rm['overall']['accuracy']:.3f}{change}" + (" regressed" if b.regressed else ""))
+    return "; ".join(cells)
 
 
 def _pager(param: str, page: int, total: int, other: str) -> str:
@@ -203,7 +216,8 @@ def index(user: GetUserDep, rounds_page: int = Query(1, ge=1), runs_page: int = 
         if shown["round"]:
             parts.append(f"<h3>Stage-1 rounds ({len(rounds)})</h3>")
         if rounds:
-            head = ["round", "gold", "silver", "best RM on gold", "retrieved", "review queue", "cost USD"]
+            head = ["round", "gold", "silver", "best RM on gold", "best RM on RM benchmarks", "retrieved"]
+            head += ["review queue", "cost USD"]
             parts.append("<table class='rounds'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
             parts.append(_rows("round", i, root, shown_rounds) + "</table>")
             parts.append(_pager("rounds_page", rounds_page, len(rounds), f"&runs_page={runs_page}"))

@@ -86,6 +86,7 @@ def fake_round(store: StorageLayout, rnd: str, index: int, gold: int = 200, seed
             "cost_usd": 1.5,
             "tokens": 200_000,
         },
+        "rm_benchmarks": {"benchmarks": {"rewardbench": _benchmark(acc, index)}, "regressed": []},
     }
     summary = {
         "silver_source": "seed/silver",
@@ -106,6 +107,16 @@ def fake_round(store: StorageLayout, rnd: str, index: int, gold: int = 200, seed
     }
     manifest = {"kind": "stage1_round", "round": rnd, "previous_round": "0000-seed", "steps": steps}
     RoundManifest.model_validate({**manifest, "summary": summary, "params": {}, "artifacts": []}).write(out.manifest)
+
+
+def _benchmark(acc: float, index: int) -> dict:
+    """A round's made-up RewardBench score (the shape ``step_rm_benchmarks`` records)."""
+    overall = {"accuracy": acc - 0.1, "ci_low": acc - 0.15, "ci_high": acc - 0.05, "pairs": 300}
+    sections = {"Chat": acc, "Reasoning": acc - 0.2}
+    rm = {"overall": overall, "subsets": {"math-prm": overall}, "rewardbench": {"sections": sections, "score": acc}}
+    previous = {"difference": 0.02, "ci_low": -0.01, "ci_high": 0.05} if index else None
+    scores = {"uri": "rewardbench.jsonl", "pairs": 300, "skipped": 0, "best_rm": rm, "gold_rm": rm}
+    return {**scores, "previous_round": "earlier" if index else None, "vs_previous": previous}
 
 
 def _pair(pair_id: str) -> dict:

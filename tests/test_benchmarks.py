@@ -65,7 +65,8 @@ def test_gpu_benchmark_without_a_gpu_says_it_measured_none(tmp_path, monkeypatch
     out = gpu_speed.main([])
     text = (tmp_path / "gpu.md").read_text()
     assert out["gpu"] is False and text.startswith("**Not measured on a GPU**")
-    assert "not projected (smoke)" in text and len(out["score"]) == 2
+    assert "not projected (smoke)" in text and len(out["score"]) == 4
+    assert [r[1] for r in out["score"][2:]] == ["plain transformers loop (32)", "project (shared prefixes)"]
     assert out["train"][0][1] == "TRL RewardTrainer (batch 8 pairs)"
 
 

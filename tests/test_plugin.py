@@ -36,6 +36,7 @@ def test_the_index_lists_rounds_and_runs_of_every_root_paginated(client):
     assert "Stage-1 rounds (25)" in page
     assert "Stage-2 runs (1)" in page
     assert "Stage-1 rounds (1)" in page
+    assert "best RM on RM benchmarks" in page and "rewardbench 0." in page and "(+0.020)" in page
     assert page.count("round?root=0&amp;name=") == plugin.PER_PAGE
     second = client.get("/", params={"rounds_page": 2}).text
     assert second.count("round?root=0&amp;name=") == 25 - plugin.PER_PAGE

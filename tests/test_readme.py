@@ -59,3 +59,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     assert report["stage2"]["kept"] > 0
     assert report["stage2"]["label_accuracy_vs_truth"]["kept"] > report["stage2"]["label_accuracy_vs_truth"]["input"]
     assert report["html"].endswith("report/index.html")
+    rm_benchmarks = json.loads((work / "data/rounds/2026-11-02/steps/rm_benchmarks.json").read_text())
+    assert rm_benchmarks["benchmarks"]["rm_benchmark"]["pairs"] == 20
+    manifest = json.loads((work / "data/stage2/manual/manifest.json").read_text())
+    assert set(manifest["downstream"]["benchmarks"]["rm_benchmark"]) == {"curated", "raw", "difference"}

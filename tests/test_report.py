@@ -75,6 +75,7 @@ def test_a_round_report_has_its_figures_and_writes_them_next_to_the_manifest(tmp
     for name in (
         "rm_accuracy",
         "rm_accuracy_by_category",
+        "rm_benchmarks",
         "sizes",
         "retrieval_k",
         "judges",
@@ -85,6 +86,7 @@ def test_a_round_report_has_its_figures_and_writes_them_next_to_the_manifest(tmp
         assert base64.b64decode(shown[name]).startswith(b"\x89PNG")
         assert (store.round(names[-1]).report_dir / f"{name}.png").exists()
     assert "fixed held-out slice" in page
+    assert "Reward models on public RM benchmarks" in page and "+0.020 [-0.010, +0.050] vs earlier" in page
 
 
 def test_the_fixed_held_out_slice_is_the_first_rounds_gold_validation(tmp_path):

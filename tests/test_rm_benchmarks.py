@@ -178,7 +178,7 @@ def test_the_downstream_check_trains_on_the_curated_set_and_on_the_raw_input(tmp
     assert result["curated"]["pairs"] == result["raw"]["pairs"] == 40
     assert result["difference"]["ci_low"] <= result["difference"]["difference"] <= result["difference"]["ci_high"]
     card = (out / "README.md").read_text()
-    assert f"an RM trained on {down['pairs']} pairs of this set" in card, card[card.find("## Does"):][:400]
+    assert f"an RM trained on {down['pairs']} pairs of this set" in card, card[card.find("## Does") :][:400]
     assert "pairs of the raw input" in card
     assert (out / "downstream" / "curated" / "rm_config.json").exists()
     assert main(["downstream", "--out", str(out), "--rm-benchmarks", str(bench), "--pairs", "40"]) == 0
