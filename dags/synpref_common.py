@@ -7,6 +7,7 @@ The DAG params of the library's settings are derived from their declarations (``
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, Param
 
 from synpref.environment import env
-from synpref.settings import AnnotatorConfig, specs
+from synpref.settings import AnnotatorConfig, AnnotatorError, specs
 
 DEFAULT_ARGS = {
     "owner": "synpref",
@@ -104,6 +105,30 @@ def existing(path: Any) -> Any:
 ANNOTATOR_EXTRAS = AnnotatorConfig.connection_extras()  # what a connection's extra may set
 
 
+def misconfigured(error: BaseException) -> bool:
+    """A problem a retry cannot fix: a wrong annotator (bad key, unknown model, a bad setting: ``AnnotatorError``),
+    an RM backbone that is not there, a device that is not one."""
+    from synpref.models.device import DeviceError
+    from synpref.models.reward_model import BackboneError
+    from synpref.settings import AnnotatorError
+
+    return isinstance(error, (AnnotatorError, BackboneError, DeviceError))
+
+
+@contextmanager
+def no_retry_if_misconfigured():
+    """Around a task's work: a misconfiguration fails the task at once, in its one line, without Airflow's retries
+    (they would ask the same wrong thing again, a minute apart); every other failure keeps its retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except Exception as e:
+        if misconfigured(e):
+            raise AirflowFailException(f"{type(e).__name__}: {e} (not retried: fix the configuration)") from None
+        raise
+
+
 def annotator_from_connection(conn_id: str):
     """An Airflow connection (openai type: host = base URL, password = API key, extra.model, ...) → AnnotatorConfig."""
     from airflow.sdk import BaseHook
@@ -116,7 +141,7 @@ def annotator_from_connection(conn_id: str):
     if base_url and "://" not in base_url:
         base_url = f"{conn.schema or 'http'}://{base_url}" + (f":{conn.port}" if conn.port else "")
     if not base_url or "model" not in extra:
-        raise ValueError(
+        raise AnnotatorError(
             f"connection {conn_id!r}: an annotator needs a base URL (host or extra.base_url) and extra.model"
         )
     settings = {k: extra[k] for k in ANNOTATOR_EXTRAS if k in extra}

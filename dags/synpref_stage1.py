@@ -58,6 +58,7 @@ from synpref_common import (
     TRAIN_QUEUE,
     SignOff,
     annotator_from_connection,
+    no_retry_if_misconfigured,
     optional_param,
     path_or,
     review_server,
@@ -150,7 +151,8 @@ def synpref_stage1():
         from synpref.stage1.steps import step_attributes
 
         store, rnd, cfg = _round(params, dag_run)
-        return step_attributes(store, rnd, shard, _attribute_annotator(params), cfg)
+        with no_retry_if_misconfigured():
+            return step_attributes(store, rnd, shard, _attribute_annotator(params), cfg)
 
     @task(max_active_tis_per_dagrun=4)
     def embed_pool_shard(attributes: dict, params: dict | None = None, dag_run=None) -> dict:
@@ -164,14 +166,16 @@ def synpref_stage1():
         from synpref.stage1.steps import step_train
 
         store, rnd, cfg = _round(params, dag_run)
-        return step_train(store, rnd, "best", cfg)
+        with no_retry_if_misconfigured():
+            return step_train(store, rnd, "best", cfg)
 
     @task(queue=TRAIN_QUEUE, pool=RM_POOL)
     def train_gold_rm(intake: dict, params: dict | None = None, dag_run=None) -> dict:
         from synpref.stage1.steps import step_train
 
         store, rnd, cfg = _round(params, dag_run)
-        return step_train(store, rnd, "gold", cfg)
+        with no_retry_if_misconfigured():
+            return step_train(store, rnd, "gold", cfg)
 
     @task(queue=TRAIN_QUEUE, pool=RM_POOL)
     def evaluate_on_gold(best: dict, gold: dict, params: dict | None = None, dag_run=None) -> dict:
@@ -203,7 +207,8 @@ def synpref_stage1():
         from synpref.stage1.steps import step_annotate
 
         store, rnd, cfg = _round(params, dag_run)
-        return step_annotate(store, rnd, annotator_from_connection(conn_id), cfg, len(params["annotators"]))
+        with no_retry_if_misconfigured():
+            return step_annotate(store, rnd, annotator_from_connection(conn_id), cfg, len(params["annotators"]))
 
     @task
     def merge_silver_and_review_queue(annotations: list[dict], params: dict | None = None, dag_run=None) -> dict:

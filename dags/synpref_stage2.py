@@ -56,6 +56,7 @@ from synpref_common import (
     SignOff,
     annotator_from_connection,
     existing,
+    no_retry_if_misconfigured,
     optional_param,
     path_or,
     round_name,
@@ -173,7 +174,8 @@ def synpref_stage2():
         from synpref.stage2.steps import step_score
 
         ctx = _ctx(params, dag_run, triggering_asset_events, rnd)
-        return {"shard_uri": shard, **step_score(ctx, shard).for_xcom()}
+        with no_retry_if_misconfigured():
+            return {"shard_uri": shard, **step_score(ctx, shard).for_xcom()}
 
     def judge_shard(context, score: dict, pending: list) -> dict:
         from synpref.stage2.steps import step_annotate_shard
@@ -182,8 +184,9 @@ def synpref_stage2():
         rnd = ti.xcom_pull(task_ids="resolve_source_round")
         ctx = _ctx(context["params"], context["dag_run"], context.get("triggering_asset_events"), rnd)
         n_tasks = max(1, len(ti.xcom_pull(task_ids="finalize_prepare") or []))
-        annotators = list(_annotators(context).values())
-        return step_annotate_shard(ctx, score["shard_uri"], annotators, n_tasks, pending)
+        with no_retry_if_misconfigured():
+            annotators = list(_annotators(context).values())
+            return step_annotate_shard(ctx, score["shard_uri"], annotators, n_tasks, pending)
 
     def batch_places(context, score: dict) -> tuple:
         ctx = _ctx(context["params"], context["dag_run"], context.get("triggering_asset_events"))

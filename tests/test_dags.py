@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, airflow_env
 
 
@@ -61,3 +63,23 @@ def test_no_heavy_imports_at_dag_top_level():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+
+def test_a_misconfiguration_fails_the_task_without_retries(monkeypatch):
+    """A wrong annotator, RM backbone or device cannot be fixed by a retry: the task fails at once, in one line;
+    an endpoint that failed (it may recover) keeps Airflow's retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.syspath_prepend(str(REPO / "dags"))
+    from synpref.llm.client import EndpointError
+    from synpref.models.reward_model import BackboneError
+    from synpref.settings import AnnotatorError
+    from synpref_common import no_retry_if_misconfigured
+
+    for error in (AnnotatorError("annotator 'a': 401 from the endpoint"), BackboneError("RM backbone 'x' ...")):
+        with pytest.raises(AirflowFailException, match="not retried: fix the configuration"):
+            with no_retry_if_misconfigured():
+                raise error
+    with pytest.raises(EndpointError):
+        with no_retry_if_misconfigured():
+            raise EndpointError("41 of 120 requests failed")
