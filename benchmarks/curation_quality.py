@@ -88,11 +88,13 @@ class Setting:
     wild: int = 2000
     pool: int = 1500
     judging: str = "fixed"  # one of JUDGING (see the module docstring)
+    profile: str = "sim"  # the judges: "sim" (three at judge_accuracy) or a key of PROFILES
 
     @property
     def name(self) -> str:
         judging = "" if self.judging == "fixed" else f", judging {self.judging}"
-        return f"noise {self.noise:.0%}, judges {self.judge_accuracy}, RM {self.rm_mode}{judging}"
+        judges = self.judge_accuracy if self.profile == "sim" else self.profile
+        return f"noise {self.noise:.0%}, judges {judges}, RM {self.rm_mode}{judging}"
 
     @property
     def world(self) -> str:
@@ -144,6 +146,17 @@ SWEEP = [
     Setting(0.30, 0.9, "frozen"),
 ]
 QUICK = [Setting(0.30, 0.8, "frozen", wild=800, pool=800), Setting(0.30, 0.7, "frozen", wild=800, pool=800)]
+# judges as people have them (SIMULATED): deterministic, erring together on hard pairs, an order-sensitive LLM
+# judge and two weak order-invariant RM-judges (the real-judge case of the project's issues); and a useless one
+PROFILES = {
+    "real-like": {
+        "judge-0": JudgeProfile(0.76, difficulty=1.0, deterministic=True),
+        "judge-1": JudgeProfile(0.63, difficulty=1.0, deterministic=True, order_invariant=True),
+        "judge-2": JudgeProfile(0.64, difficulty=1.0, deterministic=True, order_invariant=True),
+    },
+    "useless": {f"judge-{i}": JudgeProfile(0.5, deterministic=True) for i in range(3)},
+}
+REAL_LIKE = [Setting(0.30, 0.7, "frozen", wild=800, pool=800, profile=p) for p in PROFILES]
 
 
 # --- the world -------------------------------------------------------------------------------
@@ -224,7 +237,7 @@ def judge_profile(s: Setting) -> JudgeProfile:
 
 
 def simulated_judges(s: Setting, sets: dict) -> SimulatedJudgeServer:
-    profiles = {f"judge-{i}": judge_profile(s) for i in range(3)}
+    profiles = PROFILES.get(s.profile) or {f"judge-{i}": judge_profile(s) for i in range(3)}
     return SimulatedJudgeServer(TruthIndex.from_tables(*(t for _, t in sets.values())), profiles, api_key="sk-sim")
 
 
@@ -342,6 +355,48 @@ def metrics(decisions: dict[str, tuple[str, bool, int]], correct: dict[str, bool
         "requests_per_pair": sum(decisions[p][2] for p in ids) / len(ids),  # judge requests of the routed pairs
         **bootstrap_intervals(ids, decisions, correct),
     }
+
+
+def oracle_frontier(run, shards: list[str], correct: dict[str, bool]) -> list[tuple[float, float]]:
+    """The calibrated oracle of the same judges: each pair's posterior from the true share of right labels and each
+    annotator's majority vote weighed by its true accuracy (votes as independent evidence, as the project's issue
+    defines the reference), pairs taken most confident first, whole groups of equal evidence at a time; →
+    (precision, retention) along that order (truth). Needs every pair judged (fixed sampling)."""
+    votes: dict[str, dict[str, int]] = {}
+    for shard in shards:
+        sl = run.shard(shard)
+        for path in (sl.dir / "annotations").glob("*/samples.parquet"):
+            for r in read_parquet(path, ["pair_id", "annotator", "verdict"]).to_pylist():
+                v = {"agree": 1, "disagree": -1}.get(r["verdict"], 0)
+                votes.setdefault(r["pair_id"], {}).setdefault(r["annotator"], 0)
+                votes[r["pair_id"]][r["annotator"]] += v
+    ids = [p for p in correct if p in votes]
+    accuracy = {}
+    for a in {a for v in votes.values() for a in v}:
+        said = [(np.sign(votes[p].get(a, 0)) > 0) == correct[p] for p in ids if votes[p].get(a, 0)]
+        accuracy[a] = min(0.999, max(0.001, sum(said) / len(said))) if said else 0.5
+    right = sum(correct.values()) / len(correct)
+    prior = np.log(right / (1 - right))
+    evidence = {
+        p: prior + sum(np.sign(n) * np.log(accuracy[a] / (1 - accuracy[a])) for a, n in votes[p].items()) for p in ids
+    }
+    groups: dict[float, list[str]] = {}
+    for p, e in evidence.items():
+        groups.setdefault(round(float(e), 9), []).append(p)
+    out, kept, good, total_right = [], 0, 0, max(1, sum(correct.values()))
+    for e in sorted(groups, reverse=True):
+        kept += len(groups[e])
+        good += sum(correct[p] for p in groups[e])
+        out.append((good / kept, good / total_right))
+    return out
+
+
+def oracle_retention(frontier: list[tuple[float, float]], precision: float | None) -> float | None:
+    """The most the oracle retains at a precision at least ``precision`` (None: no such point)."""
+    if precision is None:
+        return None
+    reached = [r for p, r in frontier if p >= precision - 1e-12]
+    return max(reached) if reached else None
 
 
 QUALITY = ("kept_accuracy", "retention", "recycled_precision")
@@ -506,7 +561,25 @@ def _evaluate(s: Setting, store: StorageLayout, rnd: str, run, sets: dict, fixed
     cl["rm_test"] = rm_test_accuracy(feats, wild_ids, flags, gold_ids, test_ids)
     cl["recycled_precision"] = sum(not correct[p] for p in flags) / len(flags) if flags else None
     results.append({**base, "method": "cleanlab find_label_issues (flip flagged)", **cl})
+    if not s.in_sequence:  # every pair judged: the oracle of the same verdicts, and each row's share of it
+        results += _against_oracle(results, base, oracle_frontier(run, shards, correct))
     return results, default_decisions
+
+
+def _against_oracle(results: list[dict], base: dict, frontier: list[tuple[float, float]]) -> list[dict]:
+    """Each row's retention as a share of the oracle's at the row's own kept precision (in place), and the oracle's
+    row at the default rule's precision."""
+    for r in results:
+        best = oracle_retention(frontier, r.get("kept_accuracy"))
+        r["vs_oracle"] = r["retention"] / best if best else None
+    default = next((r for r in results if r["method"] == "reliability (default)"), None)
+    if default is None or default.get("kept_accuracy") is None:
+        return []
+    precision = max((p for p, _ in frontier if p >= default["kept_accuracy"] - 1e-12), default=None)
+    row = {k: None for k in ("recycled_precision", "noise_precision", "noise_recall", "noise_f1", "rm_test")}
+    row |= {"kept_accuracy": precision, "retention": oracle_retention(frontier, default["kept_accuracy"])}
+    row |= {"curated": None, "judged_share": 1.0, "requests_per_pair": None, "vs_oracle": 1.0}
+    return [{**base, "method": "oracle frontier (judges' true accuracies, at the default's precision)", **row}]
 
 
 @contextlib.contextmanager
@@ -618,14 +691,15 @@ def table(results: list[dict]) -> str:
             f"\n**{setting}** — RM test accuracy: raw {rows[0]['rm_test_raw']:.3f}, "
             f"oracle {rows[0]['rm_test_oracle']:.3f}; cleanlab F1 {cleanlab_f1:.3f}\n",
             "| method | kept acc | correct kept | recycled prec | noise P / R / F1 | curated | judged "
-            "| requests / pair | RM test | gap closed |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| requests / pair | RM test | gap closed | retention / oracle's |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
                 f"| {r['method']} | {f(r['kept_accuracy'])} | {f(r['retention'])} | {f(r['recycled_precision'])} | "
-                f"{f(r['noise_precision'])} / {f(r['noise_recall'])} / {f(r['noise_f1'])} | {r['curated']} | "
-                f"{f(r['judged_share'])} | {f(r.get('requests_per_pair'))} | {f(r['rm_test'])} | {f(gap_closed(r))} |"
+                f"{f(r['noise_precision'])} / {f(r['noise_recall'])} / {f(r['noise_f1'])} | {r['curated'] or '—'} | "
+                f"{f(r['judged_share'])} | {f(r.get('requests_per_pair'))} | {f(r['rm_test'])} | {f(gap_closed(r))} | "
+                f"{f(r.get('vs_oracle'))} |"
             )
         canary_rows = [r for r in rows if r.get("canary", {}).get("canaries")]
         if canary_rows:
@@ -647,6 +721,7 @@ def table(results: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two small settings (judges 0.8 and 0.7)")
+    ap.add_argument("--real-like", action="store_true", help="judges as people have them (PROFILES), small worlds")
     ap.add_argument("--out", default=None, help="keep the worlds and write results.json here")
     ap.add_argument("--reuse", action="store_true", help="re-evaluate the rules on the worlds kept in --out")
     ap.add_argument("--only", action="append", default=[], help="run the settings whose name contains this")
@@ -663,7 +738,8 @@ def main() -> int:
         print(cost_table(results) if args.cost else table(results))
         return 0
     results = []
-    chosen = [s for s in (QUICK if args.quick else SWEEP) if not args.only or any(o in s.name for o in args.only)]
+    settings = REAL_LIKE if args.real_like else QUICK if args.quick else SWEEP
+    chosen = [s for s in settings if not args.only or any(o in s.name for o in args.only)]
     judgings = sorted(args.judging, key=lambda j: j != "fixed")  # fixed first: the others are compared with it
     fixed: dict[str, dict] = {}  # world → fixed sampling's decisions (default rule)
     for s in [replace(s, judging=j) for s in chosen for j in judgings]:

@@ -191,3 +191,33 @@ def test_the_real_judges_benchmark_runs_stage1_and_stage2_on_every_world(tmp_pat
     assert (
         "| useless | auto | 0.900 |" in stage2 and "none is reachable" in stage2
     )  # a useless judge publishes nothing
+
+
+def test_the_oracle_frontier_weighs_each_judge_by_its_true_accuracy(tmp_path):
+    """The harness's reference row: the same verdicts, each annotator weighed by its true accuracy; every rule's
+    retention is then a share of what the oracle retains at the rule's own precision."""
+    import curation_quality as cq
+    import pyarrow as pa
+
+    from synpref.io.layout import Stage2Layout
+    from synpref.io.storage import write_parquet
+
+    run = Stage2Layout(tmp_path / "run")
+    correct = {f"p{i}": i % 3 != 0 for i in range(30)}  # a third of the labels wrong
+    rows = [  # "good" is always right; "coin" says agree on everything (worthless)
+        {"pair_id": p, "annotator": a, "verdict": v}
+        for p, ok in correct.items()
+        for a, v in (("good", "agree" if ok else "disagree"), ("coin", "agree"))
+    ]
+    for a in ("good", "coin"):
+        path = run.shard("shard-0").dir / "annotations" / a / "samples.parquet"
+        write_parquet(pa.Table.from_pylist([r for r in rows if r["annotator"] == a]), path)
+    frontier = cq.oracle_frontier(run, ["shard-0"], correct)
+    assert frontier[0] == (1.0, 1.0)  # the good judge's agreed pairs first: all right, all kept
+    assert cq.oracle_retention(frontier, 0.99) == 1.0 and cq.oracle_retention(frontier, None) is None
+    results = [
+        {"method": "reliability (default)", "kept_accuracy": 1.0, "retention": 0.5},
+        {"method": "cleanlab", "kept_accuracy": 0.7, "retention": 0.9},
+    ]
+    oracle = cq._against_oracle(results, {"setting": "s"}, frontier)
+    assert [r["vs_oracle"] for r in results] == [0.5, 0.9] and oracle[0]["retention"] == 1.0
