@@ -358,35 +358,36 @@ def metrics(decisions: dict[str, tuple[str, bool, int]], correct: dict[str, bool
 
 
 def oracle_frontier(run, shards: list[str], correct: dict[str, bool]) -> list[tuple[float, float]]:
-    """The calibrated oracle of the same judges: each pair's posterior from the true share of right labels and each
-    annotator's majority vote weighed by its true accuracy (votes as independent evidence, as the project's issue
-    defines the reference), pairs taken most confident first, whole groups of equal evidence at a time; →
+    """The calibrated oracle of the same evidence: a logistic regression fitted on the truth (in sample: a ceiling)
+    over each annotator's majority vote and each RM's logit, pairs taken most confident first, ties whole; →
     (precision, retention) along that order (truth). Needs every pair judged (fixed sampling)."""
+    from sklearn.linear_model import LogisticRegression
+
     votes: dict[str, dict[str, int]] = {}
+    logits: dict[str, list[float]] = {}
     for shard in shards:
         sl = run.shard(shard)
+        scores = read_parquet(sl.scores)
+        names = sorted(c for c in scores.column_names if c.startswith("logit_"))
+        for r in scores.select(["pair_id", *names]).to_pylist():
+            logits[r["pair_id"]] = [r[n] or 0.0 for n in names]
         for path in (sl.dir / "annotations").glob("*/samples.parquet"):
             for r in read_parquet(path, ["pair_id", "annotator", "verdict"]).to_pylist():
                 v = {"agree": 1, "disagree": -1}.get(r["verdict"], 0)
                 votes.setdefault(r["pair_id"], {}).setdefault(r["annotator"], 0)
                 votes[r["pair_id"]][r["annotator"]] += v
-    ids = [p for p in correct if p in votes]
-    accuracy = {}
-    for a in {a for v in votes.values() for a in v}:
-        said = [(np.sign(votes[p].get(a, 0)) > 0) == correct[p] for p in ids if votes[p].get(a, 0)]
-        accuracy[a] = min(0.999, max(0.001, sum(said) / len(said))) if said else 0.5
-    right = sum(correct.values()) / len(correct)
-    prior = np.log(right / (1 - right))
-    evidence = {
-        p: prior + sum(np.sign(n) * np.log(accuracy[a] / (1 - accuracy[a])) for a, n in votes[p].items()) for p in ids
-    }
-    groups: dict[float, list[str]] = {}
-    for p, e in evidence.items():
-        groups.setdefault(round(float(e), 9), []).append(p)
-    out, kept, good, total_right = [], 0, 0, max(1, sum(correct.values()))
-    for e in sorted(groups, reverse=True):
-        kept += len(groups[e])
-        good += sum(correct[p] for p in groups[e])
+    annotators = sorted({a for v in votes.values() for a in v})
+    ids = [p for p in correct if p in logits]
+    x = np.array([[np.sign(votes.get(p, {}).get(a, 0)) for a in annotators] + logits[p] for p in ids])
+    y = np.array([correct[p] for p in ids])
+    posterior = LogisticRegression(C=1e4, max_iter=1000).fit(x, y).predict_proba(x)[:, 1]
+    groups: dict[float, list[int]] = {}
+    for i, q in enumerate(posterior):
+        groups.setdefault(round(float(q), 9), []).append(i)
+    out, kept, good, total_right = [], 0, 0, max(1, int(y.sum()))
+    for q in sorted(groups, reverse=True):
+        kept += len(groups[q])
+        good += int(y[groups[q]].sum())
         out.append((good / kept, good / total_right))
     return out
 
@@ -575,11 +576,13 @@ def _against_oracle(results: list[dict], base: dict, frontier: list[tuple[float,
     default = next((r for r in results if r["method"] == "reliability (default)"), None)
     if default is None or default.get("kept_accuracy") is None:
         return []
-    precision = max((p for p, _ in frontier if p >= default["kept_accuracy"] - 1e-12), default=None)
+    reached = [(r, p) for p, r in frontier if p >= default["kept_accuracy"] - 1e-12]
+    retention, precision = max(reached) if reached else (None, None)
     row = {k: None for k in ("recycled_precision", "noise_precision", "noise_recall", "noise_f1", "rm_test")}
-    row |= {"kept_accuracy": precision, "retention": oracle_retention(frontier, default["kept_accuracy"])}
+    row |= {"kept_accuracy": precision, "retention": retention}
     row |= {"curated": None, "judged_share": 1.0, "requests_per_pair": None, "vs_oracle": 1.0}
-    return [{**base, "method": "oracle frontier (judges' true accuracies, at the default's precision)", **row}]
+    name = "oracle frontier (the same evidence calibrated on the truth, at the default's precision)"
+    return [{**base, "method": name, **row}]
 
 
 @contextlib.contextmanager

@@ -193,8 +193,8 @@ def test_the_real_judges_benchmark_runs_stage1_and_stage2_on_every_world(tmp_pat
     )  # a useless judge publishes nothing
 
 
-def test_the_oracle_frontier_weighs_each_judge_by_its_true_accuracy(tmp_path):
-    """The harness's reference row: the same verdicts, each annotator weighed by its true accuracy; every rule's
+def test_the_oracle_frontier_is_the_same_evidence_calibrated_on_the_truth(tmp_path):
+    """The harness's reference row: the same verdicts and RM logits, weighed by a fit on the truth; every rule's
     retention is then a share of what the oracle retains at the rule's own precision."""
     import curation_quality as cq
     import pyarrow as pa
@@ -209,9 +209,10 @@ def test_the_oracle_frontier_weighs_each_judge_by_its_true_accuracy(tmp_path):
         for p, ok in correct.items()
         for a, v in (("good", "agree" if ok else "disagree"), ("coin", "agree"))
     ]
+    shard = run.shard("shard-0")
     for a in ("good", "coin"):
-        path = run.shard("shard-0").dir / "annotations" / a / "samples.parquet"
-        write_parquet(pa.Table.from_pylist([r for r in rows if r["annotator"] == a]), path)
+        write_parquet(pa.Table.from_pylist([r for r in rows if r["annotator"] == a]), shard.samples(a))
+    write_parquet(pa.Table.from_pylist([{"pair_id": p, "logit_best": 0.0} for p in correct]), shard.scores)
     frontier = cq.oracle_frontier(run, ["shard-0"], correct)
     assert frontier[0] == (1.0, 1.0)  # the good judge's agreed pairs first: all right, all kept
     assert cq.oracle_retention(frontier, 0.99) == 1.0 and cq.oracle_retention(frontier, None) is None
