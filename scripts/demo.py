@@ -107,6 +107,7 @@ DATASETS = {  # name: (seed, noise, with attributes, path under storage); sizes 
     "seed_silver": (2, 0.2, True, "seed/silver.parquet"),
     "pool": (3, 0.3, False, "raw/pool.parquet"),
     "wild": (4, 0.3, False, "wild/wild.parquet"),
+    "rm_bench": (5, 0.0, False, "rm_benchmarks/held_out.parquet"),  # a public RM benchmark's stand-in: labels right
 }
 ROUND_COLUMNS = (
     "   columns: gold = cumulative human-verified pairs; best RM = its accuracy on all gold (the gold set",
@@ -114,7 +115,8 @@ ROUND_COLUMNS = (
     "   gold-validation pairs, the same every round); gold RM = its accuracy on gold-validation; retrieved =",
     "   pool pairs pulled by adaptive retrieval; +silver = LLM-labelled pairs added, and their accuracy",
     "   against the hidden truth; queue = pairs for the humans' next day; sim. cost = SIMULATED spend at",
-    "   the configured prices (the judges are simulated).",
+    "   the configured prices (the judges are simulated); held-out = the best RM's accuracy on a held-out RM",
+    "   benchmark of 300 pairs (rm_benchmarks; intervals and the change per round in the report).",
 )
 
 
@@ -129,13 +131,15 @@ def main() -> int:
     for d in (demo.storage, demo.truth, demo.logs):
         d.mkdir(parents=True)
     t0 = time.time()
-    synthetic_data(demo, {"seed_gold": 200, "seed_silver": 800, "pool": args.pool, "wild": args.wild})
+    sizes = {"seed_gold": 200, "seed_silver": 800, "pool": args.pool, "wild": args.wild, "rm_bench": 300}
+    synthetic_data(demo, sizes)
+    bench = {"rm_benchmarks": str(demo.storage / DATASETS["rm_bench"][3])}
     judges = simulated_judges(demo)
     try:
         first = dt.date.fromisoformat(args.first_date)
         prepare_pool(demo, first - dt.timedelta(days=1))
-        stage1_rounds(demo, first, args.rounds, {"rm_mode": args.rm_mode, "k_max": 8, "samples": 3})
-        s2, html = stage2(demo, first + dt.timedelta(days=args.rounds), args.wild)
+        stage1_rounds(demo, first, args.rounds, {"rm_mode": args.rm_mode, "k_max": 8, "samples": 3, **bench})
+        s2, html = stage2(demo, first + dt.timedelta(days=args.rounds), args.wild, bench)
         outputs(demo, s2, html, time.time() - t0)
     finally:
         judges.terminate()
@@ -220,7 +224,7 @@ def stage1_rounds(demo: Demo, first: dt.date, rounds: int, conf: dict) -> None:
         print(line)
     print(
         f"   {'round':10s} {'gold':>5s} {'best RM: gold':>13s} {'fixed':>6s} {'gold RM':>7s} "
-        f"{'retrieved':>9s} {'+silver':>7s} {'acc':>6s} {'queue':>5s} {'sim. cost $':>11s}"
+        f"{'retrieved':>9s} {'+silver':>7s} {'acc':>6s} {'queue':>5s} {'sim. cost $':>11s} {'held-out':>8s}"
     )
     for i in range(rounds):
         date = first + dt.timedelta(days=i)
@@ -231,7 +235,7 @@ def stage1_rounds(demo: Demo, first: dt.date, rounds: int, conf: dict) -> None:
             f"{fmt(r['best_rm_fixed_slice_accuracy']):>6s} "
             f"{fmt(r['gold_rm_validation_accuracy']):>7s} {r['retrieved']:9d} {r['silver_added']:7d} "
             f"{fmt(r.get('silver_added_accuracy_vs_truth')):>6s} "
-            f"{r['review_queue']:5d} {r['cost_usd']:11.2f}"
+            f"{r['review_queue']:5d} {r['cost_usd']:11.2f} {fmt(_held_out(demo, date)):>8s}"
         )
         nxt = date + dt.timedelta(days=1)
         queue = demo.storage / "rounds" / str(date) / "review_queue" / "tasks.json"
@@ -240,10 +244,19 @@ def stage1_rounds(demo: Demo, first: dt.date, rounds: int, conf: dict) -> None:
         sh(cmd, demo.logs / f"humans-{nxt}.log", demo.env)
 
 
-def stage2(demo: Demo, date: dt.date, wild: int) -> tuple[Path, str]:
-    """Stage 2 on the in-the-wild set: its funnel, its accuracy against the truth and its own estimates."""
+def _held_out(demo: Demo, date: dt.date) -> float | None:
+    """The round's best RM on the held-out RM benchmark (its ``rm_benchmarks`` step)."""
+    step = demo.storage / "rounds" / str(date) / "steps" / "rm_benchmarks.json"
+    scores = json.loads(step.read_text())["benchmarks"] if step.exists() else {}
+    return scores["held_out"]["best_rm"]["overall"]["accuracy"] if "held_out" in scores else None
+
+
+def stage2(demo: Demo, date: dt.date, wild: int, bench: dict) -> tuple[Path, str]:
+    """Stage 2 on the in-the-wild set: its funnel, its accuracy against the truth and its own estimates, and
+    whether its curated set trains a better RM than the raw input (the downstream check)."""
     print(f"== synpref_stage2 on {wild} in-the-wild pairs (airflow dags test)")
-    demo.dags_test("synpref_stage2", date, {"shard_size": 2000, "samples": 3}, "stage2.log")
+    conf = {"shard_size": 2000, "samples": 3, **bench, "downstream_pairs": 1000}
+    demo.dags_test("synpref_stage2", date, conf, "stage2.log")
     s2 = demo.storage / "stage2" / str(date)
     full = demo.report("--stage2", str(s2))
     rep = full["stage2"]
@@ -269,6 +282,14 @@ def stage2(demo: Demo, date: dt.date, wild: int) -> tuple[Path, str]:
             )
         )
     print(f"   decision rule: {manifest.config['decision_rule']}")
+    if manifest.downstream:
+        b = manifest.downstream.benchmarks["held_out"]
+        n, d = manifest.downstream.pairs, b["difference"]
+        print(
+            f"   downstream check on the held-out RM benchmark: an RM trained on {n} curated pairs "
+            f"{fmt(b['curated']['accuracy'])}, on {n} raw input pairs {fmt(b['raw']['accuracy'])} (difference "
+            f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}])"
+        )
     return s2, full["html"]
 
 
