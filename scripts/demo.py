@@ -116,7 +116,8 @@ ROUND_COLUMNS = (
     "   pool pairs pulled by adaptive retrieval; +silver = LLM-labelled pairs added, and their accuracy",
     "   against the hidden truth; queue = pairs for the humans' next day; sim. cost = SIMULATED spend at",
     "   the configured prices (the judges are simulated); held-out = the best RM's accuracy on a held-out RM",
-    "   benchmark of 300 pairs (rm_benchmarks; intervals and the change per round in the report).",
+    "   benchmark of 300 pairs (rm_benchmarks; intervals and the change per round in the report; ↓ = worse than the",
+    "   round before beyond the paired interval: a DAG run would wait for a sign-off, the demo turns that off).",
 )
 
 
@@ -134,11 +135,12 @@ def main() -> int:
     sizes = {"seed_gold": 200, "seed_silver": 800, "pool": args.pool, "wild": args.wild, "rm_bench": 300}
     synthetic_data(demo, sizes)
     bench = {"rm_benchmarks": str(demo.storage / DATASETS["rm_bench"][3])}
+    gate = {"benchmark_gate": False}  # no human here to approve a round whose best RM regressed: the table marks it
     judges = simulated_judges(demo)
     try:
         first = dt.date.fromisoformat(args.first_date)
         prepare_pool(demo, first - dt.timedelta(days=1))
-        stage1_rounds(demo, first, args.rounds, {"rm_mode": args.rm_mode, "k_max": 8, "samples": 3, **bench})
+        stage1_rounds(demo, first, args.rounds, {"rm_mode": args.rm_mode, "k_max": 8, "samples": 3, **bench, **gate})
         s2, html = stage2(demo, first + dt.timedelta(days=args.rounds), args.wild, bench)
         outputs(demo, s2, html, time.time() - t0)
     finally:
@@ -235,7 +237,7 @@ def stage1_rounds(demo: Demo, first: dt.date, rounds: int, conf: dict) -> None:
             f"{fmt(r['best_rm_fixed_slice_accuracy']):>6s} "
             f"{fmt(r['gold_rm_validation_accuracy']):>7s} {r['retrieved']:9d} {r['silver_added']:7d} "
             f"{fmt(r.get('silver_added_accuracy_vs_truth')):>6s} "
-            f"{r['review_queue']:5d} {r['cost_usd']:11.2f} {fmt(_held_out(demo, date)):>8s}"
+            f"{r['review_queue']:5d} {r['cost_usd']:11.2f} {_held_out(demo, date):>8s}"
         )
         nxt = date + dt.timedelta(days=1)
         queue = demo.storage / "rounds" / str(date) / "review_queue" / "tasks.json"
@@ -244,11 +246,14 @@ def stage1_rounds(demo: Demo, first: dt.date, rounds: int, conf: dict) -> None:
         sh(cmd, demo.logs / f"humans-{nxt}.log", demo.env)
 
 
-def _held_out(demo: Demo, date: dt.date) -> float | None:
-    """The round's best RM on the held-out RM benchmark (its ``rm_benchmarks`` step)."""
+def _held_out(demo: Demo, date: dt.date) -> str:
+    """The round's best RM on the held-out RM benchmark (its ``rm_benchmarks`` step); ↓ where it regressed beyond
+    the paired interval (with ``benchmark_gate`` on, the round would wait for a human's sign-off)."""
     step = demo.storage / "rounds" / str(date) / "steps" / "rm_benchmarks.json"
-    scores = json.loads(step.read_text())["benchmarks"] if step.exists() else {}
-    return scores["held_out"]["best_rm"]["overall"]["accuracy"] if "held_out" in scores else None
+    held_out = json.loads(step.read_text())["benchmarks"].get("held_out") if step.exists() else None
+    if held_out is None:
+        return "—"
+    return fmt(held_out["best_rm"]["overall"]["accuracy"]) + ("↓" if held_out.get("regressed") else "")
 
 
 def stage2(demo: Demo, date: dt.date, wild: int, bench: dict) -> tuple[Path, str]:
