@@ -107,19 +107,20 @@ def summarize(subsets: list[str], right: np.ndarray) -> dict:
     subsets_arr = np.array(subsets)
     per = {s: _interval(right[subsets_arr == s]) for s in sorted(set(subsets))}
     out = {"overall": _interval(right), "subsets": per}
+
+    def weighted(names: list[str]) -> float:  # example-weighted mean of subsets
+        return sum(per[n]["accuracy"] * per[n]["pairs"] for n in names) / sum(per[n]["pairs"] for n in names)
+
     sections = {}
     for section, names in SECTIONS.items():
         present = [n for n in names if n in per]
         if not present:
             continue
-        if section == "Reasoning" and "math-prm" in present and len(present) > 1:
-            code = [n for n in present if n != "math-prm"]
-            code_acc = sum(per[n]["accuracy"] * per[n]["pairs"] for n in code) / sum(per[n]["pairs"] for n in code)
-            sections[section] = (per["math-prm"]["accuracy"] + code_acc) / 2
+        code = [n for n in present if n != "math-prm"]
+        if section == "Reasoning" and "math-prm" in present and code:
+            sections[section] = (per["math-prm"]["accuracy"] + weighted(code)) / 2
         else:
-            sections[section] = sum(per[n]["accuracy"] * per[n]["pairs"] for n in present) / sum(
-                per[n]["pairs"] for n in present
-            )
+            sections[section] = weighted(present)
     if sections:
         out["rewardbench"] = {"sections": sections, "score": sum(sections.values()) / len(sections)}
     return out

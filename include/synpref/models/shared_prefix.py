@@ -87,26 +87,27 @@ def score_pairs(
     with Progress("RM scoring (shared prefixes)", len(fast), "pairs") as progress:
         for batch in _batches([shared[i] for i in fast], [suffix[i] for i in fast], budget):
             idx = [fast[j] for j in batch]
-            rewards = _score_batch(model, [chosen[i] for i in idx], [rejected[i] for i in idx], shared, idx, device)
+            pairs = [(chosen[i], rejected[i], shared[i]) for i in idx]
+            rewards = _score_batch(model, pairs, device)
             out_c[idx], out_r[idx] = rewards[0::2], rewards[1::2]
             progress.update(len(idx))
     return out_c, out_r
 
 
-def _score_batch(model, chosen, rejected, shared: list[int], idx: list[int], device: str) -> np.ndarray:
-    """Rewards of one batch, interleaved (chosen 0, rejected 0, chosen 1, ...)."""
+def _score_batch(model, pairs: list[tuple[list[int], list[int], int]], device: str) -> np.ndarray:
+    """Rewards of one batch of (chosen, rejected, shared length), interleaved (chosen 0, rejected 0, chosen 1, ...)."""
     import torch
 
     pad_id = model.config.get_text_config().pad_token_id or 0
     base = getattr(model, model.base_model_prefix)
-    lengths = [shared[i] for i in idx]
+    lengths = [k for _, _, k in pairs]
     width = max(lengths)
-    prefix_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, (ids, k) in enumerate(zip(chosen, lengths)):
+    prefix_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    for row, (ids, _, k) in enumerate(pairs):
         prefix_ids[row, :k] = torch.tensor(ids[:k])
         prefix_mask[row, :k] = 1
-    positions = torch.arange(width).expand(len(idx), width)
+    positions = torch.arange(width).expand(len(pairs), width)
     with torch.inference_mode():
         cache = base(
             input_ids=prefix_ids.to(device),
@@ -115,7 +116,7 @@ def _score_batch(model, chosen, rejected, shared: list[int], idx: list[int], dev
             use_cache=True,
         ).past_key_values
         cache.batch_repeat_interleave(2)
-        tails = [seq[k:] for c, r, k in zip(chosen, rejected, lengths) for seq in (c, r)]
+        tails = [seq[k:] for c, r, k in pairs for seq in (c, r)]
         starts = [k for k in lengths for _ in (0, 1)]
         tail_width = max(len(t) for t in tails)
         tail_ids = torch.full((len(tails), tail_width), pad_id, dtype=torch.long)

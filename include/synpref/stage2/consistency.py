@@ -145,9 +145,9 @@ class RuleBase(BaseModel):
 
     @classmethod
     def from_config(cls, cfg: Stage2Config, rnd: Any) -> RuleBase:
-        """The rule as a run's settings and its source round (``RoundLayout``) configure it: a rule that
-        ``decision_rule`` can select overrides it (``configured_rule``)."""
-        raise NotImplementedError(f"{cls.__name__} cannot be configured from a run's settings")
+        """The rule as a run's settings and its source round (``RoundLayout``) configure it (``configured_rule``):
+        by default its own defaults; a rule that reads settings or the round overrides it."""
+        return cls()
 
     @classmethod
     def recycle_policy_of(cls, cfg: Stage2Config) -> RecyclePolicy:

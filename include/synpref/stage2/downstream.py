@@ -51,8 +51,8 @@ def step_downstream(ctx: Stage2Run) -> DownstreamRecord | None:
     sets = training_sets(run, cfg.downstream_pairs)
     rm_cfg = RMConfig(mode="frozen", seed=cfg.seed)
     rms = {}
+    cut = len(sets["curated"]) - max(1, int(len(sets["curated"]) * SELECT_SHARE))  # both sets are as large
     for name, rows in sets.items():
-        cut = len(rows) - max(1, int(len(rows) * SELECT_SHARE))
         train_reward_model(rows[:cut], rows[cut:], rm_cfg, run.downstream_rm(name))
         rms[name] = RewardModel(run.downstream_rm(name))
     try:
@@ -68,8 +68,7 @@ def step_downstream(ctx: Stage2Run) -> DownstreamRecord | None:
     finally:
         for rm in rms.values():
             rm.close()
-    pairs = len(sets["curated"]) - max(1, int(len(sets["curated"]) * SELECT_SHARE))
-    record = DownstreamRecord(pairs=pairs, rm_mode=rm_cfg.mode, benchmarks=benchmarks)
+    record = DownstreamRecord(pairs=cut, rm_mode=rm_cfg.mode, benchmarks=benchmarks)
     record.write(run.downstream)
     return record
 
